@@ -1,0 +1,339 @@
+"""The agent: a daemon thread per process that samples, censuses and flushes.
+
+Stdlib-only. Design constraints, each learned the hard way by other tools:
+
+- **Never crash the host.** Every entry point catches everything; errors are
+  logged once per source, recorded in the store, and a source that keeps
+  failing is switched off.
+- **Never deadlock at fork.** SQLite has process-global mutexes; a fork taken
+  while our thread is inside SQLite would hand the child a held mutex. The
+  ``before`` fork handler therefore takes ``_db_lock`` (which every store
+  write holds), so a fork always happens between two flushes.
+- **Bounded memory.** Buffers are fixed-size deques; what overflows is
+  counted, not kept.
+- **No references to user objects.** The census returns names and numbers
+  only; task hooks keep the task *name*, never the task or its arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bilge.samplers import census as census_sampler
+from bilge.samplers import process as proc_sampler
+from bilge.store.writer import StoreWriter
+
+log = logging.getLogger("bilge.agent")
+
+# Consecutive failures after which a sampler is switched off for good.
+MAX_FAILURES = 5
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What the agent needs; read from the environment by ``bilge run``.
+
+    Args:
+        data_dir: the bilge data directory.
+        run_id: the run this process belongs to.
+        sample_interval: seconds between process samples.
+        census_budget: the share of one core the census may use; its interval
+            is stretched so that ``duration / interval`` stays below this.
+        census_min_interval: seconds; the census never runs more often.
+        buffer_limit: rows kept between flushes before new ones are dropped.
+    """
+
+    data_dir: str
+    run_id: int
+    sample_interval: float = 0.5
+    census_budget: float = 0.01
+    census_min_interval: float = 1.0
+    buffer_limit: int = 20000
+
+
+class Agent:
+    """Samples one process; survives forks by re-initialising in the child."""
+
+    def __init__(self, config: AgentConfig, role: str = "main", parent_id: int | None = None) -> None:
+        self.config = config
+        self.role = role
+        self.parent_id = parent_id
+        self.pid = os.getpid()
+        self.process_id: int | None = None
+        self._writer = StoreWriter(config.data_dir, config.run_id)
+        self._rss = proc_sampler.RssReader()
+        self._db_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._samples: deque[tuple[Any, ...]] = deque(maxlen=config.buffer_limit)
+        self._tasks: deque[tuple[Any, ...]] = deque(maxlen=config.buffer_limit)
+        self._running: dict[Any, tuple[str, float, int | None, int]] = {}
+        self._errors: list[tuple[float, str, str]] = []
+        self._failures: dict[str, int] = {}
+        self._disabled: set[str] = set()
+        self._pending_role: str | None = None
+        self._pending_census: census_sampler.CensusResult | None = None
+        self._next_census = 0.0
+        self.tasks_done = 0
+        self.dropped_rows = 0
+
+    # ------------------------------------------------------------ lifecycle --
+    def start(self) -> None:
+        """Start the sampling thread (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="bilge-agent", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the thread and write what is buffered (bounded by ``timeout``)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self.flush(final=True)
+
+    def set_role(self, role: str) -> None:
+        """Name this process's role (e.g. ``celery-main``), stored on next flush."""
+        if role != self.role:
+            self.role = role
+            self._pending_role = role
+
+    # ----------------------------------------------------------- task hooks --
+    def task_started(self, key: Any, name: str) -> None:
+        """Called by integrations as a task starts, in the process that runs it."""
+        try:
+            self._running[key] = (name, time.time(), self._rss.read(), proc_sampler.heap_blocks())
+        except Exception as exc:  # noqa: BLE001 - the host's task must run regardless
+            self._record_error("task_started", exc)
+
+    def task_finished(self, key: Any, failed: bool = False) -> None:
+        """Called as a task ends; records its memory deltas."""
+        try:
+            started = self._running.pop(key, None)
+            if started is None:
+                return
+            name, t0, rss0, blocks0 = started
+            self.tasks_done += 1
+            if len(self._tasks) == self._tasks.maxlen:
+                self.dropped_rows += 1
+            self._tasks.append(
+                (self.tasks_done, name, t0, time.time(), rss0, self._rss.read(), blocks0,
+                 proc_sampler.heap_blocks(), int(failed))
+            )
+        except Exception as exc:  # noqa: BLE001
+            self._record_error("task_finished", exc)
+
+    # ------------------------------------------------------------- the loop --
+    def _loop(self) -> None:
+        try:
+            self._register()
+        except Exception as exc:  # noqa: BLE001 - no store, no agent; the host runs on
+            self._record_error("register", exc)
+            self._log_once("register", exc)
+            return
+        while not self._stop.wait(self.config.sample_interval):
+            self._guarded("sample", self._sample)
+            if time.monotonic() >= self._next_census:
+                self._guarded("census", self._census)
+            self._guarded("flush", self.flush)
+
+    def _register(self) -> None:
+        with self._db_lock:
+            argv = " ".join(sys.argv)[:2000] if hasattr(sys, "argv") else ""
+            self.process_id = self._writer.register_process(
+                os.getpid(), os.getppid(), self.parent_id, self.role, argv
+            )
+        self._pending_role = None
+        self._next_census = time.monotonic() + self.config.census_min_interval
+
+    def _sample(self) -> None:
+        uss, pss = proc_sampler.read_uss_pss()
+        g0, g1, g2, collections, collected = proc_sampler.gc_reading()
+        self._samples.append(
+            (time.time(), self._rss.read(), uss, pss, proc_sampler.heap_blocks(), g0, g1, g2, collections,
+             collected, proc_sampler.count_fds(), proc_sampler.thread_count(), self.tasks_done)
+        )
+
+    def _census(self) -> None:
+        result = census_sampler.take_census()
+        self._pending_census = result
+        # Stretch the interval so the census stays within its CPU budget
+        # however large the heap grows.
+        interval = max(self.config.census_min_interval, result.duration / max(self.config.census_budget, 1e-6))
+        self._next_census = time.monotonic() + interval
+
+    def flush(self, final: bool = False) -> None:
+        """Write buffered rows in one transaction; safe from any thread."""
+        if self.process_id is None or self.pid != os.getpid():
+            return
+        acquired = self._db_lock.acquire(timeout=5.0)
+        if not acquired:
+            return
+        try:
+            samples = _drain(self._samples)
+            tasks = _drain(self._tasks)
+            census = self._pending_census
+            self._pending_census = None
+            errors, self._errors = self._errors, []
+            role, self._pending_role = self._pending_role, None
+            census_row = None
+            if census is not None:
+                census_row = (census.t, self.tasks_done, census.objects, census.duration, census.types)
+            if samples or tasks or census_row or role or errors or final:
+                self._writer.flush(
+                    self.process_id, samples, tasks, census_row, role, errors,
+                    ended=time.time() if final else None,
+                )
+        finally:
+            self._db_lock.release()
+
+    # --------------------------------------------------------------- errors --
+    def _guarded(self, source: str, fn: Any) -> None:
+        if source in self._disabled:
+            return
+        try:
+            fn()
+            self._failures[source] = 0
+        except Exception as exc:  # noqa: BLE001
+            self._record_error(source, exc)
+            self._log_once(source, exc)
+            self._failures[source] = self._failures.get(source, 0) + 1
+            if self._failures[source] >= MAX_FAILURES:
+                self._disabled.add(source)
+                log.warning("bilge: %s failed %d times in a row; switched off in pid %d",
+                            source, MAX_FAILURES, os.getpid())
+
+    def _record_error(self, source: str, exc: BaseException) -> None:
+        if len(self._errors) < 100:
+            self._errors.append((time.time(), source, "%s: %s" % (type(exc).__name__, exc)))
+
+    def _log_once(self, source: str, exc: BaseException) -> None:
+        if self._failures.get(source, 0) == 0:
+            log.warning("bilge agent: %s failed in pid %d: %s", source, os.getpid(), exc)
+
+    # ----------------------------------------------------------------- fork --
+    def before_fork(self) -> None:
+        """Hold the store lock across fork so SQLite is never mid-call."""
+        self._fork_lock_held = self._db_lock.acquire(timeout=10.0)
+
+    def after_fork_parent(self) -> None:
+        """Release what ``before_fork`` took."""
+        if getattr(self, "_fork_lock_held", False):
+            self._fork_lock_held = False
+            self._db_lock.release()
+
+    def for_child(self) -> Agent:
+        """A fresh agent for a forked child: new lock, buffers, connection."""
+        self._writer.abandon()
+        return Agent(self.config, role="fork", parent_id=self.process_id)
+
+
+def _drain(buffer: deque[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    out = []
+    while buffer:
+        out.append(buffer.popleft())
+    return out
+
+
+# ------------------------------------------------------------ process global --
+_agent: Agent | None = None
+_fork_hooks_installed = False
+
+
+def current() -> Agent | None:
+    """The agent running in this process, if any."""
+    if _agent is not None and _agent.pid == os.getpid():
+        return _agent
+    return None
+
+
+def start(config: AgentConfig) -> Agent:
+    """Start the agent in this process (idempotent) and arm the fork hooks."""
+    global _agent
+    if current() is not None:
+        assert _agent is not None
+        return _agent
+    _agent = Agent(config)
+    _install_fork_hooks()
+    _agent.start()
+    import atexit
+
+    atexit.register(_at_exit)
+    from bilge.agent import celery_hooks
+
+    celery_hooks.install()
+    return _agent
+
+
+def start_from_environment(environ: dict[str, str] | None = None) -> Agent | None:
+    """Start from ``BILGE_*`` variables; returns None when they are absent."""
+    env = os.environ if environ is None else environ
+    data_dir = env.get("BILGE_DATA_DIR")
+    run_id = env.get("BILGE_RUN_ID")
+    if not data_dir or not run_id:
+        return None
+    config = AgentConfig(data_dir=data_dir, run_id=int(run_id))
+    overrides: dict[str, Any] = {}
+    for field, var in (("sample_interval", "BILGE_SAMPLE_INTERVAL"), ("census_budget", "BILGE_CENSUS_BUDGET"),
+                       ("census_min_interval", "BILGE_CENSUS_MIN_INTERVAL")):
+        if env.get(var):
+            overrides[field] = float(env[var])
+    return start(replace(config, **overrides))
+
+
+def _at_exit() -> None:
+    agent = current()
+    if agent is not None:
+        try:
+            agent.stop(timeout=1.0)
+        except Exception:  # noqa: BLE001, S110 - exiting anyway; never turn an exit into a crash
+            pass
+
+
+def _before_fork() -> None:
+    agent = current()
+    if agent is not None:
+        try:
+            from bilge.agent import celery_hooks
+
+            # Connect Celery's signals before the pool forks its children,
+            # so every child inherits them.
+            celery_hooks.connect_if_loaded()
+        except Exception:  # noqa: BLE001, S110
+            pass
+        agent.before_fork()
+
+
+def _after_fork_parent() -> None:
+    agent = current()
+    if agent is not None:
+        agent.after_fork_parent()
+
+
+def _after_fork_child() -> None:
+    global _agent
+    parent = _agent
+    if parent is None:
+        return
+    try:
+        _agent = parent.for_child()
+        _agent.start()
+    except Exception:  # noqa: BLE001 - a child without an agent is fine; a crashed child is not
+        _agent = None
+
+
+def _install_fork_hooks() -> None:
+    global _fork_hooks_installed
+    if _fork_hooks_installed or not hasattr(os, "register_at_fork"):
+        return
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
+    _fork_hooks_installed = True

@@ -1,0 +1,146 @@
+"""Celery wiring for the agent: per-task accounting and process roles.
+
+Stdlib-only (Celery itself is imported only once the host has imported it).
+Nothing is connected at import time. ``install()`` arms a one-shot import
+hook so the signals are connected the moment the host imports
+``celery.signals``; the before-fork handler calls ``connect_if_loaded()`` too,
+so prefork children always inherit the connection.
+
+Signals (see notes/celery-internals.md §2): ``task_prerun``/``task_postrun``
+fire in the process that runs the task (pool child, pool thread, or the
+main process with ``-P solo``); ``worker_init`` in the main process;
+``worker_process_init`` in each prefork child.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+import threading
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+_connected = False
+_lock = threading.Lock()
+WATCHED = "celery.signals"
+
+
+def _agent() -> Any:
+    from bilge.agent import _runtime
+
+    return _runtime.current()
+
+
+def _on_prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any) -> None:
+    agent = _agent()
+    if agent is not None:
+        name = getattr(task if task is not None else sender, "name", None) or "<unknown>"
+        agent.task_started(task_id, str(name))
+
+
+def _on_postrun(sender: Any = None, task_id: Any = None, state: Any = None, **_: Any) -> None:
+    agent = _agent()
+    if agent is not None:
+        agent.task_finished(task_id, failed=state not in (None, "SUCCESS"))
+
+
+def _on_worker_init(**_: Any) -> None:
+    agent = _agent()
+    if agent is not None:
+        agent.set_role("celery-main")
+
+
+def _on_process_init(**_: Any) -> None:
+    agent = _agent()
+    if agent is not None:
+        agent.set_role("celery-child")
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    # billiard children leave through os._exit, so atexit never runs there:
+    # write what is buffered now.
+    agent = _agent()
+    if agent is not None:
+        agent.stop(timeout=1.0)
+
+
+def connect_if_loaded() -> bool:
+    """Connect the handlers if the host has imported Celery's signals."""
+    global _connected
+    module = sys.modules.get(WATCHED)
+    if module is None or _connected:
+        return _connected
+    with _lock:
+        if _connected:
+            return True
+        pairs = (
+            ("task_prerun", _on_prerun),
+            ("task_postrun", _on_postrun),
+            ("worker_init", _on_worker_init),
+            ("worker_process_init", _on_process_init),
+            ("worker_process_shutdown", _on_process_shutdown),
+        )
+        for signal_name, handler in pairs:
+            signal = getattr(module, signal_name, None)
+            if signal is not None:
+                signal.connect(handler, weak=False, dispatch_uid="bilge.%s" % signal_name)
+        _connected = True
+    return True
+
+
+class _SignalsImportHook(importlib.abc.MetaPathFinder):
+    """Finds nothing itself; wraps the real loader of ``celery.signals``."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != WATCHED:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                spec.loader = _ConnectingLoader(spec.loader)
+                return spec
+        return None
+
+
+class _ConnectingLoader(importlib.abc.Loader):
+    def __init__(self, wrapped: Any) -> None:
+        self._wrapped = wrapped
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self._wrapped.create_module(spec)  # type: ignore[no-any-return]
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._wrapped.exec_module(module)
+        _remove_hook()
+        try:
+            connect_if_loaded()
+        except Exception:  # noqa: BLE001, S110 - Celery must import whatever happens to us
+            pass
+
+
+_hook: _SignalsImportHook | None = None
+
+
+def _remove_hook() -> None:
+    global _hook
+    if _hook is not None:
+        try:
+            sys.meta_path.remove(_hook)
+        except ValueError:
+            pass
+        _hook = None
+
+
+def install() -> None:
+    """Connect now if Celery is loaded, else when it is imported."""
+    global _hook
+    if connect_if_loaded() or _hook is not None:
+        return
+    _hook = _SignalsImportHook()
+    sys.meta_path.insert(0, _hook)

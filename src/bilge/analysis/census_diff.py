@@ -1,0 +1,69 @@
+"""Which object types grow: census diffs over the post-warm-up window.
+
+A type is reported when its count grows steadily across the censuses of the
+window (not just between two of them), ranked by the bytes it added.
+Types cut from a census (only the largest few hundred are stored) are filled
+with that census's smallest stored count, an upper bound, so a type that
+merely crossed the cut does not look like growth.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from bilge.model import Census, TypeGrowth
+
+# Share of census-to-census steps in which a steady type may not grow.
+MAX_DECREASE_SHARE = 0.25
+
+
+def type_growth(censuses: Sequence[Census], calls: int | None) -> tuple[TypeGrowth, ...]:
+    """Types whose counts grew over ``censuses`` (in time order), ranked by bytes.
+
+    Args:
+        censuses: the censuses of the window, at least two.
+        calls: calls of the leaking task between the first and last census,
+            to express growth per call (None if no task is known).
+    """
+    if len(censuses) < 2:
+        return ()
+    names = set().union(*(c.types for c in censuses))
+    floors = [min((v[0] for v in c.types.values()), default=0) for c in censuses]
+    out = []
+    for name in names:
+        counts = [c.types[name][0] if name in c.types else floors[i] for i, c in enumerate(censuses)]
+        sizes = [c.types[name][1] if name in c.types else 0 for c in censuses]
+        count_delta = counts[-1] - counts[0]
+        if count_delta <= 0:
+            continue
+        steps = [b - a for a, b in zip(counts, counts[1:])]
+        decreases = sum(1 for s in steps if s < 0)
+        steady = decreases <= MAX_DECREASE_SHARE * len(steps) and sum(1 for s in steps if s > 0) >= len(steps) / 2
+        bytes_delta = sizes[-1] - sizes[0]
+        per_call = calls if calls else None
+        out.append(TypeGrowth(
+            type=name, count_delta=count_delta, bytes_delta=bytes_delta,
+            count_per_call=count_delta / per_call if per_call else None,
+            bytes_per_call=bytes_delta / per_call if per_call else None, steady=steady,
+        ))
+    return tuple(sorted(out, key=lambda g: (-g.steady, -g.bytes_delta, -g.count_delta)))
+
+
+def merge(growths: Sequence[Sequence[TypeGrowth]], calls: int | None) -> tuple[TypeGrowth, ...]:
+    """Pool per-process type growths (summing deltas) into one ranking."""
+    acc: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for per_process in growths:
+        for g in per_process:
+            slot = acc[g.type]
+            slot[0] += g.count_delta
+            slot[1] += g.bytes_delta
+            slot[2] += int(g.steady)
+            slot[3] += 1
+    out = [
+        TypeGrowth(type=name, count_delta=c, bytes_delta=b,
+                   count_per_call=c / calls if calls else None, bytes_per_call=b / calls if calls else None,
+                   steady=steady * 2 >= seen)
+        for name, (c, b, steady, seen) in acc.items()
+    ]
+    return tuple(sorted(out, key=lambda g: (-g.steady, -g.bytes_delta, -g.count_delta)))

@@ -1,0 +1,192 @@
+"""The diagnosis of a run: per-process verdicts, attribution, findings.
+
+Data flows one way: ``RunData`` (from the store) → per-process
+``ProcessDiagnosis`` → pooled findings → ``Diagnosis`` (for the reporters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bilge.analysis import attribution, census_diff, hints, kind, trend
+from bilge.analysis.trend import DEFAULT_POLICY, TrendPolicy
+from bilge.model import (
+    INCONCLUSIVE,
+    LEAK,
+    NO_LEAK,
+    Census,
+    Diagnosis,
+    Finding,
+    ProcessData,
+    ProcessDiagnosis,
+    RunData,
+    TaskGrowth,
+    TaskRecord,
+    TypeGrowth,
+)
+
+MAX_FINDINGS = 5
+MIN_CENSUSES = 3
+# A process without tasks is judged on time: one sample every 0.5 s by
+# default, so this asks for about five minutes of samples.
+TIME_POLICY = TrendPolicy(min_points=600, min_slope=1.0)
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The post-warm-up part of one process's data."""
+
+    data: ProcessData
+    tasks: tuple[TaskRecord, ...]
+    censuses: tuple[Census, ...]
+    start_t: float
+
+
+def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY) -> Diagnosis:
+    """Diagnose a whole run.
+
+    Args:
+        run: everything the store holds about the run.
+        policy: thresholds of the per-process verdict.
+    """
+    judged = [_judge(p, policy) for p in run.processes if p.samples or p.tasks]
+    leaking = [(d, w) for d, w in judged if d.verdict == LEAK]
+    findings = _pooled_findings(leaking)
+    processes = tuple(_with_findings(d, w) if d.verdict == LEAK else d for d, w in judged)
+    verdict = _overall(processes, run)
+    kinds = [d.kind for d in processes if d.verdict == LEAK and d.kind]
+    confidence = max((d.confidence for d in processes if d.verdict == verdict), default=0.0)
+    return Diagnosis(run=run.run, verdict=verdict, kind=findings[0].kind if findings else (kinds[0] if kinds else None),
+                     confidence=confidence, findings=findings, processes=processes)
+
+
+def _overall(processes: Sequence[ProcessDiagnosis], run: RunData) -> str:
+    if any(d.verdict == LEAK for d in processes):
+        return LEAK
+    # Processes that ran tasks must all be judged; a process that only
+    # supervises (Celery's main process) counts only when it leaks.
+    workers = [d for d in processes if d.tasks_observed]
+    if workers and all(d.verdict == NO_LEAK for d in workers):
+        return NO_LEAK
+    if not workers and processes and all(d.verdict == NO_LEAK for d in processes):
+        return NO_LEAK
+    return INCONCLUSIVE
+
+
+def _judge(p: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Window]:
+    samples = [s for s in p.samples if s.rss is not None]
+    if len(p.tasks) >= policy.min_points or not samples:
+        x, y = trend.as_arrays([(t.seq, t.rss_after) for t in p.tasks])
+        result = trend.assess(x, y, policy, unit="task")
+        start = p.tasks[min(result.window_start, len(p.tasks) - 1)].started if p.tasks else 0.0
+        confirmed = trend.confirmed_after(x, y, policy) if result.verdict == LEAK else None
+    else:
+        x, y = trend.as_arrays([(s.t, s.rss) for s in samples])
+        result = trend.assess(x, y, TIME_POLICY, unit="sample")
+        start = samples[min(result.window_start, len(samples) - 1)].t
+        confirmed = None
+    window = _Window(data=p, tasks=tuple(t for t in p.tasks if t.started >= start),
+                     censuses=_window_censuses(p.censuses, start), start_t=start)
+    late = [s for s in samples if s.t >= start]
+    per_hour = trend.slope_of([s.t for s in late], [s.rss for s in late if s.rss is not None]) * 3600 \
+        if len(late) >= 4 else None
+    leaky = attribution.leaking_task(attribution.task_growth(window.tasks)) if result.verdict == LEAK else None
+    calls = _calls(p.tasks[:confirmed], leaky.task) if confirmed and leaky else None
+    process_kind = kind.classify([s for s in samples if s.t >= start], window.tasks)[0] \
+        if result.verdict == LEAK else None
+    fds = [s.fds for s in samples if s.fds is not None]
+    diag = ProcessDiagnosis(
+        pid=p.info.pid, role=p.info.role, verdict=result.verdict, kind=process_kind,
+        confidence=round(result.confidence, 6),
+        growth_bytes_per_task=result.slope if p.tasks and len(p.tasks) >= policy.min_points else None,
+        growth_bytes_per_hour=per_hour, tasks_observed=len(p.tasks), confirmed_after_tasks=confirmed,
+        confirmed_after_calls=calls, rss_start=samples[0].rss if samples else None,
+        rss_end=samples[-1].rss if samples else None, reason=result.reason,
+        rss_series=tuple((s.t, int(s.rss)) for s in samples if s.rss is not None),
+        fds_start=fds[0] if fds else None, fds_end=fds[-1] if fds else None,
+    )
+    return diag, window
+
+
+def _window_censuses(censuses: Sequence[Census], start: float) -> tuple[Census, ...]:
+    """Censuses after warm-up; at least the last MIN_CENSUSES when there are that many.
+
+    A short run may hold only one census after the window start; the last
+    few are then the best available evidence of what is still growing.
+    """
+    inside = [c for c in censuses if c.t >= start]
+    if len(inside) < MIN_CENSUSES:
+        inside = list(censuses[-MIN_CENSUSES:])
+    return tuple(inside)
+
+
+def _calls(tasks: Sequence[TaskRecord], name: str) -> int:
+    return sum(1 for t in tasks if t.name == name)
+
+
+def _calls_between(tasks: Sequence[TaskRecord], first: Census, last: Census, name: str | None) -> int | None:
+    if name is None:
+        return None
+    return sum(1 for t in tasks if first.tasks_done < t.seq <= last.tasks_done and t.name == name)
+
+
+def _types(window: _Window, task: str | None) -> tuple[tuple[TypeGrowth, ...], int | None]:
+    cs = window.censuses
+    if len(cs) < 2:
+        return (), None
+    calls = _calls_between(window.data.tasks, cs[0], cs[-1], task)
+    return census_diff.type_growth(cs, calls), calls
+
+
+def _findings(
+    leaky: TaskGrowth | None, types: Sequence[TypeGrowth], leak_kind: str, pids: tuple[int, ...],
+    evidence: tuple[str, ...],
+) -> tuple[Finding, ...]:
+    task = leaky.task if leaky else None
+    steady = [t for t in types if t.steady][:MAX_FINDINGS] if leak_kind != kind.NATIVE else []
+    bytes_per_call = round(leaky.bytes_per_call, 1) if leaky else None
+    if not steady:
+        return (Finding(task=task, type=None, kind=leak_kind, bytes_per_call=bytes_per_call, count_per_call=None,
+                        hint=hints.hint(leak_kind, task, None, None), pids=pids, evidence=evidence),)
+    return tuple(
+        Finding(task=task, type=t.type, kind=leak_kind,
+                bytes_per_call=bytes_per_call if i == 0 else (
+                    round(t.bytes_per_call, 1) if t.bytes_per_call is not None else None),
+                count_per_call=round(t.count_per_call, 3) if t.count_per_call is not None else None,
+                hint=hints.hint(leak_kind, task, t.type, t.count_per_call), pids=pids,
+                evidence=evidence + ("%s: +%d objects, +%d bytes over the window" % (
+                    t.type, t.count_delta, t.bytes_delta),))
+        for i, t in enumerate(steady)
+    )
+
+
+def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:
+    from dataclasses import replace
+
+    leaky = attribution.leaking_task(attribution.task_growth(window.tasks))
+    types, _ = _types(window, leaky.task if leaky else None)
+    leak_kind, evidence = kind.classify([s for s in window.data.samples if s.t >= window.start_t], window.tasks)
+    return replace(d, findings=_findings(leaky, types, leak_kind, (d.pid,), evidence))
+
+
+def _pooled_findings(leaking: Sequence[tuple[ProcessDiagnosis, _Window]]) -> tuple[Finding, ...]:
+    if not leaking:
+        return ()
+    pooled_tasks = [t for _, w in leaking for t in w.tasks]
+    leaky = attribution.leaking_task(attribution.task_growth(pooled_tasks))
+    task = leaky.task if leaky else None
+    per_process = []
+    total_calls = 0
+    for _, w in leaking:
+        types, calls = _types(w, task)
+        per_process.append(types)
+        total_calls += calls or 0
+    types = census_diff.merge(per_process, total_calls or None)
+    kinds = [kind.classify([s for s in w.data.samples if s.t >= w.start_t], w.tasks) for _, w in leaking]
+    # The kind most leaking processes agree on; evidence from the first of them.
+    names = [k for k, _ in kinds]
+    leak_kind = max(set(names), key=names.count)
+    evidence = next(ev for k, ev in kinds if k == leak_kind)
+    pids = tuple(d.pid for d, _ in leaking)
+    return _findings(leaky, types, leak_kind, pids, evidence)

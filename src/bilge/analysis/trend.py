@@ -1,0 +1,138 @@
+"""The statistical verdict on one memory series: leak, no-leak or inconclusive.
+
+A leak is growth that is (1) significant after warm-up, (2) large enough to
+matter, and (3) still going on at the end. Warm-up plateaus fail (3), a
+one-off step at start fails (1) because it lies before the window, a spike
+is removed by block medians, and noise fails (1) or (2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bilge.analysis.stats import block_medians, mann_kendall, theil_sen
+from bilge.model import INCONCLUSIVE, LEAK, NO_LEAK, Trend
+
+
+@dataclass(frozen=True)
+class TrendPolicy:
+    """Thresholds of the verdict; the defaults are justified in docs/statistics.md.
+
+    Args:
+        min_points: raw points below which no verdict is given.
+        max_blocks: the series is reduced to at most this many block medians.
+        alpha: significance of the trend over the post-warm-up window.
+        tail_alpha: significance still required over the last quarter.
+        tail_ratio: the last quarter's slope must keep this share of the
+            window's slope, or growth is judged to be levelling off.
+        min_growth: bytes the window must grow by to be called a leak.
+        min_slope: bytes per x-unit below which growth is ignored.
+    """
+
+    min_points: int = 60
+    max_blocks: int = 120
+    alpha: float = 1e-4
+    tail_alpha: float = 0.01
+    tail_ratio: float = 0.25
+    min_growth: float = 192 * 1024
+    min_slope: float = 16.0
+
+
+DEFAULT_POLICY = TrendPolicy()
+
+
+def assess(x: Sequence[float], y: Sequence[float], policy: TrendPolicy = DEFAULT_POLICY, unit: str = "task") -> Trend:
+    """Judge one series (x increasing: task ordinal or seconds; y: bytes).
+
+    Args:
+        x: positions of the points.
+        y: memory at those points.
+        policy: thresholds.
+        unit: what x counts, for the reason text.
+
+    Returns:
+        The verdict with slope (bytes per x-unit) over the post-warm-up window.
+    """
+    n = len(y)
+    if n < policy.min_points:
+        return Trend(INCONCLUSIVE, 0.0, 1.0, 0.0, 0, n,
+                     "only %d %ss observed; at least %d are needed" % (n, unit, policy.min_points),
+                     needed=policy.min_points - n)
+    bx, by = block_medians(x, y, policy.max_blocks)
+    half = len(bx) // 2
+    wx, wy = bx[half:], by[half:]
+    window_start = int(n * half / len(bx))
+    slope = theil_sen(wx, wy)
+    _, p = mann_kendall(wy)
+    confidence = 1.0 - p
+    growth = slope * float(wx[-1] - wx[0])
+    if p >= policy.alpha or slope < policy.min_slope or growth < policy.min_growth:
+        why = _flat_reason(p, slope, growth, policy, unit)
+        return Trend(NO_LEAK, slope, p, 1.0 - _no_leak_doubt(p, growth, policy), window_start, n, why)
+    quarter = len(wx) // 2
+    tx, ty = wx[quarter:], wy[quarter:]
+    tail_slope = theil_sen(tx, ty)
+    _, tail_p = mann_kendall(ty)
+    if tail_slope >= policy.tail_ratio * slope and tail_p < policy.tail_alpha:
+        return Trend(LEAK, slope, p, confidence, window_start, n,
+                     "memory grows steadily after warm-up: %+.0f bytes per %s, still growing at the end"
+                     % (slope, unit))
+    if tail_slope < policy.tail_ratio * slope and tail_p >= policy.tail_alpha:
+        return Trend(NO_LEAK, slope, p, 1.0 - tail_p, window_start, n,
+                     "memory grew after warm-up, then levelled off (a plateau, e.g. a bounded cache filling)")
+    more = max(n // 2, policy.min_points)
+    return Trend(INCONCLUSIVE, slope, p, confidence, window_start, n,
+                 "memory grows, but the growth is slowing; about %d more %ss are needed to tell a leak from a "
+                 "cache still filling" % (more, unit), needed=more)
+
+
+def _flat_reason(p: float, slope: float, growth: float, policy: TrendPolicy, unit: str) -> str:
+    if p >= policy.alpha:
+        return "no sustained growth after warm-up (trend test p=%.2g)" % p
+    return "growth after warm-up is too small to matter (%+.0f bytes per %s, %+.0f KiB over the window)" % (
+        slope, unit, growth / 1024)
+
+
+def _no_leak_doubt(p: float, growth: float, policy: TrendPolicy) -> float:
+    """How much a no-leak verdict is in doubt: high when a trend is near-significant and near-material."""
+    if p >= 0.05:
+        return 0.0
+    return float(min(1.0, max(0.0, growth / policy.min_growth)) * (1.0 - p) * 0.5)
+
+
+def confirmed_after(
+    x: Sequence[float], y: Sequence[float], policy: TrendPolicy = DEFAULT_POLICY, checkpoints: int = 60
+) -> int | None:
+    """The smallest prefix length from which every later prefix is judged a leak.
+
+    Re-runs ``assess`` on growing prefixes, as the live agent would have seen
+    the data, so it answers "how many points did the verdict need".
+    """
+    n = len(y)
+    step = max(10, n // checkpoints)
+    marks = list(range(policy.min_points, n, step)) + [n]
+    confirmed: int | None = None
+    for m in marks:
+        if assess(x[:m], y[:m], policy).verdict == LEAK:
+            if confirmed is None:
+                confirmed = m
+        else:
+            confirmed = None
+    return confirmed
+
+
+def as_arrays(points: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Split (x, y) pairs, dropping pairs with a missing y."""
+    kept = [(a, b) for a, b in points if b is not None]
+    return [a for a, _ in kept], [float(b) for _, b in kept]
+
+
+def slope_of(x: Sequence[float], y: Sequence[float], max_blocks: int = 120) -> float:
+    """Theil-Sen slope of a series after block reduction (0 for short series)."""
+    if len(y) < 4:
+        return 0.0
+    bx, by = block_medians(np.asarray(x, float), np.asarray(y, float), max_blocks)
+    return theil_sen(bx, by)

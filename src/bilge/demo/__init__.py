@@ -1,0 +1,1 @@
+"""The demo: a small, realistic, leaky Celery app diagnosed end to end."""

@@ -1,0 +1,198 @@
+"""bilge's data: what the store holds and what the analysis concludes.
+
+Frozen dataclasses with no behaviour and no imports from the rest of the
+package, so every layer can depend on this module and it depends on none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+
+LEAK = "leak"
+NO_LEAK = "no-leak"
+INCONCLUSIVE = "inconclusive"
+
+
+# ------------------------------------------------------------- stored data --
+@dataclass(frozen=True)
+class RunInfo:
+    """One ``bilge run`` invocation."""
+
+    id: int
+    started: float
+    ended: float | None
+    command: str
+    exit_code: int | None
+    hostname: str | None
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One observed process (pid reuse is told apart by ``id``)."""
+
+    id: int
+    pid: int
+    ppid: int
+    parent_id: int | None
+    role: str
+    started: float
+    ended: float | None
+    argv: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A periodic reading of one process."""
+
+    t: float
+    rss: int | None
+    uss: int | None
+    pss: int | None
+    heap_blocks: int | None
+    gc_collections: int | None
+    fds: int | None
+    threads: int | None
+    tasks_done: int
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One task execution with the process's memory before and after it."""
+
+    seq: int
+    name: str
+    started: float
+    ended: float
+    rss_before: int | None
+    rss_after: int | None
+    blocks_before: int | None
+    blocks_after: int | None
+    failed: bool
+
+
+@dataclass(frozen=True)
+class Census:
+    """Object counts and estimated bytes by qualified type name."""
+
+    t: float
+    tasks_done: int
+    objects: int
+    duration: float
+    types: Mapping[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class ProcessData:
+    """Everything stored about one process."""
+
+    info: ProcessInfo
+    samples: tuple[Sample, ...]
+    tasks: tuple[TaskRecord, ...]
+    censuses: tuple[Census, ...]
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunData:
+    """A run and all its processes, as read from the store."""
+
+    run: RunInfo
+    processes: tuple[ProcessData, ...]
+
+
+# --------------------------------------------------------------- analysis --
+@dataclass(frozen=True)
+class Trend:
+    """A statistical verdict on one memory series.
+
+    ``slope`` is in bytes per x-unit (per task or per second) over the
+    post-warm-up window; ``needed`` says how many more points an
+    inconclusive series wants.
+    """
+
+    verdict: str
+    slope: float
+    p_value: float
+    confidence: float
+    window_start: int
+    points: int
+    reason: str
+    needed: int = 0
+
+
+@dataclass(frozen=True)
+class TaskGrowth:
+    """How much memory one task name leaves behind per call."""
+
+    task: str
+    calls: int
+    bytes_per_call: float
+    blocks_per_call: float
+    score: float
+
+
+@dataclass(frozen=True)
+class TypeGrowth:
+    """How one object type grew between two censuses."""
+
+    type: str
+    count_delta: int
+    bytes_delta: int
+    count_per_call: float | None
+    bytes_per_call: float | None
+    steady: bool
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One ranked explanation of a leak; unknown fields stay None."""
+
+    task: str | None
+    type: str | None
+    kind: str | None
+    bytes_per_call: float | None
+    count_per_call: float | None
+    hint: str
+    pids: tuple[int, ...]
+    evidence: tuple[str, ...] = ()
+    holder: str | None = None
+    location: str | None = None
+
+
+@dataclass(frozen=True)
+class ProcessDiagnosis:
+    """The verdict and findings for one process."""
+
+    pid: int
+    role: str
+    verdict: str
+    kind: str | None
+    confidence: float
+    growth_bytes_per_task: float | None
+    growth_bytes_per_hour: float | None
+    tasks_observed: int
+    confirmed_after_tasks: int | None
+    confirmed_after_calls: int | None
+    rss_start: int | None
+    rss_end: int | None
+    reason: str
+    findings: tuple[Finding, ...] = ()
+    rss_series: tuple[tuple[float, int], ...] = field(default=(), repr=False)
+    fds_start: int | None = None
+    fds_end: int | None = None
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The whole answer for a run."""
+
+    run: RunInfo
+    verdict: str
+    kind: str | None
+    confidence: float
+    findings: tuple[Finding, ...]
+    processes: tuple[ProcessDiagnosis, ...]
+    schema_version: int = SCHEMA_VERSION

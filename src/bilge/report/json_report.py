@@ -1,0 +1,89 @@
+"""The JSON report: the stable, versioned contract of ../shared/PRODUCT.md.
+
+Top level: ``schema_version``, ``verdict``, ``kind``, ``findings`` (ranked),
+``processes``. A finding carries ``task``, ``type``, ``holder``, ``location``,
+``bytes_per_call``, ``hint``; fields bilge does not know yet are null.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TextIO
+
+from bilge import __version__
+from bilge.model import Diagnosis, Finding, ProcessDiagnosis
+
+
+def finding_dict(f: Finding) -> dict[str, Any]:
+    """One finding in the contract's shape."""
+    return {
+        "task": f.task,
+        "type": f.type,
+        "holder": f.holder,
+        "location": f.location,
+        "kind": f.kind,
+        "bytes_per_call": f.bytes_per_call,
+        "count_per_call": f.count_per_call,
+        "hint": f.hint,
+        "pids": list(f.pids),
+        "evidence": list(f.evidence),
+    }
+
+
+def process_dict(p: ProcessDiagnosis) -> dict[str, Any]:
+    """One process in the contract's shape."""
+    return {
+        "pid": p.pid,
+        "role": p.role,
+        "verdict": p.verdict,
+        "kind": p.kind,
+        "confidence": p.confidence,
+        "growth_bytes_per_task": _round(p.growth_bytes_per_task),
+        "growth_bytes_per_hour": _round(p.growth_bytes_per_hour),
+        "tasks_observed": p.tasks_observed,
+        "confirmed_after_tasks": p.confirmed_after_tasks,
+        "confirmed_after_calls": p.confirmed_after_calls,
+        "rss_start": p.rss_start,
+        "rss_end": p.rss_end,
+        "fds_start": p.fds_start,
+        "fds_end": p.fds_end,
+        "reason": p.reason,
+        "findings": [finding_dict(f) for f in p.findings],
+    }
+
+
+def to_dict(d: Diagnosis) -> dict[str, Any]:
+    """The whole report as plain JSON-able data."""
+    return {
+        "schema_version": d.schema_version,
+        "tool": {"name": "bilge", "version": __version__},
+        "run": {"id": d.run.id, "command": d.run.command, "started": d.run.started, "ended": d.run.ended,
+                "exit_code": d.run.exit_code, "hostname": d.run.hostname},
+        "verdict": d.verdict,
+        "kind": d.kind,
+        "confidence": d.confidence,
+        "findings": [finding_dict(f) for f in d.findings],
+        "processes": [process_dict(p) for p in d.processes],
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+class JsonReporter:
+    """Writes the JSON report.
+
+    Args:
+        out: the text stream to write to.
+        indent: JSON indentation (None for one line).
+    """
+
+    def __init__(self, out: TextIO, indent: int | None = 2) -> None:
+        self.out = out
+        self.indent = indent
+
+    def render(self, diagnosis: Diagnosis) -> None:
+        """Write the report followed by a newline."""
+        json.dump(to_dict(diagnosis), self.out, indent=self.indent)
+        self.out.write("\n")

@@ -1,0 +1,130 @@
+"""Run a command with the agent in every Python process it starts.
+
+The agent is loaded through a ``sitecustomize`` module put first on
+``PYTHONPATH`` (the mechanism coverage.py and ddtrace-run use), so users
+change no code; it follows forks by itself. ``bilge run`` stays in front as a
+transparent wrapper: it forwards signals to the command and exits with the
+command's exit code, as a wrapper under systemd or Kubernetes must.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+from bilge.errors import CommandError
+from bilge.store import sqlite as store
+
+BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap")
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+# Signals a terminal sends to the whole foreground process group: the
+# command got its own copy, so forwarding would deliver it twice (and a
+# second SIGINT turns Celery's warm shutdown into a cold one).
+TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+
+
+def agent_environment(data_dir: str, run_id: int, base: Mapping[str, str]) -> dict[str, str]:
+    """The environment that loads the agent into Python processes.
+
+    Args:
+        data_dir: absolute data directory.
+        run_id: the run the processes belong to.
+        base: the environment to extend.
+    """
+    env = dict(base)
+    paths = [BOOTSTRAP_DIR]
+    # The bootstrap imports ``bilge``; make sure the interpreter of the
+    # command finds this very installation even outside its venv.
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not _importable_from(package_parent):
+        paths.append(package_parent)
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["BILGE_DATA_DIR"] = data_dir
+    env["BILGE_RUN_ID"] = str(run_id)
+    return env
+
+
+def _importable_from(parent: str) -> bool:
+    # Inside site-packages the package is already importable by that
+    # interpreter; adding site-packages itself to PYTHONPATH would shadow
+    # other environments' packages.
+    return os.path.basename(parent) in ("site-packages", "dist-packages")
+
+
+def resolve(command: Sequence[str]) -> list[str]:
+    """Check the command exists; raise CommandError with what to do if not."""
+    if not command:
+        raise CommandError("no command given; usage: bilge run --data-dir DIR -- COMMAND [ARGS...]")
+    exe = command[0]
+    if os.sep in exe:
+        if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
+            raise CommandError("cannot run %s: not an executable file" % exe)
+    elif shutil.which(exe) is None:
+        raise CommandError("command not found: %s (check the name and your PATH)" % exe)
+    return list(command)
+
+
+def run(data_dir: str, command: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
+    """Run ``command`` under the agent and return its exit code.
+
+    Args:
+        data_dir: the data directory (created and validated here).
+        command: the argv to run.
+        environ: the base environment (default: this process's).
+
+    Returns:
+        The command's exit code; 128+N when it died of signal N.
+    """
+    argv = resolve(command)
+    path = store.prepare_data_dir(data_dir)
+    run_id = store.start_run(path, shlex.join(argv))
+    env = agent_environment(path, run_id, os.environ if environ is None else environ)
+    code = 1
+    try:
+        code = _supervise(argv, env)
+    finally:
+        store.end_run(path, run_id, code)
+    return code
+
+
+def _supervise(argv: list[str], env: dict[str, str]) -> int:
+    try:
+        child = subprocess.Popen(argv, env=env)
+    except OSError as exc:
+        raise CommandError("cannot start %s: %s" % (argv[0], exc.strerror or exc)) from exc
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if signum in TERMINAL_SIGNALS and _in_terminal_foreground():
+            return
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    try:
+        while True:
+            try:
+                code = child.wait()
+                break
+            except InterruptedError:
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
+
+
+def _in_terminal_foreground() -> bool:
+    try:
+        return sys.stdin.isatty() and os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):
+        return False

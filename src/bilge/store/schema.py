@@ -1,0 +1,123 @@
+"""The SQLite schema shared by the agent (writer) and the analysis (reader).
+
+Stdlib-only: imported inside users' worker processes.
+
+WAL mode lets every worker process write while a report reads, and a process
+killed with SIGKILL mid-transaction leaves only an uncommitted WAL tail that
+SQLite discards on the next open.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 1
+DB_FILENAME = "bilge.db"
+# Long enough to ride out another process's flush, short enough that a stuck
+# writer elsewhere cannot stall a worker's agent thread for long.
+BUSY_TIMEOUT_MS = 5000
+
+DDL = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started REAL NOT NULL,
+    ended REAL,
+    command TEXT NOT NULL,
+    exit_code INTEGER,
+    hostname TEXT
+);
+CREATE TABLE IF NOT EXISTS processes (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    ppid INTEGER NOT NULL,
+    parent_id INTEGER,
+    role TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    argv TEXT,
+    python TEXT
+);
+CREATE TABLE IF NOT EXISTS samples (
+    process_id INTEGER NOT NULL,
+    t REAL NOT NULL,
+    rss INTEGER,
+    uss INTEGER,
+    pss INTEGER,
+    heap_blocks INTEGER,
+    gc_gen0 INTEGER,
+    gc_gen1 INTEGER,
+    gc_gen2 INTEGER,
+    gc_collections INTEGER,
+    gc_collected INTEGER,
+    fds INTEGER,
+    threads INTEGER,
+    tasks_done INTEGER
+);
+CREATE INDEX IF NOT EXISTS samples_by_process ON samples (process_id, t);
+CREATE TABLE IF NOT EXISTS tasks (
+    process_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL NOT NULL,
+    rss_before INTEGER,
+    rss_after INTEGER,
+    blocks_before INTEGER,
+    blocks_after INTEGER,
+    failed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_by_process ON tasks (process_id, seq);
+CREATE TABLE IF NOT EXISTS censuses (
+    id INTEGER PRIMARY KEY,
+    process_id INTEGER NOT NULL,
+    t REAL NOT NULL,
+    tasks_done INTEGER NOT NULL,
+    objects INTEGER NOT NULL,
+    duration REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS census_types (
+    census_id INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS census_types_by_census ON census_types (census_id);
+CREATE TABLE IF NOT EXISTS agent_errors (
+    process_id INTEGER,
+    t REAL NOT NULL,
+    source TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+"""
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Open the database with the settings every bilge connection needs.
+
+    Args:
+        path: the database file.
+
+    Returns:
+        An autocommit connection (transactions are explicit) in WAL mode.
+    """
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout=%d" % BUSY_TIMEOUT_MS)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # NORMAL is durable against process crashes in WAL mode; only a power
+    # loss can drop the last transactions, which is fine for telemetry.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """Create the tables (idempotent) and stamp the schema version."""
+    conn.executescript(DDL)
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+    )
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('application', 'bilge')")

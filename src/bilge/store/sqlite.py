@@ -1,0 +1,205 @@
+"""The read side of the store, and data-directory set-up for ``bilge run``.
+
+``sqlite3.Error`` becomes ``StoreError`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from bilge.errors import DataDirError, EmptyStoreError, StoreError
+from bilge.model import Census, ProcessData, ProcessInfo, RunData, RunInfo, Sample, TaskRecord
+from bilge.store import schema
+
+# Files SQLite itself keeps next to the database.
+_OWN_FILES = {schema.DB_FILENAME, schema.DB_FILENAME + "-wal", schema.DB_FILENAME + "-shm"}
+
+
+def db_path(data_dir: str) -> str:
+    """Where the database of ``data_dir`` lives."""
+    return os.path.join(data_dir, schema.DB_FILENAME)
+
+
+@contextmanager
+def _translated(what: str, path: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(
+            "%s %s failed: %s. The file is not a readable bilge store; point --data-dir at a bilge data "
+            "directory, or start a new run in an empty one." % (what, path, exc)
+        ) from exc
+    except sqlite3.Error as exc:
+        raise StoreError("%s %s failed: %s" % (what, path, exc)) from exc
+
+
+def prepare_data_dir(data_dir: str) -> str:
+    """Create or validate a data directory for a new run.
+
+    Args:
+        data_dir: the directory; created if missing.
+
+    Returns:
+        The absolute path.
+
+    Raises:
+        DataDirError: it is not a directory, not writable, or holds files
+            that are not a bilge store.
+    """
+    path = os.path.abspath(data_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DataDirError("data dir %s is a file, not a directory; pass a directory path" % path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise DataDirError("cannot create data dir %s: %s; choose a writable location" % (path, exc.strerror)) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DataDirError("data dir %s is not writable; choose a directory you can write to" % path)
+    foreign = sorted(set(os.listdir(path)) - _OWN_FILES)
+    if foreign and schema.DB_FILENAME not in os.listdir(path):
+        shown = ", ".join(foreign[:3]) + (" …" if len(foreign) > 3 else "")
+        raise DataDirError(
+            "data dir %s holds other files (%s), not a bilge store; use an empty directory or an existing "
+            "bilge data dir" % (path, shown)
+        )
+    return path
+
+
+def start_run(data_dir: str, command: str) -> int:
+    """Create the schema if needed and record a new run; returns its id."""
+    path = db_path(data_dir)
+    with _translated("creating store", path):
+        conn = schema.connect(path)
+        try:
+            _check_foreign(conn, path)
+            schema.create(conn)
+            _check_version(conn, path)
+            cur = conn.execute(
+                "INSERT INTO runs (started, command, hostname) VALUES (?, ?, ?)",
+                (time.time(), command, socket.gethostname()),
+            )
+            return int(cur.lastrowid or 0)
+        finally:
+            conn.close()
+
+
+def end_run(data_dir: str, run_id: int, exit_code: int) -> None:
+    """Stamp the run's end and exit code."""
+    path = db_path(data_dir)
+    with _translated("updating store", path):
+        conn = schema.connect(path)
+        try:
+            conn.execute("UPDATE runs SET ended = ?, exit_code = ? WHERE id = ?", (time.time(), exit_code, run_id))
+        finally:
+            conn.close()
+
+
+def _check_foreign(conn: sqlite3.Connection, path: str) -> None:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if tables and "meta" not in tables:
+        raise StoreError("%s is an SQLite database but not a bilge store; use another data dir" % path)
+
+
+def _check_version(conn: sqlite3.Connection, path: str) -> None:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None or row[0] != str(schema.SCHEMA_VERSION):
+        raise StoreError(
+            "%s was written by another bilge version (schema %s, this bilge reads %d); report it with that "
+            "version or start a new run in an empty data dir" % (path, row and row[0], schema.SCHEMA_VERSION)
+        )
+
+
+def load_run(data_dir: str, run_id: int | None = None) -> RunData:
+    """Read one run (the latest by default) with all its processes.
+
+    Raises:
+        DataDirError: no store in ``data_dir``.
+        StoreError: the store is corrupt, foreign or of another version.
+        EmptyStoreError: it holds no run (or not the one asked for).
+    """
+    path = db_path(data_dir)
+    if not os.path.isdir(data_dir):
+        raise DataDirError("data dir %s does not exist; pass the --data-dir used with `bilge run`" % data_dir)
+    if not os.path.exists(path):
+        raise DataDirError(
+            "no bilge store in %s (expected %s); pass the --data-dir used with `bilge run`" % (data_dir, path)
+        )
+    with _translated("reading store", path):
+        # A read-write open lets SQLite recover the WAL left by a process
+        # killed mid-write; the report itself never writes.
+        conn = sqlite3.connect(path, timeout=schema.BUSY_TIMEOUT_MS / 1000)
+        try:
+            _check_foreign(conn, path)
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                raise EmptyStoreError("store %s is empty; run a worker with `bilge run` first" % path)
+            _check_version(conn, path)
+            return _read(conn, path, run_id)
+        finally:
+            conn.close()
+
+
+def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
+    if run_id is None:
+        row = conn.execute("SELECT id, started, ended, command, exit_code, hostname FROM runs "
+                           "ORDER BY id DESC LIMIT 1").fetchone()
+    else:
+        row = conn.execute("SELECT id, started, ended, command, exit_code, hostname FROM runs WHERE id = ?",
+                           (run_id,)).fetchone()
+    if row is None:
+        which = "run %d" % run_id if run_id is not None else "any run"
+        raise EmptyStoreError("store %s holds no record of %s; run a worker with `bilge run` first" % (path, which))
+    run = RunInfo(*row)
+    procs = [ProcessInfo(*r) for r in conn.execute(
+        "SELECT id, pid, ppid, parent_id, role, started, ended, COALESCE(argv, '') FROM processes "
+        "WHERE run_id = ? ORDER BY id", (run.id,))]
+    samples: dict[int, list[Sample]] = defaultdict(list)
+    for r in conn.execute(
+        "SELECT s.process_id, s.t, s.rss, s.uss, s.pss, s.heap_blocks, s.gc_collections, s.fds, s.threads, "
+        "s.tasks_done FROM samples s JOIN processes p ON p.id = s.process_id WHERE p.run_id = ? "
+        "ORDER BY s.process_id, s.t", (run.id,)
+    ):
+        samples[r[0]].append(Sample(*r[1:]))
+    tasks: dict[int, list[TaskRecord]] = defaultdict(list)
+    for r in conn.execute(
+        "SELECT t.process_id, t.seq, t.name, t.started, t.ended, t.rss_before, t.rss_after, t.blocks_before, "
+        "t.blocks_after, t.failed FROM tasks t JOIN processes p ON p.id = t.process_id WHERE p.run_id = ? "
+        "ORDER BY t.process_id, t.seq", (run.id,)
+    ):
+        tasks[r[0]].append(TaskRecord(*r[1:9], failed=bool(r[9])))
+    censuses = _read_censuses(conn, run.id)
+    errors: dict[int, list[str]] = defaultdict(list)
+    for pid, source, message in conn.execute(
+        "SELECT e.process_id, e.source, e.message FROM agent_errors e JOIN processes p ON p.id = e.process_id "
+        "WHERE p.run_id = ? ORDER BY e.t", (run.id,)
+    ):
+        errors[pid].append("%s: %s" % (source, message))
+    return RunData(run=run, processes=tuple(
+        ProcessData(info=p, samples=tuple(samples[p.id]), tasks=tuple(tasks[p.id]),
+                    censuses=tuple(censuses.get(p.id, ())), errors=tuple(errors[p.id]))
+        for p in procs
+    ))
+
+
+def _read_censuses(conn: sqlite3.Connection, run_id: int) -> dict[int, list[Census]]:
+    heads = conn.execute(
+        "SELECT c.id, c.process_id, c.t, c.tasks_done, c.objects, c.duration FROM censuses c "
+        "JOIN processes p ON p.id = c.process_id WHERE p.run_id = ? ORDER BY c.process_id, c.t", (run_id,)
+    ).fetchall()
+    types: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)
+    for cid, name, count, size in conn.execute(
+        "SELECT ct.census_id, ct.type, ct.count, ct.bytes FROM census_types ct JOIN censuses c ON c.id = "
+        "ct.census_id JOIN processes p ON p.id = c.process_id WHERE p.run_id = ?", (run_id,)
+    ):
+        types[cid][name] = (count, size)
+    out: dict[int, list[Census]] = defaultdict(list)
+    for cid, process_id, t, tasks_done, objects, duration in heads:
+        out[process_id].append(Census(t=t, tasks_done=tasks_done, objects=objects, duration=duration,
+                                      types=types.get(cid, {})))
+    return out

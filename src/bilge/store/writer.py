@@ -1,0 +1,138 @@
+"""The agent's write side of the store: batched inserts from one process.
+
+Stdlib-only. One ``StoreWriter`` belongs to one process; after a fork the
+child builds its own (SQLite connections must never cross a fork).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bilge.store import schema
+
+SampleRow = tuple[Any, ...]
+TaskRow = tuple[Any, ...]
+
+
+class StoreWriter:
+    """Writes one process's telemetry into the run's database.
+
+    Args:
+        data_dir: the bilge data directory (must already hold the database).
+        run_id: the run this process belongs to.
+    """
+
+    def __init__(self, data_dir: str, run_id: int) -> None:
+        self.path = os.path.join(data_dir, schema.DB_FILENAME)
+        self.run_id = run_id
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            if not os.path.exists(self.path):
+                raise FileNotFoundError("bilge database %s is missing" % self.path)
+            self._conn = schema.connect(self.path)
+        return self._conn
+
+    def register_process(self, pid: int, ppid: int, parent_id: int | None, role: str, argv: str) -> int:
+        """Insert this process's row and return its store id."""
+        conn = self._connection()
+        cur = conn.execute(
+            "INSERT INTO processes (run_id, pid, ppid, parent_id, role, started, argv, python) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.run_id, pid, ppid, parent_id, role, time.time(), argv, _python_version()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def flush(
+        self,
+        process_id: int,
+        samples: Sequence[SampleRow],
+        tasks: Sequence[TaskRow],
+        census: tuple[float, int, int, float, Sequence[tuple[str, int, int]]] | None,
+        role: str | None,
+        errors: Sequence[tuple[float, str, str]],
+        ended: float | None = None,
+    ) -> None:
+        """Write everything buffered since the last flush in one transaction."""
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if samples:
+                conn.executemany(
+                    "INSERT INTO samples (process_id, t, rss, uss, pss, heap_blocks, gc_gen0, gc_gen1, gc_gen2, "
+                    "gc_collections, gc_collected, fds, threads, tasks_done) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(process_id,) + row for row in samples],
+                )
+            if tasks:
+                conn.executemany(
+                    "INSERT INTO tasks (process_id, seq, name, started, ended, rss_before, rss_after, "
+                    "blocks_before, blocks_after, failed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(process_id,) + row for row in tasks],
+                )
+            if census is not None:
+                t, tasks_done, objects, duration, types = census
+                cur = conn.execute(
+                    "INSERT INTO censuses (process_id, t, tasks_done, objects, duration) VALUES (?, ?, ?, ?, ?)",
+                    (process_id, t, tasks_done, objects, duration),
+                )
+                census_id = cur.lastrowid
+                conn.executemany(
+                    "INSERT INTO census_types (census_id, type, count, bytes) VALUES (?, ?, ?, ?)",
+                    [(census_id,) + row for row in types],
+                )
+            if role is not None:
+                conn.execute("UPDATE processes SET role = ? WHERE id = ?", (role, process_id))
+            if errors:
+                conn.executemany(
+                    "INSERT INTO agent_errors (process_id, t, source, message) VALUES (?, ?, ?, ?)",
+                    [(process_id,) + row for row in errors],
+                )
+            if ended is not None:
+                conn.execute("UPDATE processes SET ended = ? WHERE id = ?", (ended, process_id))
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+
+    def abandon(self) -> None:
+        """Forget the connection without closing it.
+
+        Used in a forked child: closing a connection inherited from the parent
+        could release POSIX locks the parent still relies on, so the child
+        simply never touches it again.
+        """
+        if self._conn is not None:
+            _ABANDONED.append(self._conn)
+        self._conn = None
+
+    def close(self) -> None:
+        """Close the connection (own process only)."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+
+# Statements use parameters only, never formatted ids: each distinct SQL
+# string would add an entry to the connection's statement cache, and the
+# census would then see the agent's own objects grow.
+
+# Connections inherited across fork are parked here so their finalizer never
+# runs in the child; at most one per fork generation, so this stays tiny.
+_ABANDONED: list[sqlite3.Connection] = []
+
+
+def _python_version() -> str:
+    import sys
+
+    return "%d.%d.%d" % sys.version_info[:3]
