@@ -147,12 +147,13 @@ class Agent:
             self._guarded("flush", self.flush)
 
     def _register(self) -> None:
+        role = self.role
         with self._db_lock:
             argv = " ".join(sys.argv)[:2000] if hasattr(sys, "argv") else ""
-            self.process_id = self._writer.register_process(
-                os.getpid(), os.getppid(), self.parent_id, self.role, argv
-            )
-        self._pending_role = None
+            self.process_id = self._writer.register_process(os.getpid(), os.getppid(), self.parent_id, role, argv)
+        if self._pending_role == role:
+            # Otherwise set_role() ran during the insert: keep it pending.
+            self._pending_role = None
         self._next_census = time.monotonic() + self.config.census_min_interval
 
     def _sample(self) -> None:

@@ -1,57 +1,66 @@
-"""Which task the growth follows: per-call memory left behind by each task name.
+"""Which task the growth follows: memory left behind per call of each task name.
 
-Each task record carries the process's RSS and Python heap blocks just
-before and just after the task. Over the post-warm-up window, a task that
-leaks leaves a positive mean delta; tasks that only allocate temporaries
-average out to ~0, because what they free is reused by the next task.
-Deltas from every process are pooled, so tasks interleaved across prefork
-children still add up.
+Two estimators, from the task records (each holds the process's RSS and
+Python heap blocks right before and after the task):
+
+- **Window regression** (preferred): cut each process's post-warm-up task
+  sequence into windows of consecutive tasks and regress the memory growth
+  of each window on how many calls of each task name it held. This credits
+  growth to the task that *causes* it even when another task is the one
+  that touches the new pages (a native leak fragments the heap, so the next
+  big temporary allocation, in whatever task, extends it). Interleaving is
+  random, so the counts vary from window to window and the per-call effects
+  are identifiable.
+- **In-task deltas** (fallback for short series): the same regression with
+  one row per call and the RSS/heap change across that call.
+
+A task is named only when its per-call effect stands out from the other
+tasks' average by a t statistic of at least ``MIN_T``.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import numpy as np
 
 from bilge.model import TaskGrowth, TaskRecord
 
-# A t statistic this high on >= MIN_CALLS calls is not noise.
 MIN_T = 3.0
 MIN_CALLS = 10
+WINDOW = 20
+HUBER_K = 1.345
 
 
-def task_growth(records: Iterable[TaskRecord]) -> tuple[TaskGrowth, ...]:
-    """Per task name, the mean memory left behind per call, ranked.
+def task_growth(per_process: Sequence[Sequence[TaskRecord]], window: int = WINDOW) -> tuple[TaskGrowth, ...]:
+    """Per task name, the memory left behind per call, most significant first.
 
     Args:
-        records: post-warm-up task records (any number of processes).
-
-    Returns:
-        Task growths, most significant leaker first; ``score`` is the larger
-        of the RSS and heap-block t statistics (0 when neither is positive).
+        per_process: post-warm-up task records, one ordered sequence per process.
+        window: tasks per regression window.
     """
-    rss: dict[str, list[float]] = defaultdict(list)
-    blocks: dict[str, list[float]] = defaultdict(list)
-    for rec in records:
-        if rec.rss_before is not None and rec.rss_after is not None:
-            rss[rec.name].append(rec.rss_after - rec.rss_before)
-        if rec.blocks_before is not None and rec.blocks_after is not None:
-            blocks[rec.name].append(rec.blocks_after - rec.blocks_before)
-    out = []
-    for name in set(rss) | set(blocks):
-        r = np.asarray(rss.get(name, []), dtype=float)
-        b = np.asarray(blocks.get(name, []), dtype=float)
-        calls = max(len(r), len(b))
-        score = max(_t_stat(r), _t_stat(b))
-        out.append(TaskGrowth(task=name, calls=calls, bytes_per_call=float(r.mean()) if len(r) else 0.0,
-                              blocks_per_call=float(b.mean()) if len(b) else 0.0, score=score))
+    names = sorted({t.name for tasks in per_process for t in tasks})
+    if not names:
+        return ()
+    rows, rss_y, blocks_y = _windows(per_process, names, window)
+    if len(rows) < 3 * len(names) + 5:
+        # Too few windows: regress the in-task deltas instead (one "window"
+        # per call), the same estimator on a shorter, noisier signal.
+        rows, rss_y, blocks_y = _calls(per_process, names)
+    if len(rows) <= len(names):
+        return ()
+    x = np.asarray(rows, dtype=float)
+    rss_beta, rss_t = _robust_regress(x, np.asarray(rss_y, dtype=float))
+    blocks_beta, blocks_t = _robust_regress(x, np.asarray(blocks_y, dtype=float))
+    calls = x.sum(axis=0)
+    out = [TaskGrowth(task=n, calls=int(calls[i]), bytes_per_call=float(rss_beta[i]),
+                      blocks_per_call=float(blocks_beta[i]), score=float(max(rss_t[i], blocks_t[i])))
+           for i, n in enumerate(names)]
     return tuple(sorted(out, key=lambda g: (-_significant(g), -g.bytes_per_call, -g.score)))
 
 
-def leaking_task(growths: tuple[TaskGrowth, ...]) -> TaskGrowth | None:
+def leaking_task(growths: Sequence[TaskGrowth]) -> TaskGrowth | None:
     """The task the growth follows, if one stands out significantly."""
     for g in growths:
         if _significant(g) and (g.bytes_per_call > 0 or g.blocks_per_call > 0):
@@ -63,14 +72,74 @@ def _significant(g: TaskGrowth) -> bool:
     return g.calls >= MIN_CALLS and g.score >= MIN_T
 
 
-def _t_stat(values: np.ndarray) -> float:
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = float(values.mean())
-    if mean <= 0:
-        return 0.0
-    sd = float(values.std(ddof=1))
-    if sd == 0:
-        return math.inf
-    return mean / (sd / math.sqrt(n))
+def _usable(tasks: Sequence[TaskRecord]) -> list[TaskRecord]:
+    return [t for t in tasks if None not in (t.rss_before, t.rss_after, t.blocks_before, t.blocks_after)]
+
+
+def _windows(
+    per_process: Sequence[Sequence[TaskRecord]], names: list[str], window: int
+) -> tuple[list[list[int]], list[float], list[float]]:
+    index = {n: i for i, n in enumerate(names)}
+    rows: list[list[int]] = []
+    rss_y: list[float] = []
+    blocks_y: list[float] = []
+    for tasks in per_process:
+        usable = _usable(tasks)
+        for start in range(1, len(usable) - window + 1, window):
+            chunk = usable[start:start + window]
+            before, after = usable[start - 1], chunk[-1]
+            counts = [0] * len(names)
+            for t in chunk:
+                counts[index[t.name]] += 1
+            rows.append(counts)
+            rss_y.append(float(after.rss_after - before.rss_after))  # type: ignore[operator]
+            blocks_y.append(float(after.blocks_after - before.blocks_after))  # type: ignore[operator]
+    return rows, rss_y, blocks_y
+
+
+def _calls(
+    per_process: Sequence[Sequence[TaskRecord]], names: list[str]
+) -> tuple[list[list[int]], list[float], list[float]]:
+    index = {n: i for i, n in enumerate(names)}
+    rows: list[list[int]] = []
+    rss_y: list[float] = []
+    blocks_y: list[float] = []
+    for tasks in per_process:
+        for t in _usable(tasks):
+            row = [0] * len(names)
+            row[index[t.name]] = 1
+            rows.append(row)
+            rss_y.append(float(t.rss_after - t.rss_before))  # type: ignore[operator]
+            blocks_y.append(float(t.blocks_after - t.blocks_before))  # type: ignore[operator]
+    return rows, rss_y, blocks_y
+
+
+def _robust_regress(x: np.ndarray, y: np.ndarray, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Huber regression without intercept (IRLS); t of each effect against the others' mean.
+
+    Huber weights keep the windows where a garbage collection or a new
+    allocator high-water mark moved memory by a lot from dominating the fit.
+    """
+    k = x.shape[1]
+    weights = np.ones(len(y))
+    beta = np.zeros(k)
+    residual = y
+    for _ in range(iterations):
+        root = np.sqrt(weights)
+        beta, *_ = np.linalg.lstsq(x * root[:, None], y * root, rcond=None)
+        residual = y - x @ beta
+        scale = 1.4826 * float(np.median(np.abs(residual - np.median(residual)))) or 1.0
+        u = np.abs(residual) / (HUBER_K * scale)
+        weights = np.where(u <= 1, 1.0, 1.0 / np.maximum(u, 1e-12))
+    root = np.sqrt(weights)
+    xw = x * root[:, None]
+    sigma2 = float(((residual * root) ** 2).sum()) / max(1, len(y) - k)
+    cov = sigma2 * np.linalg.pinv(xw.T @ xw)
+    t = np.zeros(k)
+    for i in range(k):
+        contrast = np.full(k, -1.0 / (k - 1)) if k > 1 else np.zeros(k)
+        contrast[i] = 1.0
+        var = float(contrast @ cov @ contrast)
+        diff = float(contrast @ beta)
+        t[i] = diff / math.sqrt(var) if var > 0 else (math.inf if diff > 0 else 0.0)
+    return beta, t

@@ -21,6 +21,7 @@ from bilge.model import (
     ProcessData,
     ProcessDiagnosis,
     RunData,
+    Sample,
     TaskGrowth,
     TaskRecord,
     TypeGrowth,
@@ -35,12 +36,19 @@ TIME_POLICY = TrendPolicy(min_points=600, min_slope=1.0)
 
 @dataclass(frozen=True)
 class _Window:
-    """The post-warm-up part of one process's data."""
+    """The part of one process's data that explains its growth.
+
+    It starts a quarter of the way in: the verdict cuts warm-up hard (it
+    looks at the second half only), while per-task and per-type effects
+    only need the first lazy imports and cache fills out of the way.
+    """
 
     data: ProcessData
     tasks: tuple[TaskRecord, ...]
+    samples: tuple[Sample, ...]
     censuses: tuple[Census, ...]
-    start_t: float
+    kind: str | None
+    evidence: tuple[str, ...]
 
 
 def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY) -> Diagnosis:
@@ -54,59 +62,63 @@ def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY) -> Diagnosis:
     leaking = [(d, w) for d, w in judged if d.verdict == LEAK]
     findings = _pooled_findings(leaking)
     processes = tuple(_with_findings(d, w) if d.verdict == LEAK else d for d, w in judged)
-    verdict = _overall(processes, run)
-    kinds = [d.kind for d in processes if d.verdict == LEAK and d.kind]
+    verdict = _overall(processes)
     confidence = max((d.confidence for d in processes if d.verdict == verdict), default=0.0)
-    return Diagnosis(run=run.run, verdict=verdict, kind=findings[0].kind if findings else (kinds[0] if kinds else None),
+    return Diagnosis(run=run.run, verdict=verdict, kind=findings[0].kind if findings else None,
                      confidence=confidence, findings=findings, processes=processes)
 
 
-def _overall(processes: Sequence[ProcessDiagnosis], run: RunData) -> str:
+def _overall(processes: Sequence[ProcessDiagnosis]) -> str:
     if any(d.verdict == LEAK for d in processes):
         return LEAK
     # Processes that ran tasks must all be judged; a process that only
     # supervises (Celery's main process) counts only when it leaks.
-    workers = [d for d in processes if d.tasks_observed]
-    if workers and all(d.verdict == NO_LEAK for d in workers):
-        return NO_LEAK
-    if not workers and processes and all(d.verdict == NO_LEAK for d in processes):
+    judged = [d for d in processes if d.tasks_observed] or list(processes)
+    if judged and all(d.verdict == NO_LEAK for d in judged):
         return NO_LEAK
     return INCONCLUSIVE
 
 
 def _judge(p: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Window]:
     samples = [s for s in p.samples if s.rss is not None]
-    if len(p.tasks) >= policy.min_points or not samples:
+    by_task = len(p.tasks) >= policy.min_points or not samples
+    if by_task:
         x, y = trend.as_arrays([(t.seq, t.rss_after) for t in p.tasks])
         result = trend.assess(x, y, policy, unit="task")
-        start = p.tasks[min(result.window_start, len(p.tasks) - 1)].started if p.tasks else 0.0
         confirmed = trend.confirmed_after(x, y, policy) if result.verdict == LEAK else None
+        trend_start = p.tasks[min(result.window_start, len(p.tasks) - 1)].started if p.tasks else 0.0
+        explain_start = p.tasks[len(p.tasks) // 4].started if p.tasks else 0.0
     else:
         x, y = trend.as_arrays([(s.t, s.rss) for s in samples])
         result = trend.assess(x, y, TIME_POLICY, unit="sample")
-        start = samples[min(result.window_start, len(samples) - 1)].t
         confirmed = None
-    window = _Window(data=p, tasks=tuple(t for t in p.tasks if t.started >= start),
-                     censuses=_window_censuses(p.censuses, start), start_t=start)
-    late = [s for s in samples if s.t >= start]
-    per_hour = trend.slope_of([s.t for s in late], [s.rss for s in late if s.rss is not None]) * 3600 \
+        trend_start = samples[min(result.window_start, len(samples) - 1)].t
+        explain_start = samples[len(samples) // 4].t
+    window = _explain_window(p, explain_start, result.verdict == LEAK)
+    late = [s for s in samples if s.t >= trend_start]
+    per_hour = trend.slope_of([s.t for s in late], [float(s.rss or 0) for s in late]) * 3600 \
         if len(late) >= 4 else None
-    leaky = attribution.leaking_task(attribution.task_growth(window.tasks)) if result.verdict == LEAK else None
-    calls = _calls(p.tasks[:confirmed], leaky.task) if confirmed and leaky else None
-    process_kind = kind.classify([s for s in samples if s.t >= start], window.tasks)[0] \
-        if result.verdict == LEAK else None
+    leaky = attribution.leaking_task(attribution.task_growth([window.tasks])) if result.verdict == LEAK else None
     fds = [s.fds for s in samples if s.fds is not None]
     diag = ProcessDiagnosis(
-        pid=p.info.pid, role=p.info.role, verdict=result.verdict, kind=process_kind,
+        pid=p.info.pid, role=p.info.role, verdict=result.verdict, kind=window.kind,
         confidence=round(result.confidence, 6),
-        growth_bytes_per_task=result.slope if p.tasks and len(p.tasks) >= policy.min_points else None,
+        growth_bytes_per_task=result.slope if by_task and p.tasks else None,
         growth_bytes_per_hour=per_hour, tasks_observed=len(p.tasks), confirmed_after_tasks=confirmed,
-        confirmed_after_calls=calls, rss_start=samples[0].rss if samples else None,
-        rss_end=samples[-1].rss if samples else None, reason=result.reason,
-        rss_series=tuple((s.t, int(s.rss)) for s in samples if s.rss is not None),
+        confirmed_after_calls=_calls(p.tasks[:confirmed], leaky.task) if confirmed and leaky else None,
+        rss_start=samples[0].rss if samples else None, rss_end=samples[-1].rss if samples else None,
+        reason=result.reason, rss_series=tuple((s.t, int(s.rss or 0)) for s in samples),
         fds_start=fds[0] if fds else None, fds_end=fds[-1] if fds else None,
     )
     return diag, window
+
+
+def _explain_window(p: ProcessData, start: float, leaking: bool) -> _Window:
+    tasks = tuple(t for t in p.tasks if t.started >= start)
+    samples = tuple(s for s in p.samples if s.t >= start)
+    leak_kind, evidence = kind.classify(samples, tasks) if leaking else (None, ())
+    return _Window(data=p, tasks=tasks, samples=samples, censuses=_window_censuses(p.censuses, start),
+                   kind=leak_kind, evidence=evidence)
 
 
 def _window_censuses(censuses: Sequence[Census], start: float) -> tuple[Census, ...]:
@@ -164,17 +176,15 @@ def _findings(
 def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:
     from dataclasses import replace
 
-    leaky = attribution.leaking_task(attribution.task_growth(window.tasks))
+    leaky = attribution.leaking_task(attribution.task_growth([window.tasks]))
     types, _ = _types(window, leaky.task if leaky else None)
-    leak_kind, evidence = kind.classify([s for s in window.data.samples if s.t >= window.start_t], window.tasks)
-    return replace(d, findings=_findings(leaky, types, leak_kind, (d.pid,), evidence))
+    return replace(d, findings=_findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence))
 
 
 def _pooled_findings(leaking: Sequence[tuple[ProcessDiagnosis, _Window]]) -> tuple[Finding, ...]:
     if not leaking:
         return ()
-    pooled_tasks = [t for _, w in leaking for t in w.tasks]
-    leaky = attribution.leaking_task(attribution.task_growth(pooled_tasks))
+    leaky = attribution.leaking_task(attribution.task_growth([w.tasks for _, w in leaking]))
     task = leaky.task if leaky else None
     per_process = []
     total_calls = 0
@@ -183,10 +193,9 @@ def _pooled_findings(leaking: Sequence[tuple[ProcessDiagnosis, _Window]]) -> tup
         per_process.append(types)
         total_calls += calls or 0
     types = census_diff.merge(per_process, total_calls or None)
-    kinds = [kind.classify([s for s in w.data.samples if s.t >= w.start_t], w.tasks) for _, w in leaking]
     # The kind most leaking processes agree on; evidence from the first of them.
-    names = [k for k, _ in kinds]
+    names = [w.kind or kind.NATIVE for _, w in leaking]
     leak_kind = max(set(names), key=names.count)
-    evidence = next(ev for k, ev in kinds if k == leak_kind)
+    evidence = next(w.evidence for _, w in leaking if (w.kind or kind.NATIVE) == leak_kind)
     pids = tuple(d.pid for d, _ in leaking)
     return _findings(leaky, types, leak_kind, pids, evidence)

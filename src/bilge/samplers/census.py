@@ -56,29 +56,50 @@ def take_census(max_types: int = 400, size_sample: int = 250_000) -> CensusResul
         total = len(objects)
         counts = Counter(map(type, objects))
         stride = max(1, total // size_sample)
-        sampled_bytes: Counter[type] = Counter()
-        sampled_count: Counter[type] = Counter()
-        getsizeof = sys.getsizeof
-        for obj in objects[::stride]:
-            cls = type(obj)
-            try:
-                sampled_bytes[cls] += getsizeof(obj)
-            except Exception:  # a broken __sizeof__ in user code must not stop the census
-                continue
-            sampled_count[cls] += 1
+        sized = objects[::stride] if stride > 1 else objects
+        sampled_bytes, sampled_count = _sizes(sized)
+        if sampled_count is None:
+            sampled_count = counts if stride == 1 else Counter(map(type, sized))
+        del sized
     finally:
         # Drop the only strong list of every object before anything else.
         del objects
     rows = []
     for cls, count in counts.items():
         n = sampled_count.get(cls, 0)
-        mean = sampled_bytes[cls] / n if n else _fallback_size(cls)
+        mean = sampled_bytes.get(cls, 0) / n if n else _fallback_size(cls)
         rows.append((type_name(cls), count, int(mean * count)))
     del counts, sampled_bytes, sampled_count
     rows = _keep_largest(rows, max_types)
     return CensusResult(
         t=time.time(), objects=total, duration=time.thread_time() - started, types=tuple(rows)
     )
+
+
+def _sizes(objects: list[object]) -> tuple[dict[type, int], Counter[type] | None]:
+    """Bytes by type (and, when sizing had to skip objects, counts of those sized).
+
+    The fast path keeps the per-object work in C (``map``) and one dict
+    update in Python, ~0.3 µs an object; a ``__sizeof__`` that raises sends
+    us to the slow path, which skips just that object.
+    """
+    sizes: dict[type, int] = {}
+    get = sizes.get
+    try:
+        for cls, size in zip(map(type, objects), map(sys.getsizeof, objects)):
+            sizes[cls] = get(cls, 0) + size
+        return sizes, None
+    except Exception:  # a broken __sizeof__ in user code must not stop the census
+        sizes.clear()
+    sized: Counter[type] = Counter()
+    for obj in objects:
+        cls = type(obj)
+        try:
+            sizes[cls] = get(cls, 0) + sys.getsizeof(obj)
+        except Exception:
+            continue
+        sized[cls] += 1
+    return sizes, sized
 
 
 def _fallback_size(cls: type) -> int:
