@@ -28,6 +28,7 @@ from typing import Any
 
 from bilge.samplers import census as census_sampler
 from bilge.samplers import process as proc_sampler
+from bilge.samplers.budget import CpuBudget
 from bilge.store.writer import StoreWriter
 
 log = logging.getLogger("bilge.agent")
@@ -44,9 +45,11 @@ class AgentConfig:
         data_dir: the bilge data directory.
         run_id: the run this process belongs to.
         sample_interval: seconds between process samples.
-        census_budget: the share of one core the census may use; its interval
-            is stretched so that ``duration / interval`` stays below this.
+        census_budget: the share of one core the census may use (a token
+            bucket enforces it: the census is skipped when it would exceed it).
         census_min_interval: seconds; the census never runs more often.
+        sizing_every: at most one census in this many also sizes objects;
+            the others only count them (about four times cheaper).
         buffer_limit: rows kept between flushes before new ones are dropped.
     """
 
@@ -55,6 +58,7 @@ class AgentConfig:
     sample_interval: float = 0.5
     census_budget: float = 0.01
     census_min_interval: float = 1.0
+    sizing_every: int = 5
     buffer_limit: int = 20000
 
 
@@ -81,6 +85,13 @@ class Agent:
         self._pending_role: str | None = None
         self._pending_census: census_sampler.CensusResult | None = None
         self._next_census = 0.0
+        self._census = census_sampler.Census()
+        # A small burst lets a fresh process take its first sizing census at
+        # once (a 60k-object Celery child takes ~40 ms) without paying much
+        # more than census_budget even over a run of a few seconds.
+        self._budget = CpuBudget(config.census_budget, burst=0.06)
+        self._cost = {True: 0.0, False: 0.0}
+        self._since_sized = config.sizing_every  # the first census sizes
         self.tasks_done = 0
         self.dropped_rows = 0
 
@@ -143,7 +154,7 @@ class Agent:
         while not self._stop.wait(self.config.sample_interval):
             self._guarded("sample", self._sample)
             if time.monotonic() >= self._next_census:
-                self._guarded("census", self._census)
+                self._guarded("census", self._run_census)
             self._guarded("flush", self.flush)
 
     def _register(self) -> None:
@@ -164,13 +175,21 @@ class Agent:
              collected, proc_sampler.count_fds(), proc_sampler.thread_count(), self.tasks_done)
         )
 
-    def _census(self) -> None:
-        result = census_sampler.take_census()
+    def _run_census(self) -> None:
+        self._next_census = time.monotonic() + self.config.census_min_interval
+        want_sized = self._since_sized >= self.config.sizing_every - 1
+        if want_sized and self._budget.can_spend(self._cost[True]):
+            sized = True
+        elif self._budget.can_spend(self._cost[False]):
+            sized = False
+        else:
+            return
+        result = self._census.take(sized)
+        self._budget.spend(result.duration)
+        # Remember the last cost of each flavour: heaps change slowly.
+        self._cost[sized] = result.duration
+        self._since_sized = 0 if sized else self._since_sized + 1
         self._pending_census = result
-        # Stretch the interval so the census stays within its CPU budget
-        # however large the heap grows.
-        interval = max(self.config.census_min_interval, result.duration / max(self.config.census_budget, 1e-6))
-        self._next_census = time.monotonic() + interval
 
     def flush(self, final: bool = False) -> None:
         """Write buffered rows in one transaction; safe from any thread."""

@@ -1,0 +1,45 @@
+"""A CPU-time token bucket: how the agent keeps its periodic work cheap.
+
+Tokens (seconds of CPU) accrue at ``share`` seconds per second of wall
+time, up to ``burst``; work may start only when the bucket holds its
+expected cost, and then pays what it actually cost. Over any long stretch
+the work therefore uses at most ``share`` of one core, however big the heap
+grows, while a fresh process can spend its initial burst at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class CpuBudget:
+    """Token bucket in CPU seconds.
+
+    Args:
+        share: CPU seconds allowed per wall-clock second (0.01 = 1% of a core).
+        burst: the most tokens that can accrue (and the initial allowance).
+        clock: a monotonic wall clock (injectable for tests).
+    """
+
+    def __init__(self, share: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.share = share
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._last = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.share)
+        self._last = now
+
+    def can_spend(self, expected: float) -> bool:
+        """True when work expected to cost ``expected`` CPU seconds fits now."""
+        self._refill()
+        return self._tokens >= expected
+
+    def spend(self, cost: float) -> None:
+        """Pay what the work actually cost (may go negative: a debt)."""
+        self._refill()
+        self._tokens -= cost
