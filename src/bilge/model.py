@@ -195,4 +195,5 @@ class Diagnosis:
     confidence: float
     findings: tuple[Finding, ...]
     processes: tuple[ProcessDiagnosis, ...]
+    reason: str = ""
     schema_version: int = SCHEMA_VERSION

@@ -35,6 +35,13 @@ log = logging.getLogger("bilge.agent")
 
 # Consecutive failures after which a sampler is switched off for good.
 MAX_FAILURES = 5
+# Tasks started but never finished (a hard time limit, a thread pool task
+# abandoned) are forgotten beyond this many, oldest first.
+MAX_RUNNING = 10000
+# How long fork may wait for an in-progress flush. Past it the fork goes
+# ahead and the child runs without an agent, rather than risk inheriting a
+# lock held by SQLite in the middle of a call.
+FORK_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,7 @@ class Agent:
         self._since_sized = config.sizing_every  # the first census sizes
         self.tasks_done = 0
         self.dropped_rows = 0
+        self._fork_lock_held = False
 
     # ------------------------------------------------------------ lifecycle --
     def start(self) -> None:
@@ -122,6 +130,8 @@ class Agent:
     def task_started(self, key: Any, name: str) -> None:
         """Called by integrations as a task starts, in the process that runs it."""
         try:
+            if len(self._running) >= MAX_RUNNING:
+                self._running.pop(next(iter(self._running)))
             self._running[key] = (name, time.time(), self._rss.read(), proc_sampler.heap_blocks())
         except Exception as exc:  # noqa: BLE001 - the host's task must run regardless
             self._record_error("task_started", exc)
@@ -243,17 +253,23 @@ class Agent:
     # ----------------------------------------------------------------- fork --
     def before_fork(self) -> None:
         """Hold the store lock across fork so SQLite is never mid-call."""
-        self._fork_lock_held = self._db_lock.acquire(timeout=10.0)
+        self._fork_lock_held = self._db_lock.acquire(timeout=FORK_WAIT)
 
     def after_fork_parent(self) -> None:
         """Release what ``before_fork`` took."""
-        if getattr(self, "_fork_lock_held", False):
+        if self._fork_lock_held:
             self._fork_lock_held = False
             self._db_lock.release()
 
-    def for_child(self) -> Agent:
-        """A fresh agent for a forked child: new lock, buffers, connection."""
+    def for_child(self) -> Agent | None:
+        """A fresh agent for a forked child (new lock, buffers, connection).
+
+        None when the fork happened while this agent was inside SQLite: the
+        child could inherit a held SQLite mutex, so it gets no agent.
+        """
         self._writer.abandon()
+        if not self._fork_lock_held:
+            return None
         return Agent(self.config, role="fork", parent_id=self.process_id)
 
 
@@ -346,7 +362,11 @@ def _after_fork_child() -> None:
         return
     try:
         _agent = parent.for_child()
-        _agent.start()
+        if _agent is None:
+            log.warning("bilge: pid %d forked during a store write; this child runs without the agent",
+                        os.getpid())
+        else:
+            _agent.start()
     except Exception:  # noqa: BLE001 - a child without an agent is fine; a crashed child is not
         _agent = None
 

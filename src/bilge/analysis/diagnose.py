@@ -62,21 +62,26 @@ def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY) -> Diagnosis:
     leaking = [(d, w) for d, w in judged if d.verdict == LEAK]
     findings = _pooled_findings(leaking)
     processes = tuple(_with_findings(d, w) if d.verdict == LEAK else d for d, w in judged)
-    verdict = _overall(processes)
+    verdict, reason = _overall(processes)
     confidence = max((d.confidence for d in processes if d.verdict == verdict), default=0.0)
     return Diagnosis(run=run.run, verdict=verdict, kind=findings[0].kind if findings else None,
-                     confidence=confidence, findings=findings, processes=processes)
+                     confidence=confidence, findings=findings, processes=processes, reason=reason)
 
 
-def _overall(processes: Sequence[ProcessDiagnosis]) -> str:
-    if any(d.verdict == LEAK for d in processes):
-        return LEAK
+def _overall(processes: Sequence[ProcessDiagnosis]) -> tuple[str, str]:
+    if not processes:
+        return INCONCLUSIVE, ("no process recorded any sample: the command may not be a Python program, may "
+                              "run Python with -I/-E (which skips the agent), or exited within a second")
+    leaking = [d for d in processes if d.verdict == LEAK]
+    if leaking:
+        return LEAK, "%d of %d processes leak" % (len(leaking), len(processes))
     # Processes that ran tasks must all be judged; a process that only
     # supervises (Celery's main process) counts only when it leaks.
     judged = [d for d in processes if d.tasks_observed] or list(processes)
-    if judged and all(d.verdict == NO_LEAK for d in judged):
-        return NO_LEAK
-    return INCONCLUSIVE
+    if all(d.verdict == NO_LEAK for d in judged):
+        return NO_LEAK, "memory is flat after warm-up in every process that ran tasks"
+    undecided = next(d for d in judged if d.verdict != NO_LEAK)
+    return INCONCLUSIVE, "pid %d: %s" % (undecided.pid, undecided.reason)
 
 
 def _judge(p: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Window]:

@@ -45,13 +45,15 @@ def classify(samples: Sequence[Sample], tasks: Sequence[TaskRecord]) -> tuple[st
     Returns:
         (kind, evidence): the kind and the readings that decided it.
     """
-    fd_points = [(s.tasks_done if tasks else s.t, s.fds) for s in samples if s.fds is not None]
+    fd_points = [(float(s.tasks_done) if tasks else s.t, s.fds) for s in samples if s.fds is not None]
     fd_growth, fd_p, text = _growth(fd_points)
     if fd_p < FD_ALPHA and fd_growth >= MIN_FD_GROWTH:
         return FILE_DESCRIPTORS, ("open file descriptors " + text,)
+    block_points: list[tuple[float, int | None]]
+    rss_points: list[tuple[float, int | None]]
     if tasks:
-        block_points = [(t.seq, t.blocks_after) for t in tasks]
-        rss_points = [(t.seq, t.rss_after) for t in tasks]
+        block_points = [(float(t.seq), t.blocks_after) for t in tasks]
+        rss_points = [(float(t.seq), t.rss_after) for t in tasks]
     else:
         block_points = [(s.t, s.heap_blocks) for s in samples]
         rss_points = [(s.t, s.rss) for s in samples]
@@ -65,7 +67,7 @@ def classify(samples: Sequence[Sample], tasks: Sequence[TaskRecord]) -> tuple[st
                     "~%.0f%% of the RSS growth)" % (rss_growth / 1024, text, 100 * min(share, 1)),)
 
 
-def _growth(points: Sequence[tuple[float, float | None]]) -> tuple[float, float, str]:
+def _growth(points: Sequence[tuple[float, int | None]]) -> tuple[float, float, str]:
     """(growth from first to last block median, trend p-value, description)."""
     kept = [(x, y) for x, y in points if y is not None]
     if len(kept) < 6:

@@ -124,10 +124,15 @@ def confirmed_after(
     return confirmed
 
 
-def as_arrays(points: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:
+def as_arrays(points: Sequence[tuple[float, int | float | None]]) -> tuple[list[float], list[float]]:
     """Split (x, y) pairs, dropping pairs with a missing y."""
-    kept = [(a, b) for a, b in points if b is not None]
-    return [a for a, _ in kept], [float(b) for _, b in kept]
+    xs: list[float] = []
+    ys: list[float] = []
+    for a, b in points:
+        if b is not None:
+            xs.append(float(a))
+            ys.append(float(b))
+    return xs, ys
 
 
 def slope_of(x: Sequence[float], y: Sequence[float], max_blocks: int = 120) -> float:

@@ -38,9 +38,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BilgeError as exc:
         click.echo("bilge: error: %s" % exc, err=True)
         return exc.exit_code
-    except click.exceptions.NoArgsIsHelp as exc:
-        click.echo(exc.format_message() if hasattr(exc, "format_message") else str(exc), err=True)
-        return 2
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

@@ -62,6 +62,7 @@ def to_dict(d: Diagnosis) -> dict[str, Any]:
         "verdict": d.verdict,
         "kind": d.kind,
         "confidence": d.confidence,
+        "reason": d.reason,
         "findings": [finding_dict(f) for f in d.findings],
         "processes": [process_dict(p) for p in d.processes],
     }

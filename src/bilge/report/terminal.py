@@ -74,9 +74,7 @@ class TerminalReporter:
                 lines.append(Text("Growing type: %s" % top.type))
             lines.append(Text(top.hint, style="italic"))
         else:
-            for p in d.processes:
-                if p.verdict == INCONCLUSIVE and p.tasks_observed:
-                    lines.append(Text("pid %d: %s" % (p.pid, p.reason)))
+            lines.append(Text(d.reason))
         return Panel(Group(*lines), title="bilge report — run %d" % d.run.id, expand=False)
 
     def _findings(self, d: Diagnosis) -> Table:

@@ -68,6 +68,8 @@ class Census:
         try:
             total = len(objects)
             counts = Counter(map(type, objects))
+            sampled_bytes: dict[type, int] = {}
+            sampled_count: Counter[type] | None = None
             if sized:
                 stride = max(1, total // self.size_sample)
                 sample = objects[::stride] if stride > 1 else objects
@@ -81,7 +83,7 @@ class Census:
         rows = []
         for cls, count in counts.items():
             name = type_name(cls)
-            if sized:
+            if sampled_count is not None:
                 n = sampled_count.get(cls, 0)
                 if n:
                     self._mean_size[name] = sampled_bytes.get(cls, 0) / n
@@ -89,9 +91,7 @@ class Census:
             if mean is None:
                 mean = float(getattr(cls, "__basicsize__", 16) or 16)
             rows.append((name, count, int(mean * count)))
-        del counts
-        if sized:
-            del sampled_bytes, sampled_count
+        del counts, sampled_bytes, sampled_count
         return CensusResult(t=time.time(), objects=total, duration=time.thread_time() - started, sized=sized,
                             types=tuple(_keep_largest(rows, self.max_types)))
 

@@ -172,7 +172,7 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
         "t.blocks_after, t.failed FROM tasks t JOIN processes p ON p.id = t.process_id WHERE p.run_id = ? "
         "ORDER BY t.process_id, t.seq", (run.id,)
     ):
-        tasks[r[0]].append(TaskRecord(*r[1:9], failed=bool(r[9])))
+        tasks[r[0]].append(TaskRecord(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9])))
     censuses = _read_censuses(conn, run.id)
     errors: dict[int, list[str]] = defaultdict(list)
     for pid, source, message in conn.execute(
