@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich import box
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
@@ -78,30 +79,50 @@ class TerminalReporter:
         return Panel(Group(*lines), title="bilge report — run %d" % d.run.id, expand=False)
 
     def _findings(self, d: Diagnosis) -> Table:
-        table = Table(title="Findings (most important first)", title_justify="left")
-        for col in ("#", "task", "type", "kind", "bytes/call", "count/call", "holder", "location"):
-            table.add_column(col, overflow="fold")
+        # Columns shared by every finding (usually the task and kind) are in
+        # the headline already; repeating them per row only eats the width.
+        show_task = len({f.task for f in d.findings}) > 1
+        show_kind = len({f.kind for f in d.findings}) > 1
+        explained = any(f.holder or f.location for f in d.findings)
+        table = Table(title="Findings (most important first)", title_justify="left", box=box.SIMPLE_HEAD)
+        columns = ["#"] + (["task"] if show_task else []) + ["type"] + (["kind"] if show_kind else [])
+        columns += ["bytes/call", "objects/call"] + (["holder", "location"] if explained else [])
+        for col in columns:
+            table.add_column(col, overflow="fold", no_wrap=col in ("#", "bytes/call", "objects/call"))
         for i, f in enumerate(d.findings, 1):
-            table.add_row(str(i), f.task or "—", f.type or "—", f.kind or "—", human_bytes(f.bytes_per_call),
-                          "—" if f.count_per_call is None else "%.3g" % f.count_per_call,
-                          f.holder or "—", f.location or "—")
+            cells = {"#": str(i), "task": f.task or "—", "type": f.type or "—", "kind": f.kind or "—",
+                     "bytes/call": human_bytes(f.bytes_per_call),
+                     "objects/call": "—" if f.count_per_call is None else "%.3g" % f.count_per_call,
+                     "holder": f.holder or "—", "location": f.location or "—"}
+            table.add_row(*(cells[c] for c in columns))
         return table
 
-    def _processes(self, processes: Sequence[ProcessDiagnosis]) -> Table:
-        table = Table(title="Processes", title_justify="left")
-        for col in ("pid", "role", "verdict", "tasks", "RSS start → end", "growth/task", "growth/hour",
-                    "confirmed after", "RSS over time"):
-            table.add_column(col, overflow="fold")
+    def _processes(self, processes: Sequence[ProcessDiagnosis]) -> Group:
+        lines: list[Text] = [Text("Processes", style="italic")]
         for p in processes:
-            confirmed = "—"
-            if p.confirmed_after_tasks is not None:
-                confirmed = "%d tasks" % p.confirmed_after_tasks
-                if p.confirmed_after_calls is not None:
-                    confirmed += " (%d calls)" % p.confirmed_after_calls
-            table.add_row(
-                str(p.pid), p.role, Text(p.verdict, style=_STYLE.get(p.verdict, "")), str(p.tasks_observed),
-                "%s → %s" % (human_bytes(p.rss_start), human_bytes(p.rss_end)),
-                human_bytes(p.growth_bytes_per_task), human_bytes(p.growth_bytes_per_hour), confirmed,
-                sparkline([v for _, v in p.rss_series]),
+            line = Text.assemble(
+                ("● ", _STYLE.get(p.verdict, "")), ("%d %s " % (p.pid, p.role), "bold"),
+                (p.verdict.upper(), _STYLE.get(p.verdict, "")),
+                "  %d tasks  RSS %s → %s" % (p.tasks_observed, human_bytes(p.rss_start), human_bytes(p.rss_end)),
             )
-        return table
+            # Outside a leak, a rate over a short window is noise dressed up
+            # as a number (the JSON report still has it).
+            if p.verdict == LEAK:
+                if p.growth_bytes_per_task is not None:
+                    line.append("  %s/task" % _signed(p.growth_bytes_per_task))
+                if p.growth_bytes_per_hour is not None:
+                    line.append("  %s/h" % _signed(p.growth_bytes_per_hour))
+            if p.confirmed_after_tasks is not None:
+                line.append("  confirmed after %d tasks" % p.confirmed_after_tasks)
+                if p.confirmed_after_calls is not None:
+                    line.append(" (%d calls)" % p.confirmed_after_calls)
+            lines.append(line)
+            detail = Text("  " + sparkline([v for _, v in p.rss_series], width=32), style="cyan")
+            if p.verdict != LEAK:
+                detail.append("  " + p.reason, style="dim")
+            lines.append(detail)
+        return Group(*lines)
+
+
+def _signed(n: float) -> str:
+    return ("+" if n >= 0 else "") + human_bytes(n)
