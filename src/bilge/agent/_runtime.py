@@ -42,6 +42,16 @@ MAX_RUNNING = 10000
 # ahead and the child runs without an agent, rather than risk inheriting a
 # lock held by SQLite in the middle of a call.
 FORK_WAIT = 1.0
+# Long-lived processes: what the store keeps must grow slower than linearly.
+# Sample and census intervals stretch with the process's age (a census
+# every ~age/60 s means their number grows with log(age)), and past
+# FULL_TASKS tasks only one burst of TASK_BURST consecutive tasks in every
+# TASK_BURST * TASK_DUTY is recorded (consecutive, so the attribution's
+# windows stay whole).
+MAX_SAMPLE_INTERVAL = 10.0
+FULL_TASKS = 50_000
+TASK_BURST = 2_000
+TASK_DUTY = 10
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,7 @@ class Agent:
         self.tasks_done = 0
         self.dropped_rows = 0
         self._fork_lock_held = False
+        self._born = time.monotonic()
 
     # ------------------------------------------------------------ lifecycle --
     def start(self) -> None:
@@ -144,6 +155,8 @@ class Agent:
                 return
             name, t0, rss0, blocks0 = started
             self.tasks_done += 1
+            if self.tasks_done > FULL_TASKS and (self.tasks_done // TASK_BURST) % TASK_DUTY:
+                return
             if len(self._tasks) == self._tasks.maxlen:
                 self.dropped_rows += 1
             self._tasks.append(
@@ -161,7 +174,7 @@ class Agent:
             self._record_error("register", exc)
             self._log_once("register", exc)
             return
-        while not self._stop.wait(self.config.sample_interval):
+        while not self._stop.wait(self._interval(self.config.sample_interval, 600.0, MAX_SAMPLE_INTERVAL)):
             self._guarded("sample", self._sample)
             if time.monotonic() >= self._next_census:
                 self._guarded("census", self._run_census)
@@ -185,8 +198,12 @@ class Agent:
              collected, proc_sampler.count_fds(), proc_sampler.thread_count(), self.tasks_done)
         )
 
+    def _interval(self, base: float, age_divisor: float, ceiling: float) -> float:
+        age = time.monotonic() - self._born
+        return min(max(base, age / age_divisor), ceiling)
+
     def _run_census(self) -> None:
-        self._next_census = time.monotonic() + self.config.census_min_interval
+        self._next_census = time.monotonic() + self._interval(self.config.census_min_interval, 60.0, 600.0)
         want_sized = self._since_sized >= self.config.sizing_every - 1
         if want_sized and self._budget.can_spend(self._cost[True]):
             sized = True

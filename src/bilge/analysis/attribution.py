@@ -88,6 +88,8 @@ def _windows(
         for start in range(1, len(usable) - window + 1, window):
             chunk = usable[start:start + window]
             before, after = usable[start - 1], chunk[-1]
+            if after.seq - before.seq != window:
+                continue  # spans a gap (long runs record tasks in bursts)
             counts = [0] * len(names)
             for t in chunk:
                 counts[index[t.name]] += 1
