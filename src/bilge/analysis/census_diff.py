@@ -16,15 +16,21 @@ from bilge.model import Census, TypeGrowth
 
 # Share of census-to-census steps in which a steady type may not grow.
 MAX_DECREASE_SHARE = 0.25
+# A type explains a leak only if it grows with it: at least one object per
+# this many calls of the leaking task. Slower growth is interpreter or
+# library churn (weakrefs, cached statements) that happens to be rising.
+MIN_COUNT_PER_CALL = 0.5
 
 
-def type_growth(censuses: Sequence[Census], calls: int | None) -> tuple[TypeGrowth, ...]:
+def type_growth(censuses: Sequence[Census], calls: int | None, min_count: float = 0.0) -> tuple[TypeGrowth, ...]:
     """Types whose counts grew over ``censuses`` (in time order), ranked by bytes.
 
     Args:
         censuses: the censuses of the window, at least two.
         calls: calls of the leaking task between the first and last census,
             to express growth per call (None if no task is known).
+        min_count: a type that grew by fewer objects is not steady growth
+            worth reporting (see MIN_COUNT_PER_CALL).
     """
     if len(censuses) < 2:
         return ()
@@ -40,6 +46,8 @@ def type_growth(censuses: Sequence[Census], calls: int | None) -> tuple[TypeGrow
         steps = [b - a for a, b in zip(counts, counts[1:])]
         decreases = sum(1 for s in steps if s < 0)
         steady = decreases <= MAX_DECREASE_SHARE * len(steps) and sum(1 for s in steps if s > 0) >= len(steps) / 2
+        if count_delta < min_count:
+            steady = False
         bytes_delta = sizes[-1] - sizes[0]
         per_call = calls if calls else None
         out.append(TypeGrowth(
@@ -50,7 +58,7 @@ def type_growth(censuses: Sequence[Census], calls: int | None) -> tuple[TypeGrow
     return tuple(sorted(out, key=lambda g: (-g.steady, -g.bytes_delta, -g.count_delta)))
 
 
-def merge(growths: Sequence[Sequence[TypeGrowth]], calls: int | None) -> tuple[TypeGrowth, ...]:
+def merge(growths: Sequence[Sequence[TypeGrowth]], calls: int | None, min_count: float = 0.0) -> tuple[TypeGrowth, ...]:
     """Pool per-process type growths (summing deltas) into one ranking."""
     acc: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for per_process in growths:
@@ -63,7 +71,7 @@ def merge(growths: Sequence[Sequence[TypeGrowth]], calls: int | None) -> tuple[T
     out = [
         TypeGrowth(type=name, count_delta=c, bytes_delta=b,
                    count_per_call=c / calls if calls else None, bytes_per_call=b / calls if calls else None,
-                   steady=steady * 2 >= seen)
+                   steady=steady * 2 >= seen and c >= min_count)
         for name, (c, b, steady, seen) in acc.items()
     ]
     return tuple(sorted(out, key=lambda g: (-g.steady, -g.bytes_delta, -g.count_delta)))

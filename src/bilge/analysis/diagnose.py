@@ -148,12 +148,21 @@ def _calls_between(tasks: Sequence[TaskRecord], first: Census, last: Census, nam
     return sum(1 for t in tasks if first.tasks_done < t.seq <= last.tasks_done and t.name == name)
 
 
-def _types(window: _Window, task: str | None) -> tuple[tuple[TypeGrowth, ...], int | None]:
+def _types(window: _Window, task: str | None) -> tuple[tuple[TypeGrowth, ...], int | None, float]:
+    """Type growth over the window's censuses, the leaking task's calls, and the materiality floor."""
     cs = window.censuses
     if len(cs) < 2:
-        return (), None
+        return (), None, 0.0
     calls = _calls_between(window.data.tasks, cs[0], cs[-1], task)
-    return census_diff.type_growth(cs, calls), calls
+    if calls is None:
+        # No task named: assume the leak rides on an average task name.
+        between = [t for t in window.data.tasks if cs[0].tasks_done < t.seq <= cs[-1].tasks_done]
+        names = {t.name for t in between}
+        basis = len(between) / len(names) if names else 0.0
+    else:
+        basis = float(calls)
+    floor = census_diff.MIN_COUNT_PER_CALL * basis
+    return census_diff.type_growth(cs, calls, floor), calls, floor
 
 
 def _findings(
@@ -182,7 +191,7 @@ def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:
     from dataclasses import replace
 
     leaky = attribution.leaking_task(attribution.task_growth([window.tasks]))
-    types, _ = _types(window, leaky.task if leaky else None)
+    types, _, _ = _types(window, leaky.task if leaky else None)
     return replace(d, findings=_findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence))
 
 
@@ -193,11 +202,13 @@ def _pooled_findings(leaking: Sequence[tuple[ProcessDiagnosis, _Window]]) -> tup
     task = leaky.task if leaky else None
     per_process = []
     total_calls = 0
+    floor = 0.0
     for _, w in leaking:
-        types, calls = _types(w, task)
+        types, calls, process_floor = _types(w, task)
         per_process.append(types)
         total_calls += calls or 0
-    types = census_diff.merge(per_process, total_calls or None)
+        floor += process_floor
+    types = census_diff.merge(per_process, total_calls or None, floor)
     # The kind most leaking processes agree on; evidence from the first of them.
     names = [w.kind or kind.NATIVE for _, w in leaking]
     leak_kind = max(set(names), key=names.count)

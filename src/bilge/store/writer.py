@@ -30,23 +30,28 @@ class StoreWriter:
         self.path = os.path.join(data_dir, schema.DB_FILENAME)
         self.run_id = run_id
         self._conn: sqlite3.Connection | None = None
+        self._cursor: sqlite3.Cursor | None = None
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
+    def _connection(self) -> sqlite3.Cursor:
+        # One cursor for the process's lifetime: every new cursor leaves a
+        # weak reference in the connection (pruned only every 200), which
+        # the census would otherwise see as a slowly growing type.
+        if self._cursor is None:
             if not os.path.exists(self.path):
                 raise FileNotFoundError("bilge database %s is missing" % self.path)
             self._conn = schema.connect(self.path)
-        return self._conn
+            self._cursor = self._conn.cursor()
+        return self._cursor
 
     def register_process(self, pid: int, ppid: int, parent_id: int | None, role: str, argv: str) -> int:
         """Insert this process's row and return its store id."""
         conn = self._connection()
-        cur = conn.execute(
+        conn.execute(
             "INSERT INTO processes (run_id, pid, ppid, parent_id, role, started, argv, python) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (self.run_id, pid, ppid, parent_id, role, time.time(), argv, _python_version()),
         )
-        return int(cur.lastrowid or 0)
+        return int(conn.lastrowid or 0)
 
     def flush(
         self,
@@ -77,11 +82,11 @@ class StoreWriter:
                 )
             if census is not None:
                 t, tasks_done, objects, duration, types = census
-                cur = conn.execute(
+                conn.execute(
                     "INSERT INTO censuses (process_id, t, tasks_done, objects, duration) VALUES (?, ?, ?, ?, ?)",
                     (process_id, t, tasks_done, objects, duration),
                 )
-                census_id = cur.lastrowid
+                census_id = conn.lastrowid
                 conn.executemany(
                     "INSERT INTO census_types (census_id, type, count, bytes) VALUES (?, ?, ?, ?)",
                     [(census_id,) + row for row in types],
@@ -113,6 +118,7 @@ class StoreWriter:
         if self._conn is not None:
             _ABANDONED.append(self._conn)
         self._conn = None
+        self._cursor = None
 
     def close(self) -> None:
         """Close the connection (own process only)."""
@@ -121,6 +127,7 @@ class StoreWriter:
                 self._conn.close()
             finally:
                 self._conn = None
+                self._cursor = None
 
 
 # Statements use parameters only, never formatted ids: each distinct SQL
