@@ -60,7 +60,11 @@ class Sample:
 
 @dataclass(frozen=True)
 class TaskRecord:
-    """One task execution with the process's memory before and after it."""
+    """One task execution with the process's memory before and after it.
+
+    ``gc_runs`` counts garbage collections during the task (None if unknown):
+    a heap-block delta is exact only for calls without one.
+    """
 
     seq: int
     name: str
@@ -71,6 +75,7 @@ class TaskRecord:
     blocks_before: int | None
     blocks_after: int | None
     failed: bool
+    gc_runs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -125,13 +130,19 @@ class Trend:
 
 @dataclass(frozen=True)
 class TaskGrowth:
-    """How much memory one task name leaves behind per call."""
+    """How much memory one task name leaves behind per call.
+
+    ``score`` is the t statistic of the window regression (the causal
+    estimate); ``support`` that of the heap blocks each gc-free call leaves
+    behind (sharper, but blind to garbage freed by a later collection).
+    """
 
     task: str
     calls: int
     bytes_per_call: float
     blocks_per_call: float
     score: float
+    support: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ class Agent:
         self._thread: threading.Thread | None = None
         self._samples: deque[tuple[Any, ...]] = deque(maxlen=config.buffer_limit)
         self._tasks: deque[tuple[Any, ...]] = deque(maxlen=config.buffer_limit)
-        self._running: dict[Any, tuple[str, float, int | None, int]] = {}
+        self._running: dict[Any, tuple[str, float, int | None, int, int]] = {}
         self._errors: list[tuple[float, str, str]] = []
         self._failures: dict[str, int] = {}
         self._disabled: set[str] = set()
@@ -143,7 +143,8 @@ class Agent:
         try:
             if len(self._running) >= MAX_RUNNING:
                 self._running.pop(next(iter(self._running)))
-            self._running[key] = (name, time.time(), self._rss.read(), proc_sampler.heap_blocks())
+            self._running[key] = (name, time.time(), self._rss.read(), proc_sampler.gc_collections(),
+                                  proc_sampler.heap_blocks())
         except Exception as exc:  # noqa: BLE001 - the host's task must run regardless
             self._record_error("task_started", exc)
 
@@ -153,15 +154,18 @@ class Agent:
             started = self._running.pop(key, None)
             if started is None:
                 return
-            name, t0, rss0, blocks0 = started
+            name, t0, rss0, gc0, blocks0 = started
             self.tasks_done += 1
             if self.tasks_done > FULL_TASKS and (self.tasks_done // TASK_BURST) % TASK_DUTY:
                 return
             if len(self._tasks) == self._tasks.maxlen:
                 self.dropped_rows += 1
+            # Heap blocks first: reading the gc counters allocates (and frees)
+            # a few objects of their own.
+            blocks1 = proc_sampler.heap_blocks()
             self._tasks.append(
-                (self.tasks_done, name, t0, time.time(), rss0, self._rss.read(), blocks0,
-                 proc_sampler.heap_blocks(), int(failed))
+                (self.tasks_done, name, t0, time.time(), rss0, self._rss.read(), blocks0, blocks1, int(failed),
+                 proc_sampler.gc_collections() - gc0)
             )
         except Exception as exc:  # noqa: BLE001
             self._record_error("task_finished", exc)

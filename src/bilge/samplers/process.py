@@ -100,6 +100,11 @@ def heap_blocks() -> int:
     return sys.getallocatedblocks()
 
 
+def gc_collections() -> int:
+    """Garbage collections run so far in all generations (~0.7 µs)."""
+    return sum(stats.get("collections", 0) for stats in gc.get_stats())
+
+
 def gc_reading() -> tuple[int, int, int, int, int]:
     """(gen0, gen1, gen2 counts, total collections, total collected)."""
     g0, g1, g2 = gc.get_count()

@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     rss_after INTEGER,
     blocks_before INTEGER,
     blocks_after INTEGER,
-    failed INTEGER NOT NULL DEFAULT 0
+    failed INTEGER NOT NULL DEFAULT 0,
+    gc_runs INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_by_process ON tasks (process_id, seq);
 CREATE TABLE IF NOT EXISTS censuses (

@@ -77,7 +77,7 @@ class StoreWriter:
             if tasks:
                 conn.executemany(
                     "INSERT INTO tasks (process_id, seq, name, started, ended, rss_before, rss_after, "
-                    "blocks_before, blocks_after, failed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "blocks_before, blocks_after, failed, gc_runs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(process_id,) + row for row in tasks],
                 )
             if census is not None:

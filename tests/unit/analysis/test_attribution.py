@@ -1,0 +1,157 @@
+"""Tests for bilge.analysis.attribution: naming the task that leaks from interleaved task records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bilge.analysis.attribution import MIN_CALLS, leaking_task, task_growth
+from bilge.model import TaskGrowth, TaskRecord
+
+PAGE = 4096
+BASE = 60 * 2**20
+NAMES = ("shop.checkout", "shop.search", "shop.thumbnail")
+
+
+def task_records(
+    tasks: int,
+    seed: int,
+    leaker: str | None = None,
+    leak_bytes: int = 4096,
+    leak_blocks: int = 64,
+    touched: bool = False,
+    noise: float = 8192.0,
+) -> list[TaskRecord]:
+    """Three randomly interleaved task names; ``leaker`` keeps ``leak_bytes`` and ``leak_blocks`` per call.
+
+    Every reading carries transient noise (page-granular for RSS) that does not
+    accumulate. With ``touched`` the leaker's own readings do not move: its
+    bytes show up in the RSS only once the next task of another name runs
+    (that task touches the new pages), as happens with a fragmented native heap.
+    """
+    rng = np.random.default_rng(seed)
+    names = rng.choice(NAMES, size=tasks)
+    rss = BASE
+    blocks = 100_000
+    pending = 0
+    out = []
+    for seq, name in enumerate(names, 1):
+        rss_before = rss + int(rng.normal(0, noise)) // PAGE * PAGE
+        blocks_before = blocks + int(rng.normal(0, 20))
+        if name == leaker:
+            if touched:
+                pending += leak_bytes
+            else:
+                rss += leak_bytes
+                blocks += leak_blocks
+        elif pending:
+            rss += pending
+            pending = 0
+        rss_after = rss + int(rng.normal(0, noise)) // PAGE * PAGE
+        blocks_after = blocks + int(rng.normal(0, 20))
+        out.append(TaskRecord(seq=seq, name=str(name), started=float(seq), ended=seq + 0.5, rss_before=rss_before,
+                              rss_after=rss_after, blocks_before=blocks_before, blocks_after=blocks_after,
+                              failed=False))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_names_the_task_that_keeps_4k_per_call(seed: int) -> None:
+    """One of three interleaved tasks keeps 4 KiB and 64 heap blocks per call: it is named, with ~4 KiB/call."""
+    growths = task_growth([task_records(1500, seed, leaker="shop.search")])
+    leaker = leaking_task(growths)
+    assert leaker is not None
+    assert leaker.task == "shop.search"
+    assert 0.7 * 4096 <= leaker.bytes_per_call <= 1.3 * 4096
+    assert 0.7 * 64 <= leaker.blocks_per_call <= 1.3 * 64
+    assert leaker.score >= 3.0
+    assert growths[0] == leaker  # the most significant first
+
+
+def test_task_growth_counts_every_call_in_the_windows() -> None:
+    """Each name gets one TaskGrowth whose calls add up to the tasks that fell inside a whole window."""
+    records = task_records(1500, 0, leaker="shop.search")
+    growths = task_growth([records])
+    assert sorted(g.task for g in growths) == sorted(NAMES)
+    # Windows of 20 start after the first record: 74 whole windows, 1480 tasks.
+    assert sum(g.calls for g in growths) == 1480
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_names_the_cause_when_another_task_touches_the_pages(seed: int) -> None:
+    """The leak shows up in the next task of another name: the window regression still names the leaker."""
+    records = task_records(3000, seed, leaker="shop.search", leak_blocks=0, touched=True, noise=4096.0)
+    # In-task deltas point the other way: the leaker's own calls never move RSS.
+    own = [r.rss_after - r.rss_before for r in records if r.name == "shop.search"]
+    others = [r.rss_after - r.rss_before for r in records if r.name != "shop.search"]
+    assert np.mean(others) > np.mean(own) + 1000
+    leaker = leaking_task(task_growth([records]))
+    assert leaker is not None
+    assert leaker.task == "shop.search"
+    assert 0.7 * 4096 <= leaker.bytes_per_call <= 1.3 * 4096
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_no_leak_names_no_task(seed: int) -> None:
+    """Only transient noise in every task: leaking_task is None."""
+    growths = task_growth([task_records(1500, seed)])
+    assert len(growths) == 3
+    assert leaking_task(growths) is None
+
+
+def test_short_series_falls_back_to_in_task_deltas() -> None:
+    """100 tasks give too few windows; the per-call regression still names the leaker."""
+    records = task_records(100, 0, leaker="shop.search")
+    leaker = leaking_task(task_growth([records]))
+    assert leaker is not None
+    assert leaker.task == "shop.search"
+    assert leaker.calls == sum(1 for r in records if r.name == "shop.search")
+
+
+def test_pools_several_processes() -> None:
+    """Records of two processes are regressed together; the leaker is named from the pool."""
+    first = task_records(800, 10, leaker="shop.thumbnail")
+    second = task_records(800, 11, leaker="shop.thumbnail")
+    leaker = leaking_task(task_growth([first, second]))
+    assert leaker is not None
+    assert leaker.task == "shop.thumbnail"
+
+
+def test_windows_spanning_a_gap_in_seq_are_skipped() -> None:
+    """Records recorded in bursts (seq jumps) do not form windows across the gap."""
+    records = task_records(400, 3, leaker="shop.search")
+    burst = records[:200] + [
+        TaskRecord(r.seq + 10_000, r.name, r.started, r.ended, r.rss_before, r.rss_after, r.blocks_before,
+                   r.blocks_after, r.failed) for r in records[200:]
+    ]
+    # Without the gap, windows start at records 1, 21, ..., 361: 19 windows of 20 calls.
+    assert sum(g.calls for g in task_growth([records])) == 19 * 20
+    # The window of records 181..200 straddles the gap and is dropped.
+    assert sum(g.calls for g in task_growth([burst])) == 18 * 20
+
+
+def test_records_with_missing_readings_are_ignored() -> None:
+    """Records with a None reading are left out rather than crashing the regression."""
+    records = task_records(600, 4, leaker="shop.checkout")
+    holes = [TaskRecord(r.seq, r.name, r.started, r.ended, None, r.rss_after, r.blocks_before, r.blocks_after,
+                        r.failed) if i % 50 == 0 else r for i, r in enumerate(records)]
+    leaker = leaking_task(task_growth([holes]))
+    assert leaker is not None
+    assert leaker.task == "shop.checkout"
+
+
+def test_empty_input_gives_nothing() -> None:
+    """No records: no growths and no leaking task."""
+    assert task_growth([]) == ()
+    assert task_growth([[]]) == ()
+    assert leaking_task(()) is None
+
+
+def test_leaking_task_needs_enough_calls_and_positive_growth() -> None:
+    """A high score is not enough: too few calls, or shrinking memory, name no task."""
+    few = TaskGrowth(task="a", calls=MIN_CALLS - 1, bytes_per_call=4096.0, blocks_per_call=64.0, score=50.0)
+    shrinking = TaskGrowth(task="b", calls=500, bytes_per_call=-4096.0, blocks_per_call=-64.0, score=50.0)
+    weak = TaskGrowth(task="c", calls=500, bytes_per_call=4096.0, blocks_per_call=64.0, score=2.9)
+    good = TaskGrowth(task="d", calls=MIN_CALLS, bytes_per_call=4096.0, blocks_per_call=0.0, score=3.0)
+    assert leaking_task([few, shrinking, weak]) is None
+    assert leaking_task([few, shrinking, weak, good]) == good
