@@ -25,6 +25,8 @@ from celery import Celery, signals
 
 BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6399/0")
 ITEMS = int(os.environ.get("BENCH_ITEMS", "24"))
+# Passes over the order (pricing in several currencies): sets the task's cost.
+PASSES = int(os.environ.get("BENCH_PASSES", "4"))
 
 app = Celery("workload", broker=BROKER)
 app.conf.update(
@@ -70,13 +72,28 @@ def build_order(order_id):
     }
 
 
+_RATES = (("EUR", 1.0), ("USD", 1.08), ("GBP", 0.85), ("CHF", 0.96), ("SEK", 11.4), ("JPY", 162.0))
+
+
 def process(order_id):
-    """The task body; returns a short digest (ignored)."""
-    raw = json.dumps(build_order(order_id), sort_keys=True)
+    """The task body: PASSES pricing passes; returns a short digest (ignored)."""
+    digest = ""
+    for p in range(PASSES):
+        digest = _price(order_id, _RATES[p % len(_RATES)], digest)
+    return digest
+
+
+def _price(order_id, rate, previous):
+    currency, factor = rate
+    doc = build_order(order_id)
+    doc["currency"] = currency
+    doc["previous"] = previous
+    raw = json.dumps(doc, sort_keys=True)
     order = json.loads(raw)
     by_tag = {}
     total = 0.0
     for line in order["lines"]:
+        line["unit_price"] = round(line["unit_price"] * factor, 2)
         amount = line["qty"] * line["unit_price"]
         total += amount
         for tag in line["tags"]:
@@ -144,4 +161,5 @@ if __name__ == "__main__":  # quick calibration: python benchmarks/workload_app.
     for i in range(n):
         process(i)
     dt = time.perf_counter() - t0
-    print("payload %d bytes; %.3f ms per task body" % (len(json.dumps(build_order(1))), dt / n * 1000))
+    print("payload %d bytes; %d passes; %.3f ms per task body" % (len(json.dumps(build_order(1))), PASSES,
+                                                               dt / n * 1000))

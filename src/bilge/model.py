@@ -174,6 +174,15 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Series:
+    """A named series of (time, value) points, for plots."""
+
+    name: str
+    unit: str
+    points: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
 class ProcessDiagnosis:
     """The verdict and findings for one process."""
 
@@ -194,6 +203,9 @@ class ProcessDiagnosis:
     rss_series: tuple[tuple[float, int], ...] = field(default=(), repr=False)
     fds_start: int | None = None
     fds_end: int | None = None
+    series: tuple[Series, ...] = field(default=(), repr=False)
+    trend_line: tuple[tuple[float, float], tuple[float, float]] | None = None
+    type_series: tuple[Series, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -207,4 +219,5 @@ class Diagnosis:
     findings: tuple[Finding, ...]
     processes: tuple[ProcessDiagnosis, ...]
     reason: str = ""
+    task_growth: tuple[TaskGrowth, ...] = ()
     schema_version: int = SCHEMA_VERSION

@@ -22,6 +22,7 @@ from bilge.model import (
     ProcessDiagnosis,
     RunData,
     Sample,
+    Series,
     TaskGrowth,
     TaskRecord,
     TypeGrowth,
@@ -60,12 +61,14 @@ def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY) -> Diagnosis:
     """
     judged = [_judge(p, policy) for p in run.processes if p.samples or p.tasks]
     leaking = [(d, w) for d, w in judged if d.verdict == LEAK]
-    findings = _pooled_findings(leaking)
+    growth = attribution.task_growth([w.tasks for _, w in leaking]) if leaking else ()
+    findings = _pooled_findings(leaking, growth)
     processes = tuple(_with_findings(d, w) if d.verdict == LEAK else d for d, w in judged)
     verdict, reason = _overall(processes)
     confidence = max((d.confidence for d in processes if d.verdict == verdict), default=0.0)
     return Diagnosis(run=run.run, verdict=verdict, kind=findings[0].kind if findings else None,
-                     confidence=confidence, findings=findings, processes=processes, reason=reason)
+                     confidence=confidence, findings=findings, processes=processes, reason=reason,
+                     task_growth=growth)
 
 
 def _overall(processes: Sequence[ProcessDiagnosis]) -> tuple[str, str]:
@@ -101,8 +104,9 @@ def _judge(p: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Wind
         explain_start = samples[len(samples) // 4].t
     window = _explain_window(p, explain_start, result.verdict == LEAK)
     late = [s for s in samples if s.t >= trend_start]
-    per_hour = trend.slope_of([s.t for s in late], [float(s.rss or 0) for s in late]) * 3600 \
-        if len(late) >= 4 else None
+    line = trend.fitted_line([s.t for s in late], [float(s.rss or 0) for s in late])
+    per_hour = (line[1][1] - line[0][1]) / (line[1][0] - line[0][0]) * 3600 \
+        if line and line[1][0] > line[0][0] else None
     leaky = attribution.leaking_task(attribution.task_growth([window.tasks])) if result.verdict == LEAK else None
     fds = [s.fds for s in samples if s.fds is not None]
     diag = ProcessDiagnosis(
@@ -114,8 +118,37 @@ def _judge(p: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Wind
         rss_start=samples[0].rss if samples else None, rss_end=samples[-1].rss if samples else None,
         reason=result.reason, rss_series=tuple((s.t, int(s.rss or 0)) for s in samples),
         fds_start=fds[0] if fds else None, fds_end=fds[-1] if fds else None,
+        series=_process_series(samples), trend_line=line if result.verdict == LEAK else None,
     )
     return diag, window
+
+
+MAX_PLOT_POINTS = 400
+
+
+def _thin(points: Sequence[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    step = max(1, len(points) // MAX_PLOT_POINTS)
+    return tuple(points[::step])
+
+
+def _process_series(samples: Sequence[Sample]) -> tuple[Series, ...]:
+    """RSS, USS, Python heap blocks and open fds over time, thinned for plots."""
+    out = []
+    for name, unit, field in (("RSS", "bytes", "rss"), ("USS", "bytes", "uss"),
+                              ("Python heap blocks", "blocks", "heap_blocks"), ("open fds", "fds", "fds")):
+        points = [(s.t, float(v)) for s in samples if (v := getattr(s, field)) is not None]
+        if points:
+            out.append(Series(name=name, unit=unit, points=_thin(points)))
+    return tuple(out)
+
+
+def _type_series(censuses: Sequence[Census], types: Sequence[TypeGrowth]) -> tuple[Series, ...]:
+    """Counts over time of the reported growing types."""
+    return tuple(
+        Series(name=t.type, unit="objects",
+               points=_thin([(c.t, float(c.types[t.type][0])) for c in censuses if t.type in c.types]))
+        for t in types
+    )
 
 
 def _explain_window(p: ProcessData, start: float, leaking: bool) -> _Window:
@@ -192,13 +225,17 @@ def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:
 
     leaky = attribution.leaking_task(attribution.task_growth([window.tasks]))
     types, _, _ = _types(window, leaky.task if leaky else None)
-    return replace(d, findings=_findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence))
+    findings = _findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence)
+    reported = [t for t in types if any(f.type == t.type for f in findings)]
+    return replace(d, findings=findings, type_series=_type_series(window.data.censuses, reported))
 
 
-def _pooled_findings(leaking: Sequence[tuple[ProcessDiagnosis, _Window]]) -> tuple[Finding, ...]:
+def _pooled_findings(
+    leaking: Sequence[tuple[ProcessDiagnosis, _Window]], growth: Sequence[TaskGrowth]
+) -> tuple[Finding, ...]:
     if not leaking:
         return ()
-    leaky = attribution.leaking_task(attribution.task_growth([w.tasks for _, w in leaking]))
+    leaky = attribution.leaking_task(growth)
     task = leaky.task if leaky else None
     per_process = []
     total_calls = 0

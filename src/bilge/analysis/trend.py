@@ -135,9 +135,18 @@ def as_arrays(points: Sequence[tuple[float, int | float | None]]) -> tuple[list[
     return xs, ys
 
 
-def slope_of(x: Sequence[float], y: Sequence[float], max_blocks: int = 120) -> float:
-    """Theil-Sen slope of a series after block reduction (0 for short series)."""
+def fitted_line(
+    x: Sequence[float], y: Sequence[float], max_blocks: int = 120
+) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """Endpoints of the Theil-Sen line through a series (None if too short).
+
+    The intercept is the median of y - slope * x, the usual companion of the
+    Theil-Sen slope, so the line is as robust as the slope.
+    """
     if len(y) < 4:
-        return 0.0
+        return None
     bx, by = block_medians(np.asarray(x, float), np.asarray(y, float), max_blocks)
-    return theil_sen(bx, by)
+    slope = theil_sen(bx, by)
+    intercept = float(np.median(by - slope * bx))
+    x0, x1 = float(bx[0]), float(bx[-1])
+    return (x0, intercept + slope * x0), (x1, intercept + slope * x1)

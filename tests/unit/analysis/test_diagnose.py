@@ -1,0 +1,95 @@
+"""Tests for bilge.analysis.diagnose: the whole pipeline from RunData to Diagnosis."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bilge.analysis import diagnose
+from bilge.analysis.kind import PYTHON_OBJECTS
+from bilge.model import (
+    INCONCLUSIVE,
+    LEAK,
+    NO_LEAK,
+    Census,
+    ProcessData,
+    ProcessInfo,
+    RunData,
+    RunInfo,
+    Sample,
+    TaskRecord,
+)
+
+PAGE = 4096
+BASE = 60 * 2**20
+NAMES = ("shop.checkout", "shop.search", "shop.thumbnail")
+RUN = RunInfo(id=1, started=0.0, ended=100.0, command="celery worker", exit_code=0, hostname="test")
+
+
+def process(pid: int, leaker: str | None, tasks: int = 1500, seed: int = 0) -> ProcessData:
+    """A worker child that ran ``tasks`` interleaved tasks; ``leaker`` keeps 4 KiB and 64 blocks per call."""
+    rng = np.random.default_rng(seed)
+    rss, blocks, orders = BASE, 100_000, 1000
+    records, sample_rows, census_rows = [], [], []
+    for seq, name in enumerate(rng.choice(NAMES, size=tasks), 1):
+        before = (rss + int(rng.normal(0, 8192)) // PAGE * PAGE, blocks + int(rng.normal(0, 20)))
+        if name == leaker:
+            rss, blocks, orders = rss + 4096, blocks + 64, orders + 1
+        after = (rss + int(rng.normal(0, 8192)) // PAGE * PAGE, blocks + int(rng.normal(0, 20)))
+        t = seq * 0.01
+        records.append(TaskRecord(seq, str(name), t, t + 0.005, before[0], after[0], before[1], after[1], False))
+        if seq % 10 == 0:
+            sample_rows.append(Sample(t + 0.006, after[0], None, None, after[1], seq, 12, 2, seq))
+        if seq % 100 == 0:
+            census_rows.append(Census(t + 0.007, seq, 50_000, 0.02,
+                                      {"shop.Order": (orders, 64 * orders), "dict": (5000, 5000 * 232)}))
+    info = ProcessInfo(id=pid, pid=1000 + pid, ppid=1000, parent_id=1, role="celery-child", started=0.0,
+                       ended=20.0, argv="celery worker")
+    return ProcessData(info=info, samples=tuple(sample_rows), tasks=tuple(records), censuses=tuple(census_rows))
+
+
+def test_leaking_run_names_task_type_and_kind() -> None:
+    """A child leaking shop.Order objects in shop.search: LEAK, python-objects, task and type named."""
+    diagnosis = diagnose(RunData(run=RUN, processes=(process(2, "shop.search"),)))
+    assert diagnosis.verdict == LEAK
+    assert diagnosis.kind == PYTHON_OBJECTS
+    top = diagnosis.findings[0]
+    assert top.task == "shop.search"
+    assert top.type == "shop.Order"
+    assert top.pids == (1002,)
+    assert top.bytes_per_call is not None and 0.7 * 4096 <= top.bytes_per_call <= 1.3 * 4096
+    assert top.count_per_call == 1.0
+    child = diagnosis.processes[0]
+    assert child.verdict == LEAK
+    assert child.tasks_observed == 1500
+    assert child.growth_bytes_per_task is not None and 0.7 * 4096 / 3 <= child.growth_bytes_per_task <= 1.3 * 4096 / 3
+    assert child.confirmed_after_tasks is not None and child.confirmed_after_tasks <= 1500
+    assert child.confirmed_after_calls == sum(
+        1 for t in process(2, "shop.search").tasks[: child.confirmed_after_tasks] if t.name == "shop.search")
+
+
+def test_flat_run_is_no_leak_without_findings() -> None:
+    """Children with only transient noise: NO_LEAK, no findings, no kind."""
+    diagnosis = diagnose(RunData(run=RUN, processes=(process(2, None), process(3, None, seed=1))))
+    assert diagnosis.verdict == NO_LEAK
+    assert diagnosis.findings == ()
+    assert diagnosis.kind is None
+    assert [p.verdict for p in diagnosis.processes] == [NO_LEAK, NO_LEAK]
+
+
+def test_one_leaking_child_makes_the_run_leak() -> None:
+    """One leaking child among two is enough for LEAK; the reason counts them."""
+    diagnosis = diagnose(RunData(run=RUN, processes=(process(2, None), process(3, "shop.thumbnail", seed=1))))
+    assert diagnosis.verdict == LEAK
+    assert diagnosis.reason == "1 of 2 processes leak"
+    assert diagnosis.findings[0].task == "shop.thumbnail"
+    assert diagnosis.findings[0].pids == (1003,)
+
+
+def test_run_without_samples_is_inconclusive() -> None:
+    """A run whose processes recorded nothing is INCONCLUSIVE with an explanation."""
+    empty = ProcessData(info=ProcessInfo(1, 99, 1, None, "main", 0.0, None, "python x.py"), samples=(), tasks=(),
+                        censuses=())
+    diagnosis = diagnose(RunData(run=RUN, processes=(empty,)))
+    assert diagnosis.verdict == INCONCLUSIVE
+    assert diagnosis.processes == ()
+    assert diagnosis.reason.startswith("no process recorded any sample")
