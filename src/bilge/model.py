@@ -90,6 +90,30 @@ class Census:
 
 
 @dataclass(frozen=True)
+class AllocationSite:
+    """A line whose allocations survived an allocation window."""
+
+    file: str
+    line: int
+    size: int
+    count: int
+    owner: str
+    traceback: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AllocationWindow:
+    """One tracemalloc window the agent opened in a suspect process."""
+
+    started: float
+    ended: float
+    tasks: int
+    status: str
+    peak_memory: int
+    sites: tuple[AllocationSite, ...]
+
+
+@dataclass(frozen=True)
 class ProcessData:
     """Everything stored about one process."""
 
@@ -98,6 +122,7 @@ class ProcessData:
     tasks: tuple[TaskRecord, ...]
     censuses: tuple[Census, ...]
     errors: tuple[str, ...] = ()
+    windows: tuple[AllocationWindow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -204,6 +229,7 @@ class ProcessDiagnosis:
     fds_start: int | None = None
     fds_end: int | None = None
     series: tuple[Series, ...] = field(default=(), repr=False)
+    sites: tuple[AllocationSite, ...] = ()
     trend_line: tuple[tuple[float, float], tuple[float, float]] | None = None
     type_series: tuple[Series, ...] = field(default=(), repr=False)
 

@@ -28,7 +28,9 @@ from typing import Any
 
 from bilge.samplers import census as census_sampler
 from bilge.samplers import process as proc_sampler
+from bilge.samplers.allocations import AllocationWindow, WindowResult
 from bilge.samplers.budget import CpuBudget
+from bilge.samplers.suspicion import Suspicion
 from bilge.store.writer import StoreWriter
 
 log = logging.getLogger("bilge.agent")
@@ -49,6 +51,10 @@ FORK_WAIT = 1.0
 # TASK_BURST * TASK_DUTY is recorded (consecutive, so the attribution's
 # windows stay whole).
 MAX_SAMPLE_INTERVAL = 10.0
+# Allocation windows (tracemalloc) per process: at most this many, at least
+# this far apart, so their cost stays a small share of a long run.
+MAX_WINDOWS = 3
+WINDOW_REOPEN_AFTER = 1800.0
 FULL_TASKS = 50_000
 TASK_BURST = 2_000
 TASK_DUTY = 10
@@ -113,6 +119,11 @@ class Agent:
         self.dropped_rows = 0
         self._fork_lock_held = False
         self._born = time.monotonic()
+        self._suspicion = Suspicion()
+        self._window = AllocationWindow()
+        self._windows_opened = 0
+        self._last_window = -WINDOW_REOPEN_AFTER
+        self._pending_windows: list[WindowResult] = []
 
     # ------------------------------------------------------------ lifecycle --
     def start(self) -> None:
@@ -126,6 +137,7 @@ class Agent:
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the thread and write what is buffered (bounded by ``timeout``)."""
         self._stop.set()
+        self._window.abort()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -163,10 +175,14 @@ class Agent:
             # Heap blocks first: reading the gc counters allocates (and frees)
             # a few objects of their own.
             blocks1 = proc_sampler.heap_blocks()
+            rss1 = self._rss.read()
             self._tasks.append(
-                (self.tasks_done, name, t0, time.time(), rss0, self._rss.read(), blocks0, blocks1, int(failed),
+                (self.tasks_done, name, t0, time.time(), rss0, rss1, blocks0, blocks1, int(failed),
                  proc_sampler.gc_collections() - gc0)
             )
+            self._suspicion.add(rss1)
+            if self._window.active:
+                self._window.on_task_finished()
         except Exception as exc:  # noqa: BLE001
             self._record_error("task_finished", exc)
 
@@ -182,6 +198,7 @@ class Agent:
             self._guarded("sample", self._sample)
             if time.monotonic() >= self._next_census:
                 self._guarded("census", self._run_census)
+            self._guarded("window", self._tend_window)
             self._guarded("flush", self.flush)
 
     def _register(self) -> None:
@@ -202,12 +219,35 @@ class Agent:
              collected, proc_sampler.count_fds(), proc_sampler.thread_count(), self.tasks_done)
         )
 
+    def _tend_window(self) -> None:
+        """Open an allocation window when the process turns suspect; collect it when done."""
+        if self._window.active:
+            try:
+                result = self._window.poll()
+            except BaseException:
+                self._window.abort()
+                raise
+            if result is not None:
+                self._pending_windows.append(result)
+            return
+        if self.tasks_done == 0 and self._samples:
+            self._suspicion.add(self._samples[-1][1])
+        now = time.monotonic()
+        if (self._windows_opened < MAX_WINDOWS and now - self._last_window >= WINDOW_REOPEN_AFTER
+                and self._suspicion.suspect() and self._window.open()):
+            self._windows_opened += 1
+            self._last_window = now
+
     def _interval(self, base: float, age_divisor: float, ceiling: float) -> float:
         age = time.monotonic() - self._born
         return min(max(base, age / age_divisor), ceiling)
 
     def _run_census(self) -> None:
         self._next_census = time.monotonic() + self._interval(self.config.census_min_interval, 60.0, 600.0)
+        if self._window.active:
+            # The window's snapshots are thousands of tuples of our own, and
+            # tracemalloc would trace the census itself: count another time.
+            return
         want_sized = self._since_sized >= self.config.sizing_every - 1
         if want_sized and self._budget.can_spend(self._cost[True]):
             sized = True
@@ -236,13 +276,14 @@ class Agent:
             self._pending_census = None
             errors, self._errors = self._errors, []
             role, self._pending_role = self._pending_role, None
+            windows, self._pending_windows = self._pending_windows, []
             census_row = None
             if census is not None:
                 census_row = (census.t, self.tasks_done, census.objects, census.duration, census.types)
-            if samples or tasks or census_row or role or errors or final:
+            if samples or tasks or census_row or role or errors or windows or final:
                 self._writer.flush(
                     self.process_id, samples, tasks, census_row, role, errors,
-                    ended=time.time() if final else None,
+                    ended=time.time() if final else None, windows=windows,
                 )
         finally:
             self._db_lock.release()
@@ -289,6 +330,12 @@ class Agent:
         child could inherit a held SQLite mutex, so it gets no agent.
         """
         self._writer.abandon()
+        if self._window.active:
+            # tracemalloc state is inherited: the child must not keep paying
+            # for its parent's window.
+            import tracemalloc
+
+            tracemalloc.stop()
         if not self._fork_lock_held:
             return None
         return Agent(self.config, role="fork", parent_id=self.process_id)

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bilge.analysis import attribution, census_diff, hints, kind, trend
+from bilge.analysis import attribution, census_diff, hints, kind, sites, trend
 from bilge.analysis.trend import DEFAULT_POLICY, TrendPolicy
 from bilge.model import (
     INCONCLUSIVE,
     LEAK,
     NO_LEAK,
+    AllocationWindow,
     Census,
     Diagnosis,
     Finding,
@@ -119,6 +120,7 @@ def _judge(p: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Wind
         reason=result.reason, rss_series=tuple((s.t, int(s.rss or 0)) for s in samples),
         fds_start=fds[0] if fds else None, fds_end=fds[-1] if fds else None,
         series=_process_series(samples), trend_line=line if result.verdict == LEAK else None,
+        sites=sites.leak_sites(p.windows),
     )
     return diag, window
 
@@ -200,14 +202,21 @@ def _types(window: _Window, task: str | None) -> tuple[tuple[TypeGrowth, ...], i
 
 def _findings(
     leaky: TaskGrowth | None, types: Sequence[TypeGrowth], leak_kind: str, pids: tuple[int, ...],
-    evidence: tuple[str, ...],
+    evidence: tuple[str, ...], windows: Sequence[AllocationWindow] = (),
 ) -> tuple[Finding, ...]:
     task = leaky.task if leaky else None
+    found = sites.leak_sites(windows) if leak_kind != kind.NATIVE else ()
+    # tracemalloc sees only Python's allocators: for a native leak its sites
+    # would be noise, so the location stays unknown rather than invented.
+    where = sites.location(found[0]) if found else None
+    if found:
+        evidence = evidence + (sites.describe(found[0], windows),)
     steady = [t for t in types if t.steady][:MAX_FINDINGS] if leak_kind != kind.NATIVE else []
     bytes_per_call = round(leaky.bytes_per_call, 1) if leaky else None
     if not steady:
         return (Finding(task=task, type=None, kind=leak_kind, bytes_per_call=bytes_per_call, count_per_call=None,
-                        hint=hints.hint(leak_kind, task, None, None), pids=pids, evidence=evidence),)
+                        hint=hints.hint(leak_kind, task, None, None), pids=pids, evidence=evidence,
+                        location=where),)
     return tuple(
         Finding(task=task, type=t.type, kind=leak_kind,
                 bytes_per_call=bytes_per_call if i == 0 else (
@@ -215,7 +224,8 @@ def _findings(
                 count_per_call=round(t.count_per_call, 3) if t.count_per_call is not None else None,
                 hint=hints.hint(leak_kind, task, t.type, t.count_per_call), pids=pids,
                 evidence=evidence + ("%s: +%d objects, +%d bytes over the window" % (
-                    t.type, t.count_delta, t.bytes_delta),))
+                    t.type, t.count_delta, t.bytes_delta),),
+                location=where if i == 0 else None)
         for i, t in enumerate(steady)
     )
 
@@ -225,7 +235,7 @@ def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:
 
     leaky = attribution.leaking_task(attribution.task_growth([window.tasks]))
     types, _, _ = _types(window, leaky.task if leaky else None)
-    findings = _findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence)
+    findings = _findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence, window.data.windows)
     reported = [t for t in types if any(f.type == t.type for f in findings)]
     return replace(d, findings=findings, type_series=_type_series(window.data.censuses, reported))
 
@@ -251,4 +261,4 @@ def _pooled_findings(
     leak_kind = max(set(names), key=names.count)
     evidence = next(w.evidence for _, w in leaking if (w.kind or kind.NATIVE) == leak_kind)
     pids = tuple(d.pid for d, _ in leaking)
-    return _findings(leaky, types, leak_kind, pids, evidence)
+    return _findings(leaky, types, leak_kind, pids, evidence, [x for _, w in leaking for x in w.data.windows])

@@ -88,6 +88,25 @@ CREATE TABLE IF NOT EXISTS census_types (
     bytes INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS census_types_by_census ON census_types (census_id);
+CREATE TABLE IF NOT EXISTS windows (
+    id INTEGER PRIMARY KEY,
+    process_id INTEGER NOT NULL,
+    started REAL NOT NULL,
+    ended REAL NOT NULL,
+    tasks INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    peak_memory INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sites (
+    window_id INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    traceback TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS agent_errors (
     process_id INTEGER,
     t REAL NOT NULL,

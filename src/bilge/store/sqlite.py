@@ -14,7 +14,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bilge.errors import DataDirError, EmptyStoreError, StoreError
-from bilge.model import Census, ProcessData, ProcessInfo, RunData, RunInfo, Sample, TaskRecord
+from bilge.model import (
+    AllocationSite,
+    AllocationWindow,
+    Census,
+    ProcessData,
+    ProcessInfo,
+    RunData,
+    RunInfo,
+    Sample,
+    TaskRecord,
+)
 from bilge.store import schema
 
 # Files SQLite itself keeps next to the database.
@@ -174,6 +184,7 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
     ):
         tasks[r[0]].append(TaskRecord(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]), r[10]))
     censuses = _read_censuses(conn, run.id)
+    windows = _read_windows(conn, run.id)
     errors: dict[int, list[str]] = defaultdict(list)
     for pid, source, message in conn.execute(
         "SELECT e.process_id, e.source, e.message FROM agent_errors e JOIN processes p ON p.id = e.process_id "
@@ -182,9 +193,27 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
         errors[pid].append("%s: %s" % (source, message))
     return RunData(run=run, processes=tuple(
         ProcessData(info=p, samples=tuple(samples[p.id]), tasks=tuple(tasks[p.id]),
-                    censuses=tuple(censuses.get(p.id, ())), errors=tuple(errors[p.id]))
+                    censuses=tuple(censuses.get(p.id, ())), errors=tuple(errors[p.id]),
+                    windows=tuple(windows.get(p.id, ())))
         for p in procs
     ))
+
+
+def _read_windows(conn: sqlite3.Connection, run_id: int) -> dict[int, list[AllocationWindow]]:
+    sites: dict[int, list[AllocationSite]] = defaultdict(list)
+    for wid, file, line, size, count, owner, tb in conn.execute(
+        "SELECT s.window_id, s.file, s.line, s.size, s.count, s.owner, s.traceback FROM sites s JOIN windows w "
+        "ON w.id = s.window_id JOIN processes p ON p.id = w.process_id WHERE p.run_id = ? ORDER BY s.window_id, "
+        "s.rank", (run_id,)
+    ):
+        sites[wid].append(AllocationSite(file, line, size, count, owner, tuple(tb.split("\n")) if tb else ()))
+    out: dict[int, list[AllocationWindow]] = defaultdict(list)
+    for wid, process_id, started, ended, tasks, status, peak in conn.execute(
+        "SELECT w.id, w.process_id, w.started, w.ended, w.tasks, w.status, w.peak_memory FROM windows w JOIN "
+        "processes p ON p.id = w.process_id WHERE p.run_id = ? ORDER BY w.id", (run_id,)
+    ):
+        out[process_id].append(AllocationWindow(started, ended, tasks, status, peak, tuple(sites[wid])))
+    return out
 
 
 def _read_censuses(conn: sqlite3.Connection, run_id: int) -> dict[int, list[Census]]:

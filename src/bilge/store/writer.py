@@ -62,6 +62,7 @@ class StoreWriter:
         role: str | None,
         errors: Sequence[tuple[float, str, str]],
         ended: float | None = None,
+        windows: Sequence[Any] = (),
     ) -> None:
         """Write everything buffered since the last flush in one transaction."""
         conn = self._connection()
@@ -97,6 +98,19 @@ class StoreWriter:
                 conn.executemany(
                     "INSERT INTO agent_errors (process_id, t, source, message) VALUES (?, ?, ?, ?)",
                     [(process_id,) + row for row in errors],
+                )
+            for window in windows:
+                conn.execute(
+                    "INSERT INTO windows (process_id, started, ended, tasks, status, peak_memory) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (process_id, window.started, window.ended, window.tasks, window.status, window.peak_memory),
+                )
+                window_id = conn.lastrowid
+                conn.executemany(
+                    "INSERT INTO sites (window_id, rank, file, line, size, count, owner, traceback) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(window_id, rank, s.file, s.line, s.size, s.count, s.owner, "\n".join(s.traceback))
+                     for rank, s in enumerate(window.sites)],
                 )
             if ended is not None:
                 conn.execute("UPDATE processes SET ended = ? WHERE id = ?", (ended, process_id))

@@ -161,8 +161,25 @@ def test_as_arrays_drops_missing_values() -> None:
     assert ys == [10.0, 30.0]
 
 
-def test_slope_of_short_and_long_series() -> None:
-    """slope_of is 0 below four points and the Theil-Sen slope (after block medians) otherwise."""
-    assert trend.slope_of([1, 2, 3], [1, 2, 3]) == 0.0
+def test_fitted_line_of_short_and_long_series() -> None:
+    """fitted_line is None below four points; otherwise its endpoints lie on the series' exact line."""
+    assert trend.fitted_line([1, 2, 3], [1, 2, 3]) is None
     x = np.arange(1000, dtype=float)
-    assert trend.slope_of(x, 5.0 * x + 3) == pytest.approx(5.0)
+    line = trend.fitted_line(x, 5.0 * x + 3)
+    assert line is not None
+    (x0, y0), (x1, y1) = line
+    assert 0 <= x0 < 10 and 990 <= x1 < 1000
+    assert y0 == pytest.approx(5.0 * x0 + 3)
+    assert y1 == pytest.approx(5.0 * x1 + 3)
+
+
+def test_fitted_line_ignores_spikes() -> None:
+    """Isolated +50 MiB spikes on a 1 KiB/step line do not move the fitted line off the true one."""
+    x = np.arange(1500, dtype=float)
+    y = BASE + 1024.0 * x
+    y[::97] += 50 * MIB
+    line = trend.fitted_line(x, y)
+    assert line is not None
+    (x0, y0), (x1, y1) = line
+    assert (y1 - y0) / (x1 - x0) == pytest.approx(1024.0, rel=0.01)
+    assert y0 == pytest.approx(BASE + 1024.0 * x0, abs=64 * KIB)

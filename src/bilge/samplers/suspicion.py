@@ -1,0 +1,71 @@
+"""The agent's own, cheap "is this process suspect?" check. Stdlib-only.
+
+The analysis gives the real verdict, later and outside the process; the
+agent only needs a cheap, early signal to decide whether to open an
+allocation window. It keeps a decimated ring of memory readings (RSS after
+each task, or periodic RSS for processes that run no tasks) and calls a
+process suspect when the recent half of the ring trends up (Mann-Kendall on
+block medians, pure Python, ~2k comparisons) by a material amount.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+# One reading per task is kept, decimated to at most RING readings by
+# keeping every 2nd, 4th, … as the process ages.
+RING = 400
+BLOCKS = 20
+MIN_READINGS = 150
+Z_SUSPECT = 3.3  # one-sided p ~ 5e-4
+MIN_GROWTH = 128 * 1024
+
+
+class Suspicion:
+    """A bounded ring of readings with a cheap upward-trend test."""
+
+    def __init__(self) -> None:
+        self._ring: deque[float] = deque(maxlen=RING)
+        self._seen = 0
+        self._stride = 1
+
+    def add(self, value: float | None) -> None:
+        """Record one reading (None is ignored)."""
+        if value is None:
+            return
+        self._seen += 1
+        if self._seen % self._stride:
+            return
+        self._ring.append(value)
+        if len(self._ring) == RING and self._seen >= RING * self._stride * 2:
+            # Halve the resolution so the ring spans the whole life again.
+            self._stride *= 2
+            kept = list(self._ring)[::2]
+            self._ring.clear()
+            self._ring.extend(kept)
+
+    def suspect(self) -> bool:
+        """True when the recent readings grow steadily and materially."""
+        if len(self._ring) < MIN_READINGS:
+            return False
+        values = list(self._ring)[len(self._ring) // 2:]
+        size = max(1, len(values) // BLOCKS)
+        medians = [sorted(values[i:i + size])[len(values[i:i + size]) // 2] for i in range(0, len(values), size)]
+        if medians[-1] - medians[0] < MIN_GROWTH:
+            return False
+        return _mann_kendall_z(medians) >= Z_SUSPECT
+
+
+def _mann_kendall_z(values: list[float]) -> float:
+    n = len(values)
+    s = 0
+    for i in range(n - 1):
+        vi = values[i]
+        for j in range(i + 1, n):
+            d = values[j] - vi
+            s += (d > 0) - (d < 0)
+    var = n * (n - 1) * (2 * n + 5) / 18.0
+    if var <= 0 or s <= 0:
+        return 0.0
+    return (s - 1) / math.sqrt(var)

@@ -1,0 +1,1 @@
+"""Small Celery apps the integration tests run as real workers (under ``bilge run`` or bare)."""

@@ -1,0 +1,219 @@
+"""Tests for bilge.agent._runtime: the in-process agent thread, its error isolation, and fork handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bilge.agent import Agent, AgentConfig
+from bilge.agent._runtime import MAX_FAILURES
+from bilge.model import RunData
+from bilge.samplers import process as proc_sampler
+from bilge.store.sqlite import load_run
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``condition`` every 10 ms until it holds or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def fast_config(store: tuple[str, int]) -> AgentConfig:
+    """An agent configuration that samples every 20 ms and may census every 50 ms."""
+    data_dir, run_id = store
+    return AgentConfig(data_dir=data_dir, run_id=run_id, sample_interval=0.02, census_min_interval=0.05)
+
+
+def agent_threads() -> list[threading.Thread]:
+    """The live agent threads of this process."""
+    return [t for t in threading.enumerate() if t.name == "bilge-agent"]
+
+
+@pytest.fixture
+def agent(store: tuple[str, int]) -> Iterator[Agent]:
+    """A started agent on the test's store, stopped after the test."""
+    started = Agent(fast_config(store))
+    started.start()
+    yield started
+    started.stop()
+    started._writer.close()
+
+
+def stored(store: tuple[str, int]) -> RunData:
+    """The run as the store holds it now."""
+    return load_run(store[0])
+
+
+def test_agent_records_process_samples_tasks_and_a_census(store: tuple[str, int], agent: Agent) -> None:
+    """300 tasks through the hooks, then stop: one process row, 300 task rows in order, samples and a census."""
+    for i in range(300):
+        agent.task_started(i, "shop.even" if i % 2 == 0 else "shop.odd")
+        agent.task_finished(i, failed=i == 7)
+    assert wait_for(lambda: bool(stored(store).processes) and len(stored(store).processes[0].samples) >= 3
+                    and bool(stored(store).processes[0].censuses))
+    agent.stop()
+    (proc,) = stored(store).processes
+    assert (proc.info.pid, proc.info.ppid, proc.info.parent_id, proc.info.role) == (
+        os.getpid(), os.getppid(), None, "main")
+    assert proc.info.ended is not None
+    assert [t.seq for t in proc.tasks] == list(range(1, 301))
+    assert [t.name for t in proc.tasks[:4]] == ["shop.even", "shop.odd", "shop.even", "shop.odd"]
+    assert [t.seq for t in proc.tasks if t.failed] == [8]
+    assert all(t.rss_before and t.rss_after and t.blocks_before and t.blocks_after for t in proc.tasks)
+    assert all(t.gc_runs is not None and t.gc_runs >= 0 for t in proc.tasks)
+    assert all(s.rss and s.rss > 0 and s.fds and s.threads and s.threads >= 2 for s in proc.samples)
+    assert proc.samples[-1].tasks_done == 300
+    census = proc.censuses[0]
+    assert census.objects > 1000
+    assert "dict" in census.types
+    assert proc.errors == ()
+    assert agent.tasks_done == 300
+
+
+def test_agent_thread_ends_on_stop(agent: Agent) -> None:
+    """stop() ends the agent thread within its timeout."""
+    assert wait_for(lambda: agent.process_id is not None)
+    assert len(agent_threads()) == 1
+    agent.stop()
+    assert agent_threads() == []
+
+
+def test_unfinished_and_unknown_tasks_are_ignored(store: tuple[str, int], agent: Agent) -> None:
+    """A finish without a start is ignored; a start without a finish records nothing."""
+    agent.task_finished("never-started")
+    agent.task_started("never-finished", "shop.hang")
+    agent.task_started("ok", "shop.ok")
+    agent.task_finished("ok")
+    agent.stop()
+    (proc,) = stored(store).processes
+    assert [(t.seq, t.name) for t in proc.tasks] == [(1, "shop.ok")]
+
+
+def test_a_failing_sampler_is_contained_and_switched_off(
+    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sampler that raises: errors recorded MAX_FAILURES times, then it is off; tasks and census carry on."""
+
+    def broken(proc_root: str = "/proc") -> tuple[int | None, int | None]:
+        raise RuntimeError("smaps exploded")
+
+    monkeypatch.setattr(proc_sampler, "read_uss_pss", broken)
+    agent = Agent(fast_config(store))
+    agent.start()
+    try:
+        assert wait_for(lambda: len(stored(store).processes[0].errors) >= MAX_FAILURES
+                        if stored(store).processes else False)
+        time.sleep(0.2)  # give it the chance to fail again, which it must not take
+        assert len(agent_threads()) == 1
+        for i in range(20):
+            agent.task_started(i, "shop.after")
+            agent.task_finished(i)
+        assert wait_for(lambda: bool(stored(store).processes[0].censuses))
+    finally:
+        agent.stop()
+        agent._writer.close()
+    (proc,) = stored(store).processes
+    assert proc.errors == ("sample: RuntimeError: smaps exploded",) * MAX_FAILURES
+    assert proc.samples == ()
+    assert [t.name for t in proc.tasks] == ["shop.after"] * 20
+
+
+def test_task_hooks_never_raise_into_the_host(store: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reading that raises inside task_started is recorded as an error; the host's call returns normally."""
+
+    def broken() -> int:
+        raise MemoryError("no blocks")
+
+    agent = Agent(fast_config(store))
+    agent.start()
+    try:
+        assert wait_for(lambda: agent.process_id is not None)
+        monkeypatch.setattr(proc_sampler, "heap_blocks", broken)
+        agent.task_started("k", "shop.task")  # must not raise
+        agent.task_finished("k")  # never started, so ignored
+        monkeypatch.undo()
+    finally:
+        agent.stop()
+        agent._writer.close()
+    (proc,) = stored(store).processes
+    assert "task_started: MemoryError: no blocks" in proc.errors
+    assert proc.tasks == ()
+
+
+def test_agent_without_a_store_does_not_crash(tmp_path: Path) -> None:
+    """No database in the data dir: the thread records the failure and ends; the host keeps running."""
+    agent = Agent(AgentConfig(data_dir=str(tmp_path), run_id=1, sample_interval=0.02))
+    agent.start()
+    assert wait_for(lambda: agent_threads() == [])
+    agent.task_started(1, "shop.task")
+    agent.task_finished(1)
+    agent.stop()  # nothing registered: nothing to flush, and no exception
+    assert agent.process_id is None
+    assert list(tmp_path.iterdir()) == []
+
+
+FORK_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    from bilge.agent import AgentConfig, current, start
+    from bilge.store.sqlite import prepare_data_dir, start_run
+
+    data_dir = prepare_data_dir(sys.argv[1])
+    run_id = start_run(data_dir, "fork test")
+    agent = start(AgentConfig(data_dir=data_dir, run_id=run_id, sample_interval=0.02, census_min_interval=0.05))
+    deadline = time.monotonic() + 10
+    while agent.process_id is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for i in range(50):
+        agent.task_started(i, "parent.task")
+        agent.task_finished(i)
+    pid = os.fork()
+    if pid == 0:
+        child = current()
+        ok = child is not None and child is not agent and child.pid == os.getpid() and child.role == "fork"
+        if ok:
+            for i in range(30):
+                child.task_started(i, "child.task")
+                child.task_finished(i)
+            time.sleep(0.2)
+            child.stop()
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"parent": os.getpid(), "child": pid, "status": os.waitstatus_to_exitcode(status)}))
+    # No explicit stop: the atexit hook must flush and stamp the end.
+""")
+
+
+def test_a_forked_child_gets_its_own_agent_and_process_row(tmp_path: Path) -> None:
+    """After os.fork the child runs a fresh agent with its own process row whose parent_id is the parent's row."""
+    script = tmp_path / "fork_agent.py"
+    script.write_text(FORK_SCRIPT)
+    data_dir = tmp_path / "data"
+    done = subprocess.run([sys.executable, str(script), str(data_dir)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    pids = json.loads(done.stdout)
+    assert pids["status"] == 0
+    parent, child = load_run(str(data_dir)).processes
+    assert (parent.info.pid, parent.info.parent_id, parent.info.role) == (pids["parent"], None, "main")
+    assert (child.info.pid, child.info.ppid, child.info.parent_id, child.info.role) == (
+        pids["child"], pids["parent"], parent.info.id, "fork")
+    assert parent.info.ended is not None  # written by the atexit hook
+    assert child.info.ended is not None
+    assert [t.name for t in parent.tasks] == ["parent.task"] * 50
+    assert [(t.seq, t.name) for t in child.tasks] == [(i, "child.task") for i in range(1, 31)]
+    assert child.samples
+    assert parent.errors == child.errors == ()

@@ -1,0 +1,104 @@
+"""Tests for bilge.report.terminal: the rich terminal report, sparklines and byte formatting."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from bilge.model import INCONCLUSIVE, LEAK, Diagnosis, Finding, ProcessDiagnosis, RunInfo
+from bilge.report.terminal import TerminalReporter, human_bytes, sparkline
+
+RUN = RunInfo(id=3, started=1000.0, ended=1600.0, command="celery -A shop worker", exit_code=0, hostname="box")
+
+
+def render(d: Diagnosis) -> str:
+    """The report as plain text at 120 columns."""
+    console = Console(record=True, width=120, file=io.StringIO(), color_system=None)
+    TerminalReporter(console).render(d)
+    return console.export_text()
+
+
+def leak() -> Diagnosis:
+    """A leak in shop.search, growing shop.Order objects, in one child."""
+    finding = Finding(task="shop.search", type="shop.Order", kind="python-objects", bytes_per_call=4096.0,
+                      count_per_call=1.0, hint="Each call of shop.search leaves ~1 shop.Order objects alive.",
+                      pids=(101,))
+    child = ProcessDiagnosis(pid=101, role="celery-child", verdict=LEAK, kind="python-objects", confidence=0.9999,
+                             growth_bytes_per_task=1536.0, growth_bytes_per_hour=5 * 2**20, tasks_observed=1500,
+                             confirmed_after_tasks=210, confirmed_after_calls=70, rss_start=60 * 2**20,
+                             rss_end=62 * 2**20, reason="memory grows steadily", findings=(finding,),
+                             rss_series=tuple((float(i), 60 * 2**20 + 4096 * i) for i in range(100)))
+    return Diagnosis(run=RUN, verdict=LEAK, kind="python-objects", confidence=0.9999, findings=(finding,),
+                     processes=(child,), reason="1 of 1 processes leak")
+
+
+def test_leak_report_names_verdict_task_type_and_numbers() -> None:
+    """The leak report shows the verdict, kind, confidence, task, type, hint and the child's rates."""
+    text = render(leak())
+    assert "bilge report — run 3" in text
+    assert "Verdict: LEAK  kind: python-objects  confidence: 100.0%" in text
+    assert "Leaking task: shop.search" in text
+    assert "Growing type: shop.Order" in text
+    assert "Each call of shop.search leaves ~1 shop.Order objects alive." in text
+    assert "Findings (most important first)" in text
+    assert "4.0 KiB" in text
+    assert ("● 101 celery-child LEAK  1500 tasks  RSS 60.0 MiB → 62.0 MiB  +1.5 KiB/task  +5.0 MiB/h  "
+            "confirmed after 210 tasks (70") in text
+    assert "calls)" in text  # wrapped: the process line is wider than 120 columns
+    assert "▁" in text and "█" in text  # the RSS sparkline
+
+
+def test_inconclusive_report_gives_the_reason_and_no_confidence() -> None:
+    """An inconclusive run shows the reason instead of findings, and no confidence figure."""
+    child = ProcessDiagnosis(pid=7, role="main", verdict=INCONCLUSIVE, kind=None, confidence=0.2,
+                             growth_bytes_per_task=None, growth_bytes_per_hour=12.0, tasks_observed=0,
+                             confirmed_after_tasks=None, confirmed_after_calls=None, rss_start=4096, rss_end=8192,
+                             reason="only 12 samples observed; at least 600 are needed")
+    d = Diagnosis(run=RUN, verdict=INCONCLUSIVE, kind=None, confidence=0.0, findings=(), processes=(child,),
+                  reason="pid 7: only 12 samples observed; at least 600 are needed")
+    text = render(d)
+    assert "Verdict: INCONCLUSIVE" in text
+    assert "confidence" not in text
+    assert "pid 7: only 12 samples observed; at least 600 are needed" in text
+    assert "Findings" not in text
+    assert "● 7 main INCONCLUSIVE  0 tasks  RSS 4.0 KiB → 8.0 KiB" in text
+    assert "/h" not in text  # rates are shown only for a leak
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([], ""),
+    ([5.0], "▁"),
+    ([3.0, 3.0, 3.0], "▁▁▁"),
+    ([0, 1, 2, 3, 4, 5, 6, 7], "▁▂▃▄▅▆▇█"),
+    ([7, 0, 7], "█▁█"),
+    ([0, 10], "▁█"),
+    ([0, 5, 10], "▁▅█"),
+])
+def test_sparkline_exact(values: list[float], expected: str) -> None:
+    """Values map linearly (rounded) onto the eight bar heights; flat series are the lowest bar."""
+    assert sparkline(values) == expected
+
+
+def test_sparkline_resamples_to_width() -> None:
+    """A series longer than width is resampled to width points (0, 10, ..., 90), then scaled over their range."""
+    line = sparkline(list(range(100)), width=10)
+    assert line == "▁▂▃▃▄▅▆▆▇█"
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, "—"),
+    (0, "0 B"),
+    (1023, "1023 B"),
+    (1024, "1.0 KiB"),
+    (1536, "1.5 KiB"),
+    (-2048, "-2.0 KiB"),
+    (5 * 2**20, "5.0 MiB"),
+    (1.25 * 2**30, "1.2 GiB"),
+    (3 * 2**40, "3072.0 GiB"),
+    (-0.4, "-0 B"),
+])
+def test_human_bytes_exact(value: float | None, expected: str) -> None:
+    """Bytes below 1 KiB are whole; larger sizes get one decimal in KiB, MiB or GiB (never beyond)."""
+    assert human_bytes(value) == expected
