@@ -11,6 +11,10 @@ pipelined round trip per task, the same in every mode:
 - ``bench:t_first``  time the first task started (SETNX, once per process)
 - ``bench:t_last``   time the most recent task ended
 - ``bench:done``     number of finished tasks
+- ``bench:cpu``      hash pid -> CPU seconds (all threads of that process,
+                     ``time.process_time``) spent since its first task began,
+                     written at every task end: CPU per task is robust to
+                     other load on the machine, wall-clock throughput is not
 
 Broker: ``BENCH_BROKER_URL``. Size of the work: ``BENCH_ITEMS`` (order
 lines, default 24).
@@ -121,6 +125,7 @@ def process_order(order_id):
 _client = None
 _client_pid = None
 _first_pid = None
+_cpu0 = 0.0
 
 
 def _redis():
@@ -135,9 +140,10 @@ def _redis():
 
 @signals.task_prerun.connect
 def _bench_prerun(**_):
-    global _first_pid
+    global _first_pid, _cpu0
     if _first_pid != os.getpid():
         _first_pid = os.getpid()
+        _cpu0 = time.process_time()
         try:
             _redis().setnx("bench:t_first", repr(time.time()))
         except Exception:  # the benchmark must never break the worker
@@ -149,6 +155,7 @@ def _bench_postrun(**_):
     try:
         pipe = _redis().pipeline(transaction=False)
         pipe.set("bench:t_last", repr(time.time()))
+        pipe.hset("bench:cpu", os.getpid(), repr(time.process_time() - _cpu0))
         pipe.incr("bench:done")
         pipe.execute()
     except Exception:

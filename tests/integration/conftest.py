@@ -6,8 +6,6 @@ Logs, bilge's data directory and the reports of each test are kept in
 
 from __future__ import annotations
 
-import re
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,18 +19,9 @@ INTEGRATION_DIR = Path(__file__).resolve().parent
 if str(INTEGRATION_DIR) not in sys.path:
     sys.path.insert(0, str(INTEGRATION_DIR))
 
+from support.artifacts import artifacts_dir  # noqa: E402
 from support.brokers import RedisDatabase, claimed_redis_database  # noqa: E402
 from support.workers import Launcher  # noqa: E402
-
-ARTIFACTS_ROOT = INTEGRATION_DIR.parents[1] / "test-artifacts"
-
-
-def artifacts_dir(name: str) -> Path:
-    """An empty ``test-artifacts/<name>/`` folder."""
-    path = ARTIFACTS_ROOT / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
 
 
 @pytest.fixture

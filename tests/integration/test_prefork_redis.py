@@ -7,7 +7,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import artifacts_dir
+from support.artifacts import artifacts_dir
 from support.billing_run import BillingSetup, run_billing
 from support.bilge_data import (
     bilge_report,

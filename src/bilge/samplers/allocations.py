@@ -7,9 +7,11 @@ window is a small state machine:
 1. ``open``: start tracemalloc (unless the host already traces: then the
    window is refused and the host's tracing is left alone);
 2. after ``warmup_tasks`` more tasks, at a task boundary: snapshot A;
-3. after ``window_tasks`` more tasks, at a task boundary: snapshot B;
+3. after ``window_tasks`` more tasks, at a task boundary: snapshot B, and
+   tracing stops right there, in the task's thread (every traced task costs
+   ~10x, so not one more task is traced than needed);
 4. in the agent thread: B − A grouped by traceback gives the sites whose
-   allocations survived (count and bytes), then tracing stops.
+   allocations survived (count and bytes).
 
 Snapshots are taken at task boundaries so that no task's temporaries are in
 flight. The window is bounded in time (``max_seconds``), in tracemalloc's
@@ -68,7 +70,7 @@ class AllocationWindow:
         max_sites: how many sites to report.
     """
 
-    def __init__(self, warmup_tasks: int = 5, window_tasks: int = 40, max_seconds: float = 60.0,
+    def __init__(self, warmup_tasks: int = 2, window_tasks: int = 24, max_seconds: float = 60.0,
                  max_memory: int = 32 * 1024 * 1024, frames: int = 6, max_sites: int = 10) -> None:
         self.warmup_tasks = warmup_tasks
         self.window_tasks = window_tasks
@@ -104,6 +106,7 @@ class AllocationWindow:
                 self._first = tracemalloc.take_snapshot()
             elif self._second is None and self._tasks >= self.warmup_tasks + self.window_tasks:
                 self._second = tracemalloc.take_snapshot()
+                tracemalloc.stop()
 
     def poll(self) -> WindowResult | None:
         """Called from the agent thread; returns the result once the window closes."""
@@ -114,7 +117,10 @@ class AllocationWindow:
         with self._lock:
             first, second = self._first, self._second
         if second is not None and first is not None:
-            return self._close("done", _surviving_sites(first, second, self.max_sites))
+            # Tracing already stopped at snapshot B; whatever traces now is
+            # not ours to stop.
+            self._tasks = self.warmup_tasks + self.window_tasks
+            return self._close("done", _surviving_sites(first, second, self.max_sites), stop=False)
         if not tracemalloc.is_tracing():
             return self._close("stopped by the host", ())
         if self._peak > self.max_memory:
@@ -128,12 +134,13 @@ class AllocationWindow:
         if self.active:
             self._close("aborted", ())
 
-    def _close(self, status: str, sites: tuple[Site, ...]) -> WindowResult:
+    def _close(self, status: str, sites: tuple[Site, ...], stop: bool = True) -> WindowResult:
         self.active = False
         with self._lock:
+            stop = stop and self._second is None
             self._first = self._second = None
         tasks = self._tasks
-        if tracemalloc.is_tracing():
+        if stop and tracemalloc.is_tracing():
             tracemalloc.stop()
         return WindowResult(started=self._opened, ended=time.time(), tasks=tasks, status=status,
                             peak_memory=self._peak, sites=sites)

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bilge.model import INCONCLUSIVE, LEAK, NO_LEAK
 
@@ -22,6 +23,15 @@ def bilge(*args: str, timeout: float = 60, extra_env: dict[str, str] | None = No
     env.update(extra_env or {})
     return subprocess.run([sys.executable, "-m", "bilge", *args], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir holding one finished run of a Python command that did nothing."""
+    data_dir = tmp_path_factory.mktemp("short") / "d"
+    done = bilge("run", "--data-dir", str(data_dir), "--", sys.executable, "-c", "pass")
+    assert done.returncode == 0, done.stderr
+    return data_dir
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], code: int, prefix: str) -> None:
@@ -150,18 +160,30 @@ def test_run_then_json_report_of_a_growing_script(tmp_path: Path) -> None:
     assert "Verdict: " + parsed["verdict"].upper() in text.stdout
 
 
-def test_report_to_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
+def test_report_to_an_unwritable_output_is_one_line(tmp_path: Path, short_run: Path) -> None:
     """-o into a missing directory fails with one line and exit 2, after a successful diagnosis."""
-    data_dir = tmp_path / "d"
-    bilge("run", "--data-dir", str(data_dir), "--", sys.executable, "-c", "pass")
-    done = bilge("report", "--data-dir", str(data_dir), "-o", str(tmp_path / "missing" / "r.json"))
+    done = bilge("report", "--data-dir", str(short_run), "-o", str(tmp_path / "missing" / "r.json"))
     assert_one_line_error(done, 2, "bilge: error: cannot write the report to ")
 
 
-def test_fail_on_leak_exits_zero_without_a_leak(tmp_path: Path) -> None:
+def test_fail_on_leak_exits_zero_without_a_leak(short_run: Path) -> None:
     """--fail-on-leak exits 0 when the verdict is not a leak (a run too short to judge)."""
-    data_dir = tmp_path / "d"
-    bilge("run", "--data-dir", str(data_dir), "--", sys.executable, "-c", "pass")
-    done = bilge("report", "--data-dir", str(data_dir), "--fail-on-leak", "--format", "json")
+    done = bilge("report", "--data-dir", str(short_run), "--fail-on-leak", "--format", "json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["verdict"] != LEAK
+
+
+def test_run_into_a_corrupt_store_does_not_start_the_command(tmp_path: Path) -> None:
+    """bilge run into a data dir whose bilge.db is garbage: exit 3, one line, and the command never runs."""
+    (tmp_path / "bilge.db").write_bytes(b"\x00garbage" * 1024)
+    marker = tmp_path / "ran"
+    done = bilge("run", "--data-dir", str(tmp_path), "--", sys.executable, "-c",
+                 "import pathlib; pathlib.Path(%r).write_text('x')" % str(marker))
+    assert_one_line_error(done, 3, "bilge: error: creating store %s failed: " % (tmp_path / "bilge.db"))
+    assert not marker.exists()
+
+
+def test_report_of_an_unknown_run_id(short_run: Path) -> None:
+    """bilge report --run 99 on a store holding only run 1: exit 4, one line naming run 99."""
+    done = bilge("report", "--data-dir", str(short_run), "--run", "99")
+    assert_one_line_error(done, 4, "bilge: error: store %s holds no record of run 99;" % (short_run / "bilge.db"))

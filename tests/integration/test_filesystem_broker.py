@@ -1,0 +1,53 @@
+"""A prefork worker on Celery's embedded ``filesystem://`` broker (no server) under ``bilge run``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support.bilge_data import bilge_report, processes_with_role, run_exit_codes, task_counts, tasks_recorded
+from support.brokers import FilesystemProducer
+from support.jobs import catalog_jobs, sent_by_name
+from support.workers import Launcher, celery_command, worker_environment
+
+pytestmark = pytest.mark.integration
+
+TASKS = 2400
+# The filesystem transport lists the whole queue folder on every poll: keep
+# it short by sending in batches as the worker catches up.
+BATCH = 300
+
+
+def test_filesystem_broker_bounded_cache_is_not_a_leak(launcher: Launcher, artifacts: Path, tmp_path: Path) -> None:
+    """A catalogue worker whose memory only grows while a bounded LRU cache fills and a lazy table is built
+    once runs every task exactly once under ``bilge run`` on the filesystem broker, exits 0 on SIGTERM, and the
+    verdict is no-leak, with no findings, for both pool children."""
+    jobs = catalog_jobs(TASKS)
+    data_dir = artifacts / "data"
+    broker_dir = tmp_path / "broker"
+    producer = FilesystemProducer(broker_dir, queue="catalog")
+    env = worker_environment({"CATALOG_BROKER_DIR": str(broker_dir)})
+    producer.send(jobs[:BATCH])
+    worker = launcher.start(celery_command("apps.catalog", "prefork", 2, name="catalog-%s" % tmp_path.name),
+                            env, "worker", data_dir)
+
+    sent = BATCH
+    while sent < TASKS:
+        worker.wait_for(lambda: tasks_recorded(data_dir) >= sent - BATCH // 2, 120,
+                        lambda: "the worker to catch up with %d sent (%d recorded)" % (sent, tasks_recorded(data_dir)))
+        producer.send(jobs[sent:sent + BATCH])
+        sent += BATCH
+    worker.wait_for(lambda: tasks_recorded(data_dir) >= TASKS, 120,
+                    lambda: "all %d tasks recorded (%d so far)" % (TASKS, tasks_recorded(data_dir)))
+    code = worker.terminate()
+
+    assert code == 0, worker.log_tail()
+    assert "Warm shutdown" in worker.log_text()
+    assert run_exit_codes(data_dir) == [0]
+    assert task_counts(data_dir) == sent_by_name(jobs)
+    report = bilge_report(data_dir, artifacts)
+    children = processes_with_role(report, "celery-child")
+    assert len(children) == 2 and all(c["tasks_observed"] > 0 for c in children), report["processes"]
+    assert report["verdict"] == "no-leak", report["reason"]
+    assert report["findings"] == []
+    assert all(c["verdict"] == "no-leak" for c in children), children

@@ -1,0 +1,76 @@
+"""Tests for bilge.runner: the environment that loads the agent, and checking the command before running it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bilge.errors import CommandError
+from bilge.runner import BOOTSTRAP_DIR, agent_environment, resolve
+from bilge.store.sqlite import load_run
+
+
+def test_agent_environment_puts_the_bootstrap_first() -> None:
+    """The bootstrap leads PYTHONPATH, the user's PYTHONPATH is kept after it, and the run is named."""
+    env = agent_environment("/data", 5, {"PYTHONPATH": "/user/lib", "HOME": "/home/u"})
+    paths = env["PYTHONPATH"].split(os.pathsep)
+    assert paths[0] == BOOTSTRAP_DIR
+    assert paths[-1] == "/user/lib"
+    assert (env["BILGE_DATA_DIR"], env["BILGE_RUN_ID"], env["HOME"]) == ("/data", "5", "/home/u")
+    assert os.path.isfile(os.path.join(BOOTSTRAP_DIR, "sitecustomize.py"))
+
+
+def test_agent_environment_does_not_change_its_base() -> None:
+    """The base mapping is copied, never modified."""
+    base = {"PATH": "/bin"}
+    agent_environment("/data", 1, base)
+    assert base == {"PATH": "/bin"}
+
+
+def test_resolve_accepts_commands_on_path_and_executables() -> None:
+    """A command found on PATH, or an executable path, resolves to the same argv."""
+    assert resolve(["sh", "-c", "true"]) == ["sh", "-c", "true"]
+    assert resolve([sys.executable, "-V"]) == [sys.executable, "-V"]
+
+
+def test_resolve_refuses_what_cannot_run(tmp_path: Path) -> None:
+    """No command, an unknown name, or a non-executable file each raise CommandError saying what is wrong."""
+    with pytest.raises(CommandError, match="^no command given; usage: bilge run"):
+        resolve([])
+    with pytest.raises(CommandError, match="^command not found: nope-xyz-123 \\(check the name and your PATH\\)$"):
+        resolve(["nope-xyz-123"])
+    script = tmp_path / "script.sh"
+    script.write_text("echo hi\n")
+    with pytest.raises(CommandError, match="^cannot run .*script.sh: not an executable file$"):
+        resolve([str(script)])
+
+
+def test_sigterm_to_bilge_run_reaches_the_command(tmp_path: Path) -> None:
+    """SIGTERM sent to `bilge run` is forwarded: the command dies of it and bilge exits 128+15, recording it."""
+    ready = tmp_path / "ready"
+    script = tmp_path / "sleeper.py"
+    script.write_text("import pathlib, sys, time\npathlib.Path(sys.argv[1]).write_text('up')\ntime.sleep(60)\n")
+    data_dir = tmp_path / "d"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILGE_")}
+    bilge = subprocess.Popen([sys.executable, "-m", "bilge", "run", "--data-dir", str(data_dir), "--",
+                              sys.executable, str(script), str(ready)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ready.exists()
+        bilge.terminate()
+        _, stderr = bilge.communicate(timeout=30)
+    finally:
+        if bilge.poll() is None:
+            bilge.kill()
+            bilge.communicate()
+    assert bilge.returncode == 128 + 15
+    assert "Traceback" not in stderr
+    assert load_run(str(data_dir)).run.exit_code == 128 + 15
