@@ -193,6 +193,25 @@ def _tree_rss(pid: int) -> list[dict]:
     return out
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of the worker and its descendants."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return total
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
 def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: float = 60.0,
                max_wait: float = 300.0, on_progress=None) -> dict:
     """Queue n_tasks, run one worker in ``mode`` until they are all done, stop it.
@@ -211,9 +230,12 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         done, last_done, last_progress = 0, -1, time.time()
+        cpu_start: tuple[int, float] | None = None
         while True:
             done = int(client.get("bench:done") or 0)
             now = time.time()
+            if cpu_start is None and done > 0:
+                cpu_start = (done, _tree_cpu(proc.pid))
             if on_progress is not None:
                 on_progress(done, proc.pid)
             if done >= n_tasks:
@@ -227,9 +249,17 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
             if now - t_spawn > max_wait:
                 raise RuntimeError("timeout after %.0fs at %d/%d tasks" % (max_wait, done, n_tasks))
             time.sleep(0.1)
+        cpu_end = _tree_cpu(proc.pid)
         t_first = float(client.get("bench:t_first"))
         t_last = float(client.get("bench:t_last"))
+        child_cpu = {k.decode(): float(v) for k, v in client.hgetall("bench:cpu").items()}
+        assert cpu_start is not None
         rec.update(
+            # Pool children, exactly from first task start to last task end.
+            child_cpu_us_per_task=sum(child_cpu.values()) / n_tasks * 1e6,
+            child_cpu_s=child_cpu,
+            # Whole tree (main process, children, wrapper), between two polls.
+            tree_cpu_us_per_task=(cpu_end - cpu_start[1]) / max(1, n_tasks - cpu_start[0]) * 1e6,
             throughput=n_tasks / (t_last - t_first),
             measured_s=round(t_last - t_first, 3),
             startup_s=round(t_first - t_spawn, 2),
@@ -312,11 +342,20 @@ def summarise(runs: list[dict], modes: list[str]) -> dict:
         entry: dict = {"runs": len(ok), "errors": sum(1 for r in runs if r["mode"] == mode and r["status"] != "ok")}
         if ok:
             entry.update(median=statistics.median(ok), min=min(ok), max=max(ok), all=[round(x, 1) for x in ok])
+            for key in ("child_cpu_us_per_task", "tree_cpu_us_per_task"):
+                vals = [r[key] for r in runs if r["mode"] == mode and r["status"] == "ok"]
+                entry[key + "_median"] = statistics.median(vals)
+                entry[key + "_all"] = [round(x, 1) for x in vals]
         by_mode[mode] = entry
     plain = by_mode.get("plain", {}).get("median")
+    plain_cpu = by_mode.get("plain", {}).get("child_cpu_us_per_task_median")
+    plain_tree = by_mode.get("plain", {}).get("tree_cpu_us_per_task_median")
     for entry in by_mode.values():
         if plain and entry.get("median"):
             entry["ratio"] = plain / entry["median"]
+        if plain_cpu and entry.get("child_cpu_us_per_task_median"):
+            entry["cpu_ratio"] = entry["child_cpu_us_per_task_median"] / plain_cpu
+            entry["tree_cpu_ratio"] = entry["tree_cpu_us_per_task_median"] / plain_tree
     if "bilge" in by_mode:
         arts = [r["artifacts"] for r in runs if r["mode"] == "bilge" and r["status"] == "ok"]
         sizes = [a.get("bilge_db_bytes", 0) + a.get("bilge_wal_bytes", 0) for a in arts]
@@ -336,12 +375,13 @@ def summarise(runs: list[dict], modes: list[str]) -> dict:
 
 
 def table(summary: dict, modes: list[str], n_tasks: int) -> str:
-    lines = ["| mode | runs | median tasks/s | plain/mode | min tasks/s | max tasks/s | child RSS (MB) | notes |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | runs | median tasks/s | plain/mode | min tasks/s | max tasks/s | child CPU µs/task "
+             "| mode/plain CPU | tree CPU µs/task | mode/plain tree CPU | child RSS (MB) | notes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode in modes:
         e = summary[mode]
         if not e.get("median"):
-            lines.append("| %s | 0 | - | - | - | - | - | %d errors |" % (mode, e["errors"]))
+            lines.append("| %s | 0 | - | - | - | - | - | - | - | - | - | %d errors |" % (mode, e["errors"]))
             continue
         notes = []
         if mode == "bilge" and "db_bytes_median" in e:
@@ -350,12 +390,18 @@ def table(summary: dict, modes: list[str], n_tasks: int) -> str:
             notes.append("capture %.1f MB" % (e["capture_bytes_median"] / 2**20))
         if e["errors"]:
             notes.append("%d errors" % e["errors"])
-        lines.append("| %s | %d | %.1f | %s | %.1f | %.1f | %.1f | %s |" % (
+        lines.append("| %s | %d | %.1f | %s | %.1f | %.1f | %.0f | %s | %.0f | %s | %.1f | %s |" % (
             mode, e["runs"], e["median"], "%.3f" % e["ratio"] if "ratio" in e else "-", e["min"], e["max"],
+            e["child_cpu_us_per_task_median"], "%.3f" % e["cpu_ratio"] if "cpu_ratio" in e else "-",
+            e["tree_cpu_us_per_task_median"], "%.3f" % e["tree_cpu_ratio"] if "tree_cpu_ratio" in e else "-",
             e.get("child_rss_median_mb", 0.0), "; ".join(notes)))
     lines.append("")
     lines.append("%d tasks per run; throughput = tasks / (last task end - first task start); "
-                 "plain/mode = median plain throughput / median mode throughput." % n_tasks)
+                 "plain/mode = median plain throughput / median mode throughput. "
+                 "Child CPU = CPU time of the pool children (all their threads) from their first task start to "
+                 "their last task end, per task; tree CPU = the whole process tree (main process, children, "
+                 "wrapper) between the first and last progress polls, per task. CPU per task is robust to other "
+                 "load on the machine; wall-clock throughput is not." % n_tasks)
     return "\n".join(lines)
 
 
@@ -386,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of %s" % ",".join(MODES))
     ap.add_argument("--warmup", type=int, default=1, help="plain runs before round 1, not counted (default 1)")
     ap.add_argument("--json", default=os.path.join(RESULTS, "overhead.json"), help="where to write results")
+    ap.add_argument("--load", action="store_true", help="record the machine's load average with every run")
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - set(MODES)
@@ -394,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     if "bilge" in modes and not os.path.exists(BILGE):
         ap.error("bilge not found at %s (run with the venv's python)" % BILGE)
 
+    def _terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt("signal %d" % signum)
+
+    signal.signal(signal.SIGTERM, _terminate)  # so the finally blocks stop workers and Redis
     runs: list[dict] = []
     t0 = time.time()
     with RedisServer() as rs:
@@ -434,8 +485,9 @@ def _brief(rec: dict) -> str:
         extra = " db=%.0fKB tasks=%s" % ((a["bilge_db_bytes"] + a["bilge_wal_bytes"]) / 1024, a.get("rows_tasks"))
     if "memray_bytes" in a:
         extra = " capture=%.1fMB" % (a["memray_bytes"] / 2**20)
-    return "%.1f tasks/s (%.2fs measured, start-up %.1fs, shutdown %.1fs)%s" % (
-        rec["throughput"], rec["measured_s"], rec["startup_s"], rec["shutdown"]["shutdown_s"], extra)
+    return "%.1f tasks/s, child CPU %.0f us/task, tree %.0f us/task (%.2fs measured, start-up %.1fs, shutdown %.1fs)%s" % (
+        rec["throughput"], rec["child_cpu_us_per_task"], rec["tree_cpu_us_per_task"], rec["measured_s"],
+        rec["startup_s"], rec["shutdown"]["shutdown_s"], extra)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,8 @@ class AllocationWindow:
         if not self.active:
             return
         with self._lock:
+            if self._second is not None:
+                return
             self._tasks += 1
             if self._first is None and self._tasks >= self.warmup_tasks:
                 self._first = tracemalloc.take_snapshot()
@@ -119,7 +121,6 @@ class AllocationWindow:
         if second is not None and first is not None:
             # Tracing already stopped at snapshot B; whatever traces now is
             # not ours to stop.
-            self._tasks = self.warmup_tasks + self.window_tasks
             return self._close("done", _surviving_sites(first, second, self.max_sites), stop=False)
         if not tracemalloc.is_tracing():
             return self._close("stopped by the host", ())
