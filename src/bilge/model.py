@@ -56,6 +56,11 @@ class Sample:
     fds: int | None
     threads: int | None
     tasks_done: int
+    malloc_used: int | None = None
+    malloc_free: int | None = None
+    gc_garbage: int | None = None
+    gc_enabled: int | None = None
+    gc_frozen: int | None = None
 
 
 @dataclass(frozen=True)

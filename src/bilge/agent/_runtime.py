@@ -96,6 +96,7 @@ class Agent:
         self.process_id: int | None = None
         self._writer = StoreWriter(config.data_dir, config.run_id)
         self._rss = proc_sampler.RssReader()
+        self._malloc = proc_sampler.MallocStats()
         self._db_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -214,9 +215,11 @@ class Agent:
     def _sample(self) -> None:
         uss, pss = proc_sampler.read_uss_pss()
         g0, g1, g2, collections, collected = proc_sampler.gc_reading()
+        malloc_used, malloc_free = self._malloc.read()
         self._samples.append(
             (time.time(), self._rss.read(), uss, pss, proc_sampler.heap_blocks(), g0, g1, g2, collections,
-             collected, proc_sampler.count_fds(), proc_sampler.thread_count(), self.tasks_done)
+             collected, proc_sampler.count_fds(), proc_sampler.thread_count(), self.tasks_done, malloc_used,
+             malloc_free) + proc_sampler.gc_state()
         )
 
     def _tend_window(self) -> None:

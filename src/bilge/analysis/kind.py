@@ -1,15 +1,21 @@
-"""What kind of memory leaks: file descriptors, Python objects, or native.
+"""What kind of memory leaks, decided from series the agent samples anyway.
 
-Decided from series the agent already samples, in this order:
+In this order (the first that fits wins, and its readings are the evidence):
 
-1. ``file-descriptors``: open fds grow steadily with the tasks.
-2. ``python-objects``: Python's allocated heap blocks grow steadily and
-   account for a real share of the RSS growth.
-3. ``native``: RSS grows while neither of the above moves (C extensions,
-   ctypes, anything allocating outside Python's object allocator).
-
-Fragmentation and uncollectable cycles need allocator statistics and are
-left to the explain stage (a later issue); until then they are not claimed.
+1. ``file-descriptors``: open fds grow steadily with the tasks (an fd leak
+   also grows RSS through buffers, so it is checked first).
+2. ``uncollectable``: ``gc.garbage`` grows, or the collector is disabled
+   (``gc.disable()``) or objects keep being frozen (``gc.freeze()``) while
+   the Python heap grows: cycles pile up that nothing will collect.
+3. ``python-objects``: Python's allocated heap blocks grow steadily and
+   account for a real share of the RSS growth (or grow overwhelmingly
+   steadily, for big objects that live outside pymalloc's blocks).
+4. ``native``: RSS grows with glibc's in-use bytes (``mallinfo2``) while the
+   Python heap is flat: C extensions, ctypes, native libraries.
+5. ``fragmentation``: RSS grows while glibc's in-use bytes and the Python
+   heap stay flat and glibc's free-but-held bytes grow.
+6. ``native`` again when no allocator counter explains the growth (memory
+   mapped directly, or an allocator of its own), saying so.
 """
 
 from __future__ import annotations
@@ -22,6 +28,11 @@ from bilge.model import Sample, TaskRecord
 FILE_DESCRIPTORS = "file-descriptors"
 PYTHON_OBJECTS = "python-objects"
 NATIVE = "native"
+FRAGMENTATION = "fragmentation"
+UNCOLLECTABLE = "uncollectable"
+MIN_GARBAGE_GROWTH = 10
+# Share of the RSS growth an allocator counter must explain to name the kind.
+MIN_ALLOCATOR_SHARE = 0.30
 
 MIN_FD_GROWTH = 4
 MIN_BLOCK_GROWTH = 200
@@ -60,11 +71,45 @@ def classify(samples: Sequence[Sample], tasks: Sequence[TaskRecord]) -> tuple[st
     block_growth, block_p, text = _growth(block_points)
     rss_growth, _, _ = _growth(rss_points)
     share = block_growth * BLOCK_BYTES / rss_growth if rss_growth > 0 else 1.0
-    heap_grows = block_p < BLOCK_STRONG_ALPHA or (block_p < BLOCK_ALPHA and share >= MIN_HEAP_SHARE)
-    if heap_grows and block_growth >= MIN_BLOCK_GROWTH:
+    heap_grows = block_growth >= MIN_BLOCK_GROWTH and (
+        block_p < BLOCK_STRONG_ALPHA or (block_p < BLOCK_ALPHA and share >= MIN_HEAP_SHARE))
+    uncollectable = _uncollectable(samples, heap_grows)
+    if uncollectable:
+        return UNCOLLECTABLE, (uncollectable,)
+    if heap_grows:
         return PYTHON_OBJECTS, ("Python heap blocks %s, ~%.0f%% of the RSS growth" % (text, 100 * min(share, 1)),)
-    return NATIVE, ("RSS grew by %.0f KiB while open fds and the Python heap stayed flat (heap blocks %s, "
-                    "~%.0f%% of the RSS growth)" % (rss_growth / 1024, text, 100 * min(share, 1)),)
+    return _outside_python(samples, rss_growth, "heap blocks %s" % text)
+
+
+def _uncollectable(samples: Sequence[Sample], heap_grows: bool) -> str | None:
+    garbage_growth, garbage_p, text = _growth([(s.t, s.gc_garbage) for s in samples])
+    if garbage_p < FD_ALPHA and garbage_growth >= MIN_GARBAGE_GROWTH:
+        return "gc.garbage %s: objects the collector found but could not free" % text
+    if not heap_grows:
+        return None
+    enabled = [s.gc_enabled for s in samples if s.gc_enabled is not None]
+    if enabled and sum(enabled) <= len(enabled) / 2:
+        return "the garbage collector is disabled (gc.disable()) while Python heap blocks grow: reference " \
+               "cycles are never collected"
+    frozen_growth, frozen_p, text = _growth([(s.t, s.gc_frozen) for s in samples])
+    if frozen_p < FD_ALPHA and frozen_growth > 0:
+        return "gc.freeze() keeps moving objects out of collection (frozen objects %s)" % text
+    return None
+
+
+def _outside_python(samples: Sequence[Sample], rss_growth: float, heap_text: str) -> tuple[str, tuple[str, ...]]:
+    used_growth, used_p, used_text = _growth([(s.t, s.malloc_used) for s in samples])
+    free_growth, free_p, free_text = _growth([(s.t, s.malloc_free) for s in samples])
+    flat = "RSS grew by %.0f KiB while open fds and the Python heap stayed flat (%s)" % (rss_growth / 1024, heap_text)
+    if not any(s.malloc_used is not None for s in samples):
+        return NATIVE, (flat + "; allocator statistics unavailable",)
+    if used_p < BLOCK_ALPHA and used_growth >= MIN_ALLOCATOR_SHARE * rss_growth:
+        return NATIVE, (flat + "; glibc in-use bytes (mallinfo2) %s" % used_text,)
+    if free_p < BLOCK_ALPHA and free_growth >= MIN_ALLOCATOR_SHARE * rss_growth:
+        return FRAGMENTATION, (flat + "; glibc in-use bytes stayed flat (%s) while free-but-held bytes %s: "
+                               "freed memory is kept, not reused" % (used_text, free_text),)
+    return NATIVE, (flat + "; no allocator counter explains it (glibc in-use %s): memory mapped directly or by "
+                    "an allocator of its own" % used_text,)
 
 
 def _growth(points: Sequence[tuple[float, int | None]]) -> tuple[float, float, str]:

@@ -12,6 +12,7 @@ import gc
 import os
 import sys
 import threading
+from typing import Any
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -113,6 +114,44 @@ def gc_reading() -> tuple[int, int, int, int, int]:
         collections += stats.get("collections", 0)
         collected += stats.get("collected", 0)
     return g0, g1, g2, collections, collected
+
+
+class MallocStats:
+    """glibc's allocator statistics through ``mallinfo2`` (glibc >= 2.33).
+
+    ``read()`` returns (in-use bytes, free-but-held bytes): in use is
+    ``uordblks + hblkhd`` (heap chunks plus mmap'd large blocks), held is
+    ``fordblks``. Elsewhere (musl, macOS, old glibc) it returns (None, None).
+    """
+
+    def __init__(self) -> None:
+        self._fn: Any = None
+        try:
+            import ctypes
+
+            class _Mallinfo2(ctypes.Structure):
+                _fields_ = [(name, ctypes.c_size_t) for name in (
+                    "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                    "fordblks", "keepcost")]
+
+            fn = ctypes.CDLL(None).mallinfo2
+            fn.restype = _Mallinfo2
+            fn.argtypes = []
+            self._fn = fn
+        except (OSError, AttributeError, ImportError):
+            self._fn = None
+
+    def read(self) -> tuple[int | None, int | None]:
+        """(in-use bytes, free-but-held bytes), or (None, None)."""
+        if self._fn is None:
+            return None, None
+        info = self._fn()
+        return int(info.uordblks + info.hblkhd), int(info.fordblks)
+
+
+def gc_state() -> tuple[int, int, int]:
+    """(len(gc.garbage), gc enabled 0/1, objects frozen by gc.freeze())."""
+    return len(gc.garbage), int(gc.isenabled()), gc.get_freeze_count()
 
 
 def thread_count() -> int:

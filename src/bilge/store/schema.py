@@ -56,7 +56,12 @@ CREATE TABLE IF NOT EXISTS samples (
     gc_collected INTEGER,
     fds INTEGER,
     threads INTEGER,
-    tasks_done INTEGER
+    tasks_done INTEGER,
+    malloc_used INTEGER,
+    malloc_free INTEGER,
+    gc_garbage INTEGER,
+    gc_enabled INTEGER,
+    gc_frozen INTEGER
 );
 CREATE INDEX IF NOT EXISTS samples_by_process ON samples (process_id, t);
 CREATE TABLE IF NOT EXISTS tasks (
