@@ -1,0 +1,80 @@
+"""Leak kinds decided from allocator and collector readings: native, fragmentation, uncollectable."""
+
+from __future__ import annotations
+
+from bilge.analysis.kind import FRAGMENTATION, NATIVE, PYTHON_OBJECTS, UNCOLLECTABLE, classify
+from bilge.model import Sample, TaskRecord
+
+BASE = 60 * 2**20
+N = 80
+
+
+def sample(i: int, *, rss: int = 0, blocks: int = 0, used: int | None = 0, free: int | None = 0,
+           garbage: int = 0, enabled: int = 1, frozen: int = 0) -> Sample:
+    return Sample(t=float(i), rss=BASE + rss * i, uss=None, pss=None, heap_blocks=100_000 + blocks * i,
+                  gc_collections=i, fds=12, threads=2, tasks_done=0,
+                  malloc_used=None if used is None else 5_000_000 + used * i,
+                  malloc_free=None if free is None else 200_000 + free * i,
+                  gc_garbage=garbage * i, gc_enabled=enabled, gc_frozen=frozen * i)
+
+
+def series(**kw: int | None) -> list[Sample]:
+    return [sample(i, **kw) for i in range(N)]  # type: ignore[arg-type]
+
+
+NO_TASKS: list[TaskRecord] = []
+
+
+def test_rss_growing_with_glibc_in_use_bytes_is_native() -> None:
+    """RSS and mallinfo2's in-use bytes grow together, the Python heap is flat: native."""
+    kind, evidence = classify(series(rss=65536, used=65536), NO_TASKS)
+    assert kind == NATIVE
+    assert "glibc in-use bytes (mallinfo2) went from" in evidence[0]
+
+
+def test_rss_growing_with_free_but_held_bytes_is_fragmentation() -> None:
+    """In-use bytes flat, free-but-held bytes growing with RSS: fragmentation."""
+    kind, evidence = classify(series(rss=65536, used=0, free=65536), NO_TASKS)
+    assert kind == FRAGMENTATION
+    assert "free-but-held bytes went from" in evidence[0]
+
+
+def test_rss_growing_with_no_allocator_counter_is_native_outside_malloc() -> None:
+    """Nothing in glibc moves: still native, and the evidence says no allocator counter explains it."""
+    kind, evidence = classify(series(rss=65536, used=0, free=0), NO_TASKS)
+    assert kind == NATIVE
+    assert "no allocator counter explains it" in evidence[0]
+
+
+def test_without_allocator_statistics_native_says_so() -> None:
+    """On a libc without mallinfo2 the kind falls back to native and says the statistics were missing."""
+    kind, evidence = classify(series(rss=65536, used=None, free=None), NO_TASKS)
+    assert kind == NATIVE
+    assert "allocator statistics unavailable" in evidence[0]
+
+
+def test_growing_gc_garbage_is_uncollectable() -> None:
+    """gc.garbage growing steadily: uncollectable, whatever the heap does."""
+    kind, evidence = classify(series(rss=65536, blocks=500, garbage=2), NO_TASKS)
+    assert kind == UNCOLLECTABLE
+    assert evidence[0].startswith("gc.garbage went from 0 to")
+
+
+def test_disabled_collector_with_growing_heap_is_uncollectable() -> None:
+    """gc.disable() while heap blocks grow: cycles that are never collected."""
+    kind, evidence = classify(series(rss=65536, blocks=500, enabled=0), NO_TASKS)
+    assert kind == UNCOLLECTABLE
+    assert "gc.disable()" in evidence[0]
+
+
+def test_repeated_freezing_with_growing_heap_is_uncollectable() -> None:
+    """gc.freeze() moving ever more objects out of collection while the heap grows."""
+    kind, evidence = classify(series(rss=65536, blocks=500, frozen=300), NO_TASKS)
+    assert kind == UNCOLLECTABLE
+    assert "gc.freeze()" in evidence[0]
+
+
+def test_growing_heap_with_collector_on_is_python_objects() -> None:
+    """The same heap growth with the collector enabled and nothing frozen: python-objects."""
+    kind, _ = classify(series(rss=65536, blocks=500), NO_TASKS)
+    assert kind == PYTHON_OBJECTS

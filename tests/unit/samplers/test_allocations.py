@@ -1,0 +1,109 @@
+"""The allocation window: bounded tracemalloc sessions that name where surviving memory was allocated."""
+
+from __future__ import annotations
+
+import inspect
+import time
+import tracemalloc
+
+import pytest
+
+from bilge.samplers.allocations import AllocationWindow, owner_of
+
+_KEPT: list[dict[str, object]] = []
+
+
+def _leaky_task(i: int) -> None:
+    _KEPT.append({"order": i, "lines": [str(i) * 50 for _ in range(20)]})  # the leak line
+
+
+def _transient_task(i: int) -> int:
+    return len([str(i) * 100 for _ in range(50)])
+
+
+LEAK_LINE = inspect.getsourcelines(_leaky_task)[1] + 1
+
+
+@pytest.fixture(autouse=True)
+def _no_tracing_left():
+    yield
+    _KEPT.clear()
+    if tracemalloc.is_tracing():
+        tracemalloc.stop()
+        pytest.fail("a test left tracemalloc running")
+
+
+def _drive(window: AllocationWindow, tasks: int) -> None:
+    for i in range(tasks):
+        (_leaky_task if i % 3 == 0 else _transient_task)(i)
+        window.on_task_finished()
+
+
+def test_window_names_the_line_whose_allocations_survive():
+    """Tasks that keep data at one line: that line is the top site, and tracing is off afterwards."""
+    window = AllocationWindow(warmup_tasks=2, window_tasks=30)
+    assert window.open()
+    _drive(window, 40)
+    assert not tracemalloc.is_tracing(), "tracing must stop at the second snapshot"
+    result = window.poll()
+    assert result is not None and result.status == "done"
+    assert result.tasks == 32
+    top = result.sites[0]
+    assert top.file == __file__
+    assert top.line == LEAK_LINE
+    assert top.owner == "user"
+    assert top.count >= 10 * 20
+    assert not window.active
+
+
+def test_window_refuses_when_the_host_already_traces():
+    """A host that runs tracemalloc itself keeps it: the window does not open and does not stop it."""
+    tracemalloc.start()
+    try:
+        window = AllocationWindow()
+        assert not window.open()
+        window.abort()
+        assert tracemalloc.is_tracing()
+    finally:
+        tracemalloc.stop()
+
+
+def test_window_closes_empty_after_its_time_limit():
+    """Too few tasks within max_seconds: the window closes with a reason and no sites, tracing off."""
+    window = AllocationWindow(warmup_tasks=2, window_tasks=30, max_seconds=0.05)
+    assert window.open()
+    _drive(window, 3)
+    time.sleep(0.06)
+    result = window.poll()
+    assert result is not None
+    assert result.status.startswith("too few tasks")
+    assert result.sites == ()
+    assert not tracemalloc.is_tracing()
+
+
+def test_window_closes_when_tracemalloc_memory_exceeds_its_limit():
+    """tracemalloc's own memory over max_memory ends the window early."""
+    window = AllocationWindow(warmup_tasks=2, window_tasks=10_000, max_memory=1)
+    assert window.open()
+    _drive(window, 5)
+    result = window.poll()
+    assert result is not None and result.status.startswith("tracemalloc memory over")
+    assert not tracemalloc.is_tracing()
+
+
+def test_host_stopping_tracemalloc_mid_window_is_respected():
+    """If the host stops tracemalloc during the window, the window closes without error."""
+    window = AllocationWindow(warmup_tasks=2, window_tasks=30)
+    assert window.open()
+    _drive(window, 4)
+    tracemalloc.stop()
+    result = window.poll()
+    assert result is not None and result.status == "stopped by the host"
+
+
+def test_ownership_of_source_files():
+    """User code, the standard library and installed packages are told apart, with distribution and version."""
+    assert owner_of(__file__) == "user"
+    assert owner_of(inspect.getsourcefile(inspect)) == "stdlib"
+    owner = owner_of(inspect.getsourcefile(pytest))
+    assert owner.startswith("third-party:pytest ")

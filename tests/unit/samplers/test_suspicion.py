@@ -1,0 +1,52 @@
+"""The agent's cheap in-process suspicion check that opens allocation windows."""
+
+import random
+
+from bilge.samplers.suspicion import MIN_READINGS, Suspicion
+
+BASE = 60 * 1024 * 1024
+
+
+def _feed(values):
+    s = Suspicion()
+    for v in values:
+        s.add(v)
+    return s
+
+
+def test_steady_growth_is_suspect():
+    """RSS growing 2 KiB per task for 400 tasks (with page noise) is suspect."""
+    rng = random.Random(1)
+    values = [BASE + 2048 * i + rng.choice((0, 4096, 8192)) for i in range(400)]
+    assert _feed(values).suspect()
+
+
+def test_flat_noisy_series_is_not_suspect():
+    """A flat series with page-sized noise is not suspect."""
+    rng = random.Random(2)
+    values = [BASE + rng.choice((0, 4096, 8192, 12288)) for _ in range(1000)]
+    assert not _feed(values).suspect()
+
+
+def test_plateau_is_not_suspect_once_flat():
+    """Growth that stopped long ago (a filled cache) is not suspect."""
+    values = [BASE + 4096 * min(i, 100) for i in range(600)]
+    assert not _feed(values).suspect()
+
+
+def test_too_few_readings_are_never_suspect():
+    """Below MIN_READINGS the check abstains, however steep the growth."""
+    values = [BASE + 100_000 * i for i in range(MIN_READINGS - 1)]
+    assert not _feed(values).suspect()
+
+
+def test_small_growth_is_not_material():
+    """A steady but tiny creep (under 128 KiB over the recent half) is not suspect."""
+    values = [BASE + 200 * i for i in range(400)]
+    assert not _feed(values).suspect()
+
+
+def test_ring_stays_bounded_over_a_long_life():
+    """The ring decimates itself: a million readings keep at most 400 values."""
+    s = _feed(BASE + i for i in range(1_000_000))
+    assert len(s._ring) <= 400
