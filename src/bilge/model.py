@@ -119,6 +119,19 @@ class AllocationWindow:
 
 
 @dataclass(frozen=True)
+class Holder:
+    """Who keeps objects of a growing type alive, found in the live process."""
+
+    t: float
+    type: str
+    path: str
+    root_kind: str
+    container_type: str | None
+    container_len: int | None
+    targets: int
+
+
+@dataclass(frozen=True)
 class ProcessData:
     """Everything stored about one process."""
 
@@ -128,6 +141,7 @@ class ProcessData:
     censuses: tuple[Census, ...]
     errors: tuple[str, ...] = ()
     windows: tuple[AllocationWindow, ...] = ()
+    holders: tuple[Holder, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,10 @@
 """Diagnose a recorded run: is it leaking, which task, what objects?
 
 Exit code 0 whatever the verdict (use `--fail-on-leak` to exit 1 on a leak).
+
+`--format html` writes one self-contained page with plots, to open in a
+browser or attach to a ticket: give `-o report.html`, or redirect standard
+output (it is not written to a terminal).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import click
 from bilge.analysis import diagnose
 from bilge.errors import DataDirError
 from bilge.model import LEAK
+from bilge.report.html import HtmlReporter
 from bilge.report.json_report import JsonReporter
 from bilge.report.terminal import TerminalReporter
 from bilge.store import sqlite as store
@@ -19,13 +24,17 @@ from bilge.store import sqlite as store
 
 @click.command("report", help=__doc__)
 @click.option("--data-dir", default="bilge-data", show_default=True, help="The data dir given to `bilge run`.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the report to this file instead of standard output.")
 @click.option("--run", "run_id", type=int, default=None, help="Report on this run id (default: the latest).")
 @click.option("--fail-on-leak", is_flag=True, help="Exit with code 1 when the verdict is leak.")
 def report(data_dir: str, fmt: str, output: str | None, run_id: int | None, fail_on_leak: bool) -> int:
     """Print the diagnosis of a run."""
+    if fmt == "html" and not output and sys.stdout.isatty():
+        # A page of markup scrolling past is of no use to anyone.
+        raise click.UsageError("the HTML report is not written to a terminal: give -o report.html, "
+                               "or redirect standard output to a file")
     diagnosis = diagnose(store.load_run(data_dir, run_id))
     try:
         out = open(output, "w", encoding="utf-8") if output else sys.stdout
@@ -34,6 +43,8 @@ def report(data_dir: str, fmt: str, output: str | None, run_id: int | None, fail
     try:
         if fmt == "json":
             JsonReporter(out).render(diagnosis)
+        elif fmt == "html":
+            HtmlReporter(out).render(diagnosis)
         else:
             from rich.console import Console
 

@@ -112,6 +112,16 @@ CREATE TABLE IF NOT EXISTS sites (
     owner TEXT NOT NULL,
     traceback TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS holders (
+    process_id INTEGER NOT NULL,
+    t REAL NOT NULL,
+    type TEXT NOT NULL,
+    path TEXT NOT NULL,
+    root_kind TEXT NOT NULL,
+    container_type TEXT,
+    container_len INTEGER,
+    targets INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS agent_errors (
     process_id INTEGER,
     t REAL NOT NULL,

@@ -18,6 +18,7 @@ from bilge.model import (
     AllocationSite,
     AllocationWindow,
     Census,
+    Holder,
     ProcessData,
     ProcessInfo,
     RunData,
@@ -186,6 +187,12 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
         tasks[r[0]].append(TaskRecord(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]), r[10]))
     censuses = _read_censuses(conn, run.id)
     windows = _read_windows(conn, run.id)
+    holders: dict[int, list[Holder]] = defaultdict(list)
+    for row in conn.execute(
+        "SELECT h.process_id, h.t, h.type, h.path, h.root_kind, h.container_type, h.container_len, h.targets "
+        "FROM holders h JOIN processes p ON p.id = h.process_id WHERE p.run_id = ? ORDER BY h.t", (run.id,)
+    ):
+        holders[row[0]].append(Holder(*row[1:]))
     errors: dict[int, list[str]] = defaultdict(list)
     for pid, source, message in conn.execute(
         "SELECT e.process_id, e.source, e.message FROM agent_errors e JOIN processes p ON p.id = e.process_id "
@@ -195,7 +202,7 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
     return RunData(run=run, processes=tuple(
         ProcessData(info=p, samples=tuple(samples[p.id]), tasks=tuple(tasks[p.id]),
                     censuses=tuple(censuses.get(p.id, ())), errors=tuple(errors[p.id]),
-                    windows=tuple(windows.get(p.id, ())))
+                    windows=tuple(windows.get(p.id, ())), holders=tuple(holders[p.id]))
         for p in procs
     ))
 

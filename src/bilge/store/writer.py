@@ -63,6 +63,7 @@ class StoreWriter:
         errors: Sequence[tuple[float, str, str]],
         ended: float | None = None,
         windows: Sequence[Any] = (),
+        holders: Sequence[tuple[float, str, str, str, str | None, int | None, int]] = (),
     ) -> None:
         """Write everything buffered since the last flush in one transaction."""
         conn = self._connection()
@@ -111,6 +112,12 @@ class StoreWriter:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(window_id, rank, s.file, s.line, s.size, s.count, s.owner, "\n".join(s.traceback))
                      for rank, s in enumerate(window.sites)],
+                )
+            if holders:
+                conn.executemany(
+                    "INSERT INTO holders (process_id, t, type, path, root_kind, container_type, container_len, "
+                    "targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(process_id,) + row for row in holders],
                 )
             if ended is not None:
                 conn.execute("UPDATE processes SET ended = ? WHERE id = ?", (ended, process_id))
