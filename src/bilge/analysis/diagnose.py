@@ -19,6 +19,7 @@ from bilge.model import (
     Census,
     Diagnosis,
     Finding,
+    Holder,
     ProcessData,
     ProcessDiagnosis,
     RunData,
@@ -200,9 +201,15 @@ def _types(window: _Window, task: str | None) -> tuple[tuple[TypeGrowth, ...], i
     return census_diff.type_growth(cs, calls, floor), calls, floor
 
 
+def _holder_for(type_name: str | None, holders: Sequence[Holder]) -> Holder | None:
+    """The holder path most sampled objects of the type share (latest search wins ties)."""
+    found = [h for h in holders if h.type == type_name]
+    return max(found, key=lambda h: (h.targets, h.t)) if found else None
+
+
 def _findings(
     leaky: TaskGrowth | None, types: Sequence[TypeGrowth], leak_kind: str, pids: tuple[int, ...],
-    evidence: tuple[str, ...], windows: Sequence[AllocationWindow] = (),
+    evidence: tuple[str, ...], windows: Sequence[AllocationWindow] = (), holders: Sequence[Holder] = (),
 ) -> tuple[Finding, ...]:
     task = leaky.task if leaky else None
     found = sites.leak_sites(windows) if leak_kind != kind.NATIVE else ()
@@ -217,17 +224,20 @@ def _findings(
         return (Finding(task=task, type=None, kind=leak_kind, bytes_per_call=bytes_per_call, count_per_call=None,
                         hint=hints.hint(leak_kind, task, None, None), pids=pids, evidence=evidence,
                         location=where),)
-    return tuple(
-        Finding(task=task, type=t.type, kind=leak_kind,
-                bytes_per_call=bytes_per_call if i == 0 else (
-                    round(t.bytes_per_call, 1) if t.bytes_per_call is not None else None),
-                count_per_call=round(t.count_per_call, 3) if t.count_per_call is not None else None,
-                hint=hints.hint(leak_kind, task, t.type, t.count_per_call), pids=pids,
-                evidence=evidence + ("%s: +%d objects, +%d bytes over the window" % (
-                    t.type, t.count_delta, t.bytes_delta),),
-                location=where if i == 0 else None)
-        for i, t in enumerate(steady)
-    )
+    out = []
+    for i, t in enumerate(steady):
+        holder = _holder_for(t.type, holders)
+        out.append(Finding(
+            task=task, type=t.type, kind=leak_kind,
+            bytes_per_call=bytes_per_call if i == 0 else (
+                round(t.bytes_per_call, 1) if t.bytes_per_call is not None else None),
+            count_per_call=round(t.count_per_call, 3) if t.count_per_call is not None else None,
+            hint=hints.hint(leak_kind, task, t.type, t.count_per_call, holder), pids=pids,
+            evidence=evidence + ("%s: +%d objects, +%d bytes over the window" % (t.type, t.count_delta, t.bytes_delta),)
+            + (("held by %s (%s, %s of %s)" % (holder.path, holder.root_kind, holder.container_len,
+                                                 holder.container_type),) if holder else ()),
+            location=where if i == 0 else None, holder=holder.path if holder else None))
+    return tuple(out)
 
 
 def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:
@@ -235,7 +245,8 @@ def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:
 
     leaky = attribution.leaking_task(attribution.task_growth([window.tasks]))
     types, _, _ = _types(window, leaky.task if leaky else None)
-    findings = _findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence, window.data.windows)
+    findings = _findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence, window.data.windows,
+                         window.data.holders)
     reported = [t for t in types if any(f.type == t.type for f in findings)]
     return replace(d, findings=findings, type_series=_type_series(window.data.censuses, reported))
 
@@ -261,4 +272,5 @@ def _pooled_findings(
     leak_kind = max(set(names), key=names.count)
     evidence = next(w.evidence for _, w in leaking if (w.kind or kind.NATIVE) == leak_kind)
     pids = tuple(d.pid for d, _ in leaking)
-    return _findings(leaky, types, leak_kind, pids, evidence, [x for _, w in leaking for x in w.data.windows])
+    return _findings(leaky, types, leak_kind, pids, evidence, [x for _, w in leaking for x in w.data.windows],
+                     [h for _, w in leaking for h in w.data.holders])
