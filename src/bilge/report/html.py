@@ -10,15 +10,16 @@ JavaScript at all. That beats the alternatives we weighed:
 * matplotlib's SVG backend (tens of MB of dependencies for the CLI, and SVG
   text as glyph paths unless tuned).
 
-Hand-built SVG costs a page of geometry, keeps a typical report around
-100 KB, renders with scripts off and prints well. Hover tooltips come from
-SVG ``<title>`` elements; that is all the interactivity a ticket needs.
+Hand-built SVG costs a page of geometry, keeps a typical report (the demo
+worker with two children) around 100 KB (15 KB gzipped), renders with
+scripts off and prints well. Hover tooltips come from SVG ``<title>``
+elements: all the interactivity a ticket needs.
 
 The reporter only converts units (bytes to MiB, seconds since the run
 started) and maps data to pixels; everything it shows comes from the
-``Diagnosis`` (types, sizes, names, code locations, never values). The
-machine-readable JSON report is embedded as well, so the attachment also
-carries the stable contract.
+``Diagnosis`` (types, sizes, names, code locations, never values), and a
+password in a URL of the run's command is masked. The JSON report is
+embedded too, so the attachment also carries the stable contract.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 import jinja2
+import markupsafe
 
 from bilge import __version__
 from bilge.model import Diagnosis, ProcessDiagnosis, Series
@@ -109,6 +111,13 @@ def holder_chain(holder: str) -> list[str]:
         current += char
     parts.append(current)
     return [p for p in parts if p]
+
+
+def breakable(text: str | None) -> markupsafe.Markup:
+    """Escaped text that may wrap after dots and slashes, or '—' when unknown."""
+    if text is None or text == "":
+        return markupsafe.Markup("—")
+    return markupsafe.Markup(str(markupsafe.escape(text)).replace(".", ".<wbr>").replace("/", "/<wbr>"))
 
 
 def redact_command(command: str) -> str:
@@ -215,16 +224,21 @@ def line_chart(
         size: (width, height) of the SVG viewBox.
         compact: fewer ticks and narrower margins, for small multiples.
     """
+    # A NaN from a failed fit must cost one point, not the whole page.
+    named = [(label, css, [(t, v) for t, v in points if math.isfinite(t) and math.isfinite(v)], dashed)
+             for label, css, points, dashed in named]
     named = [n for n in named if n[2]]
     if not named:
         return None
     frame = _Frame(size, x_span, [v for n in named for _, v in n[2]], compact, integer=unit != "MiB")
     lines = tuple(Line(label, css, frame.polyline(points, origin), dashed) for label, css, points, dashed in named)
-    # One hover target per drawn point of the first, solid line: enough to read values off the chart.
+    # Hover targets on the first solid line, enough to read values off the chart; they are
+    # most of a report's bytes, so small charts get fewer.
     first = next((n for n in named if not n[3]), named[0])
+    targets = 60 if size[0] >= 1000 else 24
     hover = tuple((frame.x(t - origin), frame.y(v), "%s  %s %s %s" % (clock(t - origin), first[0],
                                                                        count_label(v), unit))
-                  for t, v in first[2][:: max(1, len(first[2]) // 60)])
+                  for t, v in first[2][:: max(1, math.ceil(len(first[2]) / targets))])
     return LineChart(
         title=title, width=frame.width, height=frame.height, left=frame.left, top=frame.top, right=frame.right,
         bottom=frame.bottom, x_ticks=tuple((frame.x(s), clock(s)) for s in frame.x_ticks),
@@ -296,6 +310,7 @@ def _environment() -> jinja2.Environment:
     env.filters["utc"] = lambda t: "—" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
     env.filters["signed_bytes"] = lambda n: "—" if n is None else ("+" if n >= 0 else "") + human_bytes(n)
     env.filters["count"] = count
+    env.filters["breakable"] = breakable
     return env
 
 
