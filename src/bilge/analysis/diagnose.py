@@ -7,7 +7,7 @@ Data flows one way: ``RunData`` (from the store) → per-process
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bilge.analysis import attribution, census_diff, hints, kind, sites, trend
 from bilge.analysis.trend import DEFAULT_POLICY, TrendPolicy
@@ -27,6 +27,7 @@ from bilge.model import (
     Series,
     TaskGrowth,
     TaskRecord,
+    Trend,
     TypeGrowth,
 )
 
@@ -35,6 +36,10 @@ MIN_CENSUSES = 3
 # A process without tasks is judged on time: one sample every 0.5 s by
 # default, so this asks for about five minutes of samples.
 TIME_POLICY = TrendPolicy(min_points=600, min_slope=1.0)
+# The same test on Python heap blocks (units: blocks, not bytes): at least
+# one block per task and 4000 blocks (~250 KiB at ~64 B a block) over the
+# window, at a stricter significance.
+HEAP_POLICY = TrendPolicy(alpha=1e-6, min_growth=4000, min_slope=1.0)
 
 
 @dataclass(frozen=True)
@@ -92,10 +97,10 @@ def _overall(processes: Sequence[ProcessDiagnosis]) -> tuple[str, str]:
 def _judge(p: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Window]:
     samples = [s for s in p.samples if s.rss is not None]
     by_task = len(p.tasks) >= policy.min_points or not samples
+    rss_slope: float | None = None
     if by_task:
-        x, y = trend.as_arrays([(t.seq, t.rss_after) for t in p.tasks])
-        result = trend.assess(x, y, policy, unit="task")
-        confirmed = trend.confirmed_after(x, y, policy) if result.verdict == LEAK else None
+        result, confirmed = _task_verdict(p, policy)
+        rss_slope = trend.assess(*trend.as_arrays([(t.seq, t.rss_after) for t in p.tasks]), policy).slope
         trend_start = p.tasks[min(result.window_start, len(p.tasks) - 1)].started if p.tasks else 0.0
         explain_start = p.tasks[len(p.tasks) // 4].started if p.tasks else 0.0
     else:
@@ -114,7 +119,7 @@ def _judge(p: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Wind
     diag = ProcessDiagnosis(
         pid=p.info.pid, role=p.info.role, verdict=result.verdict, kind=window.kind,
         confidence=round(result.confidence, 6),
-        growth_bytes_per_task=result.slope if by_task and p.tasks else None,
+        growth_bytes_per_task=rss_slope if p.tasks else None,
         growth_bytes_per_hour=per_hour, tasks_observed=len(p.tasks), confirmed_after_tasks=confirmed,
         confirmed_after_calls=_calls(p.tasks[:confirmed], leaky.task) if confirmed and leaky else None,
         rss_start=samples[0].rss if samples else None, rss_end=samples[-1].rss if samples else None,
@@ -152,6 +157,28 @@ def _type_series(censuses: Sequence[Census], types: Sequence[TypeGrowth]) -> tup
                points=_thin([(c.t, float(c.types[t.type][0])) for c in censuses if t.type in c.types]))
         for t in types
     )
+
+
+def _task_verdict(p: ProcessData, policy: TrendPolicy) -> tuple[Trend, int | None]:
+    """The verdict on RSS after each task, or on the Python heap when RSS has not followed yet.
+
+    A leak can fill memory that warm-up freed (pymalloc pools, glibc free
+    lists) for a long time before RSS moves; heap blocks move with every
+    leaked object. The heap path is stricter (``HEAP_POLICY``) because it
+    only ever turns a no-leak into a leak.
+    """
+    x, y = trend.as_arrays([(t.seq, t.rss_after) for t in p.tasks])
+    result = trend.assess(x, y, policy, unit="task")
+    if result.verdict == LEAK:
+        return result, trend.confirmed_after(x, y, policy)
+    bx, by = trend.as_arrays([(t.seq, t.blocks_after) for t in p.tasks])
+    heap = trend.assess(bx, by, HEAP_POLICY, unit="task")
+    if heap.verdict != LEAK:
+        return result, None
+    reason = ("the Python heap grows steadily after warm-up (%+.1f blocks per task, still growing at the end) "
+              "while RSS has not followed yet: the leak is filling memory freed earlier, and RSS will grow once "
+              "that is used up" % heap.slope)
+    return replace(heap, reason=reason), trend.confirmed_after(bx, by, HEAP_POLICY)
 
 
 def _explain_window(p: ProcessData, start: float, leaking: bool) -> _Window:
@@ -241,8 +268,6 @@ def _findings(
 
 
 def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:
-    from dataclasses import replace
-
     leaky = attribution.leaking_task(attribution.task_growth([window.tasks]))
     types, _, _ = _types(window, leaky.task if leaky else None)
     findings = _findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence, window.data.windows,
