@@ -43,6 +43,7 @@ BLOCK_ALPHA = 1e-3
 # A trend this strong means objects are retained call after call even when
 # they are big (str/bytes above 512 B live outside pymalloc blocks).
 BLOCK_STRONG_ALPHA = 1e-8
+MIN_BLOCKS_PER_TASK = 1.0
 # pymalloc blocks are 8-512 bytes; a typical small object takes ~64. Heap
 # growth must explain this share of the RSS growth to be the leak's kind:
 # the interpreter's own churn moves a few hundred blocks in any process.
@@ -71,8 +72,14 @@ def classify(samples: Sequence[Sample], tasks: Sequence[TaskRecord]) -> tuple[st
     block_growth, block_p, text = _growth(block_points)
     rss_growth, _, _ = _growth(rss_points)
     share = block_growth * BLOCK_BYTES / rss_growth if rss_growth > 0 else 1.0
-    heap_grows = block_growth >= MIN_BLOCK_GROWTH and (
-        block_p < BLOCK_STRONG_ALPHA or (block_p < BLOCK_ALPHA and share >= MIN_HEAP_SHARE))
+    span = (block_points[-1][0] - block_points[0][0]) if tasks and block_points else 0.0
+    per_task = block_growth / span if span > 0 else 0.0
+    # A steady trend of big objects (outside pymalloc's blocks) still leaves
+    # at least a block per task behind (their container's slot, a wrapper);
+    # a trickle below that is interpreter churn, whatever its p-value.
+    strong = block_p < BLOCK_STRONG_ALPHA and (per_task >= MIN_BLOCKS_PER_TASK if tasks else
+                                               block_growth >= 10 * MIN_BLOCK_GROWTH)
+    heap_grows = block_growth >= MIN_BLOCK_GROWTH and (strong or (block_p < BLOCK_ALPHA and share >= MIN_HEAP_SHARE))
     uncollectable = _uncollectable(samples, heap_grows)
     if uncollectable:
         return UNCOLLECTABLE, (uncollectable,)
