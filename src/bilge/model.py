@@ -120,9 +120,14 @@ class AllocationWindow:
 
 @dataclass(frozen=True)
 class Holder:
-    """Who keeps objects of a growing type alive, found in the live process."""
+    """Who keeps objects of a growing type alive, found in the live process.
+
+    ``started``/``t`` bracket the search that found it (its own cost is
+    taken out of the memory series, see ``analysis.own_activity``).
+    """
 
     t: float
+    started: float
     type: str
     path: str
     root_kind: str

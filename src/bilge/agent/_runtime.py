@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bilge.samplers import census as census_sampler
+from bilge.samplers import holders as holder_sampler
 from bilge.samplers import process as proc_sampler
 from bilge.samplers.allocations import AllocationWindow, WindowResult
 from bilge.samplers.budget import CpuBudget
@@ -55,6 +56,14 @@ MAX_SAMPLE_INTERVAL = 10.0
 # this far apart, so their cost stays a small share of a long run.
 MAX_WINDOWS = 3
 WINDOW_REOPEN_AFTER = 1800.0
+# Census counts from after this many tasks are the baseline that growing
+# types are measured against when the agent looks for their holders.
+BASELINE_AFTER_TASKS = 20
+MAX_HOLDER_TYPES = 5
+MIN_HOLDER_GROWTH = 20
+# Holder searches repeat as the process doubles its task count (more leaked
+# objects make the holding container stand out), at most this many times.
+MAX_HOLDER_SEARCHES = 4
 FULL_TASKS = 50_000
 TASK_BURST = 2_000
 TASK_DUTY = 10
@@ -125,6 +134,11 @@ class Agent:
         self._windows_opened = 0
         self._last_window = -WINDOW_REOPEN_AFTER
         self._pending_windows: list[WindowResult] = []
+        self._pending_holders: list[tuple[float, float, str, str, str, str | None, int | None, int]] = []
+        self._baseline: dict[str, int] | None = None
+        self._holder_searches = 0
+        self._next_holder_search = 0
+        self._latest_counts: dict[str, int] = {}
 
     # ------------------------------------------------------------ lifecycle --
     def start(self) -> None:
@@ -223,7 +237,7 @@ class Agent:
         )
 
     def _tend_window(self) -> None:
-        """Open an allocation window when the process turns suspect; collect it when done."""
+        """Open an allocation window when the process turns suspect; explain when it closes."""
         if self._window.active:
             try:
                 result = self._window.poll()
@@ -232,14 +246,48 @@ class Agent:
                 raise
             if result is not None:
                 self._pending_windows.append(result)
+                self._guarded("holders", self._find_holders)
             return
         if self.tasks_done == 0 and self._samples:
             self._suspicion.add(self._samples[-1][1])
+        if 0 < self._holder_searches < MAX_HOLDER_SEARCHES and self.tasks_done >= self._next_holder_search:
+            self._guarded("holders", self._find_holders)
         now = time.monotonic()
         if (self._windows_opened < MAX_WINDOWS and now - self._last_window >= WINDOW_REOPEN_AFTER
-                and self._suspicion.suspect() and self._window.open()):
+                and self._suspicion.suspect()):
             self._windows_opened += 1
             self._last_window = now
+            if not self._window.open():
+                # The host traces memory itself: no window, but holders still help.
+                self._guarded("holders", self._find_holders)
+
+    def _remember_counts(self, result: census_sampler.CensusResult) -> None:
+        counts = {name: count for name, count, _ in result.types}
+        if self._baseline is None and self.tasks_done >= BASELINE_AFTER_TASKS:
+            self._baseline = counts
+        self._latest_counts = counts
+
+    def _find_holders(self) -> None:
+        """Name who keeps the types that grew since the baseline census alive."""
+        if self._baseline is None:
+            return
+        self._holder_searches += 1
+        self._next_holder_search = 2 * max(self.tasks_done, BASELINE_AFTER_TASKS)
+        started = time.time()
+        latest = self._census.take(sized=False)
+        self._remember_counts(latest)
+        growth = sorted(((count - self._baseline.get(name, 0), name) for name, count in self._latest_counts.items()),
+                        reverse=True)
+        wanted = [name for grew, name in growth[:MAX_HOLDER_TYPES] if grew >= MIN_HOLDER_GROWTH]
+        if not wanted:
+            return
+        search = holder_sampler.find_holders(wanted)
+        if not search.complete:
+            self._record_error("holders", RuntimeError(search.reason or "incomplete"))
+        t = time.time()
+        for h in search.paths:
+            self._pending_holders.append((t, started, h.type_name, h.path, h.root_kind, h.container_type or None,
+                                          h.container_length if h.container_length >= 0 else None, h.targets))
 
     def _interval(self, base: float, age_divisor: float, ceiling: float) -> float:
         age = time.monotonic() - self._born
@@ -259,6 +307,7 @@ class Agent:
         else:
             return
         result = self._census.take(sized)
+        self._remember_counts(result)
         self._budget.spend(result.duration)
         # Remember the last cost of each flavour: heaps change slowly.
         self._cost[sized] = result.duration
@@ -280,13 +329,14 @@ class Agent:
             errors, self._errors = self._errors, []
             role, self._pending_role = self._pending_role, None
             windows, self._pending_windows = self._pending_windows, []
+            holders, self._pending_holders = self._pending_holders, []
             census_row = None
             if census is not None:
                 census_row = (census.t, self.tasks_done, census.objects, census.duration, census.types)
-            if samples or tasks or census_row or role or errors or windows or final:
+            if samples or tasks or census_row or role or errors or windows or holders or final:
                 self._writer.flush(
                     self.process_id, samples, tasks, census_row, role, errors,
-                    ended=time.time() if final else None, windows=windows,
+                    ended=time.time() if final else None, windows=windows, holders=holders,
                 )
         finally:
             self._db_lock.release()

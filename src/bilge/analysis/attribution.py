@@ -155,7 +155,11 @@ def _robust_regress(x: np.ndarray, y: np.ndarray, iterations: int = 20) -> tuple
         root = np.sqrt(weights)
         beta, *_ = np.linalg.lstsq(x * root[:, None], y * root, rcond=None)
         residual = y - x @ beta
-        scale = 1.4826 * float(np.median(np.abs(residual - np.median(residual)))) or 1.0
+        deviation = np.abs(residual - np.median(residual))
+        # The MAD is 0 when most windows did not move RSS at all (page-sized
+        # steps); fall back to the mean deviation rather than weighting
+        # every moving window down to nothing.
+        scale = 1.4826 * float(np.median(deviation)) or 1.2533 * float(deviation.mean()) or 1.0
         u = np.abs(residual) / (HUBER_K * scale)
         weights = np.where(u <= 1, 1.0, 1.0 / np.maximum(u, 1e-12))
     root = np.sqrt(weights)

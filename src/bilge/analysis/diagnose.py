@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from bilge.analysis import attribution, census_diff, hints, kind, sites, trend
+from bilge.analysis import attribution, census_diff, hints, kind, own_activity, sites, trend
 from bilge.analysis.trend import DEFAULT_POLICY, TrendPolicy
 from bilge.model import (
     INCONCLUSIVE,
@@ -66,7 +66,9 @@ def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY) -> Diagnosis:
         run: everything the store holds about the run.
         policy: thresholds of the per-process verdict.
     """
-    judged = [_judge(p, policy) for p in run.processes if p.samples or p.tasks]
+    processes_data = [replace(p, tasks=own_activity.without_activity(p.tasks, own_activity.activity(p)))
+                      for p in run.processes]
+    judged = [_judge(p, policy) for p in processes_data if p.samples or p.tasks]
     leaking = [(d, w) for d, w in judged if d.verdict == LEAK]
     growth = attribution.task_growth([w.tasks for _, w in leaking]) if leaking else ()
     findings = _pooled_findings(leaking, growth)

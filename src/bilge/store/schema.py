@@ -115,6 +115,7 @@ CREATE TABLE IF NOT EXISTS sites (
 CREATE TABLE IF NOT EXISTS holders (
     process_id INTEGER NOT NULL,
     t REAL NOT NULL,
+    started REAL NOT NULL,
     type TEXT NOT NULL,
     path TEXT NOT NULL,
     root_kind TEXT NOT NULL,

@@ -189,8 +189,8 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
     windows = _read_windows(conn, run.id)
     holders: dict[int, list[Holder]] = defaultdict(list)
     for row in conn.execute(
-        "SELECT h.process_id, h.t, h.type, h.path, h.root_kind, h.container_type, h.container_len, h.targets "
-        "FROM holders h JOIN processes p ON p.id = h.process_id WHERE p.run_id = ? ORDER BY h.t", (run.id,)
+        "SELECT h.process_id, h.t, h.started, h.type, h.path, h.root_kind, h.container_type, h.container_len, "
+        "h.targets FROM holders h JOIN processes p ON p.id = h.process_id WHERE p.run_id = ? ORDER BY h.t", (run.id,)
     ):
         holders[row[0]].append(Holder(*row[1:]))
     errors: dict[int, list[str]] = defaultdict(list)

@@ -63,7 +63,7 @@ class StoreWriter:
         errors: Sequence[tuple[float, str, str]],
         ended: float | None = None,
         windows: Sequence[Any] = (),
-        holders: Sequence[tuple[float, str, str, str, str | None, int | None, int]] = (),
+        holders: Sequence[tuple[float, float, str, str, str, str | None, int | None, int]] = (),
     ) -> None:
         """Write everything buffered since the last flush in one transaction."""
         conn = self._connection()
@@ -115,8 +115,8 @@ class StoreWriter:
                 )
             if holders:
                 conn.executemany(
-                    "INSERT INTO holders (process_id, t, type, path, root_kind, container_type, container_len, "
-                    "targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO holders (process_id, t, started, type, path, root_kind, container_type, "
+                    "container_len, targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(process_id,) + row for row in holders],
                 )
             if ended is not None:

@@ -1,0 +1,71 @@
+"""Take the agent's own explain activity out of a process's task series.
+
+After a process turns suspect the agent opens a tracemalloc window and
+searches for holders. Both run inside the process and can raise its RSS
+high-water mark (tracemalloc's tables, the search's bookkeeping) and leave
+a few heap blocks behind (``__dict__``s materialised while naming paths).
+Left in, those steps would look like growth to the trend and to the
+attribution. Here the tasks that overlapped the activity are dropped and
+the memory change across each such gap is subtracted from everything after
+it. The leak's own growth during a gap (a few tasks' worth) is lost, which
+biases slopes down by that much: a price worth paying for never blaming the
+user for bilge's own memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from bilge.model import ProcessData, TaskRecord
+
+
+def activity(p: ProcessData) -> list[tuple[float, float]]:
+    """Time intervals during which the agent explained this process, merged and sorted."""
+    spans = [(w.started, w.ended) for w in p.windows]
+    spans += [(h.started, h.t) for h in p.holders]
+    spans.sort()
+    merged: list[tuple[float, float]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def without_activity(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, float]]) -> tuple[TaskRecord, ...]:
+    """Tasks with those overlapping ``spans`` dropped and later memory readings shifted back."""
+    if not spans:
+        return tuple(tasks)
+    out: list[TaskRecord] = []
+    rss_shift = blocks_shift = 0
+    span_index = 0
+    last_kept: TaskRecord | None = None
+    pending_gap = False
+    for t in tasks:
+        while span_index < len(spans) and spans[span_index][1] < t.started:
+            span_index += 1
+            pending_gap = True
+        overlaps = span_index < len(spans) and t.ended >= spans[span_index][0] and t.started <= spans[span_index][1]
+        if overlaps:
+            pending_gap = True
+            continue
+        if pending_gap and last_kept is not None:
+            rss_shift += _delta(last_kept.rss_after, t.rss_before)
+            blocks_shift += _delta(last_kept.blocks_after, t.blocks_before)
+        pending_gap = False
+        shifted = replace(t, rss_before=_minus(t.rss_before, rss_shift), rss_after=_minus(t.rss_after, rss_shift),
+                          blocks_before=_minus(t.blocks_before, blocks_shift),
+                          blocks_after=_minus(t.blocks_after, blocks_shift))
+        out.append(shifted)
+        last_kept = t
+    return tuple(out)
+
+
+def _delta(before: int | None, after: int | None) -> int:
+    return after - before if before is not None and after is not None else 0
+
+
+def _minus(value: int | None, shift: int) -> int | None:
+    return None if value is None else value - shift

@@ -1,0 +1,279 @@
+"""Tests for bilge.samplers.holders: named paths from a root to the holders of growing types."""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import types
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from bilge.samplers import census
+from bilge.samplers.holders import HolderPath, HolderSearch, find_holders
+
+MODULE = "bilge_holders_fixture.app"
+
+SOURCE = '''
+class Order:
+    pass
+
+class AuditEntry:
+    pass
+
+class AuditLog:
+    entries = []
+
+class Session:
+    pass
+
+class Service:
+    _instance = None
+
+    def __init__(self):
+        self.cache = {}
+
+class Event:
+    pass
+
+def register():
+    handlers = []
+    def handler(event):
+        handlers.append(event)
+    return handler
+
+_ORDERS = {}
+_SESSIONS = {}
+'''
+
+
+@pytest.fixture
+def app() -> Iterator[types.ModuleType]:
+    """A real module, ``bilge_holders_fixture.app``, in sys.modules for the test's duration."""
+    module = types.ModuleType(MODULE)
+    exec(compile(SOURCE, "<%s>" % MODULE, "exec"), module.__dict__)
+    sys.modules[MODULE] = module
+    yield module
+    del sys.modules[MODULE]
+    module.__dict__.clear()
+
+
+def paths_of(result: HolderSearch, name: str) -> list[HolderPath]:
+    """The paths found for one type name, best first."""
+    return [path for path in result.paths if path.type_name == name]
+
+
+def test_module_global_dict_is_named_with_its_module(app: types.ModuleType) -> None:
+    """Instances in a module-level dict are held by ``module._ORDERS[...]``, the dict being the container."""
+    for i in range(300):
+        app._ORDERS[i] = app.Order()
+    result = find_holders([MODULE + ".Order"])
+    assert result.complete and result.reason == ""
+    (best, *_) = paths_of(result, MODULE + ".Order")
+    assert best == HolderPath(MODULE + ".Order", MODULE + "._ORDERS[...]", "module-global", "dict", 300, 300, 2)
+
+
+def test_class_attribute_list_is_named_from_the_class(app: types.ModuleType) -> None:
+    """A list in a class attribute is named ``module.Class.attr[...]`` with root kind class-attribute."""
+    app.AuditLog.entries.extend(app.AuditEntry() for _ in range(200))
+    (best, *_) = paths_of(find_holders([MODULE + ".AuditEntry"]), MODULE + ".AuditEntry")
+    assert best.path == MODULE + ".AuditLog.entries[...]"
+    assert (best.root_kind, best.container_type, best.container_length, best.targets) == (
+        "class-attribute", "list", 200, 200)
+
+
+def test_instance_attributes_along_the_path_are_named(app: types.ModuleType) -> None:
+    """A singleton's dict attribute reads ``module.Service._instance.cache[...]``."""
+    app.Service._instance = app.Service()
+    for i in range(120):
+        app.Service._instance.cache["order-%d" % i] = app.Order()
+    (best, *_) = paths_of(find_holders([MODULE + ".Order"]), MODULE + ".Order")
+    assert best.path == MODULE + ".Service._instance.cache[...]"
+    assert (best.root_kind, best.container_type, best.container_length) == ("class-attribute", "dict", 120)
+
+
+def test_per_job_loggers_are_a_registry() -> None:
+    """Loggers from getLogger(f"job.{i}") are held by ``logging.Logger.manager.loggerDict[...]``, a registry."""
+    names = ["bilge-holders-test.job.%d" % i for i in range(150)]
+    for name in names:
+        logging.getLogger(name)
+    try:
+        (best, *_) = paths_of(find_holders(["logging.Logger"]), "logging.Logger")
+        assert best.path == "logging.Logger.manager.loggerDict[...]"
+        assert best.root_kind == "registry"
+        assert best.container_type == "dict"
+        assert best.container_length >= 150
+        assert best.targets >= 150
+    finally:
+        manager = logging.Logger.manager
+        for name in names + ["bilge-holders-test.job", "bilge-holders-test"]:
+            manager.loggerDict.pop(name, None)
+
+
+def test_closure_cell_is_named_by_its_function_and_variable(app: types.ModuleType) -> None:
+    """Events appended by a closure are held by ``module.register.<locals>.handler closure 'handlers'[...]``."""
+    app._HOOK = app.register()
+    for _ in range(100):
+        app._HOOK(app.Event())
+    (best, *_) = paths_of(find_holders([MODULE + ".Event"]), MODULE + ".Event")
+    assert best.path == MODULE + ".register.<locals>.handler closure 'handlers'[...]"
+    assert (best.root_kind, best.container_type, best.container_length, best.targets) == (
+        "closure", "list", 100, 100)
+
+
+def test_thread_stack_local_is_named_by_thread_function_and_variable(app: types.ModuleType) -> None:
+    """A list local to a function running in another thread is held by ``<thread NAME> frame fn() local 'batch'``."""
+    release = threading.Event()
+    ready = threading.Event()
+
+    def worker() -> None:
+        batch = [app.Event() for _ in range(80)]
+        ready.set()
+        release.wait(30)
+        del batch
+
+    thread = threading.Thread(target=worker, name="holders-test-worker", daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        (best, *_) = paths_of(find_holders([MODULE + ".Event"]), MODULE + ".Event")
+    finally:
+        release.set()
+        thread.join(10)
+    qualname = worker.__qualname__
+    assert best.path == "<thread holders-test-worker> frame %s() local 'batch'[...]" % qualname
+    assert (best.root_kind, best.container_type, best.container_length, best.targets, best.depth) == (
+        "thread-stack", "list", 80, 80, 2)
+
+
+def test_values_and_data_keys_are_redacted(app: types.ModuleType) -> None:
+    """Data-dict keys become ``[...]``; only identifier-like names of namespaces are shown."""
+    app._SESSIONS["token-s3cr3t-value"] = app.Session()
+    app.__dict__["not an identifier s3cr3t"] = [app.Session()]
+    result = find_holders([MODULE + ".Session"], max_paths_per_type=5)
+    texts = sorted(path.path for path in paths_of(result, MODULE + ".Session"))
+    assert texts == [MODULE + "._SESSIONS[...]", MODULE + "[...][...]"]
+    assert "s3cr3t" not in repr(result)
+
+
+def test_keeps_no_reference_to_inspected_objects(app: types.ModuleType) -> None:
+    """After the call, the targets, their container and another thread's locals can all be freed."""
+
+    class Orders(dict[int, object]):
+        """A dict that takes weak references."""
+
+    app._ORDERS = Orders((i, app.Order()) for i in range(50))
+    release, ready = threading.Event(), threading.Event()
+    refs: list[weakref.ref[object]] = [weakref.ref(order) for order in app._ORDERS.values()]
+    refs.append(weakref.ref(app._ORDERS))
+
+    def worker() -> None:
+        batch = [app.Event() for _ in range(20)]
+        refs.extend(weakref.ref(event) for event in batch)
+        ready.set()
+        release.wait(30)
+
+    thread = threading.Thread(target=worker, name="holders-test-refs", daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        result = find_holders([MODULE + ".Order", MODULE + ".Event"])
+    finally:
+        release.set()
+        thread.join(10)
+    assert {path.root_kind for path in result.paths} == {"module-global", "thread-stack"}
+    app._ORDERS = None
+    gc.collect()
+    assert [ref for ref in refs if ref() is not None] == []
+
+
+def test_time_budget_gives_a_partial_result_and_a_reason(app: types.ModuleType) -> None:
+    """With no time left the search stops at once, says why, and still returns a HolderSearch."""
+    app._ORDERS[1] = app.Order()
+    result = find_holders([MODULE + ".Order"], max_seconds=0.0)
+    assert result.complete is False
+    assert result.reason.startswith("time budget exhausted after ")
+    assert result.paths == ()
+
+
+def test_memory_budget_gives_a_partial_result_and_a_reason(app: types.ModuleType) -> None:
+    """A tiny index budget stops the walk with a memory reason instead of growing."""
+    app._ORDERS[1] = app.Order()
+    result = find_holders([MODULE + ".Order"], max_index_bytes=1)
+    assert result.complete is False
+    assert result.reason.startswith("memory budget exhausted after ")
+
+
+def test_errors_never_reach_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure inside the walk becomes an empty result whose reason names only the exception type."""
+
+    def broken(*objects: object) -> list[object]:
+        raise RuntimeError("value that must not leak")
+
+    monkeypatch.setattr(gc, "get_referents", broken)
+    result = find_holders(["dict"])
+    assert (result.paths, result.complete, result.reason) == ((), False, "holder search failed (RuntimeError)")
+
+
+def test_atexit_held_objects_have_no_visible_root(app: types.ModuleType) -> None:
+    """A closure kept only by atexit (outside the gc) is still named, from its function, with root kind unknown."""
+    handler = app.register()
+    for _ in range(10):
+        handler(app.Event())
+    atexit.register(handler)
+    try:
+        (best, *_) = paths_of(find_holders([MODULE + ".Event"], max_seconds=5.0), MODULE + ".Event")
+    finally:
+        atexit.unregister(handler)
+    assert best.path == "<no gc-visible root> %s.register.<locals>.handler closure 'handlers'[...]" % MODULE
+    assert (best.root_kind, best.container_type, best.container_length, best.targets) == ("unknown", "list", 10, 10)
+
+
+def test_the_callers_own_locals_and_the_searchs_own_lists_are_never_on_a_path() -> None:
+    """Objects held only by the caller's locals have no root: neither its frame nor gc.get_objects() is named."""
+
+    class Stranded:
+        """Instances only a local of this test holds."""
+
+    held_here = [Stranded() for _ in range(30)]
+    name = census.type_name(Stranded)
+    (best,) = paths_of(find_holders([name], max_seconds=5.0), name)
+    assert best == HolderPath(name, "<no gc-visible root>[...]", "unknown", "list", 30, 30, 1)
+    assert len(held_here) == 30
+
+
+def test_paths_through_bilge_are_ignored(app: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Objects held only by a bilge module are never reported through bilge."""
+    monkeypatch.setattr(census, "_holders_test_cache", [app.Order() for _ in range(20)], raising=False)
+    result = find_holders([MODULE + ".Order"], max_seconds=5.0)
+    assert all("bilge.samplers" not in path.path for path in result.paths)
+
+
+def test_import_loads_only_the_stdlib() -> None:
+    """``import bilge.samplers.holders`` in a fresh interpreter loads stdlib and bilge modules only."""
+    code = textwrap.dedent("""
+        import json, os, sys, sysconfig
+        startup = set(sys.modules)
+        import bilge.samplers.holders
+        dirs = tuple(os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib", "platstdlib"))
+        def is_stdlib(name):
+            if name.split(".")[0] in sys.stdlib_module_names:
+                return True
+            path = os.path.realpath(getattr(sys.modules[name], "__file__", None) or "/nowhere")
+            return path.startswith(dirs) and "site-packages" not in path
+        new = sorted(set(sys.modules) - startup)
+        print(json.dumps([m for m in new if not is_stdlib(m) and m.split(".")[0] != "bilge"]))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILGE_") and k != "PYTHONPATH"}
+    env["SETUPTOOLS_USE_DISTUTILS"] = "stdlib"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []
