@@ -139,6 +139,7 @@ class Agent:
         self._holder_searches = 0
         self._next_holder_search = 0
         self._latest_counts: dict[str, int] = {}
+        self._previous_counts: dict[str, int] = {}
 
     # ------------------------------------------------------------ lifecycle --
     def start(self) -> None:
@@ -250,7 +251,8 @@ class Agent:
             return
         if self.tasks_done == 0 and self._samples:
             self._suspicion.add(self._samples[-1][1])
-        if 0 < self._holder_searches < MAX_HOLDER_SEARCHES and self.tasks_done >= self._next_holder_search:
+        if (0 < self._holder_searches < MAX_HOLDER_SEARCHES and self.tasks_done >= self._next_holder_search
+                and self._suspicion.suspect()):
             self._guarded("holders", self._find_holders)
         now = time.monotonic()
         if (self._windows_opened < MAX_WINDOWS and now - self._last_window >= WINDOW_REOPEN_AFTER
@@ -265,7 +267,7 @@ class Agent:
         counts = {name: count for name, count, _ in result.types}
         if self._baseline is None and self.tasks_done >= BASELINE_AFTER_TASKS:
             self._baseline = counts
-        self._latest_counts = counts
+        self._previous_counts, self._latest_counts = self._latest_counts, counts
 
     def _find_holders(self) -> None:
         """Name who keeps the types that grew since the baseline census alive."""
@@ -274,14 +276,22 @@ class Agent:
         self._holder_searches += 1
         self._next_holder_search = 2 * max(self.tasks_done, BASELINE_AFTER_TASKS)
         started = time.time()
-        latest = self._census.take(sized=False)
-        self._remember_counts(latest)
-        growth = sorted(((count - self._baseline.get(name, 0), name) for name, count in self._latest_counts.items()),
-                        reverse=True)
+        self._remember_counts(self._census.take(sized=False))
+        baseline, previous = self._baseline, self._previous_counts
+        # Types still growing now, not just since the baseline: warm-up
+        # growth (lazy imports, caches filling) has stopped by the time a
+        # process turns suspect, a leak has not.
+        growth = sorted(((count - baseline.get(name, 0), name) for name, count in self._latest_counts.items()
+                         if count > previous.get(name, 0) > baseline.get(name, 0) or
+                         (count > previous.get(name, 0) and name not in baseline)), reverse=True)
         wanted = [name for grew, name in growth[:MAX_HOLDER_TYPES] if grew >= MIN_HOLDER_GROWTH]
         if not wanted:
             return
         search = holder_sampler.find_holders(wanted)
+        # The search's bookkeeping is freed now; hand glibc's share back to
+        # the OS so the host does not keep our peak (pymalloc arenas that
+        # emptied are unmapped by Python itself).
+        self._malloc.trim()
         if not search.complete:
             self._record_error("holders", RuntimeError(search.reason or "incomplete"))
         t = time.time()

@@ -126,6 +126,7 @@ class MallocStats:
 
     def __init__(self) -> None:
         self._fn: Any = None
+        self._trim: Any = None
         try:
             import ctypes
 
@@ -134,12 +135,21 @@ class MallocStats:
                     "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
                     "fordblks", "keepcost")]
 
-            fn = ctypes.CDLL(None).mallinfo2
+            libc = ctypes.CDLL(None)
+            fn = libc.mallinfo2
             fn.restype = _Mallinfo2
             fn.argtypes = []
             self._fn = fn
+            self._trim = libc.malloc_trim
+            self._trim.argtypes = [ctypes.c_size_t]
+            self._trim.restype = ctypes.c_int
         except (OSError, AttributeError, ImportError):
             self._fn = None
+
+    def trim(self) -> None:
+        """Return glibc's free memory to the OS (``malloc_trim(0)``), where available."""
+        if self._trim is not None:
+            self._trim(0)
 
     def read(self) -> tuple[int | None, int | None]:
         """(in-use bytes, free-but-held bytes), or (None, None)."""
