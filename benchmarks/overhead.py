@@ -146,8 +146,10 @@ def queue_tasks(broker: str, n: int) -> float:
 
 
 # ----------------------------------------------------------------- worker --
-def build_command(mode: str, broker: str, work: str) -> tuple[list[str], dict[str, str]]:
+def build_command(mode: str, broker: str, work: str,
+                  extra_env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k not in SCRUB}
+    env.update(extra_env or {})
     env["BENCH_BROKER_URL"] = broker
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = HERE + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -212,17 +214,26 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
+def _busy_cpu() -> float:
+    """CPU seconds the whole machine spent not idle."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: float = 60.0,
-               max_wait: float = 300.0, on_progress=None) -> dict:
+               max_wait: float = 300.0, on_progress=None, extra_env: dict[str, str] | None = None) -> dict:
     """Queue n_tasks, run one worker in ``mode`` until they are all done, stop it.
 
-    ``on_progress(done, worker_pid)`` is called at every poll (for RSS probes).
+    ``on_progress(done, worker_pid)`` is called at every poll (for RSS probes);
+    ``extra_env`` is added to the worker's environment (e.g. BILGE_* knobs).
     Returns the run's record; ``status`` is "ok" or "error".
     """
     client.flushdb()
     queue_s = queue_tasks(broker, n_tasks)
     work = tempfile.mkdtemp(prefix="bilge-bench-%s-" % mode)
-    argv, env = build_command(mode, broker, work)
+    argv, env = build_command(mode, broker, work, extra_env)
     rec: dict = {"mode": mode, "tasks": n_tasks, "status": "ok", "queue_s": round(queue_s, 2)}
     logf = open(os.path.join(work, "worker.log"), "wb")
     t_spawn = time.time()
@@ -235,7 +246,7 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
             done = int(client.get("bench:done") or 0)
             now = time.time()
             if cpu_start is None and done > 0:
-                cpu_start = (done, _tree_cpu(proc.pid))
+                cpu_start = (done, _tree_cpu(proc.pid), _busy_cpu(), now)
             if on_progress is not None:
                 on_progress(done, proc.pid)
             if done >= n_tasks:
@@ -250,6 +261,7 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
                 raise RuntimeError("timeout after %.0fs at %d/%d tasks" % (max_wait, done, n_tasks))
             time.sleep(0.1)
         cpu_end = _tree_cpu(proc.pid)
+        busy_end = _busy_cpu()
         t_first = float(client.get("bench:t_first"))
         t_last = float(client.get("bench:t_last"))
         child_cpu = {k.decode(): float(v) for k, v in client.hgetall("bench:cpu").items()}
@@ -260,6 +272,10 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
             child_cpu_s=child_cpu,
             # Whole tree (main process, children, wrapper), between two polls.
             tree_cpu_us_per_task=(cpu_end - cpu_start[1]) / max(1, n_tasks - cpu_start[0]) * 1e6,
+            # Cores kept busy by everything else on the machine (other sessions, Redis, this harness).
+            other_load=max(0.0, (busy_end - cpu_start[2]) - (cpu_end - cpu_start[1]))
+            / max(1e-9, time.time() - cpu_start[3]),
+            loadavg=os.getloadavg()[0],
             throughput=n_tasks / (t_last - t_first),
             measured_s=round(t_last - t_first, 3),
             startup_s=round(t_first - t_spawn, 2),
@@ -322,7 +338,8 @@ def _artifacts(mode: str, work: str) -> dict:
                     for table in ("processes", "samples", "tasks", "censuses", "census_types", "agent_errors"):
                         out["rows_%s" % table] = conn.execute("SELECT count(*) FROM %s" % table).fetchone()[0]
                     out["roles"] = [r[0] for r in conn.execute("SELECT role FROM processes ORDER BY id")]
-                    out["census_cpu_s"] = conn.execute("SELECT coalesce(sum(duration), 0) FROM censuses").fetchone()[0]
+                    out["census_cpu_s"] = conn.execute(
+                        "SELECT coalesce(sum(duration), 0) FROM censuses").fetchone()[0]
                 finally:
                     conn.close()
             except sqlite3.Error as exc:
@@ -339,7 +356,8 @@ def summarise(runs: list[dict], modes: list[str]) -> dict:
     by_mode: dict = {}
     for mode in modes:
         ok = [r["throughput"] for r in runs if r["mode"] == mode and r["status"] == "ok"]
-        entry: dict = {"runs": len(ok), "errors": sum(1 for r in runs if r["mode"] == mode and r["status"] != "ok")}
+        errors = sum(1 for r in runs if r["mode"] == mode and r["status"] != "ok")
+        entry: dict = {"runs": len(ok), "errors": errors}
         if ok:
             entry.update(median=statistics.median(ok), min=min(ok), max=max(ok), all=[round(x, 1) for x in ok])
             for key in ("child_cpu_us_per_task", "tree_cpu_us_per_task"):
@@ -396,7 +414,8 @@ def table(summary: dict, modes: list[str], n_tasks: int) -> str:
             e["tree_cpu_us_per_task_median"], "%.3f" % e["tree_cpu_ratio"] if "tree_cpu_ratio" in e else "-",
             e.get("child_rss_median_mb", 0.0), "; ".join(notes)))
     lines.append("")
-    lines.append("%d tasks per run; throughput = tasks / (last task end - first task start); "
+    lines.append("%d tasks per run (tracemalloc: a quarter unless --tracemalloc-tasks); "
+                 "throughput = tasks / (last task end - first task start); "
                  "plain/mode = median plain throughput / median mode throughput. "
                  "Child CPU = CPU time of the pool children (all their threads) from their first task start to "
                  "their last task end, per task; tree CPU = the whole process tree (main process, children, "
@@ -429,10 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, default=4000, help="tasks per run (default 4000)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    ap.add_argument("--tracemalloc-tasks", type=int, default=None,
+                    help="tasks per tracemalloc run (default tasks/4: it is ~5x slower; throughput is a rate)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of %s" % ",".join(MODES))
     ap.add_argument("--warmup", type=int, default=1, help="plain runs before round 1, not counted (default 1)")
     ap.add_argument("--json", default=os.path.join(RESULTS, "overhead.json"), help="where to write results")
-    ap.add_argument("--load", action="store_true", help="record the machine's load average with every run")
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - set(MODES)
@@ -455,7 +475,10 @@ def main(argv: list[str] | None = None) -> int:
             log("warm-up %d: %s" % (i + 1, _brief(rec)))
         for rnd in range(1, args.rounds + 1):
             for mode in modes:
-                rec = run_worker(mode, rs.url, client, args.tasks)
+                n = args.tasks
+                if mode == "tracemalloc":
+                    n = args.tracemalloc_tasks or max(1, args.tasks // 4)
+                rec = run_worker(mode, rs.url, client, n)
                 rec["round"] = rnd
                 runs.append(rec)
                 log("round %d %-11s %s" % (rnd, mode, _brief(rec)))
@@ -465,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     md = table(summary, modes, args.tasks)
     print(md)
     out = {"benchmark": "overhead", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "config": {"tasks": args.tasks, "rounds": args.rounds, "modes": modes, "warmup": args.warmup,
+           "config": {"tasks": args.tasks, "tracemalloc_tasks": args.tracemalloc_tasks or max(1, args.tasks // 4),
+                      "rounds": args.rounds, "modes": modes, "warmup": args.warmup,
                       "worker": "celery " + " ".join(WORKER_ARGS), "workload": "workload_app.process_order"},
            "environment": environment(), "wall_s": round(time.time() - t0, 1),
            "summary": summary, "table": md, "runs": runs}
@@ -485,9 +509,10 @@ def _brief(rec: dict) -> str:
         extra = " db=%.0fKB tasks=%s" % ((a["bilge_db_bytes"] + a["bilge_wal_bytes"]) / 1024, a.get("rows_tasks"))
     if "memray_bytes" in a:
         extra = " capture=%.1fMB" % (a["memray_bytes"] / 2**20)
-    return "%.1f tasks/s, child CPU %.0f us/task, tree %.0f us/task (%.2fs measured, start-up %.1fs, shutdown %.1fs)%s" % (
-        rec["throughput"], rec["child_cpu_us_per_task"], rec["tree_cpu_us_per_task"], rec["measured_s"],
-        rec["startup_s"], rec["shutdown"]["shutdown_s"], extra)
+    return ("%.1f tasks/s, child CPU %.0f us/task, tree %.0f us/task, other load %.2f cores "
+            "(%.2fs measured, start-up %.1fs, shutdown %.1fs)%s") % (
+        rec["throughput"], rec["child_cpu_us_per_task"], rec["tree_cpu_us_per_task"], rec["other_load"],
+        rec["measured_s"], rec["startup_s"], rec["shutdown"]["shutdown_s"], extra)
 
 
 if __name__ == "__main__":

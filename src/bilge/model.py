@@ -255,6 +255,7 @@ class ProcessDiagnosis:
     series: tuple[Series, ...] = field(default=(), repr=False)
     sites: tuple[AllocationSite, ...] = ()
     trend_line: tuple[tuple[float, float], tuple[float, float]] | None = None
+    tasks_excluded: int = 0
     type_series: tuple[Series, ...] = field(default=(), repr=False)
 
 

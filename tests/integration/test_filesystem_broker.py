@@ -8,7 +8,7 @@ import pytest
 from support.bilge_data import bilge_report, processes_with_role, run_exit_codes, task_counts, tasks_recorded
 from support.brokers import FilesystemProducer
 from support.jobs import catalog_jobs, sent_by_name
-from support.workers import Launcher, celery_command, worker_environment
+from support.workers import Launcher, Worker, celery_command, worker_environment
 
 pytestmark = pytest.mark.integration
 
@@ -16,6 +16,11 @@ TASKS = 2400
 # The filesystem transport lists the whole queue folder on every poll: keep
 # it short by sending in batches as the worker catches up.
 BATCH = 300
+
+
+def _wait_recorded(worker: Worker, data_dir: Path, count: int) -> None:
+    worker.wait_for(lambda: tasks_recorded(data_dir) >= count, 120,
+                    lambda: "%d tasks recorded (%d so far)" % (count, tasks_recorded(data_dir)))
 
 
 def test_filesystem_broker_bounded_cache_is_not_a_leak(launcher: Launcher, artifacts: Path, tmp_path: Path) -> None:
@@ -31,14 +36,10 @@ def test_filesystem_broker_bounded_cache_is_not_a_leak(launcher: Launcher, artif
     worker = launcher.start(celery_command("apps.catalog", "prefork", 2, name="catalog-%s" % tmp_path.name),
                             env, "worker", data_dir)
 
-    sent = BATCH
-    while sent < TASKS:
-        worker.wait_for(lambda: tasks_recorded(data_dir) >= sent - BATCH // 2, 120,
-                        lambda: "the worker to catch up with %d sent (%d recorded)" % (sent, tasks_recorded(data_dir)))
-        producer.send(jobs[sent:sent + BATCH])
-        sent += BATCH
-    worker.wait_for(lambda: tasks_recorded(data_dir) >= TASKS, 120,
-                    lambda: "all %d tasks recorded (%d so far)" % (TASKS, tasks_recorded(data_dir)))
+    for start in range(BATCH, TASKS, BATCH):
+        _wait_recorded(worker, data_dir, start - BATCH // 2)
+        producer.send(jobs[start:start + BATCH])
+    _wait_recorded(worker, data_dir, TASKS)
     code = worker.terminate()
 
     assert code == 0, worker.log_tail()

@@ -54,7 +54,9 @@ def _on_worker_init(**_: Any) -> None:
 
 def _on_process_init(**_: Any) -> None:
     agent = _agent()
-    if agent is not None:
+    # The solo pool sends worker_process_init in the main process too (after
+    # worker_init): only a forked agent is a pool child.
+    if agent is not None and agent.parent_id is not None:
         agent.set_role("celery-child")
 
 

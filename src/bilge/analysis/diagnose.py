@@ -66,9 +66,7 @@ def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY) -> Diagnosis:
         run: everything the store holds about the run.
         policy: thresholds of the per-process verdict.
     """
-    processes_data = [replace(p, tasks=own_activity.without_activity(p.tasks, own_activity.activity(p)))
-                      for p in run.processes]
-    judged = [_judge(p, policy) for p in processes_data if p.samples or p.tasks]
+    judged = [_judge(p, policy) for p in run.processes if p.samples or p.tasks]
     leaking = [(d, w) for d, w in judged if d.verdict == LEAK]
     growth = attribution.task_growth([w.tasks for _, w in leaking]) if leaking else ()
     findings = _pooled_findings(leaking, growth)
@@ -96,7 +94,8 @@ def _overall(processes: Sequence[ProcessDiagnosis]) -> tuple[str, str]:
     return INCONCLUSIVE, "pid %d: %s" % (undecided.pid, undecided.reason)
 
 
-def _judge(p: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Window]:
+def _judge(raw: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Window]:
+    p = replace(raw, tasks=own_activity.without_activity(raw.tasks, own_activity.activity(raw)))
     samples = [s for s in p.samples if s.rss is not None]
     by_task = len(p.tasks) >= policy.min_points or not samples
     rss_slope: float | None = None
@@ -122,8 +121,10 @@ def _judge(p: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Wind
         pid=p.info.pid, role=p.info.role, verdict=result.verdict, kind=window.kind,
         confidence=round(result.confidence, 6),
         growth_bytes_per_task=rss_slope if p.tasks else None,
-        growth_bytes_per_hour=per_hour, tasks_observed=len(p.tasks), confirmed_after_tasks=confirmed,
-        confirmed_after_calls=_calls(p.tasks[:confirmed], leaky.task) if confirmed and leaky else None,
+        growth_bytes_per_hour=per_hour, tasks_observed=len(raw.tasks), confirmed_after_tasks=confirmed,
+        tasks_excluded=len(raw.tasks) - len(p.tasks),
+        confirmed_after_calls=_calls([t for t in raw.tasks if t.seq <= confirmed], leaky.task)
+        if confirmed and leaky else None,
         rss_start=samples[0].rss if samples else None, rss_end=samples[-1].rss if samples else None,
         reason=result.reason, rss_series=tuple((s.t, int(s.rss or 0)) for s in samples),
         fds_start=fds[0] if fds else None, fds_end=fds[-1] if fds else None,
@@ -172,7 +173,7 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy) -> tuple[Trend, int | Non
     x, y = trend.as_arrays([(t.seq, t.rss_after) for t in p.tasks])
     result = trend.assess(x, y, policy, unit="task")
     if result.verdict == LEAK:
-        return result, trend.confirmed_after(x, y, policy)
+        return result, _as_task_count(x, trend.confirmed_after(x, y, policy))
     bx, by = trend.as_arrays([(t.seq, t.blocks_after) for t in p.tasks])
     heap = trend.assess(bx, by, HEAP_POLICY, unit="task")
     if heap.verdict != LEAK:
@@ -180,13 +181,18 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy) -> tuple[Trend, int | Non
     reason = ("the Python heap grows steadily after warm-up (%+.1f blocks per task, still growing at the end) "
               "while RSS has not followed yet: the leak is filling memory freed earlier, and RSS will grow once "
               "that is used up" % heap.slope)
-    return replace(heap, reason=reason), trend.confirmed_after(bx, by, HEAP_POLICY)
+    return replace(heap, reason=reason), _as_task_count(bx, trend.confirmed_after(bx, by, HEAP_POLICY))
+
+
+def _as_task_count(x: Sequence[float], prefix: int | None) -> int | None:
+    """A prefix length of the (possibly thinned) series as the task ordinal it ends at."""
+    return int(x[prefix - 1]) if prefix else None
 
 
 def _explain_window(p: ProcessData, start: float, leaking: bool) -> _Window:
     tasks = tuple(t for t in p.tasks if t.started >= start)
     samples = tuple(s for s in p.samples if s.t >= start)
-    leak_kind, evidence = kind.classify(samples, tasks) if leaking else (None, ())
+    leak_kind, evidence = kind.classify(samples, tasks, p.windows) if leaking else (None, ())
     return _Window(data=p, tasks=tasks, samples=samples, censuses=_window_censuses(p.censuses, start),
                    kind=leak_kind, evidence=evidence)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bilge.analysis.stats import block_medians, mann_kendall, theil_sen
-from bilge.model import Sample, TaskRecord
+from bilge.model import AllocationWindow, Sample, TaskRecord
 
 FILE_DESCRIPTORS = "file-descriptors"
 PYTHON_OBJECTS = "python-objects"
@@ -31,6 +31,9 @@ NATIVE = "native"
 FRAGMENTATION = "fragmentation"
 UNCOLLECTABLE = "uncollectable"
 MIN_GARBAGE_GROWTH = 10
+# Below this share of the RSS growth, what tracemalloc saw survive is not the
+# leak: the memory is allocated outside Python's allocators.
+MIN_TRACED_SHARE = 0.15
 # Share of the RSS growth an allocator counter must explain to name the kind.
 MIN_ALLOCATOR_SHARE = 0.30
 
@@ -51,8 +54,19 @@ BLOCK_BYTES = 64
 MIN_HEAP_SHARE = 0.10
 
 
-def classify(samples: Sequence[Sample], tasks: Sequence[TaskRecord]) -> tuple[str, tuple[str, ...]]:
+def classify(
+    samples: Sequence[Sample], tasks: Sequence[TaskRecord], windows: Sequence[AllocationWindow] = ()
+) -> tuple[str, tuple[str, ...]]:
     """Classify a leaking process from its post-warm-up samples and tasks.
+
+    Args:
+        samples: periodic readings of the explanation window.
+        tasks: task records of the explanation window.
+        windows: the agent's allocation windows: when one completed, the share
+            of the RSS growth that tracemalloc saw survive decides between
+            Python and native memory more directly than heap blocks can (big
+            Python objects live in malloc, outside pymalloc's blocks, and
+            tracemalloc sees them; a ctypes or C-extension malloc it does not).
 
     Returns:
         (kind, evidence): the kind and the readings that decided it.
@@ -80,12 +94,35 @@ def classify(samples: Sequence[Sample], tasks: Sequence[TaskRecord]) -> tuple[st
     strong = block_p < BLOCK_STRONG_ALPHA and (per_task >= MIN_BLOCKS_PER_TASK if tasks else
                                                block_growth >= 10 * MIN_BLOCK_GROWTH)
     heap_grows = block_growth >= MIN_BLOCK_GROWTH and (strong or (block_p < BLOCK_ALPHA and share >= MIN_HEAP_SHARE))
+    traced = _traced_share(windows, tasks)
+    if traced is not None:
+        traced_share, traced_text = traced
+        if traced_share < MIN_TRACED_SHARE:
+            return _outside_python(samples, rss_growth, "heap blocks %s; %s" % (text, traced_text))
+        if not heap_grows:
+            heap_grows = True
+            text += "; " + traced_text
     uncollectable = _uncollectable(samples, heap_grows)
     if uncollectable:
         return UNCOLLECTABLE, (uncollectable,)
     if heap_grows:
         return PYTHON_OBJECTS, ("Python heap blocks %s, ~%.0f%% of the RSS growth" % (text, 100 * min(share, 1)),)
     return _outside_python(samples, rss_growth, "heap blocks %s" % text)
+
+
+def _traced_share(windows: Sequence[AllocationWindow], tasks: Sequence[TaskRecord]) -> tuple[float, str] | None:
+    """Share of the RSS growth per task that allocations traced by tracemalloc explain."""
+    done = [w for w in windows if w.status == "done" and w.tasks]
+    usable = [t for t in tasks if t.rss_after is not None]
+    if not done or len(usable) < 2:
+        return None
+    per_task_rss = (usable[-1].rss_after - usable[0].rss_after) / max(1, usable[-1].seq - usable[0].seq)  # type: ignore[operator]
+    if per_task_rss <= 0:
+        return None
+    per_task_traced = sum(sum(s.size for s in w.sites) for w in done) / sum(w.tasks for w in done)
+    share = per_task_traced / per_task_rss
+    return share, ("allocations traced by tracemalloc kept %+.0f bytes per task, ~%.0f%% of the RSS growth "
+                   "(%+.0f bytes per task)" % (per_task_traced, 100 * min(share, 9.99), per_task_rss))
 
 
 def _uncollectable(samples: Sequence[Sample], heap_grows: bool) -> str | None:

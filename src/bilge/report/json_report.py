@@ -41,6 +41,7 @@ def process_dict(p: ProcessDiagnosis) -> dict[str, Any]:
         "growth_bytes_per_task": _round(p.growth_bytes_per_task),
         "growth_bytes_per_hour": _round(p.growth_bytes_per_hour),
         "tasks_observed": p.tasks_observed,
+        "tasks_excluded": p.tasks_excluded,
         "confirmed_after_tasks": p.confirmed_after_tasks,
         "confirmed_after_calls": p.confirmed_after_calls,
         "rss_start": p.rss_start,

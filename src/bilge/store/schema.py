@@ -151,9 +151,39 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 def create(conn: sqlite3.Connection) -> None:
-    """Create the tables (idempotent) and stamp the schema version."""
+    """Create the tables (idempotent), add columns missing from older stores, stamp the version."""
     conn.executescript(DDL)
+    migrate(conn)
     conn.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
     )
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('application', 'bilge')")
+
+
+def missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """(table, column, declared type) of DDL columns an existing store lacks.
+
+    Schema version 1 only ever grows by nullable columns and new tables, so an
+    older store is brought up to date by adding them: nothing is rewritten
+    and nothing lost. The reference is the DDL itself, built in memory.
+    """
+    reference = sqlite3.connect(":memory:")
+    try:
+        reference.executescript(DDL)
+        wanted = {table: reference.execute("PRAGMA table_info(%s)" % table).fetchall()
+                  for (table,) in reference.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        reference.close()
+    missing = []
+    for table, columns in wanted.items():
+        have = {row[1] for row in conn.execute("PRAGMA table_info(%s)" % table)}
+        if not have:
+            continue  # a missing table is created by the DDL
+        missing += [(table, row[1], row[2]) for row in columns if row[1] not in have]
+    return missing
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring an older version-1 store up to the current DDL (idempotent)."""
+    for table, column, declared in missing_columns(conn):
+        conn.execute("ALTER TABLE %s ADD COLUMN %s %s" % (table, column, declared))

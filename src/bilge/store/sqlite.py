@@ -151,6 +151,10 @@ def load_run(data_dir: str, run_id: int | None = None) -> RunData:
             if not tables:
                 raise EmptyStoreError("store %s is empty; run a worker with `bilge run` first" % path)
             _check_version(conn, path)
+            if schema.missing_columns(conn):
+                # A store written by an earlier 0.x: add the new, empty columns
+                # and tables so it reads like a current one.
+                schema.create(conn)
             return _read(conn, path, run_id)
         finally:
             conn.close()

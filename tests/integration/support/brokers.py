@@ -81,13 +81,14 @@ def send_all(app: Celery, jobs: Sequence[tuple[str, list[Any]]], queue: str) -> 
 
 
 def delete_amqp_queue(queue: str) -> None:
-    """Delete a RabbitMQ queue (and its messages) if it exists."""
+    """Delete a RabbitMQ queue (and its messages) and the same-named exchange Celery declared for it."""
     from kombu import Connection
 
     with Connection(AMQP_URL) as connection:
         channel = connection.channel()
         try:
             channel.queue_delete(queue)
+            channel.exchange_delete(queue)
         finally:
             channel.close()
 

@@ -27,6 +27,8 @@ SCRIPT = textwrap.dedent("""
     class FakeTask:
         name = "shop.search"
 
+    # What the solo pool does in its one process: worker_init, then worker_process_init.
+    signals.worker_init.send(sender=None)
     signals.worker_process_init.send(sender=None)
     for i in range(5):
         signals.task_prerun.send(sender=FakeTask, task_id=str(i), task=FakeTask(), args=(), kwargs={})
@@ -52,7 +54,7 @@ def test_celery_signals_drive_the_agent(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1]) == {"hook_left": []}  # the one-shot hook removed itself
     (proc,) = load_run(str(data_dir)).processes
-    assert proc.info.role == "celery-child"
+    assert proc.info.role == "celery-main"  # worker_process_init outside a forked child names no pool child
     assert proc.info.ended is not None  # worker_process_shutdown flushed and stopped the agent
     assert [(t.seq, t.name, t.failed) for t in proc.tasks] == [
         (1, "shop.search", False), (2, "shop.search", False), (3, "shop.search", False), (4, "shop.search", True),

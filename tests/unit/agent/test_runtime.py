@@ -21,13 +21,17 @@ from bilge.samplers import process as proc_sampler
 from bilge.store.sqlite import load_run
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``condition`` every 10 ms until it holds or ``timeout`` seconds pass."""
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Poll ``condition`` every 50 ms until it holds or ``timeout`` seconds pass.
+
+    Polling gently matters: reading the store takes the GIL from the agent
+    thread it is waiting for, which on a loaded machine can starve it.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(0.01)
+        time.sleep(0.05)
     return condition()
 
 
@@ -62,8 +66,12 @@ def test_agent_records_process_samples_tasks_and_a_census(store: tuple[str, int]
     for i in range(300):
         agent.task_started(i, "shop.even" if i % 2 == 0 else "shop.odd")
         agent.task_finished(i, failed=i == 7)
-    assert wait_for(lambda: bool(stored(store).processes) and len(stored(store).processes[0].samples) >= 3
-                    and bool(stored(store).processes[0].censuses))
+
+    def recorded() -> bool:
+        processes = stored(store).processes
+        return bool(processes) and len(processes[0].samples) >= 3 and bool(processes[0].censuses)
+
+    assert wait_for(recorded), stored(store).processes
     agent.stop()
     (proc,) = stored(store).processes
     assert (proc.info.pid, proc.info.ppid, proc.info.parent_id, proc.info.role) == (
@@ -114,8 +122,12 @@ def test_a_failing_sampler_is_contained_and_switched_off(
     agent = Agent(fast_config(store))
     agent.start()
     try:
-        assert wait_for(lambda: len(stored(store).processes[0].errors) >= MAX_FAILURES
-                        if stored(store).processes else False)
+
+        def failed_enough() -> bool:
+            processes = stored(store).processes
+            return bool(processes) and len(processes[0].errors) >= MAX_FAILURES
+
+        assert wait_for(failed_enough)
         time.sleep(0.2)  # give it the chance to fail again, which it must not take
         assert len(agent_threads()) == 1
         for i in range(20):

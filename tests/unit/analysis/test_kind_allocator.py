@@ -78,3 +78,33 @@ def test_growing_heap_with_collector_on_is_python_objects() -> None:
     """The same heap growth with the collector enabled and nothing frozen: python-objects."""
     kind, _ = classify(series(rss=65536, blocks=500), NO_TASKS)
     assert kind == PYTHON_OBJECTS
+
+
+def _tasks(n: int, rss_per_task: int, blocks_per_task: int) -> list[TaskRecord]:
+    return [TaskRecord(i, "t", float(i), i + 0.1, BASE + rss_per_task * i, BASE + rss_per_task * i,
+                       100_000 + blocks_per_task * i, 100_000 + blocks_per_task * i, False, 0) for i in range(1, n)]
+
+
+def _window(kept_bytes: int, tasks: int = 20):
+    from bilge.model import AllocationSite, AllocationWindow
+
+    site = AllocationSite("app.py", 10, kept_bytes, 100, "user", ("app.py:10",))
+    return AllocationWindow(0.0, 1.0, tasks, "done", 1 << 20, (site,))
+
+
+def test_allocation_window_that_saw_little_survive_means_native() -> None:
+    """Heap blocks creep up, but tracemalloc saw only ~5% of the RSS growth survive: native, not Python."""
+    tasks = _tasks(600, rss_per_task=8192, blocks_per_task=3)
+    window = _window(kept_bytes=20 * 400)  # 400 B per task against 8 KiB of RSS per task
+    kind, evidence = classify(series(rss=65536, used=65536), tasks, [window])
+    assert kind == NATIVE
+    assert "allocations traced by tracemalloc kept +400 bytes per task, ~5% of the RSS growth" in evidence[0]
+
+
+def test_allocation_window_that_saw_the_growth_means_python_objects() -> None:
+    """Big Python objects (outside pymalloc) leave few heap blocks, but tracemalloc sees them survive."""
+    tasks = _tasks(600, rss_per_task=4096, blocks_per_task=0)
+    window = _window(kept_bytes=20 * 4000)
+    kind, evidence = classify(series(rss=65536, used=65536), tasks, [window])
+    assert kind == PYTHON_OBJECTS
+    assert "~98% of the RSS growth" in evidence[0]

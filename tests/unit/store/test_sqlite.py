@@ -127,12 +127,17 @@ def test_start_run_refuses_a_foreign_database(tmp_path: Path) -> None:
 def test_load_run_reads_what_the_writer_wrote(store: tuple[str, int]) -> None:
     """Samples, tasks, a census and agent errors written by StoreWriter come back as model objects."""
     data_dir, run_id = store
+    conn = sqlite3.connect(db_path(data_dir))
+    # Columns are only appended: pad the rows the agent buffers to the current width.
+    sample_pad = (None,) * (len(conn.execute("PRAGMA table_info(samples)").fetchall()) - 14)
+    task_pad = (None,) * (len(conn.execute("PRAGMA table_info(tasks)").fetchall()) - 11)
+    conn.close()
     writer = StoreWriter(data_dir, run_id)
     try:
         pid = writer.register_process(4242, 1, None, "main", "python worker.py")
-        writer.flush(pid, [(10.0, 100 * 4096, 50, 60, 1234, 1, 2, 3, 4, 5, 9, 2, 0)],
-                     [(1, "shop.search", 10.1, 10.2, 4096, 8192, 100, 164, 0, 0),
-                      (2, "shop.checkout", 10.3, 10.4, 8192, 8192, 164, 160, 1, 2)],
+        writer.flush(pid, [(10.0, 100 * 4096, 50, 60, 1234, 1, 2, 3, 4, 5, 9, 2, 0) + sample_pad],
+                     [(1, "shop.search", 10.1, 10.2, 4096, 8192, 100, 164, 0, 0) + task_pad,
+                      (2, "shop.checkout", 10.3, 10.4, 8192, 8192, 164, 160, 1, 2) + task_pad],
                      (10.5, 2, 5000, 0.01, [("dict", 300, 30000), ("shop.Order", 7, 448)]), "celery-child",
                      [(10.6, "census", "RuntimeError: boom")], ended=11.0)
     finally:

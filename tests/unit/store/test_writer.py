@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sqlite3
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -17,24 +18,42 @@ from bilge.store.writer import StoreWriter
 FORK = multiprocessing.get_context("fork")
 
 
-def task_row(seq: int, name: str = "shop.search") -> tuple[object, ...]:
-    """One task row as the agent buffers it."""
-    return (seq, name, float(seq), seq + 0.5, 4096 * seq, 4096 * (seq + 1), 100 + seq, 101 + seq, 0, 0)
+def widths(data_dir: str) -> tuple[int, int]:
+    """Values per sample row and per task row the writer takes: the table's columns but process_id.
+
+    Columns are only ever appended, so rows built from the first fields below
+    and padded with None stay valid as the agent learns to read more.
+    """
+    conn = sqlite3.connect(os.path.join(data_dir, "bilge.db"))
+    try:
+        sample = len(conn.execute("PRAGMA table_info(samples)").fetchall()) - 1
+        task = len(conn.execute("PRAGMA table_info(tasks)").fetchall()) - 1
+    finally:
+        conn.close()
+    return sample, task
 
 
-def sample_row(seq: int) -> tuple[object, ...]:
-    """One sample row as the agent buffers it."""
-    return (float(seq), 4096 * seq, None, None, 100 + seq, 0, 0, 0, seq, 0, 8, 2, seq)
+def task_row(seq: int, width: int, name: str = "shop.search") -> tuple[object, ...]:
+    """One task row as the agent buffers it (seq, name, times, RSS and blocks before/after, failed, ...)."""
+    row = (seq, name, float(seq), seq + 0.5, 4096 * seq, 4096 * (seq + 1), 100 + seq, 101 + seq, 0)
+    return row + (None,) * (width - len(row))
+
+
+def sample_row(seq: int, width: int) -> tuple[object, ...]:
+    """One sample row as the agent buffers it (t, rss, uss, pss, heap blocks, gc, fds, threads, tasks done, ...)."""
+    row = (float(seq), 4096 * seq, None, None, 100 + seq, 0, 0, 0, seq, 0, 8, 2, seq)
+    return row + (None,) * (width - len(row))
 
 
 def write_tasks(data_dir: str, run_id: int, tasks: int, batch: int) -> None:
     """A worker process: register, then write ``tasks`` task rows ``batch`` at a time, one flush each."""
+    sample_width, task_width = widths(data_dir)
     writer = StoreWriter(data_dir, run_id)
     try:
         process_id = writer.register_process(os.getpid(), os.getppid(), None, "celery-child", "worker")
         for start in range(1, tasks + 1, batch):
-            rows = [task_row(seq) for seq in range(start, min(start + batch, tasks + 1))]
-            writer.flush(process_id, [sample_row(start)], rows, None, None, [])
+            rows = [task_row(seq, task_width) for seq in range(start, min(start + batch, tasks + 1))]
+            writer.flush(process_id, [sample_row(start, sample_width)], rows, None, None, [])
         writer.flush(process_id, [], [], None, None, [], ended=time.time())
     finally:
         writer.close()
@@ -60,11 +79,13 @@ def test_four_processes_writing_concurrently_lose_nothing(store: tuple[str, int]
 
 def write_forever(data_dir: str, run_id: int, batch: int, report: Connection) -> None:
     """A writer that never stops: after each committed flush it reports the rows committed so far."""
+    sample_width, task_width = widths(data_dir)
     writer = StoreWriter(data_dir, run_id)
     process_id = writer.register_process(os.getpid(), os.getppid(), None, "main", "loop")
     done = 0
     while True:
-        writer.flush(process_id, [sample_row(done)], [task_row(seq) for seq in range(done + 1, done + batch + 1)],
+        writer.flush(process_id, [sample_row(done, sample_width)],
+                     [task_row(seq, task_width) for seq in range(done + 1, done + batch + 1)],
                      (time.time(), done, 1000, 0.001, [("dict", 10, 1000), ("shop.Order", done, 64 * done)]),
                      None, [])
         done += batch
@@ -118,12 +139,13 @@ def test_writer_needs_an_existing_database(tmp_path: Path) -> None:
 def test_a_failed_flush_rolls_back_everything(store: tuple[str, int]) -> None:
     """A flush whose task rows are malformed writes none of its samples either, and the writer stays usable."""
     data_dir, run_id = store
+    sample_width, task_width = widths(data_dir)
     writer = StoreWriter(data_dir, run_id)
     try:
         process_id = writer.register_process(os.getpid(), os.getppid(), None, "main", "")
         with pytest.raises(Exception):  # noqa: B017 - which sqlite3 error is not the point
-            writer.flush(process_id, [sample_row(1)], [("too", "short")], None, None, [])
-        writer.flush(process_id, [sample_row(2)], [task_row(1)], None, None, [])
+            writer.flush(process_id, [sample_row(1, sample_width)], [("too", "short")], None, None, [])
+        writer.flush(process_id, [sample_row(2, sample_width)], [task_row(1, task_width)], None, None, [])
     finally:
         writer.close()
     (proc,) = load_run(data_dir).processes
