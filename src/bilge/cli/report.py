@@ -13,12 +13,8 @@ import sys
 
 import click
 
-from bilge.analysis import diagnose
 from bilge.errors import DataDirError
 from bilge.model import LEAK
-from bilge.report.html import HtmlReporter
-from bilge.report.json_report import JsonReporter
-from bilge.report.terminal import TerminalReporter
 from bilge.store import sqlite as store
 
 
@@ -31,6 +27,13 @@ from bilge.store import sqlite as store
 @click.option("--fail-on-leak", is_flag=True, help="Exit with code 1 when the verdict is leak.")
 def report(data_dir: str, fmt: str, output: str | None, run_id: int | None, fail_on_leak: bool) -> int:
     """Print the diagnosis of a run."""
+    # Imported here, not at module level: `bilge run` shares this CLI and
+    # must start the user's worker without paying for numpy and Jinja2.
+    from bilge.analysis import diagnose
+    from bilge.report.html import HtmlReporter
+    from bilge.report.json_report import JsonReporter
+    from bilge.report.terminal import TerminalReporter
+
     if fmt == "html" and not output and sys.stdout.isatty():
         # A page of markup scrolling past is of no use to anyone.
         raise click.UsageError("the HTML report is not written to a terminal: give -o report.html, "

@@ -15,11 +15,12 @@ from collections import deque
 
 # One reading per task is kept, decimated to at most RING readings by
 # keeping every 2nd, 4th, … as the process ages.
-RING = 400
+RING = 600
 BLOCKS = 20
-MIN_READINGS = 150
+MIN_READINGS = 300
 Z_SUSPECT = 3.3  # one-sided p ~ 5e-4
-MIN_GROWTH = 128 * 1024
+Z_TAIL = 2.3  # the most recent quarter must still be rising (p ~ 0.01)
+MIN_GROWTH = 256 * 1024
 
 
 class Suspicion:
@@ -54,7 +55,11 @@ class Suspicion:
         medians = [sorted(values[i:i + size])[len(values[i:i + size]) // 2] for i in range(0, len(values), size)]
         if medians[-1] - medians[0] < MIN_GROWTH:
             return False
-        return _mann_kendall_z(medians) >= Z_SUSPECT
+        # A window costs ~10x per traced task: a cache still filling (growth
+        # that is slowing down) must not open one, so the last quarter has to
+        # keep rising too, as in the analysis's own verdict.
+        tail = medians[len(medians) // 2:]
+        return _mann_kendall_z(medians) >= Z_SUSPECT and _mann_kendall_z(tail) >= Z_TAIL
 
 
 def _mann_kendall_z(values: list[float]) -> float:

@@ -2,7 +2,7 @@
 
 import random
 
-from bilge.samplers.suspicion import MIN_READINGS, Suspicion
+from bilge.samplers.suspicion import MIN_READINGS, RING, Suspicion
 
 BASE = 60 * 1024 * 1024
 
@@ -15,9 +15,9 @@ def _feed(values):
 
 
 def test_steady_growth_is_suspect():
-    """RSS growing 2 KiB per task for 400 tasks (with page noise) is suspect."""
+    """RSS growing 2 KiB per task for 600 tasks (with page noise) is suspect."""
     rng = random.Random(1)
-    values = [BASE + 2048 * i + rng.choice((0, 4096, 8192)) for i in range(400)]
+    values = [BASE + 2048 * i + rng.choice((0, 4096, 8192)) for i in range(600)]
     assert _feed(values).suspect()
 
 
@@ -41,12 +41,12 @@ def test_too_few_readings_are_never_suspect():
 
 
 def test_small_growth_is_not_material():
-    """A steady but tiny creep (under 128 KiB over the recent half) is not suspect."""
-    values = [BASE + 200 * i for i in range(400)]
+    """A steady but tiny creep (under 256 KiB over the recent half) is not suspect."""
+    values = [BASE + 200 * i for i in range(600)]
     assert not _feed(values).suspect()
 
 
 def test_ring_stays_bounded_over_a_long_life():
-    """The ring decimates itself: a million readings keep at most 400 values."""
+    """The ring decimates itself: a million readings keep at most RING values."""
     s = _feed(BASE + i for i in range(1_000_000))
-    assert len(s._ring) <= 400
+    assert len(s._ring) <= RING
