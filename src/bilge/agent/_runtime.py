@@ -260,6 +260,9 @@ class Agent:
                 raise
             if result is not None:
                 self._pending_windows.append(result)
+                # tracemalloc's tables are freed: give glibc's share back so
+                # the worker does not keep the window's peak.
+                self._malloc.trim()
                 self._guarded("holders", self._find_holders)
             return
         if self.tasks_done == 0 and self._samples:

@@ -14,6 +14,12 @@ from collections.abc import Sequence
 
 from bilge.model import Census, TypeGrowth
 
+# Generic containers rank after specific types that grow as steadily: when a
+# user class and tuples both pile up, the class names the leak (the tuples
+# are usually its parts); a leak of plain dicts still ranks dicts first.
+GENERIC = frozenset({"dict", "list", "tuple", "set", "frozenset", "collections.deque", "collections.OrderedDict",
+                     "collections.defaultdict"})
+
 # Share of census-to-census steps in which a steady type may not grow.
 MAX_DECREASE_SHARE = 0.25
 # A type explains a leak only if it grows with it: at least one object per
@@ -55,7 +61,11 @@ def type_growth(censuses: Sequence[Census], calls: int | None, min_count: float 
             count_per_call=count_delta / per_call if per_call else None,
             bytes_per_call=bytes_delta / per_call if per_call else None, steady=steady,
         ))
-    return tuple(sorted(out, key=lambda g: (-g.steady, -g.bytes_delta, -g.count_delta)))
+    return tuple(sorted(out, key=_rank))
+
+
+def _rank(g: TypeGrowth) -> tuple[bool, bool, int, int]:
+    return (not g.steady, g.type in GENERIC, -g.bytes_delta, -g.count_delta)
 
 
 def merge(growths: Sequence[Sequence[TypeGrowth]], calls: int | None, min_count: float = 0.0) -> tuple[TypeGrowth, ...]:
@@ -74,4 +84,4 @@ def merge(growths: Sequence[Sequence[TypeGrowth]], calls: int | None, min_count:
                    steady=steady * 2 >= seen and c >= min_count)
         for name, (c, b, steady, seen) in acc.items()
     ]
-    return tuple(sorted(out, key=lambda g: (-g.steady, -g.bytes_delta, -g.count_delta)))
+    return tuple(sorted(out, key=_rank))

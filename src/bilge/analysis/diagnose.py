@@ -172,16 +172,20 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy) -> tuple[Trend, int | Non
     """
     x, y = trend.as_arrays([(t.seq, t.rss_after) for t in p.tasks])
     result = trend.assess(x, y, policy, unit="task")
-    if result.verdict == LEAK:
-        return result, _as_task_count(x, trend.confirmed_after(x, y, policy))
     bx, by = trend.as_arrays([(t.seq, t.blocks_after) for t in p.tasks])
     heap = trend.assess(bx, by, HEAP_POLICY, unit="task")
+    heap_confirmed = _as_task_count(bx, trend.confirmed_after(bx, by, HEAP_POLICY)) if heap.verdict == LEAK else None
+    if result.verdict == LEAK:
+        # Either series may confirm first: RSS stalls while a leak refills
+        # memory freed earlier, heap blocks keep counting every object.
+        confirmed = [c for c in (_as_task_count(x, trend.confirmed_after(x, y, policy)), heap_confirmed) if c]
+        return result, min(confirmed) if confirmed else None
     if heap.verdict != LEAK:
         return result, None
     reason = ("the Python heap grows steadily after warm-up (%+.1f blocks per task, still growing at the end) "
               "while RSS has not followed yet: the leak is filling memory freed earlier, and RSS will grow once "
               "that is used up" % heap.slope)
-    return replace(heap, reason=reason), _as_task_count(bx, trend.confirmed_after(bx, by, HEAP_POLICY))
+    return replace(heap, reason=reason), heap_confirmed
 
 
 def _as_task_count(x: Sequence[float], prefix: int | None) -> int | None:

@@ -32,8 +32,12 @@ FRAGMENTATION = "fragmentation"
 UNCOLLECTABLE = "uncollectable"
 MIN_GARBAGE_GROWTH = 10
 # Below this share of the RSS growth, what tracemalloc saw survive is not the
-# leak: the memory is allocated outside Python's allocators.
-MIN_TRACED_SHARE = 0.15
+# leak: the memory is allocated outside Python's allocators (a worker keeps
+# ~10-20% of its per-task RSS growth in traced bookkeeping of its own).
+MIN_TRACED_SHARE = 0.35
+# At or above this share the leak is Python memory even when heap blocks
+# barely move (big str/bytes live outside pymalloc's blocks).
+PYTHON_TRACED_SHARE = 0.5
 # Share of the RSS growth an allocator counter must explain to name the kind.
 MIN_ALLOCATOR_SHARE = 0.30
 
@@ -99,7 +103,7 @@ def classify(
         traced_share, traced_text = traced
         if traced_share < MIN_TRACED_SHARE:
             return _outside_python(samples, rss_growth, "heap blocks %s; %s" % (text, traced_text))
-        if not heap_grows:
+        if not heap_grows and traced_share >= PYTHON_TRACED_SHARE:
             heap_grows = True
             text += "; " + traced_text
     uncollectable = _uncollectable(samples, heap_grows)

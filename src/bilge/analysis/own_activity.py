@@ -51,12 +51,18 @@ def without_activity(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, f
         if overlaps:
             pending_gap = True
             continue
-        if pending_gap and last_kept is not None:
-            rss_shift += _delta(last_kept.rss_after, t.rss_before)
-            blocks_shift += _delta(last_kept.blocks_after, t.blocks_before)
+        after_gap = pending_gap and last_kept is not None
+        if after_gap:
+            # Readings at the end of kept tasks only: a "before" taken right
+            # after the activity (or carried over from a dropped task) still
+            # holds its transient peak. One task's own growth goes with it.
+            assert last_kept is not None
+            rss_shift += _delta(last_kept.rss_after, t.rss_after)
+            blocks_shift += _delta(last_kept.blocks_after, t.blocks_after)
         pending_gap = False
-        shifted = replace(t, rss_before=_minus(t.rss_before, rss_shift), rss_after=_minus(t.rss_after, rss_shift),
-                          blocks_before=_minus(t.blocks_before, blocks_shift),
+        shifted = replace(t, rss_before=None if after_gap else _minus(t.rss_before, rss_shift),
+                          rss_after=_minus(t.rss_after, rss_shift),
+                          blocks_before=None if after_gap else _minus(t.blocks_before, blocks_shift),
                           blocks_after=_minus(t.blocks_after, blocks_shift))
         out.append(shifted)
         last_kept = t
