@@ -10,24 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bilge.model import AllocationSite, AllocationWindow
+from bilge.samplers.allocations import merge_sites
 
 DONE = "done"
 
 
 def leak_sites(windows: Sequence[AllocationWindow]) -> tuple[AllocationSite, ...]:
     """Merged, ranked sites of the completed windows."""
-    merged: dict[tuple[str, int], AllocationSite] = {}
-    for window in windows:
-        if window.status != DONE:
-            continue
-        for s in window.sites:
-            key = (s.file, s.line)
-            if key in merged:
-                m = merged[key]
-                merged[key] = AllocationSite(m.file, m.line, m.size + s.size, m.count + s.count, m.owner, m.traceback)
-            else:
-                merged[key] = s
-    return tuple(sorted(merged.values(), key=lambda s: (s.owner != "user", -s.size)))
+    merged = merge_sites(s for window in windows if window.status == DONE for s in window.sites)
+    return tuple(sorted(merged, key=lambda s: (s.owner != "user", -s.size)))
 
 
 def location(site: AllocationSite) -> str:

@@ -27,35 +27,20 @@ import sysconfig
 import threading
 import time
 import tracemalloc
-from dataclasses import dataclass
+from collections.abc import Iterable
+
+from bilge.model import AllocationSite
+from bilge.model import AllocationWindow as AllocationWindowData
 
 OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _IGNORED = (tracemalloc.__file__, "<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>",
             "<unknown>")
 
 
-@dataclass(frozen=True)
-class Site:
-    """Where surviving memory was allocated (innermost frame in user code first)."""
-
-    file: str
-    line: int
-    size: int
-    count: int
-    owner: str
-    traceback: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class WindowResult:
-    """What one window found; ``status`` is ``done`` or why it was cut short."""
-
-    started: float
-    ended: float
-    tasks: int
-    status: str
-    peak_memory: int
-    sites: tuple[Site, ...]
+# The window's results are the model's own dataclasses (stdlib-only, at the
+# bottom of the import graph), so the store writes them as they are.
+Site = AllocationSite
+WindowResult = AllocationWindowData
 
 
 class AllocationWindow:
@@ -174,15 +159,18 @@ def _innermost_user_frame(frames: list[tracemalloc.Frame]) -> tracemalloc.Frame 
 
 def _merge_same_line(sites: list[Site]) -> list[Site]:
     """Tracebacks that differ only below the chosen frame are one site."""
+    return sorted(merge_sites(sites), key=lambda s: -s.size)
+
+
+def merge_sites(sites: Iterable[Site]) -> list[Site]:
+    """Sites merged by (file, line), sizes and counts added, first traceback kept."""
     merged: dict[tuple[str, int], Site] = {}
     for s in sites:
         key = (s.file, s.line)
-        if key in merged:
-            m = merged[key]
-            merged[key] = Site(m.file, m.line, m.size + s.size, m.count + s.count, m.owner, m.traceback)
-        else:
-            merged[key] = s
-    return sorted(merged.values(), key=lambda s: -s.size)
+        m = merged.get(key)
+        merged[key] = s if m is None else Site(m.file, m.line, m.size + s.size, m.count + s.count, m.owner,
+                                              m.traceback)
+    return list(merged.values())
 
 
 _STDLIB = tuple(os.path.realpath(p) + os.sep for p in {sysconfig.get_paths()["stdlib"],
