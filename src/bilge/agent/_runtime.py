@@ -123,7 +123,7 @@ class Agent:
         # A small burst lets a fresh process take its first sizing census at
         # once (a 60k-object Celery child takes ~40 ms) without paying much
         # more than census_budget even over a run of a few seconds.
-        self._budget = CpuBudget(config.census_budget, burst=0.04)
+        self._budget = CpuBudget(config.census_budget, burst=0.08)
         self._cost = {True: 0.0, False: 0.0}
         self._since_sized = config.sizing_every  # the first census sizes
         self.tasks_done = 0

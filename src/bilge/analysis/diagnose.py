@@ -257,7 +257,12 @@ def _findings(
     where = sites.location(found[0]) if found else None
     if found:
         evidence = evidence + (sites.describe(found[0], windows),)
-    steady = [t for t in types if t.steady][:MAX_FINDINGS] if leak_kind != kind.NATIVE else []
+    # Types the agent saw still growing in the live process (it only searches
+    # holders for those) and for which it named a holder are confirmed twice:
+    # they lead, in the census ranking's order.
+    held = {h.type for h in holders}
+    steady = sorted((t for t in types if t.steady), key=lambda t: t.type not in held)[:MAX_FINDINGS] \
+        if leak_kind != kind.NATIVE else []
     bytes_per_call = round(leaky.bytes_per_call, 1) if leaky else None
     if not steady:
         return (Finding(task=task, type=None, kind=leak_kind, bytes_per_call=bytes_per_call, count_per_call=None,
