@@ -297,8 +297,7 @@ class Agent:
         # growth (lazy imports, caches filling) has stopped by the time a
         # process turns suspect, a leak has not.
         growth = sorted(((count - baseline.get(name, 0), name) for name, count in self._latest_counts.items()
-                         if count > previous.get(name, 0) > baseline.get(name, 0) or
-                         (count > previous.get(name, 0) and name not in baseline)), reverse=True)
+                         if count > previous.get(name, 0) >= baseline.get(name, 0)), reverse=True)
         wanted = [name for grew, name in growth[:MAX_HOLDER_TYPES] if grew >= MIN_HOLDER_GROWTH]
         if not wanted:
             return

@@ -241,9 +241,19 @@ def _types(window: _Window, task: str | None) -> tuple[tuple[TypeGrowth, ...], i
 
 
 def _holder_for(type_name: str | None, holders: Sequence[Holder]) -> Holder | None:
-    """The holder path most sampled objects of the type share (latest search wins ties)."""
+    """The holder of a type's objects: a path whose count grew between searches, else the most-sampled one.
+
+    A container that held more of the type at a later search is the one
+    growing; a big static table of the same type (say, a module's constant
+    dict) only ever has the most targets.
+    """
     found = [h for h in holders if h.type == type_name]
-    return max(found, key=lambda h: (h.targets, h.t)) if found else None
+    first_seen: dict[str, Holder] = {}
+    for h in sorted(found, key=lambda h: h.t):
+        first_seen.setdefault(h.path, h)
+    growing = [h for h in found if h.targets > first_seen[h.path].targets]
+    pool = growing or found
+    return max(pool, key=lambda h: (h.targets, h.t)) if pool else None
 
 
 def _findings(
@@ -263,7 +273,9 @@ def _findings(
     held = {h.type for h in holders}
     steady = sorted((t for t in types if t.steady), key=lambda t: t.type not in held)[:MAX_FINDINGS] \
         if leak_kind != kind.NATIVE else []
-    bytes_per_call = round(leaky.bytes_per_call, 1) if leaky else None
+    # RSS can stall while a leak refills freed memory; heap blocks (at ~64 B
+    # each) then give the better lower bound of what a call keeps.
+    bytes_per_call = round(max(leaky.bytes_per_call, leaky.blocks_per_call * kind.BLOCK_BYTES), 1) if leaky else None
     if not steady:
         return (Finding(task=task, type=None, kind=leak_kind, bytes_per_call=bytes_per_call, count_per_call=None,
                         hint=hints.hint(leak_kind, task, None, None), pids=pids, evidence=evidence,

@@ -33,6 +33,11 @@ from bilge.model import AllocationSite
 from bilge.model import AllocationWindow as AllocationWindowData
 
 OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# bilge's code that runs inside workers: its allocations are never a site.
+# The demo app (bilge/demo) stands for user code and is traced like it.
+OWN_PATTERNS = tuple(os.path.join(OWN_DIR, part) for part in (
+    "agent/*", "samplers/*", "store/*", "model.py", "__init__.py", "_bootstrap/*"))
+DEMO_DIR = os.path.join(OWN_DIR, "demo")
 _IGNORED = (tracemalloc.__file__, "<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>",
             "<unknown>")
 
@@ -134,7 +139,7 @@ class AllocationWindow:
 
 def _surviving_sites(first: tracemalloc.Snapshot, second: tracemalloc.Snapshot, limit: int) -> tuple[Site, ...]:
     filters = [tracemalloc.Filter(False, pattern) for pattern in _IGNORED] + [
-        tracemalloc.Filter(False, os.path.join(OWN_DIR, "*"))]
+        tracemalloc.Filter(False, pattern) for pattern in OWN_PATTERNS]
     diff = second.filter_traces(filters).compare_to(first.filter_traces(filters), "traceback")
     sites = []
     for stat in diff:
@@ -194,6 +199,8 @@ def _classify(filename: str) -> str:
     if filename.startswith("<"):
         return "stdlib" if filename.startswith("<frozen") else "user"
     path = os.path.realpath(filename)
+    if path.startswith(DEMO_DIR + os.sep):
+        return "user"
     parts = path.split(os.sep)
     for marker in _SITE:
         if marker in parts:

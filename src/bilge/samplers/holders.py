@@ -59,6 +59,7 @@ from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
+from bilge.samplers import is_own_module
 from bilge.samplers.census import type_name
 
 __all__ = ["HolderPath", "HolderSearch", "find_holders"]
@@ -206,7 +207,7 @@ class _Search:
             namespace = getattr(module, "__dict__", None) if isinstance(module, types.ModuleType) else None
             if type(namespace) is not dict or id(namespace) in self.seen:
                 continue
-            if name == "bilge" or name.startswith("bilge."):
+            if is_own_module(name):
                 self.seen.add(id(namespace))  # never walked, never a path
                 self.own.add(id(namespace))
                 continue
@@ -235,7 +236,7 @@ class _Search:
             name = type_name(cls)
             if name in self.wanted:
                 kind = 2
-            elif issubclass(cls, _ATOMS) or name.startswith("bilge."):
+            elif issubclass(cls, _ATOMS) or _own_type(cls):
                 kind = 0
             else:
                 kind = 1
@@ -524,6 +525,11 @@ class _Namer:
         if type(parent).__name__ == "_lru_cache_wrapper":
             return "<lru_cache>"
         return "->" + type_name(type(child))
+
+
+def _own_type(cls: type) -> bool:
+    module = getattr(cls, "__module__", None)
+    return isinstance(module, str) and is_own_module(module)
 
 
 def _key_text(namespace: Mapping[Any, object], child: object) -> str:
