@@ -65,6 +65,8 @@ MIN_HOLDER_GROWTH = 20
 # Holder searches repeat as the process doubles its task count (more leaked
 # objects make the holding container stand out), at most this many times.
 MAX_HOLDER_SEARCHES = 4
+HOLDER_SECONDS = 0.5
+HOLDER_INDEX_BYTES = 8 << 20
 FULL_TASKS = 50_000
 TASK_BURST = 2_000
 TASK_DUTY = 10
@@ -301,7 +303,9 @@ class Agent:
         wanted = [name for grew, name in growth[:MAX_HOLDER_TYPES] if grew >= MIN_HOLDER_GROWTH]
         if not wanted:
             return
-        search = holder_sampler.find_holders(wanted)
+        # Bounded well below the search's own defaults: it runs in the user's
+        # worker, whose RSS keeps part of whatever peak the search reaches.
+        search = holder_sampler.find_holders(wanted, max_seconds=HOLDER_SECONDS, max_index_bytes=HOLDER_INDEX_BYTES)
         # The search's bookkeeping is freed now; hand glibc's share back to
         # the OS so the host does not keep our peak (pymalloc arenas that
         # emptied are unmapped by Python itself).
