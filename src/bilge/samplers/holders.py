@@ -426,9 +426,13 @@ class _Merged:
     primary: bool = True
 
 
-def _rank(named: _Merged) -> tuple[bool, int, int]:
-    """Holders on the shortest path to their targets first, then the most targets, then the shortest path."""
-    return (not named.primary, -named.targets, named.depth)
+def _rank(named: _Merged) -> tuple[int, bool, int]:
+    """The most targets first (the growing container holds the most), then shortest-path holders, then depth.
+
+    Ranking shortest paths first let a module global holding one logger
+    outrank ``loggerDict`` holding thousands.
+    """
+    return (-named.targets, not named.primary, named.depth)
 
 
 class _Namer:
@@ -448,6 +452,13 @@ class _Namer:
     def step(self, parent: object, child: object) -> None:
         namespace, self.namespace = self.namespace, False
         closure, self.closure = self.closure, None
+        canonical = _known_registries().get(id(child))
+        if canonical is not None:
+            # The stdlib's registries are reachable from many places (every
+            # logger has .manager): name them the one way the docs do.
+            self._reroot(canonical, REGISTRY)
+            self.namespace = isinstance(child, dict) and canonical == "sys.modules"
+            return
         try:
             edge = self._edge(parent, child, namespace, closure)  # may re-root: read self.text after it
             self.text += edge
@@ -525,6 +536,19 @@ class _Namer:
         if type(parent).__name__ == "_lru_cache_wrapper":
             return "<lru_cache>"
         return "->" + type_name(type(child))
+
+
+def _known_registries() -> dict[int, str]:
+    """ids of the stdlib registry objects that are alive in this process, by canonical name."""
+    found: dict[int, str] = {id(sys.modules): "sys.modules"}
+    logging = sys.modules.get("logging")
+    manager = getattr(getattr(logging, "Logger", None), "manager", None)
+    if manager is not None:
+        found[id(manager)] = "logging.Logger.manager"
+        registry = getattr(manager, "loggerDict", None)
+        if registry is not None:
+            found[id(registry)] = "logging.Logger.manager.loggerDict"
+    return found
 
 
 def _own_type(cls: type) -> bool:

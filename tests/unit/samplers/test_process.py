@@ -97,7 +97,9 @@ def test_rss_reader_reports_the_child_after_fork() -> None:
     # The child's own RSS (checked against psutil run in the child) is far above
     # the parent's: the child lazily faults some shared pages but holds 64 MiB more.
     assert abs(report["rss"] - report["psutil"]) < 4 * MIB
-    assert report["rss"] - parent_rss >= 40 * MIB
+    # Well above the parent's, by a margin that survives the child faulting
+    # shared pages lazily (the first assertion is the exact one).
+    assert report["rss"] - parent_rss >= 16 * MIB
     # The parent's reader still reads the parent.
     assert reader.read() is not None
     reader.close()
