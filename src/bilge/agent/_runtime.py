@@ -66,7 +66,7 @@ MIN_HOLDER_GROWTH = 20
 # objects make the holding container stand out), at most this many times.
 MAX_HOLDER_SEARCHES = 4
 HOLDER_SECONDS = 0.5
-HOLDER_INDEX_BYTES = 8 << 20
+HOLDER_INDEX_BYTES = 24 << 20
 FULL_TASKS = 50_000
 TASK_BURST = 2_000
 TASK_DUTY = 10
@@ -298,9 +298,13 @@ class Agent:
         # Types still growing now, not just since the baseline: warm-up
         # growth (lazy imports, caches filling) has stopped by the time a
         # process turns suspect, a leak has not.
-        growth = sorted(((count - baseline.get(name, 0), name) for name, count in self._latest_counts.items()
-                         if count > previous.get(name, 0) >= baseline.get(name, 0)), reverse=True)
-        wanted = [name for grew, name in growth[:MAX_HOLDER_TYPES] if grew >= MIN_HOLDER_GROWTH]
+        growth = sorted((count - baseline.get(name, 0), name) for name, count in self._latest_counts.items()
+                        if count > previous.get(name, 0) >= baseline.get(name, 0)
+                        and count - baseline.get(name, 0) >= MIN_HOLDER_GROWTH)
+        # Specific types first (a class that piles up names the leak), then
+        # the builtin containers, each by growth.
+        growth.sort(key=lambda item: (item[1] in census_sampler.GENERIC_TYPES, -item[0]))
+        wanted = [name for _, name in growth[:MAX_HOLDER_TYPES]]
         if not wanted:
             return
         # Bounded well below the search's own defaults: it runs in the user's

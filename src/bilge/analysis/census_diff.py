@@ -13,12 +13,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from bilge.model import Census, TypeGrowth
+from bilge.samplers.census import GENERIC_TYPES
 
-# Generic containers rank after specific types that grow as steadily: when a
-# user class and tuples both pile up, the class names the leak (the tuples
-# are usually its parts); a leak of plain dicts still ranks dicts first.
-GENERIC = frozenset({"dict", "list", "tuple", "set", "frozenset", "collections.deque", "collections.OrderedDict",
-                     "collections.defaultdict"})
+GENERIC = GENERIC_TYPES
 
 # Share of census-to-census steps in which a steady type may not grow.
 MAX_DECREASE_SHARE = 0.25
