@@ -28,7 +28,7 @@ own (t ≥ ``MIN_SUPPORT_T``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -101,44 +101,46 @@ def _usable(tasks: Sequence[TaskRecord]) -> list[TaskRecord]:
     return [t for t in tasks if None not in (t.rss_before, t.rss_after, t.blocks_before, t.blocks_after)]
 
 
-def _windows(
-    per_process: Sequence[Sequence[TaskRecord]], names: list[str], window: int
-) -> tuple[list[list[int]], list[float], list[float]]:
+# A span of consecutive tasks and the (RSS, heap blocks) readings that bracket it.
+Span = tuple[Sequence[TaskRecord], int, int, int, int]
+Design = tuple[list[list[int]], list[float], list[float]]
+
+
+def _design(spans: Iterable[Span], names: list[str]) -> Design:
+    """Rows of per-name task counts, with the RSS and heap growth across each span."""
     index = {n: i for i, n in enumerate(names)}
     rows: list[list[int]] = []
     rss_y: list[float] = []
     blocks_y: list[float] = []
-    for tasks in per_process:
-        usable = _usable(tasks)
-        for start in range(1, len(usable) - window + 1, window):
-            chunk = usable[start:start + window]
-            before, after = usable[start - 1], chunk[-1]
-            if after.seq - before.seq != window:
-                continue  # spans a gap (long runs record tasks in bursts)
-            counts = [0] * len(names)
-            for t in chunk:
-                counts[index[t.name]] += 1
-            rows.append(counts)
-            rss_y.append(float(after.rss_after - before.rss_after))  # type: ignore[operator]
-            blocks_y.append(float(after.blocks_after - before.blocks_after))  # type: ignore[operator]
+    for chunk, rss0, rss1, blocks0, blocks1 in spans:
+        counts = [0] * len(names)
+        for t in chunk:
+            counts[index[t.name]] += 1
+        rows.append(counts)
+        rss_y.append(float(rss1 - rss0))
+        blocks_y.append(float(blocks1 - blocks0))
     return rows, rss_y, blocks_y
 
 
-def _calls(
-    per_process: Sequence[Sequence[TaskRecord]], names: list[str]
-) -> tuple[list[list[int]], list[float], list[float]]:
-    index = {n: i for i, n in enumerate(names)}
-    rows: list[list[int]] = []
-    rss_y: list[float] = []
-    blocks_y: list[float] = []
-    for tasks in per_process:
-        for t in _usable(tasks):
-            row = [0] * len(names)
-            row[index[t.name]] = 1
-            rows.append(row)
-            rss_y.append(float(t.rss_after - t.rss_before))  # type: ignore[operator]
-            blocks_y.append(float(t.blocks_after - t.blocks_before))  # type: ignore[operator]
-    return rows, rss_y, blocks_y
+def _windows(per_process: Sequence[Sequence[TaskRecord]], names: list[str], window: int) -> Design:
+    def spans() -> Iterator[Span]:
+        for tasks in per_process:
+            usable = [t for t in tasks if t.rss_after is not None and t.blocks_after is not None]
+            for start in range(1, len(usable) - window + 1, window):
+                chunk = usable[start:start + window]
+                before, after = usable[start - 1], chunk[-1]
+                if after.seq - before.seq != window:
+                    continue  # spans a gap (long runs record tasks in bursts)
+                yield (chunk, before.rss_after, after.rss_after, before.blocks_after,  # type: ignore[misc]
+                       after.blocks_after)
+
+    return _design(spans(), names)
+
+
+def _calls(per_process: Sequence[Sequence[TaskRecord]], names: list[str]) -> Design:
+    spans = (((t,), t.rss_before, t.rss_after, t.blocks_before, t.blocks_after)
+             for tasks in per_process for t in _usable(tasks))
+    return _design(spans, names)  # type: ignore[arg-type]
 
 
 def _robust_regress(x: np.ndarray, y: np.ndarray, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
