@@ -8,8 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bilge.agent import Agent, AgentConfig
-from bilge.agent import _runtime
+from bilge.agent import Agent, AgentConfig, _runtime
 from bilge.samplers import holders as holder_sampler
 from bilge.samplers.allocations import AllocationWindow
 from bilge.store.sqlite import load_run
