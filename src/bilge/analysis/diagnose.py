@@ -57,6 +57,7 @@ class _Window:
     censuses: tuple[Census, ...]
     kind: str | None
     evidence: tuple[str, ...]
+    leaky: TaskGrowth | None
 
 
 def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY) -> Diagnosis:
@@ -100,8 +101,7 @@ def _judge(raw: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Wi
     by_task = len(p.tasks) >= policy.min_points or not samples
     rss_slope: float | None = None
     if by_task:
-        result, confirmed = _task_verdict(p, policy)
-        rss_slope = trend.assess(*trend.as_arrays([(t.seq, t.rss_after) for t in p.tasks]), policy).slope
+        result, confirmed, rss_slope = _task_verdict(p, policy)
         trend_start = p.tasks[min(result.window_start, len(p.tasks) - 1)].started if p.tasks else 0.0
         explain_start = p.tasks[len(p.tasks) // 4].started if p.tasks else 0.0
     else:
@@ -115,7 +115,7 @@ def _judge(raw: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Wi
     line = trend.fitted_line([s.t for s in late], [float(s.rss or 0) for s in late])
     per_hour = (line[1][1] - line[0][1]) / (line[1][0] - line[0][0]) * 3600 \
         if line and line[1][0] > line[0][0] else None
-    leaky = attribution.leaking_task(attribution.task_growth([window.tasks])) if result.verdict == LEAK else None
+    leaky = window.leaky
     fds = [s.fds for s in samples if s.fds is not None]
     diag = ProcessDiagnosis(
         pid=p.info.pid, role=p.info.role, verdict=result.verdict, kind=window.kind,
@@ -162,8 +162,10 @@ def _type_series(censuses: Sequence[Census], types: Sequence[TypeGrowth]) -> tup
     )
 
 
-def _task_verdict(p: ProcessData, policy: TrendPolicy) -> tuple[Trend, int | None]:
+def _task_verdict(p: ProcessData, policy: TrendPolicy) -> tuple[Trend, int | None, float]:
     """The verdict on RSS after each task, or on the Python heap when RSS has not followed yet.
+
+    Returns (verdict, confirmed after tasks, RSS slope in bytes per task).
 
     A leak can fill memory that warm-up freed (pymalloc pools, glibc free
     lists) for a long time before RSS moves; heap blocks move with every
@@ -179,13 +181,13 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy) -> tuple[Trend, int | Non
         # Either series may confirm first: RSS stalls while a leak refills
         # memory freed earlier, heap blocks keep counting every object.
         confirmed = [c for c in (_as_task_count(x, trend.confirmed_after(x, y, policy)), heap_confirmed) if c]
-        return result, min(confirmed) if confirmed else None
+        return result, min(confirmed) if confirmed else None, result.slope
     if heap.verdict != LEAK:
-        return result, None
+        return result, None, result.slope
     reason = ("the Python heap grows steadily after warm-up (%+.1f blocks per task, still growing at the end) "
               "while RSS has not followed yet: the leak is filling memory freed earlier, and RSS will grow once "
               "that is used up" % heap.slope)
-    return replace(heap, reason=reason), heap_confirmed
+    return replace(heap, reason=reason), heap_confirmed, result.slope
 
 
 def _as_task_count(x: Sequence[float], prefix: int | None) -> int | None:
@@ -197,8 +199,9 @@ def _explain_window(p: ProcessData, start: float, leaking: bool) -> _Window:
     tasks = tuple(t for t in p.tasks if t.started >= start)
     samples = tuple(s for s in p.samples if s.t >= start)
     leak_kind, evidence = kind.classify(samples, tasks, p.windows) if leaking else (None, ())
+    leaky = attribution.leaking_task(attribution.task_growth([tasks])) if leaking else None
     return _Window(data=p, tasks=tasks, samples=samples, censuses=_window_censuses(p.censuses, start),
-                   kind=leak_kind, evidence=evidence)
+                   kind=leak_kind, evidence=evidence, leaky=leaky)
 
 
 def _window_censuses(censuses: Sequence[Census], start: float) -> tuple[Census, ...]:
@@ -297,7 +300,7 @@ def _findings(
 
 
 def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:
-    leaky = attribution.leaking_task(attribution.task_growth([window.tasks]))
+    leaky = window.leaky
     types, _, _ = _types(window, leaky.task if leaky else None)
     findings = _findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence, window.data.windows,
                          window.data.holders)
