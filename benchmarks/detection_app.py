@@ -1,7 +1,8 @@
 """A worker with one task that keeps ``LEAK_BYTES`` per call (0 = no leak).
 
-Used by detection.py; the broker comes from ``DETECT_BROKER_URL`` and the
-leak size from ``DETECT_LEAK_BYTES``.
+Used by detection.py, window_cost.py and recycling.py; the broker comes from
+``DETECT_BROKER_URL``, the leak size from ``DETECT_LEAK_BYTES``, and a
+parent ballast (MiB touched before fork) from ``DETECT_PARENT_MB``.
 """
 
 import hashlib
@@ -15,6 +16,11 @@ app.conf.update(task_ignore_result=True, worker_prefetch_multiplier=4, broker_co
 
 LEAK_BYTES = int(os.environ.get("DETECT_LEAK_BYTES", "1024"))
 _kept = []
+# A large parent (recycling.py): memory the main process touches before it
+# forks, so every child starts with it resident (celery#4125, #4809).
+_BALLAST = bytearray(int(os.environ.get("DETECT_PARENT_MB", "0")) << 20)
+for _page in range(0, len(_BALLAST), 4096):
+    _BALLAST[_page] = 1
 
 
 @app.task(name="detect.record_event")

@@ -4,7 +4,8 @@
     ├── DataDirError        the data directory cannot be used
     ├── StoreError          the database is unreadable, corrupt or foreign
     │   └── EmptyStoreError the database holds no recorded run
-    └── CommandError        the command given to ``bilge run`` cannot start
+    ├── CommandError        the command given to ``bilge run`` cannot start
+    └── ServeError          the health/metrics address cannot be served
 
 The CLI turns these into one-line messages and exit codes in exactly one
 place (``bilge.cli.main``); foreign exceptions are translated at the
@@ -42,3 +43,9 @@ class CommandError(BilgeError):
     """The command to run under bilge cannot be started."""
 
     exit_code = 127
+
+
+class ServeError(BilgeError):
+    """The health and metrics endpoint cannot listen on the address asked for."""
+
+    exit_code = 7

@@ -41,6 +41,23 @@ class ProcessInfo:
     started: float
     ended: float | None
     argv: str
+    exit_code: int | None = None
+    # worker_max_memory_per_child as the pool child saw it (KiB), if set.
+    celery_max_memory_kb: int | None = None
+
+
+@dataclass(frozen=True)
+class Recycle:
+    """A pool child bilge recycled, with the evidence it wrote before leaving."""
+
+    process_id: int
+    pid: int
+    t: float
+    reason: str
+    rss: int | None
+    tasks_done: int
+    status: str
+    snapshot: str
 
 
 @dataclass(frozen=True)
@@ -107,6 +124,22 @@ class AllocationSite:
 
 
 @dataclass(frozen=True)
+class TypeSite:
+    """Where sampled objects of a growing type that were born in a window were allocated.
+
+    ``count`` of the ``sampled`` objects (those tracemalloc saw being born)
+    came from ``file:line``.
+    """
+
+    type: str
+    file: str
+    line: int
+    count: int
+    sampled: int
+    owner: str
+
+
+@dataclass(frozen=True)
 class AllocationWindow:
     """One tracemalloc window the agent opened in a suspect process."""
 
@@ -116,6 +149,10 @@ class AllocationWindow:
     status: str
     peak_memory: int
     sites: tuple[AllocationSite, ...]
+    type_sites: tuple[TypeSite, ...] = ()
+    # "tracemalloc" (Python's allocators) or "malloc" (glibc's in-use bytes
+    # per line of user code, see samplers.native_sites).
+    tracer: str = "tracemalloc"
 
 
 @dataclass(frozen=True)
@@ -134,6 +171,16 @@ class Holder:
     container_type: str | None
     container_len: int | None
     targets: int
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FdSnapshot:
+    """What a process's open descriptors pointed to at one moment (names, never contents)."""
+
+    t: float
+    tasks_done: int
+    targets: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)
@@ -147,6 +194,8 @@ class ProcessData:
     errors: tuple[str, ...] = ()
     windows: tuple[AllocationWindow, ...] = ()
     holders: tuple[Holder, ...] = ()
+    fd_snapshots: tuple[FdSnapshot, ...] = ()
+    recycles: tuple[Recycle, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -220,6 +269,9 @@ class Finding:
     evidence: tuple[str, ...] = ()
     holder: str | None = None
     location: str | None = None
+    # Renderings of held items, captured only under `bilge run --show-values`
+    # and shown only under `bilge report --show-values`.
+    values: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -260,6 +312,17 @@ class ProcessDiagnosis:
 
 
 @dataclass(frozen=True)
+class RecyclingSummary:
+    """Who recycled which pool children, and warnings about Celery's own recycling."""
+
+    by_bilge: tuple[Recycle, ...]
+    # pids of children that left with billiard's recycle exit code (155):
+    # worker_max_tasks_per_child or worker_max_memory_per_child.
+    by_celery: tuple[int, ...]
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Diagnosis:
     """The whole answer for a run."""
 
@@ -272,3 +335,4 @@ class Diagnosis:
     reason: str = ""
     task_growth: tuple[TaskGrowth, ...] = ()
     schema_version: int = SCHEMA_VERSION
+    recycling: RecyclingSummary | None = None

@@ -15,8 +15,9 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
+from typing import Any
 
 from bilge.errors import CommandError
 from bilge.store import sqlite as store
@@ -29,13 +30,18 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
 TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
 
 
-def agent_environment(data_dir: str, run_id: int, base: Mapping[str, str]) -> dict[str, str]:
+def agent_environment(data_dir: str, run_id: int, base: Mapping[str, str], show_values: bool = False,
+                      explain: bool = True) -> dict[str, str]:
     """The environment that loads the agent into Python processes.
 
     Args:
         data_dir: absolute data directory.
         run_id: the run the processes belong to.
         base: the environment to extend.
+        show_values: let the agent capture short renderings of held values
+            (off by default: memory holds secrets).
+        explain: let the agent open allocation windows and search holders
+            in processes that turn suspect.
     """
     env = dict(base)
     paths = [BOOTSTRAP_DIR]
@@ -49,6 +55,13 @@ def agent_environment(data_dir: str, run_id: int, base: Mapping[str, str]) -> di
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["BILGE_DATA_DIR"] = data_dir
     env["BILGE_RUN_ID"] = str(run_id)
+    for inherited in [k for k in env if k.startswith(("BILGE_SHOW_VALUES", "BILGE_EXPLAIN", "BILGE_RECYCLE"))]:
+        # Left by an outer `bilge run`: this run's own flags decide.
+        del env[inherited]
+    if show_values:
+        env["BILGE_SHOW_VALUES"] = "1"
+    if not explain:
+        env["BILGE_EXPLAIN"] = "0"
     return env
 
 
@@ -72,26 +85,39 @@ def resolve(command: Sequence[str]) -> list[str]:
     return list(command)
 
 
-def run(data_dir: str, command: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
+def run(data_dir: str, command: Sequence[str], environ: Mapping[str, str] | None = None,
+        show_values: bool = False, explain: bool = True, extra_env: Mapping[str, str] | None = None,
+        serve: Callable[[str], Any] | None = None) -> int:
     """Run ``command`` under the agent and return its exit code.
 
     Args:
         data_dir: the data directory (created and validated here).
         command: the argv to run.
         environ: the base environment (default: this process's).
+        show_values, explain: see ``agent_environment``.
+        extra_env: further ``BILGE_*`` settings for the agent (the recycling policy).
+        serve: given the data dir, binds the health/metrics server (an
+            object with ``start``/``close``), before anything is recorded or
+            started, so a busy port fails fast.
 
     Returns:
         The command's exit code; 128+N when it died of signal N.
     """
     argv = resolve(command)
     path = store.prepare_data_dir(data_dir)
+    server = serve(path) if serve is not None else None
     run_id = store.start_run(path, shlex.join(argv))
-    env = agent_environment(path, run_id, os.environ if environ is None else environ)
+    env = agent_environment(path, run_id, os.environ if environ is None else environ, show_values, explain)
+    env.update(extra_env or {})
     code = 1
     try:
+        if server is not None:
+            server.start()
         code = _supervise(argv, env)
     finally:
         store.end_run(path, run_id, code)
+        if server is not None:
+            server.close()
     return code
 
 

@@ -18,7 +18,7 @@ from support.bilge_data import (
     tasks_recorded,
 )
 from support.billing_run import BillingSetup, run_billing
-from support.brokers import claimed_redis_database, producer_app, unique_queue
+from support.brokers import claimed_redis_database, producer_app, send_all, unique_queue
 from support.jobs import RENDER_STATEMENT, billing_jobs, executions, finished, results_checksum, sent_by_name
 from support.workers import Launcher, Worker
 
@@ -89,8 +89,10 @@ def test_prefork_child_killed_with_sigkill_is_replaced_and_the_store_stays_reada
     run`` exits 0, the store passes SQLite's integrity check, and ``bilge report`` lists the killed child (with
     the tasks it flushed before dying) and its replacement, and still finds the leak."""
     # billiard notices a SIGKILLed child only at its next pool check (up to
-    # ~5 s): enough jobs must remain by then for the replacement to get work.
-    jobs = billing_jobs(3600, seed=23)
+    # ~5 s), by which time a fast worker may have run every queued job: a tail
+    # of jobs is sent once the replacement is up, so it is sure to get work.
+    jobs = billing_jobs(4200, seed=23)
+    first, tail = jobs[:3600], jobs[3600:]
     queue = unique_queue("billing-kill")
     setup = BillingSetup(producer_app(redis_db.url, queue), redis_db.url, redis_db.client, redis_db.url, queue)
     data_dir = artifacts / "data"
@@ -107,8 +109,10 @@ def test_prefork_child_killed_with_sigkill_is_replaced_and_the_store_stays_reada
         worker.wait_for(lambda: len(worker.pool_children()) == 2 and victim.pid not in
                         [p.pid for p in worker.pool_children()], 60, "a replacement pool child")
         killed["replacement"] = next(p.pid for p in worker.pool_children() if p.pid != children[1].pid)
+        send_all(setup.producer, tail, queue)
+        worker.wait_for(lambda: finished(redis_db.client) >= len(jobs), 120, "the tail jobs to finish")
 
-    outcome = run_billing(launcher, setup, jobs, "prefork", 2, data_dir=data_dir, acks_late=True,
+    outcome = run_billing(launcher, setup, first, "prefork", 2, data_dir=data_dir, acks_late=True,
                           while_running=kill_one_child)
 
     assert outcome.exit_code == 0, outcome.worker.log_tail()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,3 +17,23 @@ def store(tmp_path: Path) -> tuple[str, int]:
     data_dir = prepare_data_dir(str(tmp_path / "bilge-data"))
     run_id = start_run(data_dir, "python worker.py")
     return data_dir, run_id
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Poll ``condition`` every 50 ms until it holds or ``timeout`` seconds pass.
+
+    Polling gently matters: reading the store takes the GIL from the agent
+    thread it is waiting for, which on a loaded machine can starve it.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., bool]:
+    """``wait_for(condition, timeout=30.0)``: poll until the condition holds; True if it did."""
+    return _wait_for

@@ -25,6 +25,14 @@ def test_agent_environment_puts_the_bootstrap_first() -> None:
     assert os.path.isfile(os.path.join(BOOTSTRAP_DIR, "sitecustomize.py"))
 
 
+def test_values_and_explain_switches_reach_the_agent_and_stale_ones_do_not() -> None:
+    """--show-values and --no-explain become variables; ones inherited from an outer run are dropped."""
+    plain = agent_environment("/data", 1, {"BILGE_SHOW_VALUES": "1", "BILGE_EXPLAIN": "0"})
+    assert "BILGE_SHOW_VALUES" not in plain and "BILGE_EXPLAIN" not in plain
+    asked = agent_environment("/data", 1, {}, show_values=True, explain=False)
+    assert (asked["BILGE_SHOW_VALUES"], asked["BILGE_EXPLAIN"]) == ("1", "0")
+
+
 def test_agent_environment_does_not_change_its_base() -> None:
     """The base mapping is copied, never modified."""
     base = {"PATH": "/bin"}

@@ -26,11 +26,13 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
+from bilge.agent import recycle
 from bilge.samplers import census as census_sampler
 from bilge.samplers import holders as holder_sampler
 from bilge.samplers import process as proc_sampler
-from bilge.samplers.allocations import AllocationWindow, WindowResult
+from bilge.samplers.allocations import AllocationWindow, WindowResult, prepare_window
 from bilge.samplers.budget import CpuBudget
+from bilge.samplers.native_sites import NativeWindow
 from bilge.samplers.suspicion import Suspicion
 from bilge.store.writer import StoreWriter
 
@@ -57,6 +59,10 @@ USS_EVERY = 10
 # this far apart, so their cost stays a small share of a long run.
 MAX_WINDOWS = 3
 WINDOW_REOPEN_AFTER = 1800.0
+# When a window's surviving traced bytes explain less than this share of the
+# RSS growth per task, the memory grows outside Python's allocators: a
+# native window (glibc in-use per user line) follows, for the same tasks' worth.
+NATIVE_TRACED_SHARE = 0.5
 # Census counts from after this many tasks are the baseline that growing
 # types are measured against when the agent looks for their holders.
 BASELINE_AFTER_TASKS = 20
@@ -67,6 +73,16 @@ MIN_HOLDER_GROWTH = 20
 MAX_HOLDER_SEARCHES = 4
 HOLDER_SECONDS = 0.5
 HOLDER_INDEX_BYTES = 24 << 20
+# What open descriptors point to is read again once their number moved by
+# this many (or a tenth), at most once per census interval.
+FD_SNAPSHOT_STEP = 4
+# A recycle is confirmed once the child, after the policy first said go,
+# ran this many more tasks and its RSS grew by CONFIRM_GROWTH more.
+CONFIRM_TASKS = 200
+CONFIRM_GROWTH = 1 << 20
+# Over the soft limit, the recycling policy is consulted at every this many
+# task boundaries (it runs the trend test: ~100 µs).
+SOFT_LIMIT_EVERY = 8
 FULL_TASKS = 50_000
 TASK_BURST = 2_000
 TASK_DUTY = 10
@@ -86,6 +102,12 @@ class AgentConfig:
         sizing_every: at most one census in this many also sizes objects;
             the others only count them (about four times cheaper).
         buffer_limit: rows kept between flushes before new ones are dropped.
+        show_values: holder searches render a few held items (``--show-values``).
+        explain: open allocation windows and search holders once suspect
+            (``--no-explain`` turns the explain stage off; watching and
+            deciding stay on).
+        recycle: when a leaking prefork child leaves after its task
+            (``bilge run --recycle``; see ``agent.recycle``).
     """
 
     data_dir: str
@@ -95,6 +117,9 @@ class AgentConfig:
     census_min_interval: float = 1.0
     sizing_every: int = 5
     buffer_limit: int = 20000
+    show_values: bool = False
+    explain: bool = True
+    recycle: recycle.RecyclePolicy = recycle.RecyclePolicy()
 
 
 class Agent:
@@ -137,14 +162,27 @@ class Agent:
         self._born = time.monotonic()
         self._suspicion = Suspicion()
         self._window = AllocationWindow()
+        self._native = NativeWindow(self._malloc.in_use)
         self._windows_opened = 0
         self._last_window = -WINDOW_REOPEN_AFTER
         self._pending_windows: list[WindowResult] = []
-        self._pending_holders: list[tuple[float, float, str, str, str, str | None, int | None, int]] = []
+        self._pending_holders: list[tuple[float, float, str, str, str, str | None, int | None, int, str | None]] = []
         self._baseline: dict[str, int] | None = None
         self._holder_searches = 0
         self._next_holder_search = 0
         self._latest_counts: dict[str, int] = {}
+        self._pending_fds: deque[tuple[float, int, tuple[tuple[str, int], ...]]] = deque(maxlen=100)
+        self._fd_snapshot_count: int | None = None
+        self._next_fd_snapshot = 0.0
+        self._hard_limit: int | None = None
+        self._facts: dict[str, int] = {}
+        self._suspect_stored: int | None = None
+        self._recycle_lock = threading.Lock()
+        self._recycle_candidate: tuple[int, int] | None = None
+        self._recycle_reason: str | None = None
+        self._recycle_refused: str | None = None
+        self._last_sites: list[tuple[str, int, int]] = []
+        self._last_paths: list[tuple[str, str]] = []
         self._previous_counts: dict[str, int] = {}
 
     # ------------------------------------------------------------ lifecycle --
@@ -160,6 +198,7 @@ class Agent:
         """Stop the thread and write what is buffered (bounded by ``timeout``)."""
         self._stop.set()
         self._window.abort()
+        self._native.abort()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -170,6 +209,11 @@ class Agent:
         if role != self.role:
             self.role = role
             self._pending_role = role
+
+    def note_fact(self, column: str, value: int | None) -> None:
+        """Remember a fact about this process (``exit_code``, ``celery_max_memory_kb``), stored on next flush."""
+        if value is not None and column in ("exit_code", "celery_max_memory_kb", "suspect"):
+            self._facts[column] = int(value)
 
     # ----------------------------------------------------------- task hooks --
     def task_started(self, key: Any, name: str) -> None:
@@ -208,6 +252,17 @@ class Agent:
             self._suspicion.add(rss1)
             if self._window.active:
                 self._window.on_task_finished()
+            if self._native.active:
+                self._native.on_task_finished()
+            policy = self.config.recycle
+            if (policy.enabled and self._recycle_reason is None and rss1 is not None and rss1 >= policy.soft_limit
+                    and self.tasks_done >= policy.min_tasks and not self.tasks_done % SOFT_LIMIT_EVERY):
+                # Over the soft limit: decide here, at the task boundary, not
+                # up to a sample interval later (a fast leak overshoots).
+                self._consider_recycle()
+            if self._recycle_reason is not None and self._recycle_refused is None:
+                # In task_postrun, in the child: it leaves before its next job.
+                self._recycle_refused = recycle.request_child_exit() or ""
         except Exception as exc:  # noqa: BLE001
             self._record_error("task_finished", exc)
 
@@ -221,9 +276,16 @@ class Agent:
             return
         while not self._stop.wait(self._interval(self.config.sample_interval, 600.0, MAX_SAMPLE_INTERVAL)):
             self._guarded("sample", self._sample)
+            self._guarded("fds", self._sample_fd_targets)
+            self._guarded("state", self._note_state)
             if time.monotonic() >= self._next_census:
                 self._guarded("census", self._run_census)
-            self._guarded("window", self._tend_window)
+            if self.config.recycle.enabled and self.role == "celery-child":
+                self._guarded("recycle", self._consider_recycle)
+            if self.config.explain:
+                if self._baseline is None and self.tasks_done >= BASELINE_AFTER_TASKS:
+                    self._guarded("census", self._recount)
+                self._guarded("window", self._tend_window)
             self._guarded("flush", self.flush)
 
     def _register(self) -> None:
@@ -251,8 +313,101 @@ class Agent:
              malloc_free) + proc_sampler.gc_state()
         )
 
+    def _note_state(self) -> None:
+        """Keep the agent's own live judgement in the store, for fleet queries (`celery bilge status`)."""
+        suspect = int(self._suspicion.suspect())
+        if suspect != self._suspect_stored:
+            self._suspect_stored = suspect
+            self.note_fact("suspect", suspect)
+
+    def _consider_recycle(self) -> None:
+        """Claim a recycle (with its forensic snapshot) when the policy says this child should go.
+
+        Runs in the agent thread, and in the task thread at a boundary when
+        the soft limit is passed; the lock keeps the two from both claiming.
+        """
+        if not self._recycle_lock.acquire(blocking=False):
+            return
+        try:
+            self._consider_recycle_locked()
+        finally:
+            self._recycle_lock.release()
+
+    def _consider_recycle_locked(self) -> None:
+        if self._recycle_reason is not None:
+            if self._recycle_refused:
+                with self._db_lock:
+                    self._writer.refuse_recycle(self.process_id or 0, self._recycle_refused)
+                log.warning("bilge: pid %d cannot be recycled: %s", os.getpid(), self._recycle_refused)
+                self._disabled.add("recycle")
+            return
+        policy = self.config.recycle
+        if self.role != "celery-child":
+            return
+        if self._hard_limit is None:
+            self._hard_limit = policy.hard_limit or recycle.cgroup_memory_limit() or 0
+        rss = self._last_rss if self._last_rss is not None else (self._samples[-1][1] if self._samples else None)
+        age = max(1e-3, time.monotonic() - self._born)
+        per_second = self._suspicion.growth_per_reading() * self.tasks_done / age
+        reason = policy.decide(rss, self._suspicion.suspect(), per_second, self.tasks_done, self._hard_limit or None)
+        if reason is None or self.process_id is None or rss is None:
+            return
+        # Confirmed, not just suspected: the growth must go on after the
+        # first time the policy said go (warm-up stops, a leak does not).
+        candidate = self._recycle_candidate
+        if candidate is None:
+            self._recycle_candidate = (self.tasks_done, rss)
+            return
+        if self.tasks_done < candidate[0] + CONFIRM_TASKS or rss - candidate[1] < CONFIRM_GROWTH:
+            return
+        now = time.time()
+        snapshot = self._forensic_snapshot(reason, rss, per_second)
+        with self._db_lock:
+            claimed = self._writer.claim_recycle(self.process_id, now, reason, rss, self.tasks_done, snapshot,
+                                                 policy.min_interval, urgent=reason.startswith("forecast"))
+        if claimed:
+            self._recycle_reason = reason
+            log.warning("bilge: recycling pool child %d after its current task: %s", os.getpid(), reason)
+
+    def _forensic_snapshot(self, reason: str, rss: int | None, per_second: float) -> str:
+        """What this child knows about its leak, written before it leaves (names and numbers only)."""
+        import json
+
+        growing = self._growth_since_baseline()[:10]
+        last = self._samples[-1] if self._samples else None
+        return json.dumps({
+            "reason": reason, "pid": os.getpid(), "rss": rss, "tasks_done": self.tasks_done,
+            "growth_bytes_per_task": round(self._suspicion.growth_per_reading(), 1),
+            "growth_bytes_per_second": round(per_second, 1), "fds": last[10] if last else None,
+            "heap_blocks": last[4] if last else None,
+            "growing_types": [{"type": name, "objects_added": n} for n, name in growing],
+            "sites": [{"file": f, "line": n, "bytes": b} for f, n, b in self._last_sites],
+            "holders": [{"type": t, "path": p} for t, p in self._last_paths],
+        })
+
+    def _sample_fd_targets(self) -> None:
+        """Name what the open descriptors point to, whenever their number has moved."""
+        fds = self._samples[-1][10] if self._samples else None
+        now = time.monotonic()
+        if fds is None or now < self._next_fd_snapshot:
+            return
+        last = self._fd_snapshot_count
+        if last is not None and abs(fds - last) < max(FD_SNAPSHOT_STEP, last // 10):
+            return
+        self._fd_snapshot_count = fds
+        self._next_fd_snapshot = now + self._interval(self.config.census_min_interval, 60.0, 600.0)
+        self._pending_fds.append((time.time(), self.tasks_done, proc_sampler.fd_targets()))
+
     def _tend_window(self) -> None:
         """Open an allocation window when the process turns suspect; explain when it closes."""
+        if self._native.active:
+            try:
+                native = self._native.poll()
+            except BaseException:
+                self._native.abort()
+                raise
+            if native is not None:
+                self._pending_windows.append(native)
         if self._window.active:
             try:
                 result = self._window.poll()
@@ -261,10 +416,12 @@ class Agent:
                 raise
             if result is not None:
                 self._pending_windows.append(result)
+                self._last_sites = [(s.file, s.line, s.size) for s in result.sites[:5]]
                 # tracemalloc's tables are freed: give glibc's share back so
                 # the worker does not keep the window's peak.
                 self._malloc.trim()
                 self._guarded("holders", self._find_holders)
+                self._guarded("native window", lambda: self._follow_with_native(result))
             return
         if self.tasks_done == 0 and self._samples:
             self._suspicion.add(self._samples[-1][1])
@@ -276,15 +433,65 @@ class Agent:
                 and self._suspicion.suspect()):
             self._windows_opened += 1
             self._last_window = now
-            if not self._window.open():
+            began = time.time()
+            if self._baseline is not None:
+                # What the window's own bookkeeping creates for good (the
+                # installed-distributions table, ctypes) is created now, before
+                # the fresh counts: else it would look like growth to the
+                # holder search that follows the window.
+                prepare_window()
+                # Fresh counts: the types still growing now are the ones the
+                # window joins to the lines that make them.
+                self._recount()
+            if not self._window.open(self._growing_types(), began):
                 # The host traces memory itself: no window, but holders still help.
                 self._guarded("holders", self._find_holders)
+
+    def _follow_with_native(self, result: WindowResult) -> None:
+        """Open a native window when what the window traced explains too little of the RSS growth."""
+        if result.status != "done" or not self._window.window_tasks or not self.tasks_done:
+            return
+        rss_per_task = self._suspicion.growth_per_reading()
+        traced_per_task = sum(s.size for s in result.sites) / self._window.window_tasks
+        if rss_per_task > 0 and traced_per_task < NATIVE_TRACED_SHARE * rss_per_task:
+            self._native.open()
+
+    def _recount(self) -> None:
+        """Count objects now, whatever the census schedule (the explain stage's own counts).
+
+        Also takes the baseline right after warm-up starts: a busy process
+        may run hundreds of tasks before its next scheduled census, and
+        growth measured from there would be too short to tell a leaking
+        type from noise when the process turns suspect.
+        """
+        self._remember_counts(self._census.take(sized=False))
 
     def _remember_counts(self, result: census_sampler.CensusResult) -> None:
         counts = {name: count for name, count, _ in result.types}
         if self._baseline is None and self.tasks_done >= BASELINE_AFTER_TASKS:
             self._baseline = counts
         self._previous_counts, self._latest_counts = self._latest_counts, counts
+
+    def _growth_since_baseline(self) -> list[tuple[int, str]]:
+        """(objects added, type) of the latest counts against the baseline, at least MIN_HOLDER_GROWTH, most first."""
+        baseline = self._baseline or {}
+        return sorted(((count - baseline.get(name, 0), name) for name, count in self._latest_counts.items()
+                       if count - baseline.get(name, 0) >= MIN_HOLDER_GROWTH), reverse=True)
+
+    def _growing_types(self) -> list[str]:
+        """Types that grew since the baseline census and are still growing, specific types first."""
+        if self._baseline is None:
+            return []
+        baseline, previous = self._baseline, self._previous_counts
+        # Types still growing now, not just since the baseline: warm-up
+        # growth (lazy imports, caches filling) has stopped by the time a
+        # process turns suspect, a leak has not.
+        growth = [(added, name) for added, name in self._growth_since_baseline()
+                  if self._latest_counts[name] > previous.get(name, 0) >= baseline.get(name, 0)]
+        # Specific types first (a class that piles up names the leak), then
+        # the builtin containers, each by growth.
+        growth.sort(key=lambda item: (item[1] in census_sampler.GENERIC_TYPES, -item[0]))
+        return [name for _, name in growth[:MAX_HOLDER_TYPES]]
 
     def _find_holders(self) -> None:
         """Name who keeps the types that grew since the baseline census alive."""
@@ -293,23 +500,14 @@ class Agent:
         self._holder_searches += 1
         self._next_holder_search = 2 * max(self.tasks_done, BASELINE_AFTER_TASKS)
         started = time.time()
-        self._remember_counts(self._census.take(sized=False))
-        baseline, previous = self._baseline, self._previous_counts
-        # Types still growing now, not just since the baseline: warm-up
-        # growth (lazy imports, caches filling) has stopped by the time a
-        # process turns suspect, a leak has not.
-        growth = sorted((count - baseline.get(name, 0), name) for name, count in self._latest_counts.items()
-                        if count > previous.get(name, 0) >= baseline.get(name, 0)
-                        and count - baseline.get(name, 0) >= MIN_HOLDER_GROWTH)
-        # Specific types first (a class that piles up names the leak), then
-        # the builtin containers, each by growth.
-        growth.sort(key=lambda item: (item[1] in census_sampler.GENERIC_TYPES, -item[0]))
-        wanted = [name for _, name in growth[:MAX_HOLDER_TYPES]]
+        self._recount()
+        wanted = self._growing_types()
         if not wanted:
             return
         # Bounded well below the search's own defaults: it runs in the user's
         # worker, whose RSS keeps part of whatever peak the search reaches.
-        search = holder_sampler.find_holders(wanted, max_seconds=HOLDER_SECONDS, max_index_bytes=HOLDER_INDEX_BYTES)
+        search = holder_sampler.find_holders(wanted, max_seconds=HOLDER_SECONDS, max_index_bytes=HOLDER_INDEX_BYTES,
+                                             show_values=self.config.show_values)
         # The search's bookkeeping is freed now; hand glibc's share back to
         # the OS so the host does not keep our peak (pymalloc arenas that
         # emptied are unmapped by Python itself).
@@ -317,9 +515,11 @@ class Agent:
         if not search.complete:
             self._record_error("holders", RuntimeError(search.reason or "incomplete"))
         t = time.time()
+        self._last_paths = [(h.type_name, h.path) for h in search.paths[:10]]
         for h in search.paths:
             self._pending_holders.append((t, started, h.type_name, h.path, h.root_kind, h.container_type or None,
-                                          h.container_length if h.container_length >= 0 else None, h.targets))
+                                          h.container_length if h.container_length >= 0 else None, h.targets,
+                                          "\n".join(h.values) if h.values else None))
 
     def _interval(self, base: float, age_divisor: float, ceiling: float) -> float:
         age = time.monotonic() - self._born
@@ -362,13 +562,16 @@ class Agent:
             role, self._pending_role = self._pending_role, None
             windows, self._pending_windows = self._pending_windows, []
             holders, self._pending_holders = self._pending_holders, []
+            fd_targets = _drain(self._pending_fds)
+            facts, self._facts = self._facts, {}
             census_row = None
             if census is not None:
                 census_row = (census.t, self.tasks_done, census.objects, census.duration, census.types)
-            if samples or tasks or census_row or role or errors or windows or holders or final:
+            if samples or tasks or census_row or role or errors or windows or holders or fd_targets or facts or final:
                 self._writer.flush(
                     self.process_id, samples, tasks, census_row, role, errors,
-                    ended=time.time() if final else None, windows=windows, holders=holders,
+                    ended=time.time() if final else None, windows=windows, holders=holders, fd_targets=fd_targets,
+                    facts=facts,
                 )
         finally:
             self._db_lock.release()
@@ -477,6 +680,11 @@ def start_from_environment(environ: dict[str, str] | None = None) -> Agent | Non
                        ("census_min_interval", "BILGE_CENSUS_MIN_INTERVAL")):
         if env.get(var):
             overrides[field] = float(env[var])
+    if env.get("BILGE_SHOW_VALUES") == "1":
+        overrides["show_values"] = True
+    if env.get("BILGE_EXPLAIN") == "0":
+        overrides["explain"] = False
+    overrides["recycle"] = recycle.RecyclePolicy.from_environment(env)
     return start(replace(config, **overrides))
 
 

@@ -46,10 +46,21 @@ def _on_postrun(sender: Any = None, task_id: Any = None, state: Any = None, **_:
         agent.task_finished(task_id, failed=state not in (None, "SUCCESS"))
 
 
-def _on_worker_init(**_: Any) -> None:
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
     agent = _agent()
     if agent is not None:
         agent.set_role("celery-main")
+        try:
+            from bilge.agent import fleet
+
+            fleet.register(agent.config.data_dir, agent.config.run_id)
+        except Exception:  # noqa: BLE001, S110 - no fleet answers, but the worker runs
+            pass
+        if agent.config.recycle.enabled and hasattr(sender, "pool_restarts"):
+            # worker_init runs after the worker read its settings and before
+            # the pool is built: with restarts on, billiard gives every child
+            # the sentinel through which bilge lets a leaking child leave.
+            sender.pool_restarts = True
 
 
 def _on_process_init(**_: Any) -> None:
@@ -58,13 +69,23 @@ def _on_process_init(**_: Any) -> None:
     # worker_init): only a forked agent is a pool child.
     if agent is not None and agent.parent_id is not None:
         agent.set_role("celery-child")
+        try:
+            # The limit Celery recycles on, to tell a recycle storm (a child
+            # that starts above it) in the report.
+            app = sys.modules["celery"].current_app
+            agent.note_fact("celery_max_memory_kb", app.conf.worker_max_memory_per_child)
+        except Exception:  # noqa: BLE001, S110 - a nicety; the child runs regardless
+            pass
 
 
-def _on_process_shutdown(**_: Any) -> None:
+def _on_process_shutdown(exitcode: Any = None, **_: Any) -> None:
     # billiard children leave through os._exit, so atexit never runs there:
-    # write what is buffered now.
+    # write what is buffered now, with the code the child leaves with
+    # (155 is billiard's recycle: max tasks or max memory per child).
     agent = _agent()
     if agent is not None:
+        if isinstance(exitcode, int):
+            agent.note_fact("exit_code", exitcode)
         agent.stop(timeout=1.0)
 
 

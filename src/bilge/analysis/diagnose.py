@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from bilge.analysis import attribution, census_diff, hints, kind, own_activity, sites, trend
+from bilge.analysis import attribution, census_diff, hints, kind, own_activity, recycling, sites, trend
 from bilge.analysis.trend import DEFAULT_POLICY, TrendPolicy
 from bilge.model import (
     INCONCLUSIVE,
@@ -30,6 +30,7 @@ from bilge.model import (
     Trend,
     TypeGrowth,
 )
+from bilge.samplers.census import GENERIC_TYPES
 
 MAX_FINDINGS = 5
 MIN_CENSUSES = 3
@@ -76,7 +77,7 @@ def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY) -> Diagnosis:
     confidence = max((d.confidence for d in processes if d.verdict == verdict), default=0.0)
     return Diagnosis(run=run.run, verdict=verdict, kind=findings[0].kind if findings else None,
                      confidence=confidence, findings=findings, processes=processes, reason=reason,
-                     task_growth=growth)
+                     task_growth=growth, recycling=recycling.summarise(run))
 
 
 def _overall(processes: Sequence[ProcessDiagnosis]) -> tuple[str, str]:
@@ -129,7 +130,7 @@ def _judge(raw: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Wi
         reason=result.reason, rss_series=tuple((s.t, int(s.rss or 0)) for s in samples),
         fds_start=fds[0] if fds else None, fds_end=fds[-1] if fds else None,
         series=_process_series(samples), trend_line=line if result.verdict == LEAK else None,
-        sites=sites.leak_sites(p.windows),
+        sites=sites.leak_sites(p.windows, sites.MALLOC if window.kind == kind.NATIVE else sites.TRACEMALLOC),
     )
     return diag, window
 
@@ -198,7 +199,7 @@ def _as_task_count(x: Sequence[float], prefix: int | None) -> int | None:
 def _explain_window(p: ProcessData, start: float, leaking: bool) -> _Window:
     tasks = tuple(t for t in p.tasks if t.started >= start)
     samples = tuple(s for s in p.samples if s.t >= start)
-    leak_kind, evidence = kind.classify(samples, tasks, p.windows) if leaking else (None, ())
+    leak_kind, evidence = kind.classify(samples, tasks, p.windows, p.fd_snapshots) if leaking else (None, ())
     leaky = attribution.leaking_task(attribution.task_growth([tasks])) if leaking else None
     return _Window(data=p, tasks=tasks, samples=samples, censuses=_window_censuses(p.censuses, start),
                    kind=leak_kind, evidence=evidence, leaky=leaky)
@@ -243,39 +244,72 @@ def _types(window: _Window, task: str | None) -> tuple[tuple[TypeGrowth, ...], i
     return census_diff.type_growth(cs, calls, floor), calls, floor
 
 
-def _holder_for(type_name: str | None, holders: Sequence[Holder]) -> Holder | None:
-    """The holder of a type's objects: a path whose count grew between searches, else the most-sampled one.
+KIND_PREFERENCE = (kind.FILE_DESCRIPTORS, kind.UNCOLLECTABLE, kind.PYTHON_OBJECTS, kind.FRAGMENTATION, kind.NATIVE)
+
+
+def _holder_for(type_name: str | None, groups: Sequence[Sequence[Holder]]) -> Holder | None:
+    """The holder of a type's objects: a path whose count grew between searches, else the most-sampled one
+    (when only one search found paths).
 
     A container that held more of the type at a later search is the one
     growing; a big static table of the same type (say, a module's constant
     dict) only ever has the most targets.
     """
-    found = [h for h in holders if h.type == type_name]
-    first_seen: dict[str, Holder] = {}
-    for h in sorted(found, key=lambda h: h.t):
-        first_seen.setdefault(h.path, h)
-    growing = [h for h in found if h.targets > first_seen[h.path].targets]
+    per_process = [[h for h in group if h.type == type_name] for group in groups]
+    found = [h for group in per_process for h in group]
+    growing = _growing_holders(per_process)
+    if not growing and any(len({h.started for h in group}) >= 2 for group in per_process):
+        # Seen in two searches and held no more the second time: a static
+        # table of that type, not what keeps the growth alive.
+        return None
     pool = growing or found
     return max(pool, key=lambda h: (h.targets, h.t)) if pool else None
 
 
+def _growing_holders(groups: Sequence[Sequence[Holder]]) -> list[Holder]:
+    """Holders whose path held more targets at a later search of the same process (one group per process)."""
+    out = []
+    for holders in groups:
+        first_seen: dict[tuple[str, str], Holder] = {}
+        for h in sorted(holders, key=lambda h: h.t):
+            first_seen.setdefault((h.type, h.path), h)
+        # Targets are a lower bound (bulk containers are sampled), so the
+        # growing container's own length counts too.
+        out += [h for h in holders if h.targets > first_seen[(h.type, h.path)].targets
+                or (h.container_len or 0) > (first_seen[(h.type, h.path)].container_len or 0)]
+    return out
+
+
 def _findings(
     leaky: TaskGrowth | None, types: Sequence[TypeGrowth], leak_kind: str, pids: tuple[int, ...],
-    evidence: tuple[str, ...], windows: Sequence[AllocationWindow] = (), holders: Sequence[Holder] = (),
+    evidence: tuple[str, ...], windows: Sequence[AllocationWindow] = (),
+    holder_groups: Sequence[Sequence[Holder]] = (),
 ) -> tuple[Finding, ...]:
     task = leaky.task if leaky else None
-    found = sites.leak_sites(windows) if leak_kind != kind.NATIVE else ()
-    # tracemalloc sees only Python's allocators: for a native leak its sites
-    # would be noise, so the location stays unknown rather than invented.
+    # tracemalloc sees only Python's allocators: a native leak is located by
+    # the native window alone (or not at all, rather than invented).
+    tracer = sites.MALLOC if leak_kind == kind.NATIVE else sites.TRACEMALLOC
+    found = sites.leak_sites(windows, tracer)
     where = sites.location(found[0]) if found else None
     if found:
-        evidence = evidence + (sites.describe(found[0], windows),)
+        evidence = evidence + (sites.describe(found[0], windows, tracer),)
     # Types the agent saw still growing in the live process (it only searches
     # holders for those) and for which it named a holder are confirmed twice:
     # they lead, in the census ranking's order.
-    held = {h.type for h in holders}
-    steady = sorted((t for t in types if t.steady), key=lambda t: t.type not in held)[:MAX_FINDINGS] \
-        if leak_kind != kind.NATIVE else []
+    # A type whose holder was seen growing between searches leads: a big
+    # static table of the same type (a library's constant list) is held too,
+    # but never grows.
+    held = {h.type for group in holder_groups for h in group}
+    held_growing = {h.type for h in _growing_holders(holder_groups)}
+    # Then held types, specific ones (a class) before builtin containers,
+    # the one whose holder reaches the most objects first.
+    reach: dict[str, int] = {}
+    for group in holder_groups:
+        for h in group:
+            reach[h.type] = max(reach.get(h.type, 0), h.targets)
+    steady = sorted((t for t in types if t.steady), key=lambda t: (
+        t.type not in held_growing, t.type not in held, t.type in GENERIC_TYPES, -reach.get(t.type, 0)))
+    steady = steady[:MAX_FINDINGS] if leak_kind != kind.NATIVE else []
     # RSS can stall while a leak refills freed memory; heap blocks (at ~64 B
     # each) then give the better lower bound of what a call keeps.
     bytes_per_call = round(max(leaky.bytes_per_call, leaky.blocks_per_call * kind.BLOCK_BYTES), 1) if leaky else None
@@ -285,7 +319,8 @@ def _findings(
                         location=where),)
     out = []
     for i, t in enumerate(steady):
-        holder = _holder_for(t.type, holders)
+        holder = _holder_for(t.type, holder_groups)
+        born = sites.type_site(t.type, windows)
         out.append(Finding(
             task=task, type=t.type, kind=leak_kind,
             bytes_per_call=bytes_per_call if i == 0 else (
@@ -294,8 +329,14 @@ def _findings(
             hint=hints.hint(leak_kind, task, t.type, t.count_per_call, holder), pids=pids,
             evidence=evidence + ("%s: +%d objects, +%d bytes over the window" % (t.type, t.count_delta, t.bytes_delta),)
             + (("held by %s (%s, %s of %s)" % (holder.path, holder.root_kind, holder.container_len,
-                                                 holder.container_type),) if holder else ()),
-            location=where if i == 0 else None, holder=holder.path if holder else None))
+                                                 holder.container_type),) if holder else ())
+            + ((sites.describe_type_site(born),) if born else ()),
+            # The user's line that made this type's window-born objects is
+            # the most specific answer; else the top surviving bytes (user
+            # code first), for the first finding.
+            location=sites.location(born) if born and (born.owner == "user" or where is None)
+            else (where if i == 0 else None),
+            holder=holder.path if holder else None, values=holder.values if holder else ()))
     return tuple(out)
 
 
@@ -303,7 +344,7 @@ def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:
     leaky = window.leaky
     types, _, _ = _types(window, leaky.task if leaky else None)
     findings = _findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence, window.data.windows,
-                         window.data.holders)
+                         [window.data.holders])
     reported = [t for t in types if any(f.type == t.type for f in findings)]
     return replace(d, findings=findings, type_series=_type_series(window.data.censuses, reported))
 
@@ -326,8 +367,11 @@ def _pooled_findings(
     types = census_diff.merge(per_process, total_calls or None, floor)
     # The kind most leaking processes agree on; evidence from the first of them.
     names = [w.kind or kind.NATIVE for _, w in leaking]
-    leak_kind = max(set(names), key=names.count)
+    # Ties go to the kind with the more direct evidence: native is what is
+    # left when nothing else explains the growth.
+    leak_kind = max(set(names), key=lambda k: (names.count(k), -KIND_PREFERENCE.index(k)
+                                               if k in KIND_PREFERENCE else -len(KIND_PREFERENCE)))
     evidence = next(w.evidence for _, w in leaking if (w.kind or kind.NATIVE) == leak_kind)
     pids = tuple(d.pid for d, _ in leaking)
     return _findings(leaky, types, leak_kind, pids, evidence, [x for _, w in leaking for x in w.data.windows],
-                     [h for _, w in leaking for h in w.data.holders])
+                     [w.data.holders for _, w in leaking])

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bilge.analysis.stats import block_medians, mann_kendall, theil_sen
-from bilge.model import AllocationWindow, Sample, TaskRecord
+from bilge.model import AllocationWindow, FdSnapshot, Sample, TaskRecord
 
 FILE_DESCRIPTORS = "file-descriptors"
 PYTHON_OBJECTS = "python-objects"
@@ -59,7 +59,8 @@ MIN_HEAP_SHARE = 0.10
 
 
 def classify(
-    samples: Sequence[Sample], tasks: Sequence[TaskRecord], windows: Sequence[AllocationWindow] = ()
+    samples: Sequence[Sample], tasks: Sequence[TaskRecord], windows: Sequence[AllocationWindow] = (),
+    fd_snapshots: Sequence[FdSnapshot] = (),
 ) -> tuple[str, tuple[str, ...]]:
     """Classify a leaking process from its post-warm-up samples and tasks.
 
@@ -71,6 +72,8 @@ def classify(
             Python and native memory more directly than heap blocks can (big
             Python objects live in malloc, outside pymalloc's blocks, and
             tracemalloc sees them; a ctypes or C-extension malloc it does not).
+        fd_snapshots: what the descriptors pointed to over time; they name
+            the targets of a descriptor leak.
 
     Returns:
         (kind, evidence): the kind and the readings that decided it.
@@ -78,7 +81,7 @@ def classify(
     fd_points = [(float(s.tasks_done) if tasks else s.t, s.fds) for s in samples if s.fds is not None]
     fd_growth, fd_p, text = _growth(fd_points)
     if fd_p < FD_ALPHA and fd_growth >= MIN_FD_GROWTH:
-        return FILE_DESCRIPTORS, ("open file descriptors " + text,)
+        return FILE_DESCRIPTORS, ("open file descriptors " + text,) + growing_fd_targets(fd_snapshots)
     block_points: list[tuple[float, int | None]]
     rss_points: list[tuple[float, int | None]]
     if tasks:
@@ -116,7 +119,7 @@ def classify(
 
 def _traced_share(windows: Sequence[AllocationWindow], tasks: Sequence[TaskRecord]) -> tuple[float, str] | None:
     """Share of the RSS growth per task that allocations traced by tracemalloc explain."""
-    done = [w for w in windows if w.status == "done" and w.tasks]
+    done = [w for w in windows if w.status == "done" and w.tasks and w.tracer == "tracemalloc"]
     usable = [t for t in tasks if t.rss_after is not None]
     if not done or len(usable) < 2:
         return None
@@ -169,3 +172,16 @@ def _growth(points: Sequence[tuple[float, int | None]]) -> tuple[float, float, s
     _, p = mann_kendall(by)
     growth = float(by[-1] - by[0]) if theil_sen(bx, by) > 0 else 0.0
     return growth, p, "went from %d to %d (trend p=%.2g)" % (by[0], by[-1], p)
+
+
+def growing_fd_targets(snapshots: Sequence[FdSnapshot], limit: int = 3) -> tuple[str, ...]:
+    """What the descriptors that piled up point to: targets whose count grew from the first snapshot to the last."""
+    if len(snapshots) < 2:
+        return ()
+    first, last = dict(snapshots[0].targets), dict(snapshots[-1].targets)
+    grown = sorted(((n - first.get(target, 0), target, n) for target, n in last.items()
+                    if n > first.get(target, 0) and target != "(not inspected)"), reverse=True)[:limit]
+    if not grown:
+        return ()
+    return ("descriptors that piled up point to: " + ", ".join(
+        "%s (+%d, %d open)" % (target, delta, n) for delta, target, n in grown),)

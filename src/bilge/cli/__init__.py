@@ -13,9 +13,11 @@ from collections.abc import Sequence
 import click
 
 from bilge import __version__
+from bilge.cli.check import check
 from bilge.cli.demo import demo
 from bilge.cli.report import report
 from bilge.cli.run import run
+from bilge.cli.systemd import systemd
 from bilge.errors import BilgeError
 
 
@@ -28,6 +30,8 @@ def cli() -> None:
 cli.add_command(run)
 cli.add_command(report)
 cli.add_command(demo)
+cli.add_command(check)
+cli.add_command(systemd)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

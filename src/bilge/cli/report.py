@@ -25,7 +25,10 @@ from bilge.store import sqlite as store
               help="Write the report to this file instead of standard output.")
 @click.option("--run", "run_id", type=int, default=None, help="Report on this run id (default: the latest).")
 @click.option("--fail-on-leak", is_flag=True, help="Exit with code 1 when the verdict is leak.")
-def report(data_dir: str, fmt: str, output: str | None, run_id: int | None, fail_on_leak: bool) -> int:
+@click.option("--show-values", is_flag=True,
+              help="Show the value renderings captured by `bilge run --show-values` (hidden by default).")
+def report(data_dir: str, fmt: str, output: str | None, run_id: int | None, fail_on_leak: bool,
+           show_values: bool) -> int:
     """Print the diagnosis of a run."""
     # Imported here, not at module level: `bilge run` shares this CLI and
     # must start the user's worker without paying for numpy and Jinja2.
@@ -38,7 +41,13 @@ def report(data_dir: str, fmt: str, output: str | None, run_id: int | None, fail
         # A page of markup scrolling past is of no use to anyone.
         raise click.UsageError("the HTML report is not written to a terminal: give -o report.html, "
                                "or redirect standard output to a file")
+    from bilge.report import redaction
+
     diagnosis = diagnose(store.load_run(data_dir, run_id))
+    if not show_values and redaction.has_values(diagnosis):
+        diagnosis = redaction.hide_values(diagnosis)
+        click.echo("bilge: this run captured sample values; they are hidden (pass --show-values to show them)",
+                   err=True)
     try:
         out = open(output, "w", encoding="utf-8") if output else sys.stdout
     except OSError as exc:

@@ -8,9 +8,24 @@ Then see the diagnosis with: bilge report --data-dir ./bilge-data
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from bilge import runner
+from bilge.agent.recycle import HORIZON, MIN_INTERVAL, MIN_TASKS, SOFT_LIMIT, parse_size
+
+
+class Size(click.ParamType):  # type: ignore[type-arg]
+    """A byte size: 512MiB, 2G, or a number of bytes."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return value if isinstance(value, int) else parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 @click.command(
@@ -18,7 +33,55 @@ from bilge import runner
 )
 @click.option("--data-dir", default="bilge-data", show_default=True, type=click.Path(file_okay=True),
               help="Directory for the store (created if missing).")
+@click.option("--show-values", is_flag=True,
+              help="Also capture short renderings of the values that leak (keys, fields). Off by default: "
+                   "memory holds secrets, and reports show types, sizes and names only.")
+@click.option("--explain/--no-explain", default=True, show_default=True,
+              help="Once a process turns suspect, trace allocations briefly and search who holds the growth "
+                   "(--no-explain keeps only the always-on watching and the verdict).")
+@click.option("--recycle", is_flag=True,
+              help="Let a prefork child whose memory keeps growing leave after its current task once it is over "
+                   "--recycle-soft-limit or forecast to reach the hard limit within --recycle-horizon.")
+@click.option("--recycle-soft-limit", type=Size(), default=SOFT_LIMIT, show_default="512MiB",
+              help="RSS of a growing child over which it is recycled.")
+@click.option("--recycle-hard-limit", type=Size(), default=None,
+              help="RSS a child must never reach (default: the cgroup memory limit, if any).")
+@click.option("--recycle-horizon", type=click.FloatRange(min=0), default=HORIZON, show_default=True,
+              help="Seconds: recycle a growing child forecast to reach the hard limit within this long.")
+@click.option("--recycle-min-interval", type=click.FloatRange(min=0), default=MIN_INTERVAL, show_default=True,
+              help="Seconds between two recycles in the whole worker.")
+@click.option("--recycle-min-tasks", type=click.IntRange(min=1), default=MIN_TASKS, show_default=True,
+              help="Tasks a child serves before it may be recycled.")
+@click.option("--http", "http", metavar="HOST:PORT", default=None,
+              help="Serve /health and /metrics (Prometheus) here, e.g. 127.0.0.1:9808 (a bare port binds 127.0.0.1).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run(data_dir: str, command: tuple[str, ...]) -> int:
+def run(data_dir: str, show_values: bool, explain: bool, recycle: bool, recycle_soft_limit: int,
+        recycle_hard_limit: int | None, recycle_horizon: float, recycle_min_interval: float, recycle_min_tasks: int,
+        http: str | None, command: tuple[str, ...]) -> int:
     """Run COMMAND under the agent."""
-    return runner.run(data_dir, command)
+    serve = None
+    if http:
+        host, port = _address(http)
+
+        def serve(path: str) -> Any:
+            from bilge.serve import MonitorServer
+
+            return MonitorServer(path, host, port, recycle_hard_limit, recycle_horizon)
+
+    policy = {}
+    if recycle:
+        policy = {"BILGE_RECYCLE": "1", "BILGE_RECYCLE_SOFT_LIMIT": str(recycle_soft_limit),
+                  "BILGE_RECYCLE_HORIZON": str(recycle_horizon),
+                  "BILGE_RECYCLE_MIN_INTERVAL": str(recycle_min_interval),
+                  "BILGE_RECYCLE_MIN_TASKS": str(recycle_min_tasks)}
+        if recycle_hard_limit:
+            policy["BILGE_RECYCLE_HARD_LIMIT"] = str(recycle_hard_limit)
+    return runner.run(data_dir, command, show_values=show_values, explain=explain, extra_env=policy, serve=serve)
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter("expected HOST:PORT or PORT, e.g. 127.0.0.1:9808; got %r" % text,
+                                 param_hint="--http")
+    return host.strip("[]") or "127.0.0.1", int(port)

@@ -27,6 +27,8 @@ def finding_dict(f: Finding) -> dict[str, Any]:
         "hint": f.hint,
         "pids": list(f.pids),
         "evidence": list(f.evidence),
+        # Empty unless captured (`bilge run --show-values`) and asked for.
+        "values": list(f.values),
     }
 
 
@@ -70,6 +72,21 @@ def to_dict(d: Diagnosis) -> dict[str, Any]:
         "reason": d.reason,
         "findings": [finding_dict(f) for f in d.findings],
         "processes": [process_dict(p) for p in d.processes],
+        "recycling": recycling_dict(d),
+    }
+
+
+def recycling_dict(d: Diagnosis) -> dict[str, Any] | None:
+    """Recycles by bilge (with their forensic snapshots) and by Celery, and storm warnings; null if none."""
+    r = d.recycling
+    if r is None:
+        return None
+    return {
+        "by_bilge": [{"pid": x.pid, "t": x.t, "reason": x.reason, "rss": x.rss,
+                      "tasks_done": x.tasks_done, "status": x.status, "snapshot": json.loads(x.snapshot)}
+                     for x in r.by_bilge],
+        "by_celery": list(r.by_celery),
+        "warnings": list(r.warnings),
     }
 
 

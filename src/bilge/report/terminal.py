@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from bilge.model import INCONCLUSIVE, LEAK, NO_LEAK, Diagnosis, ProcessDiagnosis
+from bilge.model import INCONCLUSIVE, LEAK, NO_LEAK, Diagnosis, ProcessDiagnosis, RecyclingSummary
 
 _STYLE = {LEAK: "bold red", NO_LEAK: "bold green", INCONCLUSIVE: "bold yellow"}
 _BARS = "▁▂▃▄▅▆▇█"
@@ -59,6 +59,18 @@ class TerminalReporter:
         if diagnosis.findings:
             self.console.print(self._findings(diagnosis))
         self.console.print(self._processes(diagnosis.processes))
+        if diagnosis.recycling is not None:
+            self.console.print(self._recycling(diagnosis.recycling))
+
+    def _recycling(self, r: RecyclingSummary) -> Group:
+        lines = [Text("Recycling", style="italic")]
+        for x in r.by_bilge:
+            lines.append(Text("  bilge %s child %d after %d tasks: %s" % (
+                "recycled" if x.status == "requested" else "could not recycle", x.pid, x.tasks_done, x.reason)))
+        if r.by_celery:
+            lines.append(Text("  Celery recycled %d child(ren) (exit code 155)" % len(r.by_celery)))
+        lines += [Text("  ⚠ " + w, style="yellow") for w in r.warnings]
+        return Group(*lines)
 
     def _headline(self, d: Diagnosis) -> Panel:
         verdict = Text(d.verdict.upper(), style=_STYLE.get(d.verdict, "bold"))
@@ -95,6 +107,9 @@ class TerminalReporter:
                      "objects/call": "—" if f.count_per_call is None else "%.3g" % f.count_per_call,
                      "holder": f.holder or "—", "location": f.location or "—"}
             table.add_row(*(cells[c] for c in columns))
+            if f.values:
+                table.add_row(*("" if c != "type" else Text("values: " + "; ".join(f.values), style="yellow")
+                                for c in columns))
         return table
 
     def _processes(self, processes: Sequence[ProcessDiagnosis]) -> Group:

@@ -59,7 +59,7 @@ from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
-from bilge.samplers import is_own_module
+from bilge.samplers import is_own_module, values
 from bilge.samplers.census import type_name
 
 __all__ = ["HolderPath", "HolderSearch", "find_holders"]
@@ -77,6 +77,7 @@ _REGISTRY_PREFIXES = ("sys.modules", "logging.Logger.manager", "logging.root.man
                       "logging._handlerList", "copyreg.", "threading._active", "gc.garbage", "linecache.cache",
                       "sys.path_importer_cache", "warnings.", "weakref.finalize._registry")
 _DATA_CONTAINERS = (list, tuple, set, frozenset, deque)
+MAX_VALUES = 3
 _ATOMS = (str, bytes, int, float, complex, bool, type(None), types.CodeType)
 _UNROOTED = "<no gc-visible root>"
 _BYTES_PER_NODE = 130  # a set entry and its int, a list slot, a parent slot (measured on 3.11)
@@ -92,7 +93,8 @@ class HolderPath:
     builtin container on the path (``length`` is -1 when there is none);
     ``targets`` counts the instances the search saw held through this path
     (a lower bound where bulk containers were sampled); ``depth`` counts
-    references from the root to an instance.
+    references from the root to an instance. ``values`` holds a few
+    renderings of held items only when the search was asked to show values.
     """
 
     type_name: str
@@ -102,6 +104,7 @@ class HolderPath:
     container_length: int
     targets: int
     depth: int
+    values: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class HolderSearch:
 
 
 def find_holders(type_names: Sequence[str], max_targets_per_type: int = 50, max_paths_per_type: int = 3,
-                 max_seconds: float = 1.0, max_index_bytes: int = 64 << 20) -> HolderSearch:
+                 max_seconds: float = 1.0, max_index_bytes: int = 64 << 20, show_values: bool = False) -> HolderSearch:
     """Find the holder paths of the instances of the given types; never raises.
 
     Args:
@@ -127,6 +130,8 @@ def find_holders(type_names: Sequence[str], max_targets_per_type: int = 50, max_
         max_paths_per_type: distinct paths kept per type, most targets first.
         max_seconds: wall-clock budget of the whole search.
         max_index_bytes: budget of the search's own bookkeeping.
+        show_values: render a few held items per path (``--show-values``;
+            off by default: memory holds secrets).
 
     Returns:
         A ``HolderSearch``; on error or over budget, what was found so far
@@ -135,7 +140,7 @@ def find_holders(type_names: Sequence[str], max_targets_per_type: int = 50, max_
     started = time.perf_counter()
     try:
         search = _Search(frozenset(type_names), max(1, max_targets_per_type), started + max_seconds,
-                         max_index_bytes)
+                         max_index_bytes, show_values)
         try:
             paths = search.run(max(1, max_paths_per_type))
             return HolderSearch(paths, search.reason == "", search.reason, len(search.nodes),
@@ -151,7 +156,9 @@ def find_holders(type_names: Sequence[str], max_targets_per_type: int = 50, max_
 class _Search:
     """The walk's state; every reference it holds is dropped by ``release``."""
 
-    def __init__(self, wanted: frozenset[str], fanout: int, deadline: float, max_bytes: int) -> None:
+    def __init__(self, wanted: frozenset[str], fanout: int, deadline: float, max_bytes: int,
+                 show_values: bool = False) -> None:
+        self.show_values = show_values
         self.wanted = wanted
         self.fanout = fanout
         self.deadline = deadline
@@ -375,7 +382,10 @@ class _Search:
                 if known is None:
                     named.targets = count
                     per_type[named.path] = named
-                elif named.primary:
+                    continue
+                if len(known.values) < MAX_VALUES:
+                    known.values += named.values
+                if named.primary:
                     known.targets += count
                     known.primary = True
                 else:
@@ -385,7 +395,8 @@ class _Search:
         for name in sorted(merged):
             for named in sorted(merged[name].values(), key=_rank)[:max_paths]:
                 result.append(HolderPath(name, named.path, named.root_kind, named.container_type,
-                                         named.container_length, named.targets, named.depth))
+                                         named.container_length, named.targets, named.depth,
+                                         tuple(named.values[:MAX_VALUES])))
         return tuple(result)
 
     def _name(self, holder: int, target: object) -> _Merged:
@@ -406,11 +417,12 @@ class _Search:
                     container, length = type_name(type(parent)), parent_length
                 namer.step(parent, child)
             path = namer.finish()
+            shown = (values.held_item(objects[-2], target),) if self.show_values and len(objects) > 1 else ()
         finally:
             objects.clear()
         # A frame local is one reference further from its root (the frame) than the value itself.
         depth = len(chain) + (1 if kind == THREAD_STACK else 0)
-        return _Merged(path, namer.kind, container, length, 0, depth)
+        return _Merged(path, namer.kind, container, length, 0, depth, values=shown)
 
 
 @dataclass
@@ -424,6 +436,7 @@ class _Merged:
     targets: int
     depth: int
     primary: bool = True
+    values: tuple[str, ...] = ()
 
 
 def _rank(named: _Merged) -> tuple[int, bool, int]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import os
+import re
+import socket
 import sys
 import threading
 from typing import Any
@@ -92,6 +94,96 @@ def count_fds(proc_root: str = "/proc") -> int | None:
         return None
 
 
+# Descriptors inspected per snapshot, and targets kept (the largest).
+MAX_FDS_INSPECTED = 2048
+MAX_FD_TARGETS = 20
+_DIGITS = re.compile(r"\d+")
+# An id in a file name: a run of letters and digits holding a digit
+# (order-1234.csv, job-7f3a9c.log): one leak, one target.
+_ID = re.compile(r"[A-Za-z]*\d[A-Za-z0-9]*")
+_SOCKET_TABLES = ("tcp", "tcp6", "udp", "udp6", "unix")
+MAX_SOCKET_LINES = 20000
+
+
+def fd_targets(proc_root: str = "/proc") -> tuple[tuple[str, int], ...]:
+    """What this process's open descriptors point to, as (target, count), largest first.
+
+    Targets are names, never contents: a file path with its digit runs
+    and hex ids folded (``/spool/order-N.csv``, so one leak is one target), a socket's
+    protocol and peer address (``tcp -> 127.0.0.1:6379``), ``pipe``, or the
+    kernel's anon-inode name.
+    """
+    base = os.path.join(proc_root, "self", "fd")
+    counts: dict[str, int] = {}
+    sockets: dict[str, int] = {}
+    names = os.listdir(base)
+    for name in names[:MAX_FDS_INSPECTED]:
+        try:
+            link = os.readlink(os.path.join(base, name))
+        except OSError:  # closed since listdir
+            continue
+        if link.startswith("socket:["):
+            sockets[link[8:-1]] = sockets.get(link[8:-1], 0) + 1
+            continue
+        target = _fd_target(link)
+        counts[target] = counts.get(target, 0) + 1
+    if sockets:
+        peers = _socket_peers(proc_root, set(sockets))
+        for inode, n in sockets.items():
+            target = peers.get(inode, "socket")
+            counts[target] = counts.get(target, 0) + n
+    if len(names) > MAX_FDS_INSPECTED:
+        counts["(not inspected)"] = len(names) - MAX_FDS_INSPECTED
+    return tuple(sorted(counts.items(), key=lambda kv: -kv[1])[:MAX_FD_TARGETS])
+
+
+def _fd_target(link: str) -> str:
+    if link.startswith("/"):
+        head, _, tail = link.rpartition("/")
+        return head + "/" + _ID.sub("N", tail)
+    if link.startswith("pipe:"):
+        return "pipe"
+    if link.startswith("anon_inode:"):
+        return link.strip("[]").replace("[", "")
+    return _DIGITS.sub("N", link)
+
+
+def _socket_peers(proc_root: str, inodes: set[str]) -> dict[str, str]:
+    """Socket inode -> ``proto -> peer`` (``proto`` alone when unconnected), from /proc/self/net."""
+    found: dict[str, str] = {}
+    for table in _SOCKET_TABLES:
+        try:
+            with open(os.path.join(proc_root, "self", "net", table)) as f:
+                lines = f.readlines(MAX_SOCKET_LINES * 160)
+        except OSError:
+            continue
+        for line in lines[1:]:
+            fields = line.split()
+            if table == "unix":
+                if len(fields) >= 7 and fields[6] in inodes:
+                    found[fields[6]] = "socket unix " + (fields[7] if len(fields) > 7 else "(unnamed)")
+            elif len(fields) >= 10 and fields[9] in inodes:
+                peer = _address(fields[2])
+                found[fields[9]] = "%s -> %s" % (table.rstrip("6"), peer) if peer else table.rstrip("6")
+        if len(found) == len(inodes):
+            break
+    return found
+
+
+def _address(hex_address: str) -> str | None:
+    """``0100007F:18EB`` -> ``127.0.0.1:6379``; None for an unconnected (all-zero) peer."""
+    host, _, port = hex_address.partition(":")
+    if int(port, 16) == 0:
+        return None
+    raw = bytes.fromhex(host)
+    # /proc prints the address as 32-bit words in host byte order.
+    words = raw if sys.byteorder == "big" else b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(words) == 16 and words[:12] == b"\0" * 10 + b"\xff\xff":
+        words = words[12:]
+    text = socket.inet_ntop(socket.AF_INET if len(words) == 4 else socket.AF_INET6, words)
+    return ("%s:%d" if len(words) == 4 else "[%s]:%d") % (text, int(port, 16))
+
+
 def heap_blocks() -> int:
     """Blocks currently allocated by Python's object allocator.
 
@@ -166,6 +258,13 @@ class MallocStats:
         """Return glibc's free memory to the OS (``malloc_trim(0)``), where available."""
         if self._trim is not None:
             self._trim(0)
+
+    def in_use(self) -> int | None:
+        """In-use bytes alone (the native window reads it at every line), or None."""
+        if self._fn is None:
+            return None
+        info = self._fn()
+        return int(info.uordblks + info.hblkhd)
 
     def read(self) -> tuple[int | None, int | None]:
         """(in-use bytes, free-but-held bytes), or (None, None)."""

@@ -30,6 +30,9 @@ class Suspicion:
         self._ring: deque[float] = deque(maxlen=RING)
         self._seen = 0
         self._stride = 1
+        # The agent asks several times per loop (window, fleet state,
+        # recycling); the answer only changes with a new reading.
+        self._judged: tuple[int, bool] = (-1, False)
 
     def add(self, value: float | None) -> None:
         """Record one reading (None is ignored)."""
@@ -46,8 +49,22 @@ class Suspicion:
             self._ring.clear()
             self._ring.extend(kept)
 
+    def growth_per_reading(self) -> float:
+        """Bytes per reading (per task, for task readings) over the recent half, from block medians; 0 if unknown."""
+        if len(self._ring) < MIN_READINGS:
+            return 0.0
+        values = list(self._ring)[len(self._ring) // 2:]
+        size = max(1, len(values) // BLOCKS)
+        first, last = sorted(values[:size])[size // 2], sorted(values[-size:])[size // 2]
+        return (last - first) / max(1, (len(values) - size) * self._stride)
+
     def suspect(self) -> bool:
         """True when the recent readings grow steadily and materially."""
+        if self._judged[0] != self._seen:
+            self._judged = (self._seen, self._judge())
+        return self._judged[1]
+
+    def _judge(self) -> bool:
         if len(self._ring) < MIN_READINGS:
             return False
         values = list(self._ring)[len(self._ring) // 2:]

@@ -40,7 +40,10 @@ CREATE TABLE IF NOT EXISTS processes (
     started REAL NOT NULL,
     ended REAL,
     argv TEXT,
-    python TEXT
+    python TEXT,
+    exit_code INTEGER,
+    celery_max_memory_kb INTEGER,
+    suspect INTEGER
 );
 CREATE TABLE IF NOT EXISTS samples (
     process_id INTEGER NOT NULL,
@@ -100,7 +103,8 @@ CREATE TABLE IF NOT EXISTS windows (
     ended REAL NOT NULL,
     tasks INTEGER NOT NULL,
     status TEXT NOT NULL,
-    peak_memory INTEGER NOT NULL
+    peak_memory INTEGER NOT NULL,
+    tracer TEXT NOT NULL DEFAULT 'tracemalloc'
 );
 CREATE TABLE IF NOT EXISTS sites (
     window_id INTEGER NOT NULL,
@@ -112,6 +116,31 @@ CREATE TABLE IF NOT EXISTS sites (
     owner TEXT NOT NULL,
     traceback TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS type_sites (
+    window_id INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    file TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    sampled INTEGER NOT NULL,
+    owner TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fd_targets (
+    process_id INTEGER NOT NULL,
+    t REAL NOT NULL,
+    tasks_done INTEGER NOT NULL,
+    target TEXT NOT NULL,
+    count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recycles (
+    process_id INTEGER NOT NULL,
+    t REAL NOT NULL,
+    reason TEXT NOT NULL,
+    rss INTEGER,
+    tasks_done INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    snapshot TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS holders (
     process_id INTEGER NOT NULL,
     t REAL NOT NULL,
@@ -121,7 +150,8 @@ CREATE TABLE IF NOT EXISTS holders (
     root_kind TEXT NOT NULL,
     container_type TEXT,
     container_len INTEGER,
-    targets INTEGER NOT NULL
+    targets INTEGER NOT NULL,
+    sample_values TEXT
 );
 CREATE TABLE IF NOT EXISTS agent_errors (
     process_id INTEGER,

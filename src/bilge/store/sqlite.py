@@ -18,13 +18,16 @@ from bilge.model import (
     AllocationSite,
     AllocationWindow,
     Census,
+    FdSnapshot,
     Holder,
     ProcessData,
     ProcessInfo,
+    Recycle,
     RunData,
     RunInfo,
     Sample,
     TaskRecord,
+    TypeSite,
 )
 from bilge.store import schema
 
@@ -172,7 +175,8 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
         raise EmptyStoreError("store %s holds no record of %s; run a worker with `bilge run` first" % (path, which))
     run = RunInfo(*row)
     procs = [ProcessInfo(*r) for r in conn.execute(
-        "SELECT id, pid, ppid, parent_id, role, started, ended, COALESCE(argv, '') FROM processes "
+        "SELECT id, pid, ppid, parent_id, role, started, ended, COALESCE(argv, ''), exit_code, celery_max_memory_kb "
+        "FROM processes "
         "WHERE run_id = ? ORDER BY id", (run.id,))]
     samples: dict[int, list[Sample]] = defaultdict(list)
     for r in conn.execute(
@@ -194,9 +198,24 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
     holders: dict[int, list[Holder]] = defaultdict(list)
     for row in conn.execute(
         "SELECT h.process_id, h.t, h.started, h.type, h.path, h.root_kind, h.container_type, h.container_len, "
-        "h.targets FROM holders h JOIN processes p ON p.id = h.process_id WHERE p.run_id = ? ORDER BY h.t", (run.id,)
+        "h.targets, h.sample_values FROM holders h JOIN processes p ON p.id = h.process_id WHERE p.run_id = ? "
+        "ORDER BY h.t", (run.id,)
     ):
-        holders[row[0]].append(Holder(*row[1:]))
+        pid, t, started, type_, path, root_kind, container, length, targets, shown = row
+        holders[pid].append(Holder(t, started, type_, path, root_kind, container, length, targets,
+                                   tuple(shown.split("\n")) if shown else ()))
+    fd_rows: dict[int, dict[tuple[float, int], list[tuple[str, int]]]] = defaultdict(dict)
+    for pid, t, done, target, count in conn.execute(
+        "SELECT f.process_id, f.t, f.tasks_done, f.target, f.count FROM fd_targets f JOIN processes p "
+        "ON p.id = f.process_id WHERE p.run_id = ? ORDER BY f.t, f.rowid", (run.id,)
+    ):
+        fd_rows[pid].setdefault((t, done), []).append((target, count))
+    recycles: dict[int, list[Recycle]] = defaultdict(list)
+    for row in conn.execute(
+        "SELECT r.process_id, p.pid, r.t, r.reason, r.rss, r.tasks_done, r.status, r.snapshot FROM recycles r "
+        "JOIN processes p ON p.id = r.process_id WHERE p.run_id = ? ORDER BY r.t", (run.id,)
+    ):
+        recycles[row[0]].append(Recycle(*row))
     errors: dict[int, list[str]] = defaultdict(list)
     for pid, source, message in conn.execute(
         "SELECT e.process_id, e.source, e.message FROM agent_errors e JOIN processes p ON p.id = e.process_id "
@@ -206,7 +225,9 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
     return RunData(run=run, processes=tuple(
         ProcessData(info=p, samples=tuple(samples[p.id]), tasks=tuple(tasks[p.id]),
                     censuses=tuple(censuses.get(p.id, ())), errors=tuple(errors[p.id]),
-                    windows=tuple(windows.get(p.id, ())), holders=tuple(holders[p.id]))
+                    windows=tuple(windows.get(p.id, ())), holders=tuple(holders[p.id]),
+                    recycles=tuple(recycles[p.id]),
+                    fd_snapshots=tuple(FdSnapshot(t, done, tuple(rows)) for (t, done), rows in fd_rows[p.id].items()))
         for p in procs
     ))
 
@@ -219,12 +240,19 @@ def _read_windows(conn: sqlite3.Connection, run_id: int) -> dict[int, list[Alloc
         "s.rank", (run_id,)
     ):
         sites[wid].append(AllocationSite(file, line, size, count, owner, tuple(tb.split("\n")) if tb else ()))
-    out: dict[int, list[AllocationWindow]] = defaultdict(list)
-    for wid, process_id, started, ended, tasks, status, peak in conn.execute(
-        "SELECT w.id, w.process_id, w.started, w.ended, w.tasks, w.status, w.peak_memory FROM windows w JOIN "
-        "processes p ON p.id = w.process_id WHERE p.run_id = ? ORDER BY w.id", (run_id,)
+    joined: dict[int, list[TypeSite]] = defaultdict(list)
+    for row in conn.execute(
+        "SELECT t.window_id, t.type, t.file, t.line, t.count, t.sampled, t.owner FROM type_sites t JOIN windows w "
+        "ON w.id = t.window_id JOIN processes p ON p.id = w.process_id WHERE p.run_id = ? ORDER BY t.rowid", (run_id,)
     ):
-        out[process_id].append(AllocationWindow(started, ended, tasks, status, peak, tuple(sites[wid])))
+        joined[row[0]].append(TypeSite(*row[1:]))
+    out: dict[int, list[AllocationWindow]] = defaultdict(list)
+    for wid, process_id, started, ended, tasks, status, peak, tracer in conn.execute(
+        "SELECT w.id, w.process_id, w.started, w.ended, w.tasks, w.status, w.peak_memory, w.tracer FROM windows w "
+        "JOIN processes p ON p.id = w.process_id WHERE p.run_id = ? ORDER BY w.id", (run_id,)
+    ):
+        out[process_id].append(AllocationWindow(started, ended, tasks, status, peak, tuple(sites[wid]),
+                                                tuple(joined[wid]), tracer))
     return out
 
 

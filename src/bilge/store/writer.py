@@ -53,6 +53,38 @@ class StoreWriter:
         )
         return int(conn.lastrowid or 0)
 
+    def claim_recycle(self, process_id: int, t: float, reason: str, rss: int | None, tasks_done: int,
+                      snapshot: str, min_interval: float, urgent: bool = False) -> bool:
+        """Record a recycle with its forensic snapshot, if the run's rate limit allows it now.
+
+        One child at a time (none whose recycle is still under way, i.e. not
+        yet ended), and, unless ``urgent`` (a forecast limit hit), not within
+        ``min_interval`` of the last recycle. One IMMEDIATE transaction
+        decides, so two children of one worker never both take the slot.
+        """
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (last, under_way) = conn.execute(
+                "SELECT MAX(r.t), SUM(p.ended IS NULL) FROM recycles r JOIN processes p ON p.id = r.process_id "
+                "WHERE p.run_id = ? AND r.status != 'refused'", (self.run_id,)).fetchone()
+            if under_way or (last is not None and not urgent and t - last < min_interval):
+                conn.execute("ROLLBACK")
+                return False
+            conn.execute("INSERT INTO recycles (process_id, t, reason, rss, tasks_done, status, snapshot) "
+                         "VALUES (?, ?, ?, ?, ?, 'requested', ?)", (process_id, t, reason, rss, tasks_done, snapshot))
+            conn.execute("COMMIT")
+            return True
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def refuse_recycle(self, process_id: int, why: str) -> None:
+        """Mark this process's requested recycle as refused (the child could not leave), with the reason."""
+        self._connection().execute(
+            "UPDATE recycles SET status = 'refused', reason = reason || ' — not done: ' || ? "
+            "WHERE process_id = ? AND status = 'requested'", (why, process_id))
+
     def flush(
         self,
         process_id: int,
@@ -63,7 +95,9 @@ class StoreWriter:
         errors: Sequence[tuple[float, str, str]],
         ended: float | None = None,
         windows: Sequence[Any] = (),
-        holders: Sequence[tuple[float, float, str, str, str, str | None, int | None, int]] = (),
+        fd_targets: Sequence[tuple[float, int, Sequence[tuple[str, int]]]] = (),
+        facts: dict[str, int] | None = None,
+        holders: Sequence[tuple[float, float, str, str, str, str | None, int | None, int, str | None]] = (),
     ) -> None:
         """Write everything buffered since the last flush in one transaction."""
         conn = self._connection()
@@ -95,6 +129,9 @@ class StoreWriter:
                 )
             if role is not None:
                 conn.execute("UPDATE processes SET role = ? WHERE id = ?", (role, process_id))
+            for column, value in (facts or {}).items():
+                # Column names come from the agent's own fixed set, never from input.
+                conn.execute("UPDATE processes SET %s = ? WHERE id = ?" % column, (value, process_id))
             if errors:
                 conn.executemany(
                     "INSERT INTO agent_errors (process_id, t, source, message) VALUES (?, ?, ?, ?)",
@@ -102,9 +139,10 @@ class StoreWriter:
                 )
             for window in windows:
                 conn.execute(
-                    "INSERT INTO windows (process_id, started, ended, tasks, status, peak_memory) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (process_id, window.started, window.ended, window.tasks, window.status, window.peak_memory),
+                    "INSERT INTO windows (process_id, started, ended, tasks, status, peak_memory, tracer) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (process_id, window.started, window.ended, window.tasks, window.status, window.peak_memory,
+                     window.tracer),
                 )
                 window_id = conn.lastrowid
                 conn.executemany(
@@ -113,11 +151,22 @@ class StoreWriter:
                     [(window_id, rank, s.file, s.line, s.size, s.count, s.owner, "\n".join(s.traceback))
                      for rank, s in enumerate(window.sites)],
                 )
+                conn.executemany(
+                    "INSERT INTO type_sites (window_id, type, file, line, count, sampled, owner) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(window_id, t.type, t.file, t.line, t.count, t.sampled, t.owner) for t in window.type_sites],
+                )
             if holders:
                 conn.executemany(
                     "INSERT INTO holders (process_id, t, started, type, path, root_kind, container_type, "
-                    "container_len, targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "container_len, targets, sample_values) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(process_id,) + row for row in holders],
+                )
+            if fd_targets:
+                conn.executemany(
+                    "INSERT INTO fd_targets (process_id, t, tasks_done, target, count) VALUES (?, ?, ?, ?, ?)",
+                    [(process_id, t, done, target, count) for t, done, targets in fd_targets
+                     for target, count in targets],
                 )
             if ended is not None:
                 conn.execute("UPDATE processes SET ended = ? WHERE id = ?", (ended, process_id))

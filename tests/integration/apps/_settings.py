@@ -27,6 +27,9 @@ def celery_settings(queue: str) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,
     }
+    if os.environ.get("WORKER_REMOTE_CONTROL") == "1":
+        # Fleet tests: the workers answer broadcast commands (`celery bilge status`).
+        settings["worker_enable_remote_control"] = True
     if os.environ.get("WORKER_ACKS_LATE") == "1":
         # A task whose pool child is killed goes back to the queue instead of
         # being lost, so a run with a SIGKILL still completes every job.

@@ -28,6 +28,12 @@ from apps._settings import celery_settings
 
 app = Celery("billing", broker=os.environ.get("BILLING_BROKER_URL", "redis://127.0.0.1:6379/0"))
 app.conf.update(celery_settings(os.environ.get("BILLING_QUEUE", "billing")))
+if os.environ.get("BILLING_BILGE_DATA_DIR"):
+    # bilge enabled from the Celery configuration instead of `bilge run`.
+    import bilge.celery_config
+
+    app.conf.bilge_data_dir = os.environ["BILLING_BILGE_DATA_DIR"]
+    bilge.celery_config.enable(app)
 
 # Rendered statements by number, kept for a later e-mail task that never
 # comes to collect them: the leak.

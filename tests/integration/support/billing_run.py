@@ -46,7 +46,7 @@ class BillingSetup:
 def run_billing(
     launcher: Launcher, setup: BillingSetup, jobs: Sequence[tuple[str, list[Any]]], pool: str, concurrency: int,
     data_dir: Path | None, label: str = "worker", timeout: float = 240.0, acks_late: bool = False,
-    while_running: Callable[[Worker], None] | None = None,
+    while_running: Callable[[Worker], None] | None = None, bilge_args: Sequence[str] = (),
 ) -> BillingRun:
     """Send half the jobs, start the worker, send the rest, wait for all, SIGTERM, wait for exit.
 
@@ -61,12 +61,13 @@ def run_billing(
         timeout: seconds to wait for every job.
         acks_late: redeliver the task of a pool child that dies.
         while_running: called once all jobs are sent, while the worker runs.
+        bilge_args: further ``bilge run`` options.
     """
     half = len(jobs) // 2
     send_all(setup.producer, jobs[:half], setup.queue)
     env = worker_environment(billing_env(setup.broker_url, setup.results_url, setup.queue, acks_late=acks_late))
     argv = celery_command("apps.billing", pool, concurrency, name="%s-%s" % (label, setup.queue), queue=setup.queue)
-    worker = launcher.start(argv, env, label, data_dir)
+    worker = launcher.start(argv, env, label, data_dir, bilge_args)
     send_all(setup.producer, jobs[half:], setup.queue)
     if while_running is not None:
         while_running(worker)

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,7 +145,8 @@ class Launcher:
         self.artifacts = artifacts
         self.started: list[Worker] = []
 
-    def start(self, argv: list[str], env: Mapping[str, str], label: str, data_dir: Path | None) -> Worker:
+    def start(self, argv: list[str], env: Mapping[str, str], label: str, data_dir: Path | None,
+              bilge_args: Sequence[str] = ()) -> Worker:
         """Start ``argv``, under ``bilge run --data-dir data_dir`` unless ``data_dir`` is None.
 
         Args:
@@ -153,8 +154,10 @@ class Launcher:
             env: its environment.
             label: names the log file, ``<label>.log``.
             data_dir: bilge's data directory, or None for a bare worker.
+            bilge_args: further ``bilge run`` options.
         """
-        command = list(argv) if data_dir is None else [*BILGE, "run", "--data-dir", str(data_dir), "--", *argv]
+        command = list(argv) if data_dir is None else [*BILGE, "run", "--data-dir", str(data_dir), *bilge_args,
+                                                       "--", *argv]
         log_path = self.artifacts / ("%s.log" % label)
         with open(log_path, "wb") as log:
             log.write(("$ %s\n" % " ".join(command)).encode())

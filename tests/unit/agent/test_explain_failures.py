@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 from collections.abc import Callable
 
@@ -14,15 +13,6 @@ from bilge.samplers.allocations import AllocationWindow
 from bilge.store.sqlite import load_run
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 class AlwaysSuspect:
     """A suspicion that fires at once, so the explain stage runs without a real leak."""
 
@@ -31,6 +21,9 @@ class AlwaysSuspect:
 
     def suspect(self) -> bool:
         return True
+
+    def growth_per_reading(self) -> float:
+        return 0.0
 
 
 def _agent(store: tuple[str, int]) -> Agent:
@@ -55,7 +48,7 @@ def _no_tracing_left() -> None:
 
 
 def test_a_window_that_fails_while_polled_is_stopped_and_recorded(
-    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch, wait_for: Callable[..., bool]
 ) -> None:
     """AllocationWindow.poll raising: tracing stops, the error is stored, tasks keep being recorded."""
 
@@ -77,7 +70,9 @@ def test_a_window_that_fails_while_polled_is_stopped_and_recorded(
     assert len(proc.tasks) == 50
 
 
-def test_a_holder_search_that_raises_is_contained(store: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_holder_search_that_raises_is_contained(
+    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch, wait_for: Callable[..., bool]
+) -> None:
     """find_holders raising (it never should): the agent records it and goes on sampling and recording tasks."""
 
     def broken(*_: object, **__: object) -> None:

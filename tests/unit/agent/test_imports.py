@@ -54,13 +54,16 @@ def clean_environment() -> dict[str, str]:
 
 
 def test_agent_modules_import_only_the_stdlib() -> None:
-    """Importing the agent, its Celery hooks, the samplers and the writer loads stdlib and bilge modules only."""
-    imports = ("import bilge.agent, bilge.agent.celery_hooks, bilge.samplers.census, bilge.samplers.process, "
-               "bilge.samplers.budget, bilge.store.writer, bilge.store.schema")
-    result = run_python(REPORT.format(imports=imports), clean_environment())
+    """Importing the agent, its Celery hooks, recycling and fleet command, the samplers (explain stage included)
+    and the writer loads stdlib and bilge modules only."""
+    modules = ("bilge.agent", "bilge.agent.celery_hooks", "bilge.agent.recycle", "bilge.agent.fleet",
+               "bilge.samplers.census", "bilge.samplers.process", "bilge.samplers.budget", "bilge.samplers.holders",
+               "bilge.samplers.allocations", "bilge.samplers.values", "bilge.samplers.suspicion",
+               "bilge.store.writer", "bilge.store.schema")
+    result = run_python(REPORT.format(imports="import " + ", ".join(modules)), clean_environment())
     assert result["foreign"] == []
-    assert "bilge.agent" in result["loaded"]
-    assert "bilge.store.writer" in result["loaded"]
+    for name in modules:
+        assert name in result["loaded"]
     for name in FORBIDDEN:
         assert name not in result["loaded"]
     assert not any(m == "celery" or m.startswith("celery.") for m in result["loaded"])

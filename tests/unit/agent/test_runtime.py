@@ -21,20 +21,6 @@ from bilge.samplers import process as proc_sampler
 from bilge.store.sqlite import load_run
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    """Poll ``condition`` every 50 ms until it holds or ``timeout`` seconds pass.
-
-    Polling gently matters: reading the store takes the GIL from the agent
-    thread it is waiting for, which on a loaded machine can starve it.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def fast_config(store: tuple[str, int]) -> AgentConfig:
     """An agent configuration that samples every 20 ms and may census every 50 ms."""
     data_dir, run_id = store
@@ -61,7 +47,9 @@ def stored(store: tuple[str, int]) -> RunData:
     return load_run(store[0])
 
 
-def test_agent_records_process_samples_tasks_and_a_census(store: tuple[str, int], agent: Agent) -> None:
+def test_agent_records_process_samples_tasks_and_a_census(
+    store: tuple[str, int], agent: Agent, wait_for: Callable[..., bool]
+) -> None:
     """300 tasks through the hooks, then stop: one process row, 300 task rows in order, samples and a census."""
     for i in range(300):
         agent.task_started(i, "shop.even" if i % 2 == 0 else "shop.odd")
@@ -95,7 +83,7 @@ def test_agent_records_process_samples_tasks_and_a_census(store: tuple[str, int]
     assert agent.tasks_done == 300
 
 
-def test_agent_thread_ends_on_stop(agent: Agent) -> None:
+def test_agent_thread_ends_on_stop(agent: Agent, wait_for: Callable[..., bool]) -> None:
     """stop() ends the agent thread within its timeout."""
     assert wait_for(lambda: agent.process_id is not None)
     assert len(agent_threads()) == 1
@@ -115,7 +103,7 @@ def test_unfinished_and_unknown_tasks_are_ignored(store: tuple[str, int], agent:
 
 
 def test_a_failing_sampler_is_contained_and_switched_off(
-    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch, wait_for: Callable[..., bool]
 ) -> None:
     """A sampler that raises: errors recorded MAX_FAILURES times, then it is off; tasks and census carry on."""
 
@@ -147,7 +135,9 @@ def test_a_failing_sampler_is_contained_and_switched_off(
     assert [t.name for t in proc.tasks] == ["shop.after"] * 20
 
 
-def test_task_hooks_never_raise_into_the_host(store: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_task_hooks_never_raise_into_the_host(
+    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch, wait_for: Callable[..., bool]
+) -> None:
     """A reading that raises inside task_started is recorded as an error; the host's call returns normally."""
 
 
@@ -167,7 +157,7 @@ def test_task_hooks_never_raise_into_the_host(store: tuple[str, int], monkeypatc
     assert proc.tasks == ()
 
 
-def test_agent_without_a_store_does_not_crash(tmp_path: Path) -> None:
+def test_agent_without_a_store_does_not_crash(tmp_path: Path, wait_for: Callable[..., bool]) -> None:
     """No database in the data dir: the thread records the failure and ends; the host keeps running."""
     agent = Agent(AgentConfig(data_dir=str(tmp_path), run_id=1, sample_interval=0.02))
     agent.start()

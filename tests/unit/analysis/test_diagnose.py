@@ -93,3 +93,24 @@ def test_run_without_samples_is_inconclusive() -> None:
     assert diagnosis.verdict == INCONCLUSIVE
     assert diagnosis.processes == ()
     assert diagnosis.reason.startswith("no process recorded any sample")
+
+
+def test_holder_is_the_container_that_grew_not_a_static_table() -> None:
+    """Per process, a path that held more (targets, or container length when targets are sampled) at a later
+    search is the holder; a table seen twice unchanged is not; paths of different processes are not compared."""
+    from bilge.analysis.diagnose import _holder_for
+    from bilge.model import Holder
+
+    def h(t: float, path: str, targets: int, length: int) -> Holder:
+        return Holder(t=t, started=t - 0.1, type="list", path=path, root_kind="module-global",
+                      container_type="list", container_len=length, targets=targets)
+
+    first = [h(1.0, "lib.TABLE[...]", 80, 80), h(1.0, "app._BATCH[...]", 46, 120)]
+    later = [h(2.0, "lib.TABLE[...]", 80, 80), h(2.0, "app._BATCH[...]", 46, 400)]
+    holder = _holder_for("list", [first + later])
+    assert holder is not None and holder.path == "app._BATCH[...]"
+    assert _holder_for("list", [[h(1.0, "lib.TABLE[...]", 80, 80), h(2.0, "lib.TABLE[...]", 80, 80)]]) is None
+    # One search in each of two processes: nothing to compare, the most-sampled path stands.
+    other = [h(1.5, "app._BATCH[...]", 40, 100)]
+    holder = _holder_for("list", [[h(1.0, "app._BATCH[...]", 46, 120)], other])
+    assert holder is not None and holder.path == "app._BATCH[...]"

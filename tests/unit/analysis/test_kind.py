@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bilge.analysis.kind import FILE_DESCRIPTORS, NATIVE, PYTHON_OBJECTS, classify
-from bilge.model import Sample, TaskRecord
+from bilge.model import FdSnapshot, Sample, TaskRecord
 
 BASE = 60 * 2**20
 
@@ -36,6 +36,19 @@ def test_growing_fds_are_a_file_descriptor_leak() -> None:
     assert kind == FILE_DESCRIPTORS
     assert len(evidence) == 1
     assert evidence[0].startswith("open file descriptors went from 10 to 39 (trend p=")
+
+
+def test_an_fd_leak_names_what_the_piled_up_descriptors_point_to() -> None:
+    """Targets whose count grew are named, largest growth first; steady ones are not."""
+    fds = [10 + i // 2 for i in range(60)]
+    snapshots = [
+        FdSnapshot(0.0, 0, (("/dev/null", 2), ("tcp -> 127.0.0.1:6379", 2), ("/spool/order-N.csv", 1))),
+        FdSnapshot(9.0, 600, (("/spool/order-N.csv", 25), ("/dev/null", 2), ("tcp -> 127.0.0.1:6379", 3))),
+    ]
+    kind, evidence = classify(samples(60, fds=fds), tasks(1200, 4096, 64), fd_snapshots=snapshots)
+    assert kind == FILE_DESCRIPTORS
+    assert evidence[1] == ("descriptors that piled up point to: /spool/order-N.csv (+24, 25 open), "
+                           "tcp -> 127.0.0.1:6379 (+1, 3 open)")
 
 
 def test_a_few_extra_fds_are_not_a_leak() -> None:

@@ -187,3 +187,34 @@ def test_report_of_an_unknown_run_id(short_run: Path) -> None:
     """bilge report --run 99 on a store holding only run 1: exit 4, one line naming run 99."""
     done = bilge("report", "--data-dir", str(short_run), "--run", "99")
     assert_one_line_error(done, 4, "bilge: error: store %s holds no record of run 99;" % (short_run / "bilge.db"))
+
+
+def test_run_with_a_health_port_in_use_fails_fast_and_starts_nothing(tmp_path: Path) -> None:
+    """--http on a bound port: one line, exit 7, the command never runs and no run is recorded."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        marker = tmp_path / "ran"
+        done = bilge("run", "--data-dir", str(tmp_path / "d"), "--http", "127.0.0.1:%d" % port, "--",
+                     sys.executable, "-c", "open(%r, 'w')" % str(marker))
+    assert_one_line_error(done, 7, "bilge: error: cannot serve health and metrics on 127.0.0.1:%d: " % port)
+    assert not marker.exists()
+    report = bilge("report", "--data-dir", str(tmp_path / "d"))
+    assert report.returncode in (2, 4) and "run" in report.stderr, report.stderr  # nothing recorded
+
+
+def test_check_exit_codes_document_the_store_errors(tmp_path: Path, short_run: Path) -> None:
+    """check on a missing data dir exits 2 with one line; on an ended run it says failing (6)."""
+    assert_one_line_error(bilge("check", "--data-dir", str(tmp_path / "none")), 2, "bilge: error: data dir ")
+    done = bilge("check", "--data-dir", str(short_run))
+    assert done.returncode == 6 and done.stdout.startswith("failing: the run ended"), done.stdout
+
+
+def test_run_rejects_bad_sizes_and_addresses(tmp_path: Path) -> None:
+    done = bilge("run", "--data-dir", str(tmp_path / "d"), "--recycle", "--recycle-soft-limit", "lots", "--", "true")
+    assert done.returncode == 2 and "not a size: 'lots'" in done.stderr and "Traceback" not in done.stderr
+    done = bilge("run", "--data-dir", str(tmp_path / "d"), "--http", "localhost:http", "--", "true")
+    assert done.returncode == 2 and "expected HOST:PORT" in done.stderr

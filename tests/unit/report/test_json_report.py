@@ -65,7 +65,7 @@ def test_finding_contract_with_unknown_fields_null() -> None:
         "task": "shop.search", "type": "shop.Order", "holder": None, "location": None, "kind": "python-objects",
         "bytes_per_call": 4096.04, "count_per_call": 1.0,
         "hint": "Each call of shop.search leaves ~1 shop.Order objects alive.", "pids": [101, 102],
-        "evidence": ["shop.Order: +500 objects, +32000 bytes over the window"],
+        "evidence": ["shop.Order: +500 objects, +32000 bytes over the window"], "values": [],
     }
 
 
@@ -103,3 +103,20 @@ def test_indent_none_writes_one_line() -> None:
     text, _ = rendered(diagnosis(), indent=None)
     assert text.endswith("\n")
     assert text.count("\n") == 1
+
+
+def test_values_are_hidden_unless_asked_for() -> None:
+    """Captured values reach the JSON only when the report keeps them; hide_values strips every copy."""
+    from dataclasses import replace
+
+    from bilge.report import redaction
+
+    shown = replace(FINDING, values=("'inv-1': Invoice(number=1)",))
+    d = replace(diagnosis(), findings=(shown,), processes=(replace(leaking_child(101), findings=(shown,)),))
+    assert redaction.has_values(d)
+    _, report = rendered(d)
+    assert report["findings"][0]["values"] == ["'inv-1': Invoice(number=1)"]
+    hidden = redaction.hide_values(d)
+    assert not redaction.has_values(hidden)
+    text, report = rendered(hidden)
+    assert report["findings"][0]["values"] == [] and "inv-1" not in text

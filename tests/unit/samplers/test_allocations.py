@@ -10,7 +10,19 @@ import pytest
 
 from bilge.samplers.allocations import AllocationWindow, owner_of
 
-_KEPT: list[dict[str, object]] = []
+_KEPT: list[object] = []
+
+
+class Invoice:
+    """A plain class: on CPython 3.11 its instances have a managed __dict__."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.lines = [number]
+
+
+def _invoice_task(i: int) -> None:
+    _KEPT.append(Invoice(i))  # the invoice line
 
 
 def _leaky_task(i: int) -> None:
@@ -22,6 +34,8 @@ def _transient_task(i: int) -> int:
 
 
 LEAK_LINE = inspect.getsourcelines(_leaky_task)[1] + 1
+INVOICE_LINE = inspect.getsourcelines(_invoice_task)[1] + 1
+INVOICE = "%s.Invoice" % __name__
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +68,40 @@ def test_window_names_the_line_whose_allocations_survive():
     assert top.owner == "user"
     assert top.count >= 10 * 20
     assert not window.active
+
+
+def test_window_joins_growing_types_to_the_line_that_made_them():
+    """Objects of a growing class born in the window are traced back to the line that created them."""
+    window = AllocationWindow(warmup_tasks=2, window_tasks=30)
+    old = [Invoice(-1) for _ in range(50)]  # born before the window: no trace, never sampled
+    assert window.open([INVOICE, "builtins.NeverSeen"])
+    for i in range(40):
+        (_invoice_task if i % 2 else _transient_task)(i)
+        window.on_task_finished()
+    result = window.poll()
+    assert result is not None and result.status == "done"
+    joined = [t for t in result.type_sites if t.type == INVOICE]
+    assert joined, result.type_sites
+    assert (joined[0].file, joined[0].line, joined[0].owner) == (__file__, INVOICE_LINE, "user")
+    assert joined[0].count == joined[0].sampled >= 15
+    assert not any(t.type == "builtins.NeverSeen" for t in result.type_sites)
+    del old
+
+
+def test_type_join_failure_still_stops_tracing(monkeypatch: pytest.MonkeyPatch):
+    """A join that raises halfway must not leave tracemalloc running in the host."""
+    from bilge.samplers import allocations
+
+    def broken(*_args: object) -> tuple[()]:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(allocations, "type_sites", broken)
+    window = AllocationWindow(warmup_tasks=1, window_tasks=3)
+    assert window.open([INVOICE])
+    with pytest.raises(RuntimeError):
+        _drive(window, 4)
+    assert not tracemalloc.is_tracing()
+    window.abort()
 
 
 def test_window_refuses_when_the_host_already_traces():

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import psutil
 import pytest
 
 from bilge.samplers import process
-from bilge.samplers.process import RssReader, count_fds, gc_reading, heap_blocks, read_uss_pss
+from bilge.samplers.process import RssReader, count_fds, fd_targets, gc_reading, heap_blocks, read_uss_pss
 
 MIB = 2**20
 
@@ -146,6 +147,30 @@ def test_count_fds_sees_a_new_descriptor() -> None:
     assert count_fds() == before
 
 
+def test_fd_targets_name_files_sockets_and_pipes(tmp_path: Path) -> None:
+    """Files by path with digit runs folded, a connected TCP socket by its peer, pipes as pipes."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    files = [open(tmp_path / ("order-%d.csv" % i), "w") for i in (7, 42, 1234)]  # noqa: SIM115
+    read_end, write_end = os.pipe()
+    try:
+        targets = dict(fd_targets())
+        assert targets[str(tmp_path / "order-N.csv")] == 3
+        assert targets["tcp -> 127.0.0.1:%d" % port] == 1
+        assert targets["tcp"] >= 1  # the listening socket has no peer
+        assert targets["pipe"] >= 2
+    finally:
+        for f in files:
+            f.close()
+        client.close()
+        server.close()
+        os.close(read_end)
+        os.close(write_end)
+
+
 def test_count_fds_unreadable_gives_none(tmp_path: Path) -> None:
     """A proc root without an fd directory gives None."""
     assert count_fds(proc_root=str(tmp_path)) is None
@@ -167,3 +192,9 @@ def test_gc_reading_totals() -> None:
     assert min(g0, g1, g2, collections, collected) >= 0
     gc.collect()
     assert gc_reading()[3] >= collections + 1
+
+
+def test_fd_target_folds_ids_in_file_names() -> None:
+    assert process._fd_target("/spool/order-123-4d5e.csv") == "/spool/order-N-N.csv"
+    assert process._fd_target("/var/log/app.log") == "/var/log/app.log"
+    assert process._fd_target("anon_inode:[eventpoll]") == "anon_inode:eventpoll"
