@@ -463,8 +463,14 @@ class Agent:
         may run hundreds of tasks before its next scheduled census, and
         growth measured from there would be too short to tell a leaking
         type from noise when the process turns suspect.
+
+        The counts are stored like a scheduled census: a fast worker may
+        finish its whole run between two scheduled ones, and these are then
+        the only counts the analysis has to name the growing type.
         """
-        self._remember_counts(self._census.take(sized=False))
+        result = self._census.take(sized=False)
+        self._remember_counts(result)
+        self._pending_census = result
 
     def _remember_counts(self, result: census_sampler.CensusResult) -> None:
         counts = {name: count for name, count, _ in result.types}

@@ -114,8 +114,10 @@ def _judge(raw: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Wi
     window = _explain_window(p, explain_start, result.verdict == LEAK)
     late = [s for s in samples if s.t >= trend_start]
     line = trend.fitted_line([s.t for s in late], [float(s.rss or 0) for s in late])
-    per_hour = (line[1][1] - line[0][1]) / (line[1][0] - line[0][0]) * 3600 \
-        if line and line[1][0] > line[0][0] else None
+    per_hour = _per_hour(p.tasks[result.window_start:], rss_slope) if by_task else None
+    if per_hour is None:
+        per_hour = (line[1][1] - line[0][1]) / (line[1][0] - line[0][0]) * 3600 \
+            if line and line[1][0] > line[0][0] else None
     leaky = window.leaky
     fds = [s.fds for s in samples if s.fds is not None]
     diag = ProcessDiagnosis(
@@ -189,6 +191,17 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy) -> tuple[Trend, int | Non
               "while RSS has not followed yet: the leak is filling memory freed earlier, and RSS will grow once "
               "that is used up" % heap.slope)
     return replace(heap, reason=reason), heap_confirmed, result.slope
+
+
+def _per_hour(tasks: Sequence[TaskRecord], per_task: float | None) -> float | None:
+    """Growth per hour as growth per task times the recent task rate.
+
+    Steadier than a line through the few RSS samples of a short trend
+    window, which a single page-cache or arena move can tip negative.
+    """
+    if per_task is None or len(tasks) < 2 or tasks[-1].ended <= tasks[0].started:
+        return None
+    return per_task * len(tasks) / (tasks[-1].ended - tasks[0].started) * 3600
 
 
 def _as_task_count(x: Sequence[float], prefix: int | None) -> int | None:

@@ -2,9 +2,9 @@
 
 - **healthy**: no live process of the run leaks (or there is too little data to say);
 - **degraded**: a live process leaks (confirmed), but no limit is in sight;
-- **failing**: a live leaking process is forecast to reach the hard limit
-  within the horizon (its growth per hour from the verdict's trend), or the
-  run has ended (the worker is gone).
+- **failing**: a live process is at or over the hard limit, or a live
+  leaking one is forecast to reach it within the horizon (its growth per
+  hour from the verdict's trend), or the run has ended (the worker is gone).
 
 Only processes still alive count: a child bilge or Celery already recycled
 is history, not health.
@@ -57,16 +57,24 @@ def assess(run: RunData, diagnosis: Diagnosis, hard_limit: int | None, horizon: 
             continue
         eta = None
         rate = d.growth_bytes_per_hour
-        if d.verdict == LEAK and hard_limit and d.rss_end is not None and rate is not None and rate > 0:
-            eta = max(0.0, (hard_limit - d.rss_end) / rate * 3600)
+        if hard_limit and d.rss_end is not None and d.rss_end >= hard_limit:
+            # Already there: the kernel or the container acts next, whatever the trend says.
+            eta = 0.0
+        elif d.verdict == LEAK and hard_limit and d.rss_end is not None and rate is not None and rate > 0:
+            eta = (hard_limit - d.rss_end) / rate * 3600
         rows.append(ProcessHealth(d.pid, d.role, d.verdict, d.rss_end, d.growth_bytes_per_hour, eta))
     failing = [p for p in rows if p.seconds_to_limit is not None and p.seconds_to_limit <= horizon]
     leaking = [p for p in rows if p.verdict == LEAK]
     if failing:
         worst = min(failing, key=lambda p: p.seconds_to_limit or 0.0)
-        status, reason = FAILING, "pid %d (%s) reaches the %d MiB limit in %.0f s at %+.1f MiB/h" % (
-            worst.pid, worst.role, (hard_limit or 0) >> 20, worst.seconds_to_limit or 0.0,
-            (worst.growth_bytes_per_hour or 0.0) / 2**20)
+        limit_mib = (hard_limit or 0) / 2**20
+        if not worst.seconds_to_limit:
+            reason = "pid %d (%s) is at or over the %.0f MiB limit (RSS %.0f MiB)" % (
+                worst.pid, worst.role, limit_mib, (worst.rss or 0) / 2**20)
+        else:
+            reason = "pid %d (%s) reaches the %.0f MiB limit in %.0f s at %+.1f MiB/h" % (
+                worst.pid, worst.role, limit_mib, worst.seconds_to_limit, (worst.growth_bytes_per_hour or 0.0) / 2**20)
+        status = FAILING
     elif leaking:
         status, reason = DEGRADED, "%d live process(es) leak: %s" % (
             len(leaking), ", ".join("pid %d (%s)" % (p.pid, p.role) for p in leaking))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from bilge.analysis import diagnose
+from bilge.analysis import diagnose, health
 from bilge.analysis.kind import PYTHON_OBJECTS
 from bilge.model import (
     INCONCLUSIVE,
@@ -114,3 +116,34 @@ def test_holder_is_the_container_that_grew_not_a_static_table() -> None:
     other = [h(1.5, "app._BATCH[...]", 40, 100)]
     holder = _holder_for("list", [[h(1.0, "app._BATCH[...]", 46, 120)], other])
     assert holder is not None and holder.path == "app._BATCH[...]"
+
+
+def test_growth_per_hour_is_growth_per_task_times_task_rate() -> None:
+    """A leak of ~4 KiB every third task at 100 tasks/s grows ~1365 B/task, so ~490 MB/h."""
+    child = diagnose(RunData(run=RUN, processes=(process(2, "shop.search"),))).processes[0]
+    assert child.growth_bytes_per_task is not None and child.growth_bytes_per_hour is not None
+    assert child.growth_bytes_per_hour > 0
+    rate = child.growth_bytes_per_hour / child.growth_bytes_per_task
+    assert 0.9 * 100 * 3600 <= rate <= 1.1 * 100 * 3600
+
+
+def test_health_fails_a_process_over_the_hard_limit_whatever_its_trend() -> None:
+    """Live run: a leaking child is degraded without a limit, failing once the limit is at or below its RSS,
+    and failing within the horizon when its growth reaches a limit above it; a flat child stays healthy."""
+    live = replace(RUN, ended=None, exit_code=None)
+    leaking = process(2, "shop.search")
+    leaking = replace(leaking, info=replace(leaking.info, ended=None))
+    run = RunData(run=live, processes=(leaking,))
+    found = diagnose(run)
+    rss = found.processes[0].rss_end
+    assert rss is not None
+    assert health.assess(run, found, None).status == health.DEGRADED
+    assert health.assess(run, found, rss).processes[0].seconds_to_limit == 0.0
+    assert health.assess(run, found, rss).status == health.FAILING
+    near = health.assess(run, found, rss + 2**20)  # ~8 s away at ~490 MB/h
+    assert near.status == health.FAILING and near.processes[0].seconds_to_limit is not None
+    assert 0 < near.processes[0].seconds_to_limit < 60
+    assert health.assess(run, found, rss + 2**40).status == health.DEGRADED
+    flat = process(3, None)
+    flat_run = RunData(run=live, processes=(replace(flat, info=replace(flat.info, ended=None)),))
+    assert health.assess(flat_run, diagnose(flat_run), None).status == health.HEALTHY
