@@ -125,6 +125,22 @@ def test_closure_cell_is_named_by_its_function_and_variable(app: types.ModuleTyp
         "closure", "list", 100, 100)
 
 
+def test_callbacks_in_a_container_are_named_through_the_container(app: types.ModuleType) -> None:
+    """Closures kept in a listeners list: the path keeps the list (what grows) before the closure's variable."""
+    exec(compile("class Summary:\n    pass\n", "<%s>" % MODULE, "exec"), app.__dict__)
+
+    def subscribe(summary: object) -> object:
+        def on_settled() -> object:
+            return summary
+        return on_settled
+
+    app._LISTENERS = [subscribe(app.Summary()) for _ in range(30)]
+    (best, *_) = paths_of(find_holders([MODULE + ".Summary"]), MODULE + ".Summary")
+    assert best.path == "%s._LISTENERS[...]->%s.%s closure 'summary'" % (
+        MODULE, __name__, subscribe.__qualname__.replace("subscribe", "subscribe.<locals>.on_settled"))
+    assert (best.container_type, best.container_length, best.targets) == ("list", 30, 30)
+
+
 def test_thread_stack_local_is_named_by_thread_function_and_variable(app: types.ModuleType) -> None:
     """A list local to a function running in another thread is held by ``<thread NAME> frame fn() local 'batch'``."""
     release = threading.Event()

@@ -33,7 +33,7 @@ from bilge.samplers import process as proc_sampler
 from bilge.samplers.allocations import AllocationWindow, WindowResult, prepare_window
 from bilge.samplers.budget import CpuBudget
 from bilge.samplers.native_sites import NativeWindow
-from bilge.samplers.suspicion import Suspicion
+from bilge.samplers.suspicion import MIN_HEAP_GROWTH, Suspicion
 from bilge.store.writer import StoreWriter
 
 log = logging.getLogger("bilge.agent")
@@ -161,6 +161,8 @@ class Agent:
         self._samples_taken = 0
         self._born = time.monotonic()
         self._suspicion = Suspicion()
+        # Opens windows only: recycling and fleet state judge memory (RSS).
+        self._heap_suspicion = Suspicion(MIN_HEAP_GROWTH)
         self._window = AllocationWindow()
         self._native = NativeWindow(self._malloc.in_use)
         self._windows_opened = 0
@@ -250,6 +252,7 @@ class Agent:
                  proc_sampler.GC_RUNS[0] - gc0)
             )
             self._suspicion.add(rss1)
+            self._heap_suspicion.add(blocks1)
             if self._window.active:
                 self._window.on_task_finished()
             if self._native.active:
@@ -425,12 +428,12 @@ class Agent:
             return
         if self.tasks_done == 0 and self._samples:
             self._suspicion.add(self._samples[-1][1])
+        suspect = self._suspicion.suspect() or self._heap_suspicion.suspect()
         if (0 < self._holder_searches < MAX_HOLDER_SEARCHES and self.tasks_done >= self._next_holder_search
-                and self._suspicion.suspect()):
+                and suspect):
             self._guarded("holders", self._find_holders)
         now = time.monotonic()
-        if (self._windows_opened < MAX_WINDOWS and now - self._last_window >= WINDOW_REOPEN_AFTER
-                and self._suspicion.suspect()):
+        if self._windows_opened < MAX_WINDOWS and now - self._last_window >= WINDOW_REOPEN_AFTER and suspect:
             self._windows_opened += 1
             self._last_window = now
             began = time.time()
@@ -504,7 +507,10 @@ class Agent:
         if self._baseline is None:
             return
         self._holder_searches += 1
-        self._next_holder_search = 2 * max(self.tasks_done, BASELINE_AFTER_TASKS)
+        # The next search comes after half as many tasks again: a container
+        # seen holding more the second time is the growing one, and a
+        # short run must still see two searches.
+        self._next_holder_search = max(self.tasks_done, BASELINE_AFTER_TASKS) * 3 // 2
         started = time.time()
         self._recount()
         wanted = self._growing_types()

@@ -279,6 +279,35 @@ def _holder_for(type_name: str | None, groups: Sequence[Sequence[Holder]]) -> Ho
     return max(pool, key=lambda h: (h.targets, h.t)) if pool else None
 
 
+# A container holding many more objects of a type than the type grew by
+# (from the process's first census to the search) held them before the
+# growth began: a library's constant table (ssl's error codes, a digraph
+# map), not what keeps the leak alive.
+STATIC_TARGETS = 2.0
+STATIC_SLACK = 100
+
+
+def _plausible_holders(p: ProcessData) -> tuple[Holder, ...]:
+    """The process's holders, without those that held more than the type's whole growth."""
+    if not p.censuses:
+        return p.holders
+    first = p.censuses[0].types
+    out = []
+    for h in p.holders:
+        before = [c for c in p.censuses if c.t <= h.t]
+        if before and h.type in before[-1].types:
+            grown = before[-1].types[h.type][0] - first.get(h.type, (0, 0))[0]
+            if h.targets > STATIC_TARGETS * max(grown, 0) + STATIC_SLACK:
+                continue
+        out.append(h)
+    return tuple(out)
+
+
+def _runs_through(path: str, other: str) -> bool:
+    """Whether holder ``path`` continues ``other`` (``a._X[...]->traceback`` runs through ``a._X[...]``)."""
+    return len(path) > len(other) and path.startswith(other) and path[len(other)] in "[.-{ <"
+
+
 def _growing_holders(groups: Sequence[Sequence[Holder]]) -> list[Holder]:
     """Holders whose path held more targets at a later search of the same process (one group per process)."""
     out = []
@@ -320,8 +349,14 @@ def _findings(
     for group in holder_groups:
         for h in group:
             reach[h.type] = max(reach.get(h.type, 0), h.targets)
+    # A type whose holder path runs through another type's (a traceback
+    # below the exception a list keeps, a closure's cell below the callback)
+    # is the inside of that leak: the objects the container holds lead.
+    paths = {t.type: h.path for t in types if t.steady and (h := _holder_for(t.type, holder_groups))}
+    inner = {name for name, path in paths.items() if any(_runs_through(path, other) for other in paths.values())}
     steady = sorted((t for t in types if t.steady), key=lambda t: (
-        t.type not in held_growing, t.type not in held, t.type in GENERIC_TYPES, -reach.get(t.type, 0)))
+        t.type in inner, t.type not in held_growing, t.type not in held, t.type in GENERIC_TYPES,
+        -reach.get(t.type, 0)))
     steady = steady[:MAX_FINDINGS] if leak_kind != kind.NATIVE else []
     # RSS can stall while a leak refills freed memory; heap blocks (at ~64 B
     # each) then give the better lower bound of what a call keeps.
@@ -357,7 +392,7 @@ def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:
     leaky = window.leaky
     types, _, _ = _types(window, leaky.task if leaky else None)
     findings = _findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence, window.data.windows,
-                         [window.data.holders])
+                         [_plausible_holders(window.data)])
     reported = [t for t in types if any(f.type == t.type for f in findings)]
     return replace(d, findings=findings, type_series=_type_series(window.data.censuses, reported))
 
@@ -387,4 +422,4 @@ def _pooled_findings(
     evidence = next(w.evidence for _, w in leaking if (w.kind or kind.NATIVE) == leak_kind)
     pids = tuple(d.pid for d, _ in leaking)
     return _findings(leaky, types, leak_kind, pids, evidence, [x for _, w in leaking for x in w.data.windows],
-                     [w.data.holders for _, w in leaking])
+                     [_plausible_holders(w.data) for _, w in leaking])

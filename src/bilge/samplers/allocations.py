@@ -325,8 +325,11 @@ _SITE = ("site-packages", "dist-packages")
 _owner_cache: dict[str, str] = {}
 
 
+GENERATED = "generated"
+
+
 def owner_of(filename: str) -> str:
-    """``user``, ``stdlib``, or ``third-party:<distribution> <version>`` for a source file."""
+    """``user``, ``stdlib``, ``generated`` or ``third-party:<distribution> <version>`` for a source file."""
     cached = _owner_cache.get(filename)
     if cached is not None:
         return cached
@@ -338,7 +341,10 @@ def owner_of(filename: str) -> str:
 
 def _classify(filename: str) -> str:
     if filename.startswith("<"):
-        return "stdlib" if filename.startswith("<frozen") else "user"
+        # Code made at run time (dataclass/attrs/ORM-generated __init__,
+        # exec'd strings) has no line a user could open: the frame that
+        # called it is the answer.
+        return "stdlib" if filename.startswith("<frozen") else GENERATED
     path = os.path.realpath(filename)
     if path.startswith(DEMO_DIR + os.sep):
         return "user"

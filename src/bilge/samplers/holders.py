@@ -518,7 +518,12 @@ class _Namer:
     def _function_edge(self, function: types.FunctionType, child: object) -> str:
         if child is function.__closure__:
             self.closure = function
-            self._reroot("%s.%s closure" % (function.__module__, function.__qualname__), CLOSURE)
+            name = "%s.%s closure" % (function.__module__, function.__qualname__)
+            if self.text.endswith(("[...]", "{...}")):
+                # One of many callbacks in a container (a listeners list):
+                # the container is what grows, so the name keeps it.
+                return "->" + name
+            self._reroot(name, CLOSURE)
             self.namespace = False
             return ""
         for attribute in ("__defaults__", "__kwdefaults__", "__globals__"):

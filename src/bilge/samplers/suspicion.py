@@ -3,7 +3,8 @@
 The analysis gives the real verdict, later and outside the process; the
 agent only needs a cheap, early signal to decide whether to open an
 allocation window. It keeps a decimated ring of memory readings (RSS after
-each task, or periodic RSS for processes that run no tasks) and calls a
+each task, or periodic RSS for processes that run no tasks; or heap blocks
+after each task) and calls a
 process suspect when the recent half of the ring trends up (Mann-Kendall on
 block medians, pure Python, ~2k comparisons) by a material amount.
 """
@@ -21,12 +22,17 @@ MIN_READINGS = 300
 Z_SUSPECT = 3.3  # one-sided p ~ 5e-4
 Z_TAIL = 2.3  # the most recent quarter must still be rising (p ~ 0.01)
 MIN_GROWTH = 256 * 1024
+# For readings of Python heap blocks (~64 B each): a leak of small objects
+# (loggers, closures, weakrefs) grows the heap long before RSS moves by
+# MIN_GROWTH, because it first refills memory that warm-up freed.
+MIN_HEAP_GROWTH = 1024
 
 
 class Suspicion:
     """A bounded ring of readings with a cheap upward-trend test."""
 
-    def __init__(self) -> None:
+    def __init__(self, min_growth: float = MIN_GROWTH) -> None:
+        self._min_growth = min_growth
         self._ring: deque[float] = deque(maxlen=RING)
         self._seen = 0
         self._stride = 1
@@ -70,7 +76,7 @@ class Suspicion:
         values = list(self._ring)[len(self._ring) // 2:]
         size = max(1, len(values) // BLOCKS)
         medians = [sorted(values[i:i + size])[len(values[i:i + size]) // 2] for i in range(0, len(values), size)]
-        if medians[-1] - medians[0] < MIN_GROWTH:
+        if medians[-1] - medians[0] < self._min_growth:
             return False
         # A window costs ~10x per traced task: a cache still filling (growth
         # that is slowing down) must not open one, so the last quarter has to

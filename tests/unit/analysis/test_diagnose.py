@@ -118,6 +118,37 @@ def test_holder_is_the_container_that_grew_not_a_static_table() -> None:
     assert holder is not None and holder.path == "app._BATCH[...]"
 
 
+def test_a_table_holding_more_than_the_type_ever_grew_is_not_the_holder() -> None:
+    """One search found shop.Order in a 5000-entry library table and in the app's dict: the type grew by ~330
+    objects by then, so the table held them before the leak; the app's dict is the holder."""
+    from bilge.model import Holder
+
+    leaking = process(2, "shop.search")
+    found = tuple(Holder(t=10.0, started=9.9, type="shop.Order", path=path, root_kind="module-global",
+                         container_type="dict", container_len=n, targets=n)
+                  for path, n in (("lib.ORDER_TEMPLATES[...]", 5000), ("app._ORDERS[...]", 300)))
+    diagnosis = diagnose(RunData(run=RUN, processes=(replace(leaking, holders=found),)))
+    assert diagnosis.findings[0].type == "shop.Order"
+    assert diagnosis.findings[0].holder == "app._ORDERS[...]"
+
+
+def test_the_type_the_growing_container_holds_leads_the_types_inside_it() -> None:
+    """A list keeps exceptions, whose tracebacks keep frames that keep shop.Order objects: the exception type,
+    held by the list itself, is the first finding, though the specific shop.Order grows as fast."""
+    from bilge.model import Holder
+
+    leaking = process(2, "shop.search")
+    censuses = tuple(replace(c, types={**c.types, "app.PricingError": (c.types["shop.Order"][0] - 900, 0)})
+                     for c in leaking.censuses)
+    found = tuple(Holder(t=10.0, started=9.9, type=name, path=path, root_kind="module-global", container_type="list",
+                         container_len=300, targets=300)
+                  for name, path in (("shop.Order", "app._FAILED[...]->traceback.tb_frame local 'order'"),
+                                     ("app.PricingError", "app._FAILED[...]")))
+    diagnosis = diagnose(RunData(run=RUN, processes=(replace(leaking, censuses=censuses, holders=found),)))
+    assert [(f.type, f.holder) for f in diagnosis.findings[:2]] == [
+        ("app.PricingError", "app._FAILED[...]"), ("shop.Order", "app._FAILED[...]->traceback.tb_frame local 'order'")]
+
+
 def test_growth_per_hour_is_growth_per_task_times_task_rate() -> None:
     """A leak of ~4 KiB every third task at 100 tasks/s grows ~1365 B/task, so ~490 MB/h."""
     child = diagnose(RunData(run=RUN, processes=(process(2, "shop.search"),))).processes[0]

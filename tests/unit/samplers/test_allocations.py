@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import time
 import tracemalloc
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,19 @@ def _transient_task(i: int) -> int:
     return len([str(i) * 100 for _ in range(50)])
 
 
+# Code made at run time, as an ORM or attrs generates __init__: its filename
+# is no file a user could open.
+_GENERATED: dict[str, Any] = {}
+exec(compile("def make(i):\n    return {'n': i, 'labels': [str(i) * 40 for _ in range(10)]}\n",
+             "<generated __init__ for Shipment>", "exec"), _GENERATED)
+
+
+def _shipment_task(i: int) -> None:
+    _KEPT.append(_GENERATED["make"](i))  # the shipment line
+
+
 LEAK_LINE = inspect.getsourcelines(_leaky_task)[1] + 1
+SHIPMENT_LINE = inspect.getsourcelines(_shipment_task)[1] + 1
 INVOICE_LINE = inspect.getsourcelines(_invoice_task)[1] + 1
 INVOICE = "%s.Invoice" % __name__
 
@@ -149,9 +162,24 @@ def test_host_stopping_tracemalloc_mid_window_is_respected():
     assert result is not None and result.status == "stopped by the host"
 
 
+def test_objects_made_by_generated_code_are_placed_at_the_calling_line():
+    """What generated code allocates is placed at the user's line that called it, not at "<generated …>"."""
+    window = AllocationWindow(warmup_tasks=2, window_tasks=30)
+    assert window.open()
+    for i in range(40):
+        (_shipment_task if i % 2 else _transient_task)(i)
+        window.on_task_finished()
+    result = window.poll()
+    assert result is not None and result.status == "done"
+    assert not any(site.file.startswith("<") for site in result.sites[:3]), result.sites[:3]
+    assert (result.sites[0].file, result.sites[0].line) == (__file__, SHIPMENT_LINE)
+
+
 def test_ownership_of_source_files():
     """User code, the standard library and installed packages are told apart, with distribution and version."""
     assert owner_of(__file__) == "user"
+    assert owner_of("<string>") == owner_of("<sqlalchemy generated __init__ for class a.B>") == "generated"
+    assert owner_of("<frozen importlib._bootstrap>") == "stdlib"
     assert owner_of(inspect.getsourcefile(inspect)) == "stdlib"
     owner = owner_of(inspect.getsourcefile(pytest))
     assert owner.startswith("third-party:pytest ")

@@ -2,7 +2,7 @@
 
 import random
 
-from bilge.samplers.suspicion import MIN_READINGS, RING, Suspicion
+from bilge.samplers.suspicion import MIN_HEAP_GROWTH, MIN_READINGS, RING, Suspicion
 
 BASE = 60 * 1024 * 1024
 
@@ -50,3 +50,20 @@ def test_ring_stays_bounded_over_a_long_life():
     """The ring decimates itself: a million readings keep at most RING values."""
     s = _feed(BASE + i for i in range(1_000_000))
     assert len(s._ring) <= RING
+
+
+def test_heap_readings_use_their_own_growth_floor():
+    """Heap blocks growing 8 per task (with gc-sized noise) are suspect against the heap floor, not the RSS one;
+    noise of the same size without a trend is not."""
+    rng = random.Random(3)
+    growing = [500_000 + 8 * i + rng.randint(0, 600) for i in range(600)]
+    flat = [500_000 + rng.randint(0, 600) for _ in range(600)]
+    heap, rss_floor, quiet = Suspicion(MIN_HEAP_GROWTH), Suspicion(), Suspicion(MIN_HEAP_GROWTH)
+    for v in growing:
+        heap.add(v)
+        rss_floor.add(v)
+    for v in flat:
+        quiet.add(v)
+    assert heap.suspect()
+    assert not rss_floor.suspect()
+    assert not quiet.suspect()
