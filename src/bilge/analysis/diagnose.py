@@ -352,7 +352,7 @@ def _findings(
     # A type whose holder path runs through another type's (a traceback
     # below the exception a list keeps, a closure's cell below the callback)
     # is the inside of that leak: the objects the container holds lead.
-    paths = {t.type: h.path for t in types if t.steady and (h := _holder_for(t.type, holder_groups))}
+    paths = {t.type: best.path for t in types if t.steady and (best := _holder_for(t.type, holder_groups))}
     inner = {name for name, path in paths.items() if any(_runs_through(path, other) for other in paths.values())}
     steady = sorted((t for t in types if t.steady), key=lambda t: (
         t.type in inner, t.type not in held_growing, t.type not in held, t.type in GENERIC_TYPES,

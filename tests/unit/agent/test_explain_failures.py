@@ -52,7 +52,10 @@ def test_a_window_that_fails_while_polled_is_stopped_and_recorded(
 ) -> None:
     """AllocationWindow.poll raising: tracing stops, the error is stored, tasks keep being recorded."""
 
+    polled: list[int] = []
+
     def broken_poll(self: AllocationWindow) -> None:
+        polled.append(1)
         raise RuntimeError("snapshot compare exploded")
 
     monkeypatch.setattr(AllocationWindow, "poll", broken_poll)
@@ -61,7 +64,9 @@ def test_a_window_that_fails_while_polled_is_stopped_and_recorded(
     try:
         assert wait_for(lambda: agent._window.active or agent._windows_opened > 0)
         _drive(agent, 50)
-        assert wait_for(lambda: not tracemalloc.is_tracing())
+        # The window may finish its snapshots (and stop tracing) in the last
+        # task, before the agent thread polls it: wait for the poll too.
+        assert wait_for(lambda: polled and not tracemalloc.is_tracing())
     finally:
         agent.stop()
         agent._writer.close()
