@@ -144,7 +144,10 @@ class Agent:
         self._failures: dict[str, int] = {}
         self._disabled: set[str] = set()
         self._pending_role: str | None = None
-        self._pending_census: census_sampler.CensusResult | None = None
+        # (t, tasks done, objects, duration, types) of censuses not yet written:
+        # a scheduled census and the explain stage's own counts may both
+        # come between two flushes.
+        self._pending_censuses: deque[tuple[Any, ...]] = deque(maxlen=8)
         self._next_census = 0.0
         self._census = census_sampler.Census()
         # A small burst lets a fresh process take its first sizing census at
@@ -404,19 +407,11 @@ class Agent:
     def _tend_window(self) -> None:
         """Open an allocation window when the process turns suspect; explain when it closes."""
         if self._native.active:
-            try:
-                native = self._native.poll()
-            except BaseException:
-                self._native.abort()
-                raise
+            native = _poll_or_abort(self._native)
             if native is not None:
                 self._pending_windows.append(native)
         if self._window.active:
-            try:
-                result = self._window.poll()
-            except BaseException:
-                self._window.abort()
-                raise
+            result = _poll_or_abort(self._window)
             if result is not None:
                 self._pending_windows.append(result)
                 self._last_sites = [(s.file, s.line, s.size) for s in result.sites[:5]]
@@ -471,11 +466,11 @@ class Agent:
         finish its whole run between two scheduled ones, and these are then
         the only counts the analysis has to name the growing type.
         """
-        result = self._census.take(sized=False)
-        self._remember_counts(result)
-        self._pending_census = result
+        self._remember_counts(self._census.take(sized=False))
 
     def _remember_counts(self, result: census_sampler.CensusResult) -> None:
+        """Keep a census's counts for the explain stage and its row for the store."""
+        self._pending_censuses.append((result.t, self.tasks_done, result.objects, result.duration, result.types))
         counts = {name: count for name, count, _ in result.types}
         if self._baseline is None and self.tasks_done >= BASELINE_AFTER_TASKS:
             self._baseline = counts
@@ -556,7 +551,6 @@ class Agent:
         # Remember the last cost of each flavour: heaps change slowly.
         self._cost[sized] = result.duration
         self._since_sized = 0 if sized else self._since_sized + 1
-        self._pending_census = result
 
     def flush(self, final: bool = False) -> None:
         """Write buffered rows in one transaction; safe from any thread."""
@@ -568,20 +562,16 @@ class Agent:
         try:
             samples = _drain(self._samples)
             tasks = _drain(self._tasks)
-            census = self._pending_census
-            self._pending_census = None
+            censuses = _drain(self._pending_censuses)
             errors, self._errors = self._errors, []
             role, self._pending_role = self._pending_role, None
             windows, self._pending_windows = self._pending_windows, []
             holders, self._pending_holders = self._pending_holders, []
             fd_targets = _drain(self._pending_fds)
             facts, self._facts = self._facts, {}
-            census_row = None
-            if census is not None:
-                census_row = (census.t, self.tasks_done, census.objects, census.duration, census.types)
-            if samples or tasks or census_row or role or errors or windows or holders or fd_targets or facts or final:
+            if samples or tasks or censuses or role or errors or windows or holders or fd_targets or facts or final:
                 self._writer.flush(
-                    self.process_id, samples, tasks, census_row, role, errors,
+                    self.process_id, samples, tasks, censuses, role, errors,
                     ended=time.time() if final else None, windows=windows, holders=holders, fd_targets=fd_targets,
                     facts=facts,
                 )
@@ -639,6 +629,15 @@ class Agent:
         if not self._fork_lock_held:
             return None
         return Agent(self.config, role="fork", parent_id=self.process_id)
+
+
+def _poll_or_abort(window: AllocationWindow | NativeWindow) -> WindowResult | None:
+    """Poll a window; one that fails while polled stops tracing before the error is handled."""
+    try:
+        return window.poll()
+    except BaseException:
+        window.abort()
+        raise
 
 
 def _drain(buffer: deque[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

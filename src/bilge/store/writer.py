@@ -90,7 +90,7 @@ class StoreWriter:
         process_id: int,
         samples: Sequence[SampleRow],
         tasks: Sequence[TaskRow],
-        census: tuple[float, int, int, float, Sequence[tuple[str, int, int]]] | None,
+        censuses: Sequence[tuple[float, int, int, float, Sequence[tuple[str, int, int]]]],
         role: str | None,
         errors: Sequence[tuple[float, str, str]],
         ended: float | None = None,
@@ -116,8 +116,7 @@ class StoreWriter:
                     "blocks_before, blocks_after, failed, gc_runs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(process_id,) + row for row in tasks],
                 )
-            if census is not None:
-                t, tasks_done, objects, duration, types = census
+            for t, tasks_done, objects, duration, types in censuses:
                 conn.execute(
                     "INSERT INTO censuses (process_id, t, tasks_done, objects, duration) VALUES (?, ?, ?, ?, ?)",
                     (process_id, t, tasks_done, objects, duration),

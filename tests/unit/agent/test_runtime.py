@@ -221,3 +221,23 @@ def test_a_forked_child_gets_its_own_agent_and_process_row(tmp_path: Path) -> No
     assert [(t.seq, t.name) for t in child.tasks] == [(i, "child.task") for i in range(1, 31)]
     assert child.samples
     assert parent.errors == child.errors == ()
+
+
+def test_a_scheduled_census_and_the_explain_stages_counts_between_two_flushes_are_both_stored(
+    store: tuple[str, int],
+) -> None:
+    """Neither overwrites the other, and each keeps the task count it was taken at."""
+    agent = Agent(AgentConfig(data_dir=store[0], run_id=store[1], sample_interval=60.0))
+    try:
+        agent._register()
+        agent._run_census()
+        for i in range(3):
+            agent.task_started(i, "shop.task")
+            agent.task_finished(i)
+        agent._recount()
+        agent.flush(final=True)
+    finally:
+        agent._writer.close()
+    (proc,) = stored(store).processes
+    assert [c.tasks_done for c in proc.censuses] == [0, 3]
+    assert all(c.types for c in proc.censuses)

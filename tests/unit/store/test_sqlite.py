@@ -138,7 +138,7 @@ def test_load_run_reads_what_the_writer_wrote(store: tuple[str, int]) -> None:
         writer.flush(pid, [(10.0, 100 * 4096, 50, 60, 1234, 1, 2, 3, 4, 5, 9, 2, 0) + sample_pad],
                      [(1, "shop.search", 10.1, 10.2, 4096, 8192, 100, 164, 0, 0) + task_pad,
                       (2, "shop.checkout", 10.3, 10.4, 8192, 8192, 164, 160, 1, 2) + task_pad],
-                     (10.5, 2, 5000, 0.01, [("dict", 300, 30000), ("shop.Order", 7, 448)]), "celery-child",
+                     [(10.5, 2, 5000, 0.01, [("dict", 300, 30000), ("shop.Order", 7, 448)])], "celery-child",
                      [(10.6, "census", "RuntimeError: boom")], ended=11.0)
     finally:
         writer.close()

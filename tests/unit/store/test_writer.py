@@ -53,8 +53,8 @@ def write_tasks(data_dir: str, run_id: int, tasks: int, batch: int) -> None:
         process_id = writer.register_process(os.getpid(), os.getppid(), None, "celery-child", "worker")
         for start in range(1, tasks + 1, batch):
             rows = [task_row(seq, task_width) for seq in range(start, min(start + batch, tasks + 1))]
-            writer.flush(process_id, [sample_row(start, sample_width)], rows, None, None, [])
-        writer.flush(process_id, [], [], None, None, [], ended=time.time())
+            writer.flush(process_id, [sample_row(start, sample_width)], rows, [], None, [])
+        writer.flush(process_id, [], [], [], None, [], ended=time.time())
     finally:
         writer.close()
 
@@ -86,7 +86,7 @@ def write_forever(data_dir: str, run_id: int, batch: int, report: Connection) ->
     while True:
         writer.flush(process_id, [sample_row(done, sample_width)],
                      [task_row(seq, task_width) for seq in range(done + 1, done + batch + 1)],
-                     (time.time(), done, 1000, 0.001, [("dict", 10, 1000), ("shop.Order", done, 64 * done)]),
+                     [(time.time(), done, 1000, 0.001, [("dict", 10, 1000), ("shop.Order", done, 64 * done)])],
                      None, [])
         done += batch
         report.send(done)
@@ -144,8 +144,8 @@ def test_a_failed_flush_rolls_back_everything(store: tuple[str, int]) -> None:
     try:
         process_id = writer.register_process(os.getpid(), os.getppid(), None, "main", "")
         with pytest.raises(Exception):  # noqa: B017 - which sqlite3 error is not the point
-            writer.flush(process_id, [sample_row(1, sample_width)], [("too", "short")], None, None, [])
-        writer.flush(process_id, [sample_row(2, sample_width)], [task_row(1, task_width)], None, None, [])
+            writer.flush(process_id, [sample_row(1, sample_width)], [("too", "short")], [], None, [])
+        writer.flush(process_id, [sample_row(2, sample_width)], [task_row(1, task_width)], [], None, [])
     finally:
         writer.close()
     (proc,) = load_run(data_dir).processes
@@ -159,7 +159,7 @@ def test_role_and_end_are_updated_by_flush(store: tuple[str, int]) -> None:
     writer = StoreWriter(data_dir, run_id)
     try:
         process_id = writer.register_process(7, 1, None, "main", "celery worker")
-        writer.flush(process_id, [], [], None, "celery-main", [], ended=123.0)
+        writer.flush(process_id, [], [], [], "celery-main", [], ended=123.0)
     finally:
         writer.close()
     (proc,) = load_run(data_dir).processes
