@@ -59,6 +59,7 @@ class _Window:
     kind: str | None
     evidence: tuple[str, ...]
     leaky: TaskGrowth | None
+    holders: tuple[Holder, ...]  # the process's, without static tables (see _plausible_holders)
 
 
 def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY) -> Diagnosis:
@@ -215,7 +216,8 @@ def _explain_window(p: ProcessData, start: float, leaking: bool) -> _Window:
     leak_kind, evidence = kind.classify(samples, tasks, p.windows, p.fd_snapshots) if leaking else (None, ())
     leaky = attribution.leaking_task(attribution.task_growth([tasks])) if leaking else None
     return _Window(data=p, tasks=tasks, samples=samples, censuses=_window_censuses(p.censuses, start),
-                   kind=leak_kind, evidence=evidence, leaky=leaky)
+                   kind=leak_kind, evidence=evidence, leaky=leaky,
+                   holders=_plausible_holders(p) if leaking else ())
 
 
 def _window_censuses(censuses: Sequence[Census], start: float) -> tuple[Census, ...]:
@@ -352,7 +354,8 @@ def _findings(
     # A type whose holder path runs through another type's (a traceback
     # below the exception a list keeps, a closure's cell below the callback)
     # is the inside of that leak: the objects the container holds lead.
-    paths = {t.type: best.path for t in types if t.steady and (best := _holder_for(t.type, holder_groups))}
+    holder_of = {t.type: _holder_for(t.type, holder_groups) for t in types if t.steady}
+    paths = {name: h.path for name, h in holder_of.items() if h}
     inner = {name for name, path in paths.items() if any(_runs_through(path, other) for other in paths.values())}
     steady = sorted((t for t in types if t.steady), key=lambda t: (
         t.type in inner, t.type not in held_growing, t.type not in held, t.type in GENERIC_TYPES,
@@ -367,7 +370,7 @@ def _findings(
                         location=where),)
     out = []
     for i, t in enumerate(steady):
-        holder = _holder_for(t.type, holder_groups)
+        holder = holder_of[t.type]
         born = sites.type_site(t.type, windows)
         out.append(Finding(
             task=task, type=t.type, kind=leak_kind,
@@ -392,7 +395,7 @@ def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:
     leaky = window.leaky
     types, _, _ = _types(window, leaky.task if leaky else None)
     findings = _findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence, window.data.windows,
-                         [_plausible_holders(window.data)])
+                         [window.holders])
     reported = [t for t in types if any(f.type == t.type for f in findings)]
     return replace(d, findings=findings, type_series=_type_series(window.data.censuses, reported))
 
@@ -422,4 +425,4 @@ def _pooled_findings(
     evidence = next(w.evidence for _, w in leaking if (w.kind or kind.NATIVE) == leak_kind)
     pids = tuple(d.pid for d, _ in leaking)
     return _findings(leaky, types, leak_kind, pids, evidence, [x for _, w in leaking for x in w.data.windows],
-                     [_plausible_holders(w.data) for _, w in leaking])
+                     [w.holders for _, w in leaking])

@@ -172,7 +172,7 @@ class NativeWindow:
             code = frame.f_code
             user = self._user_code.get(code)
             if user is None:
-                user = not code.co_filename.startswith("<") and owner_of(code.co_filename) == "user"
+                user = owner_of(code.co_filename) == "user"  # "<...>" code is "generated"
                 if len(self._user_code) < _MAX_LINES:
                     self._user_code[code] = user
             return self._on_line if user else None
