@@ -213,7 +213,9 @@ def _as_task_count(x: Sequence[float], prefix: int | None) -> int | None:
 def _explain_window(p: ProcessData, start: float, leaking: bool) -> _Window:
     tasks = tuple(t for t in p.tasks if t.started >= start)
     samples = tuple(s for s in p.samples if s.t >= start)
-    leak_kind, evidence = kind.classify(samples, tasks, p.windows, p.fd_snapshots) if leaking else (None, ())
+    first_task = p.tasks[0].started if p.tasks else start
+    earlier = tuple(s for s in p.samples if first_task <= s.t < start)
+    leak_kind, evidence = kind.classify(samples, tasks, p.windows, p.fd_snapshots, earlier) if leaking else (None, ())
     leaky = attribution.leaking_task(attribution.task_growth([tasks])) if leaking else None
     return _Window(data=p, tasks=tasks, samples=samples, censuses=_window_censuses(p.censuses, start),
                    kind=leak_kind, evidence=evidence, leaky=leaky,

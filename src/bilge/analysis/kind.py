@@ -42,6 +42,8 @@ PYTHON_TRACED_SHARE = 0.5
 MIN_ALLOCATOR_SHARE = 0.30
 
 MIN_FD_GROWTH = 4
+# Fewer readings than this show no trend (6 strictly rising give p=0.0014).
+MIN_READINGS = 6
 MIN_BLOCK_GROWTH = 200
 # Few samples fall in a short run (one every 0.5 s), and 6 strictly rising
 # points already give p=0.0014 in the Mann-Kendall test; fd counts are exact.
@@ -61,6 +63,7 @@ MIN_HEAP_SHARE = 0.10
 def classify(
     samples: Sequence[Sample], tasks: Sequence[TaskRecord], windows: Sequence[AllocationWindow] = (),
     fd_snapshots: Sequence[FdSnapshot] = (),
+    earlier: Sequence[Sample] = (),
 ) -> tuple[str, tuple[str, ...]]:
     """Classify a leaking process from its post-warm-up samples and tasks.
 
@@ -74,11 +77,16 @@ def classify(
             tracemalloc sees them; a ctypes or C-extension malloc it does not).
         fd_snapshots: what the descriptors pointed to over time; they name
             the targets of a descriptor leak.
+        earlier: the process's samples before ``samples`` (after its first
+            task): a fast worker may take too few readings in the window to
+            test its fds (one every 0.5 s), and fd counts have no warm-up
+            noise to cut.
 
     Returns:
         (kind, evidence): the kind and the readings that decided it.
     """
-    fd_points = [(float(s.tasks_done) if tasks else s.t, s.fds) for s in samples if s.fds is not None]
+    fd_samples = samples if sum(s.fds is not None for s in samples) >= MIN_READINGS else (*earlier, *samples)
+    fd_points = [(float(s.tasks_done) if tasks else s.t, s.fds) for s in fd_samples if s.fds is not None]
     fd_growth, fd_p, text = _growth(fd_points)
     if fd_p < FD_ALPHA and fd_growth >= MIN_FD_GROWTH:
         return FILE_DESCRIPTORS, ("open file descriptors " + text,) + growing_fd_targets(fd_snapshots)
@@ -166,7 +174,7 @@ def _outside_python(samples: Sequence[Sample], rss_growth: float, heap_text: str
 def _growth(points: Sequence[tuple[float, int | None]]) -> tuple[float, float, str]:
     """(growth from first to last block median, trend p-value, description)."""
     kept = [(x, y) for x, y in points if y is not None]
-    if len(kept) < 6:
+    if len(kept) < MIN_READINGS:
         return 0.0, 1.0, "had too few readings"
     bx, by = block_medians([x for x, _ in kept], [y for _, y in kept], 60)
     _, p = mann_kendall(by)

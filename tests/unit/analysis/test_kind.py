@@ -83,6 +83,17 @@ def test_without_tasks_the_samples_decide() -> None:
     assert kind == NATIVE
 
 
+def test_a_fast_worker_s_few_window_readings_are_joined_by_the_earlier_ones() -> None:
+    """Four fd readings in the window cannot show a trend; with the two before it, six strictly rising do."""
+    fds = [105, 207, 263, 356, 446, 534]
+    readings = samples(6, fds=fds)
+    alone, _ = classify(readings[2:], tasks(1500, 4096, 0))
+    kind, evidence = classify(readings[2:], tasks(1500, 4096, 0), earlier=readings[:2])
+    assert alone == NATIVE
+    assert kind == FILE_DESCRIPTORS
+    assert evidence[0].startswith("open file descriptors went from 105 to 534 (trend p=")
+
+
 def test_too_few_readings_fall_back_to_native() -> None:
     """With fewer than six readings nothing can be shown to grow: native, saying so."""
     kind, evidence = classify(samples(3), tasks(3, 4096, 64))
