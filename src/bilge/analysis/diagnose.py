@@ -359,9 +359,14 @@ def _findings(
     holder_of = {t.type: _holder_for(t.type, holder_groups) for t in types if t.steady}
     paths = {name: h.path for name, h in holder_of.items() if h}
     inner = {name for name, path in paths.items() if any(_runs_through(path, other) for other in paths.values())}
-    steady = sorted((t for t in types if t.steady), key=lambda t: (
-        t.type in inner, t.type not in held_growing, t.type not in held, t.type in GENERIC_TYPES,
-        -reach.get(t.type, 0)))
+    if leak_kind == kind.UNCOLLECTABLE:
+        # Cycles nothing refers to have no holder: what the search found held
+        # is beside the point, and the census ranking (specific types first) stands.
+        steady = [t for t in types if t.steady]
+    else:
+        steady = sorted((t for t in types if t.steady), key=lambda t: (
+            t.type in inner, t.type not in held_growing, t.type not in held, t.type in GENERIC_TYPES,
+            -reach.get(t.type, 0)))
     steady = steady[:MAX_FINDINGS] if leak_kind != kind.NATIVE else []
     # RSS can stall while a leak refills freed memory; heap blocks (at ~64 B
     # each) then give the better lower bound of what a call keeps.

@@ -149,6 +149,24 @@ def test_the_type_the_growing_container_holds_leads_the_types_inside_it() -> Non
         ("app.PricingError", "app._FAILED[...]"), ("shop.Order", "app._FAILED[...]->traceback.tb_frame local 'order'")]
 
 
+def test_with_the_collector_off_held_types_do_not_outrank_the_census() -> None:
+    """gc disabled while the heap grows: uncollectable cycles have no holder, so a held, growing builtin
+    (functions in a library's callback table) does not lead; the specific type the census ranks first does."""
+    from bilge.analysis.kind import UNCOLLECTABLE
+    from bilge.model import Holder
+
+    leaking = process(2, "shop.search")
+    censuses = tuple(replace(c, types={**c.types, "function": (c.types["shop.Order"][0] + 4000, 0)})
+                     for c in leaking.censuses)
+    found = tuple(Holder(t=t, started=t - 0.1, type="function", path="lib.CALLBACKS[...]", root_kind="module-global",
+                         container_type="dict", container_len=n, targets=n) for t, n in ((6.0, 100), (12.0, 300)))
+    off = tuple(replace(s, gc_enabled=0) for s in leaking.samples)
+    diagnosis = diagnose(RunData(run=RUN, processes=(
+        replace(leaking, censuses=censuses, holders=found, samples=off),)))
+    assert diagnosis.kind == UNCOLLECTABLE
+    assert diagnosis.findings[0].type == "shop.Order"
+
+
 def test_growth_per_hour_is_growth_per_task_times_task_rate() -> None:
     """A leak of ~4 KiB every third task at 100 tasks/s grows ~1365 B/task, so ~490 MB/h."""
     child = diagnose(RunData(run=RUN, processes=(process(2, "shop.search"),))).processes[0]
