@@ -17,12 +17,14 @@ Stdlib-only. Design constraints, each learned the hard way by other tools:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -166,6 +168,7 @@ class Agent:
         self._suspicion = Suspicion()
         # Opens windows only: recycling and fleet state judge memory (RSS).
         self._heap_suspicion = Suspicion(MIN_HEAP_GROWTH)
+        self._own_work = 0  # > 0 while the agent thread explains (compare, trim, holder search)
         self._window = AllocationWindow()
         self._native = NativeWindow(self._malloc.in_use)
         self._windows_opened = 0
@@ -254,8 +257,13 @@ class Agent:
                 (self.tasks_done, name, t0, time.time(), rss0, rss1, blocks0, blocks1, int(failed),
                  proc_sampler.GC_RUNS[0] - gc0)
             )
-            self._suspicion.add(rss1)
-            self._heap_suspicion.add(blocks1)
+            if self._own_work or self._window.active or self._native.active:
+                # Our tables and searches move memory too: not the process's trend.
+                self._suspicion.gap()
+                self._heap_suspicion.gap()
+            else:
+                self._suspicion.add(rss1)
+                self._heap_suspicion.add(blocks1)
             if self._window.active:
                 self._window.on_task_finished()
             if self._native.active:
@@ -415,11 +423,12 @@ class Agent:
             if result is not None:
                 self._pending_windows.append(result)
                 self._last_sites = [(s.file, s.line, s.size) for s in result.sites[:5]]
-                # tracemalloc's tables are freed: give glibc's share back so
-                # the worker does not keep the window's peak.
-                self._malloc.trim()
-                self._guarded("holders", self._find_holders)
-                self._guarded("native window", lambda: self._follow_with_native(result))
+                with self._working():
+                    # tracemalloc's tables are freed: give glibc's share back so
+                    # the worker does not keep the window's peak.
+                    self._malloc.trim()
+                    self._guarded("holders", self._find_holders)
+                    self._guarded("native window", lambda: self._follow_with_native(result))
             return
         if self.tasks_done == 0 and self._samples:
             self._suspicion.add(self._samples[-1][1])
@@ -497,10 +506,24 @@ class Agent:
         growth.sort(key=lambda item: (item[1] in census_sampler.GENERIC_TYPES, -item[0]))
         return [name for _, name in growth[:MAX_HOLDER_TYPES]]
 
+    @contextlib.contextmanager
+    def _working(self) -> Iterator[None]:
+        """Mark the agent thread's own work in the process (tasks meanwhile are not the process's trend)."""
+        self._own_work += 1
+        try:
+            yield
+        finally:
+            self._own_work -= 1
+
     def _find_holders(self) -> None:
         """Name who keeps the types that grew since the baseline census alive."""
         if self._baseline is None:
             return
+        with self._working():
+            self._search_holders()
+
+    def _search_holders(self) -> None:
+        """The search itself (see _find_holders)."""
         self._holder_searches += 1
         # The next search comes after half as many tasks again: a container
         # seen holding more the second time is the growing one, and a

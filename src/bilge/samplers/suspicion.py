@@ -39,11 +39,29 @@ class Suspicion:
         # The agent asks several times per loop (window, fleet state,
         # recycling); the answer only changes with a new reading.
         self._judged: tuple[int, bool] = (-1, False)
+        # Readings are kept relative to the memory the agent's own work
+        # (a window's tables, a holder search's peak) left behind: see gap().
+        self._offset = 0.0
+        self._last: float | None = None
+        self._rebase = False
+
+    def gap(self) -> None:
+        """Readings are being skipped while the agent works in the process; the next one re-bases.
+
+        Whatever the memory moved by across the gap (the work's own tables,
+        what it left resident after freeing) is taken out of every later
+        reading, so the trend sees the process, not the agent.
+        """
+        self._rebase = True
 
     def add(self, value: float | None) -> None:
         """Record one reading (None is ignored)."""
         if value is None:
             return
+        if self._rebase and self._last is not None:
+            self._offset += value - self._last
+        self._rebase, self._last = False, value
+        value -= self._offset
         self._seen += 1
         if self._seen % self._stride:
             return

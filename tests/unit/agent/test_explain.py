@@ -39,6 +39,9 @@ class SuspectAfter:
     def add(self, value: float | None) -> None:
         pass
 
+    def gap(self) -> None:
+        pass
+
     def suspect(self) -> bool:
         return self.agent.tasks_done >= self.tasks
 

@@ -19,6 +19,9 @@ class AlwaysSuspect:
     def add(self, value: float | None) -> None:
         pass
 
+    def gap(self) -> None:
+        pass
+
     def suspect(self) -> bool:
         return True
 

@@ -67,3 +67,33 @@ def test_heap_readings_use_their_own_growth_floor():
     assert heap.suspect()
     assert not rss_floor.suspect()
     assert not quiet.suspect()
+
+
+def test_a_gap_takes_the_agents_own_step_out_of_later_readings():
+    """A flat process whose RSS jumps by 8 MiB across the agent's own work (skipped readings) stays unsuspected
+    and its growth per reading ~0; without the gap the step inflates that growth (what the native window and the
+    recycling forecast use)."""
+    before = [BASE + (i % 3) * 4096 for i in range(300)]
+    after = [BASE + 8 * 2**20 + (i % 3) * 4096 for i in range(150)]
+    with_gap, without = Suspicion(), Suspicion()
+    for v in before:
+        with_gap.add(v)
+        without.add(v)
+    with_gap.gap()
+    for v in after:
+        with_gap.add(v)
+        without.add(v)
+    assert not with_gap.suspect() and abs(with_gap.growth_per_reading()) < 100
+    assert without.growth_per_reading() > 10_000
+
+
+def test_growth_goes_on_across_a_gap():
+    """A leak of 2 KiB per reading is still suspect after a gap whose step is taken out."""
+    s = Suspicion()
+    for i in range(300):
+        s.add(BASE + 2048 * i)
+    s.gap()
+    for i in range(300, 700):
+        s.add(BASE + 2048 * i + 8 * 2**20)
+    assert s.suspect()
+    assert 1500 < s.growth_per_reading() < 2600
