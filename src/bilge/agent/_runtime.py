@@ -441,16 +441,18 @@ class Agent:
             self._windows_opened += 1
             self._last_window = now
             began = time.time()
-            if self._baseline is not None:
-                # What the window's own bookkeeping creates for good (the
-                # installed-distributions table, ctypes) is created now, before
-                # the fresh counts: else it would look like growth to the
-                # holder search that follows the window.
-                prepare_window()
-                # Fresh counts: the types still growing now are the ones the
-                # window joins to the lines that make them.
-                self._recount()
-            if not self._window.open(self._growing_types(), began):
+            with self._working():
+                if self._baseline is not None:
+                    # What the window's own bookkeeping creates for good (the
+                    # installed-distributions table, ctypes) is created now, before
+                    # the fresh counts: else it would look like growth to the
+                    # holder search that follows the window.
+                    prepare_window()
+                    # Fresh counts: the types still growing now are the ones the
+                    # window joins to the lines that make them.
+                    self._recount()
+                opened = self._window.open(self._growing_types(), began)
+            if not opened:
                 # The host traces memory itself: no window, but holders still help.
                 self._guarded("holders", self._find_holders)
 
