@@ -17,7 +17,11 @@ bilge. Settings (all optional, ``bilge_`` + the ``bilge run`` option):
 ``bilge_data_dir`` (default ``bilge-data``), ``bilge_explain``,
 ``bilge_show_values``, ``bilge_recycle``, ``bilge_recycle_soft_limit``,
 ``bilge_recycle_hard_limit``, ``bilge_recycle_horizon``,
-``bilge_recycle_min_interval``, ``bilge_recycle_min_tasks``.
+``bilge_recycle_min_interval``, ``bilge_recycle_min_tasks``,
+``bilge_budget_cpu_share``, ``bilge_budget_slowed_per_hour``. A bad value
+is logged and replaced by its default. Tuning variables without an option
+(``BILGE_SAMPLE_INTERVAL``...) set in the worker's environment are kept,
+as under ``bilge run``.
 
 Under ``bilge run`` this is a no-op (the agent is already there).
 """
@@ -31,10 +35,12 @@ from typing import Any
 
 log = logging.getLogger("bilge")
 
-_POLICY = (("bilge_recycle_soft_limit", "BILGE_RECYCLE_SOFT_LIMIT"), ("bilge_recycle_hard_limit",
-           "BILGE_RECYCLE_HARD_LIMIT"), ("bilge_recycle_horizon", "BILGE_RECYCLE_HORIZON"),
-           ("bilge_recycle_min_interval", "BILGE_RECYCLE_MIN_INTERVAL"),
-           ("bilge_recycle_min_tasks", "BILGE_RECYCLE_MIN_TASKS"))
+# Celery setting -> the agent setting (``bilge.config``) it gives.
+_SETTINGS = (("bilge_show_values", "show_values"), ("bilge_explain", "explain"), ("bilge_recycle", "recycle"),
+             ("bilge_recycle_soft_limit", "recycle_soft_limit"), ("bilge_recycle_hard_limit", "recycle_hard_limit"),
+             ("bilge_recycle_horizon", "recycle_horizon"), ("bilge_recycle_min_interval", "recycle_min_interval"),
+             ("bilge_recycle_min_tasks", "recycle_min_tasks"), ("bilge_budget_cpu_share", "cpu_share"),
+             ("bilge_budget_slowed_per_hour", "slowed_per_hour"))
 
 
 def enable(app: Any) -> None:
@@ -60,7 +66,7 @@ _run: tuple[str, int] | None = None
 def _start(app: Any) -> None:
     global _run
     from bilge import agent as bilge_agent
-    from bilge.agent.recycle import parse_size
+    from bilge.config import AgentConfig, parse_setting
     from bilge.store import sqlite as store
 
     if bilge_agent.current() is not None:
@@ -68,20 +74,24 @@ def _start(app: Any) -> None:
     conf = app.conf
     data_dir = store.prepare_data_dir(str(conf.get("bilge_data_dir") or "bilge-data"))
     run_id = store.start_run(data_dir, " ".join(sys.argv))
-    env = {"BILGE_DATA_DIR": data_dir, "BILGE_RUN_ID": str(run_id)}
-    if conf.get("bilge_show_values"):
-        env["BILGE_SHOW_VALUES"] = "1"
-    if conf.get("bilge_explain") is False:
-        env["BILGE_EXPLAIN"] = "0"
-    if conf.get("bilge_recycle"):
-        env["BILGE_RECYCLE"] = "1"
-        for setting, variable in _POLICY:
-            value = conf.get(setting)
-            if value is not None:
-                env[variable] = str(parse_size(value) if "limit" in setting and isinstance(value, str) else value)
-    # Children started later (spawned, or exec'd tools) see the same run.
-    os.environ.update(env)
-    bilge_agent.start_from_environment(env)
+    options: dict[str, object] = {}
+    for name, setting in _SETTINGS:
+        value = conf.get(name)
+        if value is not None:
+            try:
+                options[setting] = parse_setting(setting, value)
+            except ValueError as exc:
+                log.warning("bilge: %s ignored: %s; using the default", name, exc)
+    config = AgentConfig.for_run(data_dir, run_id, os.environ, options)
+    for warning in config.warnings:
+        log.warning("bilge: %s", warning)
+    # Children started later (spawned, or exec'd tools) see the same run,
+    # and no variable left over from elsewhere.
+    environ = config.to_environment(os.environ)
+    for stale in set(os.environ) - set(environ):
+        del os.environ[stale]
+    os.environ.update(environ)
+    bilge_agent.start_from_environment(config.to_environment())
     _run = (data_dir, run_id)
 
 

@@ -183,6 +183,80 @@ class FdSnapshot:
     targets: tuple[tuple[str, int], ...]
 
 
+# bilge's own cost. Stages beyond the always-on watch spend from one
+# per-process budget (see agent/budget.py); each is accounted by name.
+STAGE_WATCH = "watch"  # /proc and gc readings every sample interval
+STAGE_TASK_HOOKS = "task-hooks"  # the per-task readings in task_prerun/postrun
+STAGE_CENSUS = "census"  # scheduled object counts
+STAGE_FLUSH = "flush"  # writing buffered rows to the store
+STAGE_RECOUNT = "recount"  # the explain stage's own object counts
+STAGE_ALLOCATION_WINDOW = "allocation-window"  # tracemalloc on sampled tasks
+STAGE_NATIVE_WINDOW = "native-window"  # glibc in-use bytes per user line
+STAGE_HOLDER_SEARCH = "holder-search"  # who keeps the growing types alive
+STAGE_FD_SCAN = "fd-scan"  # what open descriptors point to
+STAGES = (STAGE_WATCH, STAGE_TASK_HOOKS, STAGE_CENSUS, STAGE_FLUSH, STAGE_RECOUNT, STAGE_ALLOCATION_WINDOW,
+          STAGE_NATIVE_WINDOW, STAGE_HOLDER_SEARCH, STAGE_FD_SCAN)
+# Stages whose runs change the process's memory (tables, peaks): the
+# analysis drops the tasks that overlapped them from the trend.
+MEMORY_STAGES = (STAGE_ALLOCATION_WINDOW, STAGE_NATIVE_WINDOW, STAGE_HOLDER_SEARCH)
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """What one stage of the agent cost one process so far (cumulative).
+
+    ``cpu_seconds`` is CPU time of the agent's own work (in its thread, or in
+    the task's thread for per-task hooks and tracing); ``slowed_seconds`` is
+    wall time that tasks took beyond their usual duration because of the
+    stage (tracing); ``runs`` how often the stage ran.
+    """
+
+    stage: str
+    cpu_seconds: float
+    slowed_seconds: float
+    runs: int
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One run of a budgeted stage: when, why, what it cost, how it ended."""
+
+    stage: str
+    reason: str
+    started: float
+    ended: float
+    cpu_seconds: float
+    slowed_seconds: float
+    outcome: str
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """The budget a process had left when it last flushed.
+
+    ``cpu_left`` seconds of CPU (of ``cpu_limit`` per ``cpu_period``) and
+    ``slowed_left`` seconds of slowed task time (of ``slowed_limit`` per
+    ``slowed_period``), the limits holding over any period of that length.
+    """
+
+    t: float
+    cpu_left: float
+    cpu_limit: float
+    cpu_period: float
+    slowed_left: float
+    slowed_limit: float
+    slowed_period: float
+
+
+@dataclass(frozen=True)
+class AgentCost:
+    """bilge's own cost in one process: per stage, per budgeted run, budget left."""
+
+    stages: tuple[StageCost, ...] = ()
+    runs: tuple[StageRun, ...] = ()
+    budget: BudgetState | None = None
+
+
 @dataclass(frozen=True)
 class ProcessData:
     """Everything stored about one process."""
@@ -196,6 +270,7 @@ class ProcessData:
     holders: tuple[Holder, ...] = ()
     fd_snapshots: tuple[FdSnapshot, ...] = ()
     recycles: tuple[Recycle, ...] = ()
+    cost: AgentCost = AgentCost()
 
 
 @dataclass(frozen=True)
@@ -309,6 +384,7 @@ class ProcessDiagnosis:
     trend_line: tuple[tuple[float, float], tuple[float, float]] | None = None
     tasks_excluded: int = 0
     type_series: tuple[Series, ...] = field(default=(), repr=False)
+    cost: AgentCost = AgentCost()
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
+from bilge.config import AgentConfig
 from bilge.errors import CommandError
 from bilge.store import sqlite as store
 
@@ -30,20 +31,22 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
 TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
 
 
-def agent_environment(data_dir: str, run_id: int, base: Mapping[str, str], show_values: bool = False,
-                      explain: bool = True) -> dict[str, str]:
+def agent_environment(data_dir: str, run_id: int, base: Mapping[str, str],
+                      options: Mapping[str, object] | None = None) -> dict[str, str]:
     """The environment that loads the agent into Python processes.
 
     Args:
         data_dir: absolute data directory.
         run_id: the run the processes belong to.
         base: the environment to extend.
-        show_values: let the agent capture short renderings of held values
-            (off by default: memory holds secrets).
-        explain: let the agent open allocation windows and search holders
-            in processes that turn suspect.
+        options: the agent's settings from ``bilge run``'s options, by setting
+            name (``show_values``, ``explain``, ``recycle``...,
+            ``cpu_share``, ``slowed_per_hour``; see ``bilge.config``).
     """
-    env = dict(base)
+    return _with_bootstrap(AgentConfig.for_run(data_dir, run_id, base, options).to_environment(base))
+
+
+def _with_bootstrap(env: dict[str, str]) -> dict[str, str]:
     paths = [BOOTSTRAP_DIR]
     # The bootstrap imports ``bilge``; make sure the interpreter of the
     # command finds this very installation even outside its venv.
@@ -53,15 +56,6 @@ def agent_environment(data_dir: str, run_id: int, base: Mapping[str, str], show_
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
-    env["BILGE_DATA_DIR"] = data_dir
-    env["BILGE_RUN_ID"] = str(run_id)
-    for inherited in [k for k in env if k.startswith(("BILGE_SHOW_VALUES", "BILGE_EXPLAIN", "BILGE_RECYCLE"))]:
-        # Left by an outer `bilge run`: this run's own flags decide.
-        del env[inherited]
-    if show_values:
-        env["BILGE_SHOW_VALUES"] = "1"
-    if not explain:
-        env["BILGE_EXPLAIN"] = "0"
     return env
 
 
@@ -86,16 +80,17 @@ def resolve(command: Sequence[str]) -> list[str]:
 
 
 def run(data_dir: str, command: Sequence[str], environ: Mapping[str, str] | None = None,
-        show_values: bool = False, explain: bool = True, extra_env: Mapping[str, str] | None = None,
-        serve: Callable[[str], Any] | None = None) -> int:
+        options: Mapping[str, object] | None = None, serve: Callable[[str], Any] | None = None) -> int:
     """Run ``command`` under the agent and return its exit code.
 
     Args:
         data_dir: the data directory (created and validated here).
         command: the argv to run.
         environ: the base environment (default: this process's).
-        show_values, explain: see ``agent_environment``.
-        extra_env: further ``BILGE_*`` settings for the agent (the recycling policy).
+        options: the agent's settings, see ``agent_environment``; what
+            they do not say is the default, except the tuning variables
+            already in the environment (see ``AgentConfig.for_run``). A
+            bad one is replaced by its default with a warning on stderr.
         serve: given the data dir, binds the health/metrics server (an
             object with ``start``/``close``), before anything is recorded or
             started, so a busy port fails fast.
@@ -107,8 +102,11 @@ def run(data_dir: str, command: Sequence[str], environ: Mapping[str, str] | None
     path = store.prepare_data_dir(data_dir)
     server = serve(path) if serve is not None else None
     run_id = store.start_run(path, shlex.join(argv))
-    env = agent_environment(path, run_id, os.environ if environ is None else environ, show_values, explain)
-    env.update(extra_env or {})
+    base = os.environ if environ is None else environ
+    config = AgentConfig.for_run(path, run_id, base, options)
+    for warning in config.warnings:
+        sys.stderr.write("bilge: warning: %s\n" % warning)
+    env = _with_bootstrap(config.to_environment(base))
     code = 1
     try:
         if server is not None:

@@ -10,7 +10,8 @@ metric files to merge).
 - ``GET /health``: the health JSON (``analysis.health``); HTTP 200 when
   healthy or degraded, 503 when failing.
 - ``GET /metrics``: Prometheus text format, one series per live process,
-  labelled ``hostname``, ``pid``, ``role``.
+  labelled ``hostname``, ``pid``, ``role``; bilge's own cost in each
+  process as counters per ``stage`` and the budget it has left as gauges.
 
 The run is re-read at most every ``READ_EVERY`` seconds and re-diagnosed
 at most every ``DIAGNOSE_EVERY`` seconds, whatever the scrape rate.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -31,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from bilge.errors import BilgeError, ServeError
-from bilge.model import LEAK, Diagnosis, RunData
+from bilge.model import LEAK, Diagnosis, ProcessData, RunData
 from bilge.store import sqlite as store
 
 READ_EVERY = 5.0
@@ -129,6 +130,32 @@ class StoreCollector(Collector):
         leaking.add_metric([host], sum(1 for p in live if getattr(diagnosis.get((p.info.pid, p.info.role)),
                                                                     "verdict", None) == LEAK))
         yield from (rss, uss, heap, growth, verdict, tasks, recycles, leaking)
+        yield from _cost_metrics(live, host)
+
+
+def _cost_metrics(live: Sequence[ProcessData], host: str) -> tuple[GaugeMetricFamily | CounterMetricFamily, ...]:
+    """bilge's own cost per live process and stage, and the budget each has left."""
+    labels = ["hostname", "pid", "role"]
+    cpu = CounterMetricFamily("bilge_agent_cpu_seconds", "CPU time bilge's own work took, by stage.",
+                              labels=labels + ["stage"])
+    slowed = CounterMetricFamily("bilge_agent_slowed_task_seconds",
+                                 "Wall time tasks took beyond their usual duration because of bilge, by stage.",
+                                 labels=labels + ["stage"])
+    cpu_left = GaugeMetricFamily("bilge_agent_budget_cpu_left_seconds",
+                                 "CPU seconds bilge's budgeted stages may still spend (at the last flush).",
+                                 labels=labels)
+    slowed_left = GaugeMetricFamily("bilge_agent_budget_slowed_left_seconds",
+                                    "Seconds of slowed task time bilge's budgeted stages may still add "
+                                    "(at the last flush).", labels=labels)
+    for p in live:
+        key = [host, str(p.info.pid), p.info.role]
+        for c in p.cost.stages:
+            cpu.add_metric(key + [c.stage], c.cpu_seconds)
+            slowed.add_metric(key + [c.stage], c.slowed_seconds)
+        if p.cost.budget is not None:
+            cpu_left.add_metric(key, p.cost.budget.cpu_left)
+            slowed_left.add_metric(key, p.cost.budget.slowed_left)
+    return cpu, slowed, cpu_left, slowed_left
 
 
 class MonitorServer:

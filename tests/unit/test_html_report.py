@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from dataclasses import replace
 from html.parser import HTMLParser
 
 from bilge.analysis import diagnose
@@ -12,6 +13,11 @@ from bilge.model import (
     INCONCLUSIVE,
     LEAK,
     NO_LEAK,
+    STAGE_ALLOCATION_WINDOW,
+    STAGE_CENSUS,
+    STAGE_HOLDER_SEARCH,
+    AgentCost,
+    BudgetState,
     Census,
     Diagnosis,
     Finding,
@@ -22,6 +28,8 @@ from bilge.model import (
     RunInfo,
     Sample,
     Series,
+    StageCost,
+    StageRun,
     TaskGrowth,
     TaskRecord,
 )
@@ -223,6 +231,42 @@ def test_embedded_json_is_the_report_contract() -> None:
     assert report["verdict"] == LEAK
     assert report["findings"][0]["holder"] == "shop.cache._ORDERS[...]"
     assert report["findings"][1]["holder"] is None
+
+
+COST = AgentCost(
+    stages=(StageCost(STAGE_CENSUS, 0.3, 0.0, 5), StageCost(STAGE_ALLOCATION_WINDOW, 0.1, 0.08, 2),
+            StageCost(STAGE_HOLDER_SEARCH, 0.0125, 0.0, 1)),
+    runs=(StageRun(STAGE_ALLOCATION_WINDOW, "rss grows", T0 + 65, T0 + 67, 0.04, 0.03, "done"),
+          StageRun(STAGE_HOLDER_SEARCH, "<shop.Order> grows", T0 + 130, T0 + 130.5, 0.0125, 0.0, "found")),
+    budget=BudgetState(t=T0 + 131, cpu_left=2.9, cpu_limit=6.0, cpu_period=600.0, slowed_left=0.42,
+                       slowed_limit=1.0, slowed_period=3600.0))
+
+
+def test_process_shows_bilge_own_cost_by_stage_and_its_budgeted_runs() -> None:
+    """A process with stored cost gets a stage table, the budget left and its runs (time since start, reason)."""
+    d = leak()
+    page = rendered(replace(d, processes=(d.processes[0], replace(d.processes[1], cost=COST))))
+    assert table(page, "pid-101") == [
+        ["stage", "CPU s", "slowed s", "runs"],
+        ["census", "0.300", "0.000", "5"],
+        ["allocation-window", "0.100", "0.080", "2"],
+        ["holder-search", "0.013", "0.000", "1"],
+        ["started", "stage", "reason", "CPU s", "slowed s", "outcome"],
+        ["1:05", "allocation-window", "rss grows", "0.040", "0.030", "done"],
+        ["2:10", "holder-search", "<shop.Order> grows", "0.013", "0.000", "found"],
+    ]
+    assert ("Budget left: 2.900 of 6.000 s CPU per 600 s, 0.420 of 1.000 s slowed task time per 3600 s."
+            in page)
+    assert "&lt;shop.Order&gt; grows" in page
+    assert "<h3>bilge's own cost</h3>" in page and "<h3>Budgeted runs</h3>" in page
+
+
+def test_cost_section_is_omitted_without_cost() -> None:
+    """A process whose store holds no cost (an older bilge) shows no cost table, budget or runs."""
+    page = rendered(leak())
+    assert "bilge's own cost" not in page
+    assert "Budgeted runs" not in page and "Budget left" not in page
+    assert 'class="cost' not in page
 
 
 def test_credentials_in_the_command_are_masked() -> None:

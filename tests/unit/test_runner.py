@@ -29,8 +29,20 @@ def test_values_and_explain_switches_reach_the_agent_and_stale_ones_do_not() -> 
     """--show-values and --no-explain become variables; ones inherited from an outer run are dropped."""
     plain = agent_environment("/data", 1, {"BILGE_SHOW_VALUES": "1", "BILGE_EXPLAIN": "0"})
     assert "BILGE_SHOW_VALUES" not in plain and "BILGE_EXPLAIN" not in plain
-    asked = agent_environment("/data", 1, {}, show_values=True, explain=False)
+    asked = agent_environment("/data", 1, {}, {"show_values": True, "explain": False})
     assert (asked["BILGE_SHOW_VALUES"], asked["BILGE_EXPLAIN"]) == ("1", "0")
+
+
+def test_budget_and_recycle_options_reach_the_agent_and_tuning_variables_are_kept() -> None:
+    """The budget and recycling options become variables the agent reads back; an outer run's are dropped, while a
+    hand-set tuning variable (no option for it) passes through."""
+    from bilge.config import AgentConfig, RecyclePolicy
+
+    outer = {"BILGE_RECYCLE": "1", "BILGE_SLOWED_PER_HOUR": "9", "BILGE_SAMPLE_INTERVAL": "0.05"}
+    env = agent_environment("/data", 1, outer, {"cpu_share": 0.02, "recycle": True, "recycle_min_tasks": 50})
+    assert AgentConfig.from_environment(env) == AgentConfig(
+        "/data", 1, sample_interval=0.05, cpu_share=0.02, recycle=RecyclePolicy(enabled=True, min_tasks=50))
+    assert "BILGE_SLOWED_PER_HOUR" not in env
 
 
 def test_agent_environment_does_not_change_its_base() -> None:

@@ -22,15 +22,15 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from bilge.agent import _current
+
 _connected = False
 _lock = threading.Lock()
 WATCHED = "celery.signals"
 
 
 def _agent() -> Any:
-    from bilge.agent import _runtime
-
-    return _runtime.current()
+    return _current.get()
 
 
 def _on_prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any) -> None:

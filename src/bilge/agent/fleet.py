@@ -16,7 +16,7 @@ import sqlite3
 import sys
 from typing import Any
 
-from bilge.samplers.suspicion import MIN_READINGS
+from bilge.samplers.suspicion import MIN_TASK_READINGS
 from bilge.store import schema
 
 COMMAND = "bilge_status"
@@ -35,7 +35,7 @@ def local_status(data_dir: str, run_id: int) -> dict[str, Any]:
             uss = conn.execute("SELECT uss FROM samples WHERE process_id = ? AND uss IS NOT NULL ORDER BY t DESC "
                                "LIMIT 1", (process_id,)).fetchone()
             (tasks,) = conn.execute("SELECT COUNT(*) FROM tasks WHERE process_id = ?", (process_id,)).fetchone()
-            verdict = "growing" if suspect else ("steady" if tasks >= MIN_READINGS or role == "celery-main"
+            verdict = "growing" if suspect else ("steady" if tasks >= MIN_TASK_READINGS or role == "celery-main"
                                                  else "warming-up")
             processes.append({"pid": pid, "role": role, "started": started, "rss": last[0] if last else None,
                               "uss": uss[0] if uss else None, "fds": last[1] if last else None, "tasks": tasks,

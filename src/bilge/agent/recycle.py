@@ -31,96 +31,13 @@ child leaves its evidence is written down (the forensic snapshot).
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any
 
-SOFT_LIMIT = 512 << 20
-HORIZON = 3600.0
-MIN_INTERVAL = 60.0
-# A child's first few hundred tasks hold its warm-up (lazy imports, caches
-# filling): the trend test looks at the recent half of what it has seen, so
-# by 500 tasks warm-up has left its window.
-MIN_TASKS = 500
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.IGNORECASE)
+# The policy and its settings live with the other settings (``bilge.config``,
+# stdlib-only, which reads the ``BILGE_RECYCLE*`` variables); re-exported here.
+from bilge.config import HORIZON, MIN_INTERVAL, MIN_TASKS, SOFT_LIMIT, RecyclePolicy, parse_size
 
-
-@dataclass(frozen=True)
-class RecyclePolicy:
-    """When a leaking prefork child is recycled.
-
-    Args:
-        enabled: recycling is opt-in (``bilge run --recycle``).
-        soft_limit: bytes of RSS over which a child whose memory keeps
-            growing is recycled.
-        hard_limit: bytes a child must never reach; None means the cgroup's
-            memory limit, if there is one.
-        horizon: seconds; a growing child forecast to reach the hard limit
-            within this long is recycled, whatever the soft limit.
-        min_interval: seconds between two soft-limit recycles in the whole
-            worker (a forecast limit hit does not wait). Whatever the
-            reason, only one child is recycled at a time, so the pool is
-            never emptied.
-        min_tasks: a child serves at least this many tasks before it may be
-            recycled (a fresh child's warm-up is not a leak).
-    """
-
-    enabled: bool = False
-    soft_limit: int = SOFT_LIMIT
-    hard_limit: int | None = None
-    horizon: float = HORIZON
-    min_interval: float = MIN_INTERVAL
-    min_tasks: int = MIN_TASKS
-
-    @classmethod
-    def from_environment(cls, env: Mapping[str, str]) -> RecyclePolicy:
-        """Read ``BILGE_RECYCLE*`` variables (set by ``bilge run --recycle...``); bad values keep the defaults."""
-        policy = cls(enabled=env.get("BILGE_RECYCLE") == "1")
-        values: dict[str, Any] = {}
-        parsers: tuple[tuple[str, str, Callable[[str], float]], ...] = (
-            ("soft_limit", "BILGE_RECYCLE_SOFT_LIMIT", parse_size),
-            ("hard_limit", "BILGE_RECYCLE_HARD_LIMIT", parse_size),
-            ("horizon", "BILGE_RECYCLE_HORIZON", float), ("min_interval", "BILGE_RECYCLE_MIN_INTERVAL", float),
-            ("min_tasks", "BILGE_RECYCLE_MIN_TASKS", int))
-        for field, var, parse in parsers:
-            if env.get(var):
-                try:
-                    values[field] = parse(env[var])
-                except ValueError:
-                    pass  # the CLI validated it; a hand-set bad value keeps the default
-        return replace(policy, **values)
-
-    def decide(self, rss: int | None, growing: bool, bytes_per_second: float, tasks_done: int,
-               hard_limit: int | None) -> str | None:
-        """The reason to recycle now, or None.
-
-        Args:
-            rss: the child's current RSS.
-            growing: the agent's suspicion (steady, material, still rising).
-            bytes_per_second: the child's recent growth rate.
-            tasks_done: tasks the child has served.
-            hard_limit: the effective hard limit (policy's, else cgroup's).
-        """
-        if not self.enabled or not growing or rss is None or tasks_done < self.min_tasks:
-            return None
-        if rss >= self.soft_limit:
-            return "soft-limit: RSS %d MiB >= %d MiB with memory still growing" % (rss >> 20, self.soft_limit >> 20)
-        if hard_limit and bytes_per_second > 0:
-            eta = (hard_limit - rss) / bytes_per_second
-            if eta <= self.horizon:
-                return "forecast: %d MiB limit reached in %.0f s at %.0f KiB/s (horizon %.0f s)" % (
-                    hard_limit >> 20, max(0.0, eta), bytes_per_second / 1024, self.horizon)
-        return None
-
-
-def parse_size(text: str) -> int:
-    """``512M``, ``1.5GiB``, ``800000`` -> bytes (powers of 1024)."""
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError("not a size: %r (use e.g. 512MiB, 2G or a number of bytes)" % text)
-    number, unit = float(match.group(1)), match.group(2).lower()
-    return int(number * (1 << (10 * " kmgt".index(unit or " "))))
+__all__ = ["HORIZON", "MIN_INTERVAL", "MIN_TASKS", "SOFT_LIMIT", "RecyclePolicy", "cgroup_memory_limit",
+           "parse_size", "request_child_exit"]
 
 
 def cgroup_memory_limit(root: str = "/") -> int | None:

@@ -134,6 +134,7 @@ def _judge(raw: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Wi
         fds_start=fds[0] if fds else None, fds_end=fds[-1] if fds else None,
         series=_process_series(samples), trend_line=line if result.verdict == LEAK else None,
         sites=sites.leak_sites(p.windows, sites.MALLOC if window.kind == kind.NATIVE else sites.TRACEMALLOC),
+        cost=raw.cost,
     )
     return diag, window
 

@@ -43,7 +43,7 @@ MIN_ALLOCATOR_SHARE = 0.30
 
 MIN_FD_GROWTH = 4
 # Fewer readings than this show no trend (6 strictly rising give p=0.0014).
-MIN_READINGS = 6
+MIN_KIND_READINGS = 6
 MIN_BLOCK_GROWTH = 200
 # Few samples fall in a short run (one every 0.5 s), and 6 strictly rising
 # points already give p=0.0014 in the Mann-Kendall test; fd counts are exact.
@@ -85,7 +85,7 @@ def classify(
     Returns:
         (kind, evidence): the kind and the readings that decided it.
     """
-    fd_samples = samples if sum(s.fds is not None for s in samples) >= MIN_READINGS else (*earlier, *samples)
+    fd_samples = samples if sum(s.fds is not None for s in samples) >= MIN_KIND_READINGS else (*earlier, *samples)
     fd_points = [(float(s.tasks_done) if tasks else s.t, s.fds) for s in fd_samples if s.fds is not None]
     fd_growth, fd_p, text = _growth(fd_points)
     if fd_p < FD_ALPHA and fd_growth >= MIN_FD_GROWTH:
@@ -174,7 +174,7 @@ def _outside_python(samples: Sequence[Sample], rss_growth: float, heap_text: str
 def _growth(points: Sequence[tuple[float, int | None]]) -> tuple[float, float, str]:
     """(growth from first to last block median, trend p-value, description)."""
     kept = [(x, y) for x, y in points if y is not None]
-    if len(kept) < MIN_READINGS:
+    if len(kept) < MIN_KIND_READINGS:
         return 0.0, 1.0, "had too few readings"
     bx, by = block_medians([x for x, _ in kept], [y for _, y in kept], 60)
     _, p = mann_kendall(by)

@@ -1,11 +1,16 @@
 """Take the agent's own explain activity out of a process's task series.
 
-After a process turns suspect the agent opens a tracemalloc window and
-searches for holders. Both run inside the process and can raise its RSS
-high-water mark (tracemalloc's tables, the search's bookkeeping) and leave
-a few heap blocks behind (``__dict__``s materialised while naming paths).
-Left in, those steps would look like growth to the trend and to the
-attribution. Here the tasks that overlapped the activity are dropped and
+After a process turns suspect the agent opens allocation windows
+(tracemalloc, or glibc's in-use bytes per line) and searches for holders.
+These run inside the process and can raise its RSS high-water mark
+(tracemalloc's tables, the search's bookkeeping) and leave a few heap
+blocks behind (``__dict__``s materialised while naming paths). Left in,
+those steps would look like growth to the trend and to the attribution.
+
+The agent stores every budgeted run with its span, so the activity is the
+runs of the stages in ``MEMORY_STAGES``; a store written before runs were
+recorded falls back to the spans of the stored windows and holder searches.
+Here the tasks that overlapped the activity are dropped and
 the memory change across each such gap is subtracted from everything after
 it. The leak's own growth during a gap (a few tasks' worth) is lost, which
 biases slopes down by that much: a price worth paying for never blaming the
@@ -17,13 +22,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from bilge.model import ProcessData, TaskRecord
+from bilge.model import MEMORY_STAGES, ProcessData, TaskRecord
 
 
 def activity(p: ProcessData) -> list[tuple[float, float]]:
-    """Time intervals during which the agent explained this process, merged and sorted."""
-    spans = [(w.started, w.ended) for w in p.windows]
-    spans += [(h.started, h.t) for h in p.holders]
+    """Time intervals during which the agent's memory-changing stages ran in this process, merged and sorted.
+
+    Args:
+        p: the stored process.
+
+    Returns:
+        (start, end) spans of its runs of ``MEMORY_STAGES``; for a store
+        without such runs (older bilge), those of its windows and holder searches.
+    """
+    spans = [(r.started, r.ended) for r in p.cost.runs if r.stage in MEMORY_STAGES]
+    if not spans:
+        spans = [(w.started, w.ended) for w in p.windows]
+        spans += [(h.started, h.t) for h in p.holders]
     spans.sort()
     merged: list[tuple[float, float]] = []
     for a, b in spans:

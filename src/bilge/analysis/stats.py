@@ -13,10 +13,10 @@ See docs/statistics.md for why these and not least squares.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from bilge import trendtest
 
 Array = NDArray[np.float64]
 
@@ -49,21 +49,9 @@ def theil_sen(x: ArrayLike, y: ArrayLike) -> float:
 
 
 def mann_kendall(y: ArrayLike) -> tuple[float, float]:
-    """One-sided Mann-Kendall test for an increasing trend.
+    """One-sided Mann-Kendall test for an increasing trend (``bilge.trendtest``, shared with the agent).
 
     Returns:
         (z score, p-value); p is small when y tends to increase.
     """
-    ys = np.asarray(y, dtype=float)
-    n = len(ys)
-    if n < 4:
-        return 0.0, 1.0
-    i, j = np.triu_indices(n, k=1)
-    s = float(np.sign(ys[j] - ys[i]).sum())
-    _, counts = np.unique(ys, return_counts=True)
-    ties = counts[counts > 1]
-    var = (n * (n - 1) * (2 * n + 5) - float((ties * (ties - 1) * (2 * ties + 5)).sum())) / 18.0
-    if var <= 0:
-        return 0.0, 1.0
-    z = (s - 1) / math.sqrt(var) if s > 0 else ((s + 1) / math.sqrt(var) if s < 0 else 0.0)
-    return z, 0.5 * math.erfc(z / math.sqrt(2))
+    return trendtest.mann_kendall([float(v) for v in np.asarray(y, dtype=float)])

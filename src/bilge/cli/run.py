@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from bilge import runner
-from bilge.agent.recycle import HORIZON, MIN_INTERVAL, MIN_TASKS, SOFT_LIMIT, parse_size
+from bilge.config import HORIZON, MIN_INTERVAL, MIN_TASKS, SOFT_LIMIT, AgentConfig, parse_setting, parse_size
 
 
 class Size(click.ParamType):  # type: ignore[type-arg]
@@ -24,6 +24,25 @@ class Size(click.ParamType):  # type: ignore[type-arg]
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         try:
             return value if isinstance(value, int) else parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Setting(click.ParamType):  # type: ignore[type-arg]
+    """A value of one of the agent's settings, checked as the agent checks it (``bilge.config``).
+
+    Args:
+        setting: the setting's name in ``bilge.config`` (``cpu_share``...).
+        name: what the help calls the value (``size``, ``share``, ``seconds``...).
+    """
+
+    def __init__(self, setting: str, name: str) -> None:
+        self.setting = setting
+        self.name = name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return parse_setting(self.setting, value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -42,22 +61,31 @@ class Size(click.ParamType):  # type: ignore[type-arg]
 @click.option("--recycle", is_flag=True,
               help="Let a prefork child whose memory keeps growing leave after its current task once it is over "
                    "--recycle-soft-limit or forecast to reach the hard limit within --recycle-horizon.")
-@click.option("--recycle-soft-limit", type=Size(), default=SOFT_LIMIT, show_default="512MiB",
-              help="RSS of a growing child over which it is recycled.")
-@click.option("--recycle-hard-limit", type=Size(), default=None,
+@click.option("--recycle-soft-limit", type=Setting("recycle_soft_limit", "size"), default=SOFT_LIMIT,
+              show_default="512MiB", help="RSS of a growing child over which it is recycled.")
+@click.option("--recycle-hard-limit", type=Setting("recycle_hard_limit", "size"), default=None,
               help="RSS a child must never reach (default: the cgroup memory limit, if any).")
-@click.option("--recycle-horizon", type=click.FloatRange(min=0), default=HORIZON, show_default=True,
+@click.option("--recycle-horizon", type=Setting("recycle_horizon", "seconds"), default=HORIZON, show_default=True,
               help="Seconds: recycle a growing child forecast to reach the hard limit within this long.")
-@click.option("--recycle-min-interval", type=click.FloatRange(min=0), default=MIN_INTERVAL, show_default=True,
-              help="Seconds between two recycles in the whole worker.")
-@click.option("--recycle-min-tasks", type=click.IntRange(min=1), default=MIN_TASKS, show_default=True,
-              help="Tasks a child serves before it may be recycled.")
+@click.option("--recycle-min-interval", type=Setting("recycle_min_interval", "seconds"), default=MIN_INTERVAL,
+              show_default=True, help="Seconds between two recycles in the whole worker.")
+@click.option("--recycle-min-tasks", type=Setting("recycle_min_tasks", "count"), default=MIN_TASKS,
+              show_default=True, help="Tasks a child serves before it may be recycled.")
+@click.option("--budget-cpu-share", type=Setting("cpu_share", "share"), default=AgentConfig.cpu_share,
+              show_default=True,
+              help="Share of each process's time (0.01 = 1 %%) the deeper stages (allocation windows, holder "
+                   "searches, recounts, fd scans) may use over any %g s; the always-on watching is not budgeted."
+                   % AgentConfig.cpu_period)
+@click.option("--budget-slowed-per-hour", type=Setting("slowed_per_hour", "seconds"),
+              default=AgentConfig.slowed_per_hour, show_default=True,
+              help="Seconds of wall time the deeper stages may add to each process's tasks (tracing slows a "
+                   "task) over any hour.")
 @click.option("--http", "http", metavar="HOST:PORT", default=None,
               help="Serve /health and /metrics (Prometheus) here, e.g. 127.0.0.1:9808 (a bare port binds 127.0.0.1).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(data_dir: str, show_values: bool, explain: bool, recycle: bool, recycle_soft_limit: int,
         recycle_hard_limit: int | None, recycle_horizon: float, recycle_min_interval: float, recycle_min_tasks: int,
-        http: str | None, command: tuple[str, ...]) -> int:
+        budget_cpu_share: float, budget_slowed_per_hour: float, http: str | None, command: tuple[str, ...]) -> int:
     """Run COMMAND under the agent."""
     serve = None
     if http:
@@ -68,15 +96,13 @@ def run(data_dir: str, show_values: bool, explain: bool, recycle: bool, recycle_
 
             return MonitorServer(path, host, port, recycle_hard_limit, recycle_horizon)
 
-    policy = {}
+    options: dict[str, object] = {"show_values": show_values, "explain": explain, "cpu_share": budget_cpu_share,
+                                  "slowed_per_hour": budget_slowed_per_hour}
     if recycle:
-        policy = {"BILGE_RECYCLE": "1", "BILGE_RECYCLE_SOFT_LIMIT": str(recycle_soft_limit),
-                  "BILGE_RECYCLE_HORIZON": str(recycle_horizon),
-                  "BILGE_RECYCLE_MIN_INTERVAL": str(recycle_min_interval),
-                  "BILGE_RECYCLE_MIN_TASKS": str(recycle_min_tasks)}
-        if recycle_hard_limit:
-            policy["BILGE_RECYCLE_HARD_LIMIT"] = str(recycle_hard_limit)
-    return runner.run(data_dir, command, show_values=show_values, explain=explain, extra_env=policy, serve=serve)
+        options.update(recycle=True, recycle_soft_limit=recycle_soft_limit, recycle_hard_limit=recycle_hard_limit,
+                       recycle_horizon=recycle_horizon, recycle_min_interval=recycle_min_interval,
+                       recycle_min_tasks=recycle_min_tasks)
+    return runner.run(data_dir, command, options=options, serve=serve)
 
 
 def _address(text: str) -> tuple[str, int]:

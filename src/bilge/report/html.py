@@ -35,7 +35,7 @@ import jinja2
 import markupsafe
 
 from bilge import __version__
-from bilge.model import Diagnosis, ProcessDiagnosis, Series
+from bilge.model import Diagnosis, ProcessDiagnosis, Series, StageRun
 from bilge.report.json_report import to_dict
 from bilge.report.terminal import human_bytes
 
@@ -292,6 +292,11 @@ def growth_bars(d: Diagnosis) -> list[Bar]:
     return bars
 
 
+def cost_runs(p: ProcessDiagnosis, origin: float) -> list[tuple[str, StageRun]]:
+    """The process's budgeted runs, each with its start as time since the run started."""
+    return [(clock(r.started - origin), r) for r in p.cost.runs]
+
+
 def _x_range(d: Diagnosis) -> tuple[float, float]:
     """(origin, span): the run's start and the seconds every process chart covers."""
     times = [t for p in d.processes for s in (*p.series, *p.type_series) for t, _ in s.points]
@@ -310,6 +315,7 @@ def _environment() -> jinja2.Environment:
     env.filters["utc"] = lambda t: "—" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
     env.filters["signed_bytes"] = lambda n: "—" if n is None else ("+" if n >= 0 else "") + human_bytes(n)
     env.filters["count"] = count
+    env.filters["seconds"] = lambda value: "%.3f" % value
     env.filters["breakable"] = breakable
     return env
 
@@ -328,7 +334,8 @@ class HtmlReporter:
         """Write the whole page."""
         origin, x_span = _x_range(diagnosis)
         processes = [
-            {"p": p, "memory": memory_charts(p, origin, x_span), "types": type_charts(p, origin, x_span)}
+            {"p": p, "memory": memory_charts(p, origin, x_span), "types": type_charts(p, origin, x_span),
+             "runs": cost_runs(p, origin)}
             for p in diagnosis.processes
         ]
         holders = [(f, holder_chain(f.holder)) for f in diagnosis.findings if f.holder]

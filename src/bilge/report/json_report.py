@@ -3,6 +3,8 @@
 Top level: ``schema_version``, ``verdict``, ``kind``, ``findings`` (ranked),
 ``processes``. A finding carries ``task``, ``type``, ``holder``, ``location``,
 ``bytes_per_call``, ``hint``; fields bilge does not know yet are null.
+A process carries ``cost``: bilge's own CPU and slowed task time per stage,
+its budgeted runs and the budget left (additive to schema version 1).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from typing import Any, TextIO
 
 from bilge import __version__
-from bilge.model import Diagnosis, Finding, ProcessDiagnosis
+from bilge.model import AgentCost, Diagnosis, Finding, ProcessDiagnosis
 
 
 def finding_dict(f: Finding) -> dict[str, Any]:
@@ -56,6 +58,25 @@ def process_dict(p: ProcessDiagnosis) -> dict[str, Any]:
             {"file": s.file, "line": s.line, "bytes": s.size, "blocks": s.count, "owner": s.owner,
              "traceback": list(s.traceback)} for s in p.sites
         ],
+        "cost": cost_dict(p.cost),
+    }
+
+
+def cost_dict(cost: AgentCost) -> dict[str, Any]:
+    """bilge's own cost in one process: per stage, per budgeted run, the budget left (null if unknown)."""
+    b = cost.budget
+    return {
+        "stages": [{"stage": c.stage, "cpu_seconds": c.cpu_seconds, "slowed_seconds": c.slowed_seconds,
+                    "runs": c.runs} for c in cost.stages],
+        "runs": [{"stage": r.stage, "reason": r.reason, "started": r.started, "ended": r.ended,
+                  "cpu_seconds": r.cpu_seconds, "slowed_seconds": r.slowed_seconds, "outcome": r.outcome}
+                 for r in cost.runs],
+        "budget": None if b is None else {
+            "t": b.t, "cpu_left": b.cpu_left, "cpu_limit": b.cpu_limit, "cpu_period": b.cpu_period,
+            "slowed_left": b.slowed_left, "slowed_limit": b.slowed_limit, "slowed_period": b.slowed_period},
+        # Rounded to the microsecond so that 0.1 + 0.2 reads as 0.3.
+        "cpu_seconds_total": round(sum((c.cpu_seconds for c in cost.stages), 0.0), 6),
+        "slowed_seconds_total": round(sum((c.slowed_seconds for c in cost.stages), 0.0), 6),
     }
 
 

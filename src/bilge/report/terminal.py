@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from bilge.model import INCONCLUSIVE, LEAK, NO_LEAK, Diagnosis, ProcessDiagnosis, RecyclingSummary
+from bilge.model import INCONCLUSIVE, LEAK, NO_LEAK, AgentCost, Diagnosis, ProcessDiagnosis, RecyclingSummary
 
 _STYLE = {LEAK: "bold red", NO_LEAK: "bold green", INCONCLUSIVE: "bold yellow"}
 _BARS = "▁▂▃▄▅▆▇█"
@@ -136,7 +136,41 @@ class TerminalReporter:
             if p.verdict != LEAK:
                 detail.append("  " + p.reason, style="dim")
             lines.append(detail)
+            cost = cost_line(p.cost)
+            if cost:
+                lines.append(Text("  " + cost, style="dim"))
         return Group(*lines)
+
+
+def cost_line(cost: AgentCost) -> str:
+    """bilge's own cost in one process on one line, or '' when the store has none.
+
+    Stages that cost nothing are left out and the others listed costliest
+    first; budgeted runs are counted per stage with their distinct reasons.
+    """
+    spent = [c for c in cost.stages if c.cpu_seconds > 0 or c.slowed_seconds > 0]
+    if not spent and not cost.runs:
+        return ""
+    by_cpu = sorted((c for c in spent if c.cpu_seconds > 0), key=lambda c: -c.cpu_seconds)
+    line = "bilge cost: %s s CPU" % _seconds(sum((c.cpu_seconds for c in spent), 0.0))
+    if by_cpu:
+        line += " (%s)" % ", ".join("%s %s" % (c.stage, _seconds(c.cpu_seconds)) for c in by_cpu)
+    slowed = sum((c.slowed_seconds for c in spent), 0.0)
+    if slowed > 0:
+        line += ", tasks slowed %s s" % _seconds(slowed)
+    runs: dict[str, list[str]] = {}
+    for r in cost.runs:
+        runs.setdefault(r.stage, []).append(r.reason)
+    if runs:
+        line += "; " + ", ".join("%d %s run%s (%s)" % (len(reasons), stage, "" if len(reasons) == 1 else "s",
+                                                     ", ".join(dict.fromkeys(reasons)))
+                                 for stage, reasons in runs.items())
+    return line
+
+
+def _seconds(value: float) -> str:
+    # A stage that cost a few microseconds still cost something: never "0.00".
+    return "<0.01" if 0 < value < 0.005 else "%.2f" % value
 
 
 def _signed(n: float) -> str:

@@ -5,20 +5,22 @@ agent only needs a cheap, early signal to decide whether to open an
 allocation window. It keeps a decimated ring of memory readings (RSS after
 each task, or periodic RSS for processes that run no tasks; or heap blocks
 after each task) and calls a
-process suspect when the recent half of the ring trends up (Mann-Kendall on
-block medians, pure Python, ~2k comparisons) by a material amount.
+process suspect when the recent half of the ring trends up (``bilge.trendtest``,
+the analysis's own test, on block medians) by a material amount.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
+
+from bilge import trendtest
 
 # One reading per task is kept, decimated to at most RING readings by
 # keeping every 2nd, 4th, … as the process ages.
 RING = 600
 BLOCKS = 20
-MIN_READINGS = 300
+# Task readings (one per task) before the process can be suspect at all.
+MIN_TASK_READINGS = 300
 Z_SUSPECT = 3.3  # one-sided p ~ 5e-4
 Z_TAIL = 2.3  # the most recent quarter must still be rising (p ~ 0.01)
 MIN_GROWTH = 256 * 1024
@@ -75,12 +77,20 @@ class Suspicion:
 
     def growth_per_reading(self) -> float:
         """Bytes per reading (per task, for task readings) over the recent half, from block medians; 0 if unknown."""
-        if len(self._ring) < MIN_READINGS:
+        if len(self._ring) < MIN_TASK_READINGS:
             return 0.0
         values = list(self._ring)[len(self._ring) // 2:]
         size = max(1, len(values) // BLOCKS)
         first, last = sorted(values[:size])[size // 2], sorted(values[-size:])[size // 2]
         return (last - first) / max(1, (len(values) - size) * self._stride)
+
+    def level(self) -> float | None:
+        """The median of the most recent block of readings (re-based across gaps); None before any."""
+        if not self._ring:
+            return None
+        values = list(self._ring)
+        size = max(1, len(values) // (2 * BLOCKS))
+        return sorted(values[-size:])[size // 2]
 
     def suspect(self) -> bool:
         """True when the recent readings grow steadily and materially."""
@@ -89,7 +99,7 @@ class Suspicion:
         return self._judged[1]
 
     def _judge(self) -> bool:
-        if len(self._ring) < MIN_READINGS:
+        if len(self._ring) < MIN_TASK_READINGS:
             return False
         values = list(self._ring)[len(self._ring) // 2:]
         size = max(1, len(values) // BLOCKS)
@@ -100,18 +110,4 @@ class Suspicion:
         # that is slowing down) must not open one, so the last quarter has to
         # keep rising too, as in the analysis's own verdict.
         tail = medians[len(medians) // 2:]
-        return _mann_kendall_z(medians) >= Z_SUSPECT and _mann_kendall_z(tail) >= Z_TAIL
-
-
-def _mann_kendall_z(values: list[float]) -> float:
-    n = len(values)
-    s = 0
-    for i in range(n - 1):
-        vi = values[i]
-        for j in range(i + 1, n):
-            d = values[j] - vi
-            s += (d > 0) - (d < 0)
-    var = n * (n - 1) * (2 * n + 5) / 18.0
-    if var <= 0 or s <= 0:
-        return 0.0
-    return (s - 1) / math.sqrt(var)
+        return trendtest.mann_kendall(medians)[0] >= Z_SUSPECT and trendtest.mann_kendall(tail)[0] >= Z_TAIL

@@ -153,6 +153,35 @@ CREATE TABLE IF NOT EXISTS holders (
     targets INTEGER NOT NULL,
     sample_values TEXT
 );
+CREATE TABLE IF NOT EXISTS stage_costs (
+    process_id INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    cpu_seconds REAL NOT NULL,
+    slowed_seconds REAL NOT NULL,
+    runs INTEGER NOT NULL,
+    PRIMARY KEY (process_id, stage)
+);
+CREATE TABLE IF NOT EXISTS stage_runs (
+    process_id INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL NOT NULL,
+    cpu_seconds REAL NOT NULL,
+    slowed_seconds REAL NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stage_runs_by_process ON stage_runs (process_id, started);
+CREATE TABLE IF NOT EXISTS budget_state (
+    process_id INTEGER PRIMARY KEY,
+    t REAL NOT NULL,
+    cpu_left REAL NOT NULL,
+    cpu_limit REAL NOT NULL,
+    cpu_period REAL NOT NULL,
+    slowed_left REAL NOT NULL,
+    slowed_limit REAL NOT NULL,
+    slowed_period REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS agent_errors (
     process_id INTEGER,
     t REAL NOT NULL,

@@ -15,8 +15,11 @@ from contextlib import contextmanager
 
 from bilge.errors import DataDirError, EmptyStoreError, StoreError
 from bilge.model import (
+    STAGES,
+    AgentCost,
     AllocationSite,
     AllocationWindow,
+    BudgetState,
     Census,
     FdSnapshot,
     Holder,
@@ -26,6 +29,8 @@ from bilge.model import (
     RunData,
     RunInfo,
     Sample,
+    StageCost,
+    StageRun,
     TaskRecord,
     TypeSite,
 )
@@ -222,11 +227,12 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
         "WHERE p.run_id = ? ORDER BY e.t", (run.id,)
     ):
         errors[pid].append("%s: %s" % (source, message))
+    costs = _read_costs(conn, run.id)
     return RunData(run=run, processes=tuple(
         ProcessData(info=p, samples=tuple(samples[p.id]), tasks=tuple(tasks[p.id]),
                     censuses=tuple(censuses.get(p.id, ())), errors=tuple(errors[p.id]),
                     windows=tuple(windows.get(p.id, ())), holders=tuple(holders[p.id]),
-                    recycles=tuple(recycles[p.id]),
+                    recycles=tuple(recycles[p.id]), cost=costs.get(p.id, AgentCost()),
                     fd_snapshots=tuple(FdSnapshot(t, done, tuple(rows)) for (t, done), rows in fd_rows[p.id].items()))
         for p in procs
     ))
@@ -254,6 +260,43 @@ def _read_windows(conn: sqlite3.Connection, run_id: int) -> dict[int, list[Alloc
         out[process_id].append(AllocationWindow(started, ended, tasks, status, peak, tuple(sites[wid]),
                                                 tuple(joined[wid]), tracer))
     return out
+
+
+_COST_TABLES = {"stage_costs", "stage_runs", "budget_state"}
+
+
+def _read_costs(conn: sqlite3.Connection, run_id: int) -> dict[int, AgentCost]:
+    """The agent's own cost per process id; none from a store written before bilge measured it."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not _COST_TABLES <= tables:
+        return {}
+    stages: dict[int, list[StageCost]] = defaultdict(list)
+    for row in conn.execute(
+        "SELECT c.process_id, c.stage, c.cpu_seconds, c.slowed_seconds, c.runs FROM stage_costs c "
+        "JOIN processes p ON p.id = c.process_id WHERE p.run_id = ? ORDER BY c.process_id", (run_id,)
+    ):
+        stages[row[0]].append(StageCost(*row[1:]))
+    runs: dict[int, list[StageRun]] = defaultdict(list)
+    for row in conn.execute(
+        "SELECT r.process_id, r.stage, r.reason, r.started, r.ended, r.cpu_seconds, r.slowed_seconds, r.outcome "
+        "FROM stage_runs r JOIN processes p ON p.id = r.process_id WHERE p.run_id = ? "
+        "ORDER BY r.process_id, r.started, r.rowid", (run_id,)
+    ):
+        runs[row[0]].append(StageRun(*row[1:]))
+    budgets: dict[int, BudgetState] = {}
+    for row in conn.execute(
+        "SELECT b.process_id, b.t, b.cpu_left, b.cpu_limit, b.cpu_period, b.slowed_left, b.slowed_limit, "
+        "b.slowed_period FROM budget_state b JOIN processes p ON p.id = b.process_id WHERE p.run_id = ?", (run_id,)
+    ):
+        budgets[row[0]] = BudgetState(*row[1:])
+    return {pid: AgentCost(stages=tuple(sorted(stages[pid], key=_stage_order)), runs=tuple(runs[pid]),
+                           budget=budgets.get(pid))
+            for pid in set(stages) | set(runs) | set(budgets)}
+
+
+def _stage_order(cost: StageCost) -> tuple[int, str]:
+    # The agent's pipeline order; a stage this bilge does not know goes last.
+    return (STAGES.index(cost.stage) if cost.stage in STAGES else len(STAGES), cost.stage)
 
 
 def _read_censuses(conn: sqlite3.Connection, run_id: int) -> dict[int, list[Census]]:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from bilge.model import BudgetState, StageCost, StageRun
 from bilge.store import schema
 
 SampleRow = tuple[Any, ...]
@@ -98,8 +99,18 @@ class StoreWriter:
         fd_targets: Sequence[tuple[float, int, Sequence[tuple[str, int]]]] = (),
         facts: dict[str, int] | None = None,
         holders: Sequence[tuple[float, float, str, str, str, str | None, int | None, int, str | None]] = (),
+        stage_costs: Sequence[StageCost] = (),
+        stage_runs: Sequence[StageRun] = (),
+        budget: BudgetState | None = None,
     ) -> None:
-        """Write everything buffered since the last flush in one transaction."""
+        """Write everything buffered since the last flush in one transaction.
+
+        Args:
+            stage_costs: each stage's cumulative cost in this process so far;
+                replaces what an earlier flush stored for that stage.
+            stage_runs: budgeted runs since the last flush (appended).
+            budget: the budget left now; replaces the one stored before.
+        """
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -167,6 +178,7 @@ class StoreWriter:
                     [(process_id, t, done, target, count) for t, done, targets in fd_targets
                      for target, count in targets],
                 )
+            _write_cost(conn, process_id, stage_costs, stage_runs, budget)
             if ended is not None:
                 conn.execute("UPDATE processes SET ended = ? WHERE id = ?", (ended, process_id))
             conn.execute("COMMIT")
@@ -197,6 +209,35 @@ class StoreWriter:
             finally:
                 self._conn = None
                 self._cursor = None
+
+
+def _write_cost(conn: sqlite3.Cursor, process_id: int, stage_costs: Sequence[StageCost],
+                stage_runs: Sequence[StageRun], budget: BudgetState | None) -> None:
+    """The agent's own cost, inside the caller's transaction.
+
+    Totals arrive cumulative, so they replace the stored row rather than add
+    to it: a flush that is retried or repeated can never count a cost twice.
+    """
+    if stage_costs:
+        conn.executemany(
+            "INSERT OR REPLACE INTO stage_costs (process_id, stage, cpu_seconds, slowed_seconds, runs) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(process_id, c.stage, c.cpu_seconds, c.slowed_seconds, c.runs) for c in stage_costs],
+        )
+    if stage_runs:
+        conn.executemany(
+            "INSERT INTO stage_runs (process_id, stage, reason, started, ended, cpu_seconds, slowed_seconds, "
+            "outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(process_id, r.stage, r.reason, r.started, r.ended, r.cpu_seconds, r.slowed_seconds, r.outcome)
+             for r in stage_runs],
+        )
+    if budget is not None:
+        conn.execute(
+            "INSERT OR REPLACE INTO budget_state (process_id, t, cpu_left, cpu_limit, cpu_period, slowed_left, "
+            "slowed_limit, slowed_period) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (process_id, budget.t, budget.cpu_left, budget.cpu_limit, budget.cpu_period, budget.slowed_left,
+             budget.slowed_limit, budget.slowed_period),
+        )
 
 
 # Statements use parameters only, never formatted ids: each distinct SQL

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import inspect
-import time
 import tracemalloc
 from collections.abc import Callable
 
 import pytest
 
 from bilge.agent import Agent, AgentConfig
-from bilge.store.sqlite import load_run
+from bilge.model import STAGE_ALLOCATION_WINDOW, STAGE_HOLDER_SEARCH
+from bilge.store.memory import MemoryStore
 
 _INVOICES: dict[str, object] = {}
 
@@ -31,10 +31,10 @@ INVOICE = "%s.Invoice" % __name__
 
 
 class SuspectAfter:
-    """The agent's suspicion, made to fire once the process has run enough tasks to have a baseline."""
+    """A suspicion that fires once the process has run ``tasks`` tasks, its level rising ``per_task`` per task."""
 
-    def __init__(self, agent: Agent, tasks: int, rss_per_task: float = 0.0) -> None:
-        self.agent, self.tasks, self.rss_per_task = agent, tasks, rss_per_task
+    def __init__(self, agent: Agent, tasks: int, per_task: float = 0.0) -> None:
+        self.agent, self.tasks, self.per_task = agent, tasks, per_task
 
     def add(self, value: float | None) -> None:
         pass
@@ -45,10 +45,34 @@ class SuspectAfter:
     def suspect(self) -> bool:
         return self.agent.tasks_done >= self.tasks
 
+    def level(self) -> float:
+        return self.agent.tasks_done * self.per_task
+
     def growth_per_reading(self) -> float:
-        return self.rss_per_task
+        return self.per_task
 
 
+def _agent(show_values: bool = False, explain: bool = True) -> tuple[Agent, MemoryStore]:
+    """An agent on an in-memory store, driven by the test (no thread): ``tick()`` is its loop."""
+    store = MemoryStore()
+    agent = Agent(AgentConfig(data_dir="unused", run_id=1, census_min_interval=0.0, census_budget=1.0,
+                              show_values=show_values, explain=explain), store=store)
+    agent.register()
+    return agent, store
+
+
+def _run(agent: Agent, task: Callable[[int], None], tasks: int, name: str = "shop.render_invoice",
+         until: Callable[[], bool] = lambda: False) -> int:
+    """Run ``tasks`` tasks (or until ``until()``), the agent ticking every 20; returns how many ran."""
+    for i in range(tasks):
+        agent.task_started(i, name)
+        task(i)
+        agent.task_finished(i)
+        if i % 20 == 19:
+            agent.tick()
+            if until():
+                return i + 1
+    return tasks
 
 
 @pytest.fixture(autouse=True)
@@ -60,71 +84,95 @@ def _clean() -> None:
         pytest.fail("tracemalloc was left running")
 
 
-def _explain(store: tuple[str, int], show_values: bool, wait_for: Callable[..., bool],
-             task: Callable[[int], None] = _leaky_task, rss_per_task: float = 0.0, native: bool = False) -> None:
-    agent = Agent(AgentConfig(data_dir=store[0], run_id=store[1], sample_interval=0.02, census_min_interval=0.05,
-                              census_budget=1.0, show_values=show_values))
-    agent._suspicion = SuspectAfter(agent, 300, rss_per_task)  # type: ignore[assignment]
-    agent.start()
-    try:
-        i = 0
-        # Tasks run until the windows have closed and a holder search has stored its paths.
-        while not (agent._windows_opened and not agent._window.active and agent._holder_searches
-                   and (agent._native.opened or not native) and not agent._native.active) and i < 20000:
-            agent.task_started(i, "shop.render_invoice")
-            task(i)
-            agent.task_finished(i)
-            i += 1
-            if i % 20 == 0:
-                time.sleep(0.01)  # let the agent thread census between tasks
-        assert wait_for(lambda: not agent._pending_holders and not agent._pending_windows)
-    finally:
-        agent.stop()
-        agent._writer.close()
+def _explain(show_values: bool = False, task: Callable[[int], None] = _leaky_task, rss_per_task: float = 0.0,
+             heap: bool = True, native: bool = False) -> MemoryStore:
+    """A leaky process, suspect after 300 tasks: run until its windows closed and holders were searched."""
+    agent, store = _agent(show_values)
+    agent.watch.rss_suspicion = SuspectAfter(agent, 300, rss_per_task)  # type: ignore[assignment]
+    agent.watch.heap_suspicion = SuspectAfter(agent, 300 if heap else 10**9, 8.0)  # type: ignore[assignment]
+    trace_names = {w.tracer for w in store.windows}
+
+    def explained() -> bool:
+        trace_names.update(w.tracer for w in store.windows)
+        return ("tracemalloc" in trace_names and agent.explain.holder_searches > 0
+                and (not native or "malloc" in trace_names))
+
+    ran = _run(agent, task, 20000, until=explained)
+    agent.stop()
+    assert ran < 20000, "the explain stage never finished"
+    return store
 
 
-def test_window_joins_the_growing_class_to_its_line_and_holders_stay_redacted(
-    store: tuple[str, int], wait_for: Callable[..., bool]
-) -> None:
+def test_window_joins_the_growing_class_to_its_line_and_holders_stay_redacted() -> None:
+    """A leak of Invoice objects: episodes join the type to its line, the holder is the module dict, redacted."""
     # RSS grows about as much as the window traces: no native window follows
-    _explain(store, show_values=False, wait_for=wait_for, rss_per_task=400.0)
-    (proc,) = load_run(store[0]).processes
-    (window,) = proc.windows
-    assert window.status == "done", window
+    store = _explain(rss_per_task=400.0)
+    (window,) = store.windows
+    assert window.status == "done" and window.tasks >= 3, window
+    assert window.sites[0].file == __file__ and window.sites[0].line == LEAK_LINE, window.sites
     joined = [t for t in window.type_sites if t.type == INVOICE]
     assert joined and (joined[0].file, joined[0].line) == (__file__, LEAK_LINE), window.type_sites
-    held = [h for h in proc.holders if h.type == INVOICE]
-    assert held and held[0].path == __name__ + "._INVOICES[...]"
-    assert all(not h.values for h in proc.holders)
+    held = [h for h in store.holders if h[2] == INVOICE]
+    assert held and held[0][3] == __name__ + "._INVOICES[...]"
+    assert all(h[8] is None for h in store.holders)
 
 
-def test_show_values_stores_renderings_of_held_items(store: tuple[str, int], wait_for: Callable[..., bool]) -> None:
-    _explain(store, show_values=True, wait_for=wait_for)
-    (proc,) = load_run(store[0]).processes
-    held = [h for h in proc.holders if h.type == INVOICE]
-    assert held and held[0].values, proc.holders
-    assert held[0].values[0].startswith("'inv-") and "customer='customer-" in held[0].values[0]
+def test_every_run_of_the_stage_is_accounted_with_its_reason() -> None:
+    """The window's opening says why; each episode is a run with its slowed time; the budget left is stored."""
+    store = _explain(rss_per_task=400.0)
+    runs = [r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_WINDOW]
+    assert runs[0].reason.startswith("opened: the Python heap kept growing for "), runs[0]
+    assert INVOICE in runs[0].reason
+    episodes = [r for r in runs if r.reason.startswith("episode: one shop.render_invoice task traced")]
+    assert len(episodes) >= 3 and all(r.slowed_seconds > 0 for r in episodes)
+    total = store.stage_costs[STAGE_ALLOCATION_WINDOW]
+    assert total.slowed_seconds == pytest.approx(sum(r.slowed_seconds for r in runs))
+    assert store.stage_costs[STAGE_HOLDER_SEARCH].runs >= 1
+    assert store.budget is not None and store.budget.slowed_left < store.budget.slowed_limit / 2
 
 
-def test_no_explain_opens_no_window_and_searches_no_holder(store: tuple[str, int]) -> None:
+def test_show_values_stores_renderings_of_held_items() -> None:
+    """Under --show-values the holder search keeps short renderings of held items."""
+    store = _explain(show_values=True)
+    held = [h for h in store.holders if h[2] == INVOICE]
+    assert held and held[0][8], store.holders
+    assert held[0][8].startswith("'inv-") and "customer='customer-" in held[0][8]
+
+
+def test_no_explain_opens_no_window_and_searches_no_holder() -> None:
     """With explain off, a suspect process is still watched, but never traced or searched."""
-    agent = Agent(AgentConfig(data_dir=store[0], run_id=store[1], sample_interval=0.02, census_min_interval=0.05,
-                              explain=False))
-    agent._suspicion = SuspectAfter(agent, 0)  # type: ignore[assignment]
-    agent.start()
-    try:
-        for i in range(400):
-            agent.task_started(i, "shop.render_invoice")
-            _leaky_task(i)
-            agent.task_finished(i)
-            if i % 20 == 0:
-                time.sleep(0.01)
-    finally:
-        agent.stop()
-        agent._writer.close()
-    (proc,) = load_run(store[0]).processes
-    assert len(proc.tasks) == 400 and proc.samples
-    assert proc.windows == () and proc.holders == ()
+    agent, store = _agent(explain=False)
+    agent.watch.rss_suspicion = SuspectAfter(agent, 0, 400.0)  # type: ignore[assignment]
+    agent.watch.heap_suspicion = SuspectAfter(agent, 0, 8.0)  # type: ignore[assignment]
+    _run(agent, _leaky_task, 600)
+    agent.stop()
+    assert len(store.tasks) == 600 and store.samples
+    assert store.windows == [] and store.holders == []
+    assert not {r.stage for r in store.stage_runs} & {STAGE_ALLOCATION_WINDOW, STAGE_HOLDER_SEARCH}
+
+
+def test_a_suspicion_that_does_not_persist_opens_nothing() -> None:
+    """Warm-up: the trend test fires, but the memory stops rising: no window, no holder search, no recount."""
+    agent, store = _agent()
+    agent.watch.rss_suspicion = SuspectAfter(agent, 300, 0.0)  # type: ignore[assignment]
+    agent.watch.heap_suspicion = SuspectAfter(agent, 300, 0.0)  # type: ignore[assignment]
+    _run(agent, _leaky_task, 1500)
+    agent.stop()
+    assert store.windows == [] and store.holders == [] and store.stage_runs == []
+
+
+def test_a_slowed_time_budget_of_zero_traces_nothing() -> None:
+    """With no slowed-task budget, a suspect process gets no episode (the budget is never overspent)."""
+    store = MemoryStore()
+    agent = Agent(AgentConfig(data_dir="unused", run_id=1, census_min_interval=0.0, census_budget=1.0,
+                              slowed_per_hour=0.0), store=store)
+    agent.register()
+    agent.watch.rss_suspicion = SuspectAfter(agent, 300, 400.0)  # type: ignore[assignment]
+    agent.watch.heap_suspicion = SuspectAfter(agent, 300, 8.0)  # type: ignore[assignment]
+    _run(agent, _leaky_task, 1500)
+    agent.stop()
+    assert not [r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_WINDOW]
+    assert STAGE_ALLOCATION_WINDOW not in store.stage_costs
 
 
 _LIBC = ctypes.CDLL(None)
@@ -141,22 +189,18 @@ def _native_task(i: int) -> None:
 NATIVE_LINE = inspect.getsourcelines(_native_task)[1] + 1
 
 
-def test_a_native_leak_gets_a_native_window_that_names_the_line(
-    store: tuple[str, int], wait_for: Callable[..., bool]
-) -> None:
+def test_a_native_leak_gets_a_native_window_that_names_the_line() -> None:
     """tracemalloc cannot see ctypes' malloc: the window traces little, so a native window follows and charges
     glibc's in-use growth to the line that called malloc."""
     try:
         # RSS grows by what malloc takes per task; tracemalloc traces none of it
-        _explain(store, show_values=False, wait_for=wait_for, task=_native_task, rss_per_task=16400.0,
-                 native=True)
+        store = _explain(task=_native_task, rss_per_task=16400.0, heap=False, native=True)
     finally:
         for pointer in _FRAMES:
             _LIBC.free(pointer)
         _FRAMES.clear()
-    (proc,) = load_run(store[0]).processes
-    tracers = {w.tracer: w for w in proc.windows}
-    assert set(tracers) == {"tracemalloc", "malloc"}, proc.windows
+    tracers = {w.tracer: w for w in store.windows}
+    assert set(tracers) == {"tracemalloc", "malloc"}, store.windows
     native = tracers["malloc"]
     assert native.status == "done" and native.tasks == 24, native
     top = native.sites[0]

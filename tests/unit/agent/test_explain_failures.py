@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from bilge.agent import Agent, AgentConfig, _runtime
+from bilge.agent import Agent, AgentConfig
+from bilge.model import STAGE_HOLDER_SEARCH
 from bilge.samplers import holders as holder_sampler
-from bilge.samplers.allocations import AllocationWindow
-from bilge.store.sqlite import load_run
+from bilge.samplers.sampled_allocations import SampledAllocations
+from bilge.store.memory import MemoryStore
 
 
-class AlwaysSuspect:
-    """A suspicion that fires at once, so the explain stage runs without a real leak."""
+class Rising:
+    """A suspicion that fires at once, its level rising with every task, so the explain stage runs."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
 
     def add(self, value: float | None) -> None:
         pass
@@ -25,81 +29,81 @@ class AlwaysSuspect:
     def suspect(self) -> bool:
         return True
 
+    def level(self) -> float:
+        return self.agent.tasks_done * 1000.0
+
     def growth_per_reading(self) -> float:
         return 0.0
 
 
-def _agent(store: tuple[str, int]) -> Agent:
-    agent = Agent(AgentConfig(data_dir=store[0], run_id=store[1], sample_interval=0.02, census_min_interval=0.05))
-    agent._suspicion = AlwaysSuspect()  # type: ignore[assignment]
-    agent._baseline = {}
-    return agent
+def _agent() -> tuple[Agent, MemoryStore]:
+    store = MemoryStore()
+    agent = Agent(AgentConfig(data_dir="unused", run_id=1, census_min_interval=0.0, census_budget=1.0), store=store)
+    agent.register()
+    agent.watch.rss_suspicion = Rising(agent)  # type: ignore[assignment]
+    agent.watch.heap_suspicion = Rising(agent)  # type: ignore[assignment]
+    return agent, store
 
 
-def _drive(agent: Agent, tasks: int) -> None:
+def _drive(agent: Agent, tasks: int, until: Callable[[], bool] = lambda: False) -> int:
+    """Leaky tasks, the agent ticking every 10; how many ran before ``until()``."""
     for i in range(tasks):
         agent.task_started(i, "shop.task")
+        _KEPT.append(Order(i))
         agent.task_finished(i)
+        if i % 10 == 9:
+            agent.tick()
+            if until():
+                return i + 1
+    return tasks
+
+
+class Order:
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+
+_KEPT: list[Order] = []
 
 
 @pytest.fixture(autouse=True)
-def _no_tracing_left() -> None:
+def _no_tracing_left() -> Iterator[None]:
     yield
+    _KEPT.clear()
     if tracemalloc.is_tracing():
         tracemalloc.stop()
         pytest.fail("tracemalloc was left running")
 
 
-def test_a_window_that_fails_while_polled_is_stopped_and_recorded(
-    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch, wait_for: Callable[..., bool]
-) -> None:
-    """AllocationWindow.poll raising: tracing stops, the error is stored, tasks keep being recorded."""
+def test_a_window_that_fails_while_polled_is_stopped_and_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window's poll raising: tracing stops, the error is stored, tasks keep being recorded."""
 
-    polled: list[int] = []
-
-    def broken_poll(self: AllocationWindow) -> None:
-        polled.append(1)
+    def broken_poll(self: SampledAllocations) -> None:
         raise RuntimeError("snapshot compare exploded")
 
-    monkeypatch.setattr(AllocationWindow, "poll", broken_poll)
-    agent = _agent(store)
-    agent.start()
-    try:
-        assert wait_for(lambda: agent._window.active or agent._windows_opened > 0)
-        _drive(agent, 50)
-        # The window may finish its snapshots (and stop tracing) in the last
-        # task, before the agent thread polls it: wait for the poll too.
-        assert wait_for(lambda: polled and not tracemalloc.is_tracing())
-    finally:
-        agent.stop()
-        agent._writer.close()
-    (proc,) = load_run(store[0]).processes
-    assert any(e.startswith("window: RuntimeError: snapshot compare exploded") for e in proc.errors), proc.errors
-    assert len(proc.tasks) == 50
+    monkeypatch.setattr(SampledAllocations, "poll", broken_poll)
+    agent, store = _agent()
+    ran = _drive(agent, 3000, until=lambda: agent.explain.windows_opened > 0)
+    _drive(agent, 50)
+    agent.stop()
+    assert not tracemalloc.is_tracing()
+    assert any(e[1:] == ("window", "RuntimeError: snapshot compare exploded") for e in store.errors), store.errors
+    assert len(store.tasks) == ran + 50
 
 
-def test_a_holder_search_that_raises_is_contained(
-    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch, wait_for: Callable[..., bool]
-) -> None:
+def test_a_holder_search_that_raises_is_contained(monkeypatch: pytest.MonkeyPatch) -> None:
     """find_holders raising (it never should): the agent records it and goes on sampling and recording tasks."""
 
     def broken(*_: object, **__: object) -> None:
         raise MemoryError("holder index")
 
     monkeypatch.setattr(holder_sampler, "find_holders", broken)
-    monkeypatch.setattr(_runtime, "MIN_HOLDER_GROWTH", 0)
-    agent = _agent(store)
-    agent._window.warmup_tasks, agent._window.window_tasks = 1, 2
-    agent.start()
-    try:
-        assert wait_for(lambda: agent._window.active)
-        _drive(agent, 10)
-        assert wait_for(lambda: agent._holder_searches > 0)
-        _drive(agent, 10)
-    finally:
-        agent.stop()
-        agent._writer.close()
-    (proc,) = load_run(store[0]).processes
-    assert any(e.startswith("holders: MemoryError: holder index") for e in proc.errors), proc.errors
-    assert len(proc.tasks) == 20
-    assert [w.status for w in proc.windows] == ["done"]
+    agent, store = _agent()
+    ran = _drive(agent, 5000, until=lambda: agent.explain.holder_searches > 0)
+    _drive(agent, 20)
+    agent.stop()
+    assert any(e[1:] == ("window", "MemoryError: holder index") for e in store.errors), store.errors
+    assert len(store.tasks) == ran + 20
+    assert [w.status for w in store.windows] == ["done"]
+    runs = [r for r in store.stage_runs if r.stage == STAGE_HOLDER_SEARCH]
+    assert runs and runs[0].outcome == "failed: MemoryError"

@@ -39,7 +39,7 @@ def agent(store: tuple[str, int]) -> Iterator[Agent]:
     started.start()
     yield started
     started.stop()
-    started._writer.close()
+    started.store.close()  # type: ignore[attr-defined]
 
 
 def stored(store: tuple[str, int]) -> RunData:
@@ -128,7 +128,7 @@ def test_a_failing_sampler_is_contained_and_switched_off(
         assert wait_for(lambda: bool(stored(store).processes[0].censuses))
     finally:
         agent.stop()
-        agent._writer.close()
+        agent.store.close()  # type: ignore[attr-defined]
     (proc,) = stored(store).processes
     assert proc.errors == ("sample: RuntimeError: smaps exploded",) * MAX_FAILURES
     assert proc.samples == ()
@@ -151,7 +151,7 @@ def test_task_hooks_never_raise_into_the_host(
         monkeypatch.undo()
     finally:
         agent.stop()
-        agent._writer.close()
+        agent.store.close()  # type: ignore[attr-defined]
     (proc,) = stored(store).processes
     assert "task_started: IndexError: list index out of range" in proc.errors
     assert proc.tasks == ()
@@ -229,15 +229,15 @@ def test_a_scheduled_census_and_the_explain_stages_counts_between_two_flushes_ar
     """Neither overwrites the other, and each keeps the task count it was taken at."""
     agent = Agent(AgentConfig(data_dir=store[0], run_id=store[1], sample_interval=60.0))
     try:
-        agent._register()
-        agent._run_census()
+        agent.register()
+        agent.census.run()
         for i in range(3):
             agent.task_started(i, "shop.task")
             agent.task_finished(i)
-        agent._recount()
+        agent.census.count_now()
         agent.flush(final=True)
     finally:
-        agent._writer.close()
+        agent.store.close()  # type: ignore[attr-defined]
     (proc,) = stored(store).processes
     assert [c.tasks_done for c in proc.censuses] == [0, 3]
     assert all(c.types for c in proc.censuses)

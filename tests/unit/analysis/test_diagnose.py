@@ -87,6 +87,15 @@ def test_one_leaking_child_makes_the_run_leak() -> None:
     assert diagnosis.findings[0].pids == (1003,)
 
 
+def test_process_diagnosis_carries_the_stored_cost() -> None:
+    """bilge's own cost read from the store reaches the process's diagnosis unchanged, for the reporters."""
+    from bilge.model import STAGE_CENSUS, AgentCost, StageCost
+
+    cost = AgentCost(stages=(StageCost(STAGE_CENSUS, 0.3, 0.0, 15),))
+    diagnosis = diagnose(RunData(run=RUN, processes=(replace(process(2, None), cost=cost), process(3, None))))
+    assert [p.cost for p in diagnosis.processes] == [cost, AgentCost()]
+
+
 def test_run_without_samples_is_inconclusive() -> None:
     """A run whose processes recorded nothing is INCONCLUSIVE with an explanation."""
     empty = ProcessData(info=ProcessInfo(1, 99, 1, None, "main", 0.0, None, "python x.py"), samples=(), tasks=(),

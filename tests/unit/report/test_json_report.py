@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
 from bilge import __version__
-from bilge.model import LEAK, NO_LEAK, Diagnosis, Finding, ProcessDiagnosis, RunInfo
+from bilge.model import (
+    LEAK,
+    NO_LEAK,
+    STAGE_ALLOCATION_WINDOW,
+    STAGE_CENSUS,
+    AgentCost,
+    BudgetState,
+    Diagnosis,
+    Finding,
+    ProcessDiagnosis,
+    RunInfo,
+    StageCost,
+    StageRun,
+)
 from bilge.report.json_report import JsonReporter
 
 RUN = RunInfo(id=3, started=1000.0, ended=1600.0, command="celery -A shop worker", exit_code=0, hostname="box")
@@ -107,8 +121,6 @@ def test_indent_none_writes_one_line() -> None:
 
 def test_values_are_hidden_unless_asked_for() -> None:
     """Captured values reach the JSON only when the report keeps them; hide_values strips every copy."""
-    from dataclasses import replace
-
     from bilge.report import redaction
 
     shown = replace(FINDING, values=("'inv-1': Invoice(number=1)",))
@@ -120,3 +132,34 @@ def test_values_are_hidden_unless_asked_for() -> None:
     assert not redaction.has_values(hidden)
     text, report = rendered(hidden)
     assert report["findings"][0]["values"] == [] and "inv-1" not in text
+
+
+def test_process_cost_by_stage_run_and_budget() -> None:
+    """A process's cost lists each stage's totals, each budgeted run, the budget left and the summed totals."""
+    cost = AgentCost(
+        stages=(StageCost(STAGE_CENSUS, 0.2, 0.0, 4), StageCost(STAGE_ALLOCATION_WINDOW, 0.1, 0.08, 2)),
+        runs=(StageRun(STAGE_ALLOCATION_WINDOW, "rss grows", 1100.0, 1102.0, 0.04, 0.03, "done"),
+              StageRun(STAGE_ALLOCATION_WINDOW, "heap blocks grow", 1200.0, 1203.0, 0.06, 0.05, "out of budget")),
+        budget=BudgetState(t=1203.5, cpu_left=2.9, cpu_limit=6.0, cpu_period=600.0, slowed_left=0.42,
+                           slowed_limit=1.0, slowed_period=3600.0))
+    d = replace(diagnosis(), processes=(replace(leaking_child(101), cost=cost),))
+    _, report = rendered(d)
+    assert report["processes"][0]["cost"] == {
+        "stages": [{"stage": "census", "cpu_seconds": 0.2, "slowed_seconds": 0.0, "runs": 4},
+                   {"stage": "allocation-window", "cpu_seconds": 0.1, "slowed_seconds": 0.08, "runs": 2}],
+        "runs": [{"stage": "allocation-window", "reason": "rss grows", "started": 1100.0, "ended": 1102.0,
+                  "cpu_seconds": 0.04, "slowed_seconds": 0.03, "outcome": "done"},
+                 {"stage": "allocation-window", "reason": "heap blocks grow", "started": 1200.0, "ended": 1203.0,
+                  "cpu_seconds": 0.06, "slowed_seconds": 0.05, "outcome": "out of budget"}],
+        "budget": {"t": 1203.5, "cpu_left": 2.9, "cpu_limit": 6.0, "cpu_period": 600.0, "slowed_left": 0.42,
+                   "slowed_limit": 1.0, "slowed_period": 3600.0},
+        "cpu_seconds_total": 0.3,
+        "slowed_seconds_total": 0.08,
+    }
+
+
+def test_process_without_cost_has_an_empty_cost() -> None:
+    """A process whose store holds no cost (an older bilge) still has the cost key: empty lists, null budget, zeros."""
+    _, report = rendered(diagnosis())
+    assert report["processes"][0]["cost"] == {"stages": [], "runs": [], "budget": None, "cpu_seconds_total": 0.0,
+                                              "slowed_seconds_total": 0.0}

@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import pytest
 from rich.console import Console
 
-from bilge.model import INCONCLUSIVE, LEAK, Diagnosis, Finding, ProcessDiagnosis, RunInfo
-from bilge.report.terminal import TerminalReporter, human_bytes, sparkline
+from bilge.model import (
+    INCONCLUSIVE,
+    LEAK,
+    STAGE_ALLOCATION_WINDOW,
+    STAGE_CENSUS,
+    STAGE_FD_SCAN,
+    STAGE_FLUSH,
+    STAGE_HOLDER_SEARCH,
+    STAGE_WATCH,
+    AgentCost,
+    Diagnosis,
+    Finding,
+    ProcessDiagnosis,
+    RunInfo,
+    StageCost,
+    StageRun,
+)
+from bilge.report.terminal import TerminalReporter, cost_line, human_bytes, sparkline
 
 RUN = RunInfo(id=3, started=1000.0, ended=1600.0, command="celery -A shop worker", exit_code=0, hostname="box")
 
 
-def render(d: Diagnosis) -> str:
-    """The report as plain text at 120 columns."""
-    console = Console(record=True, width=120, file=io.StringIO(), color_system=None)
+def render(d: Diagnosis, width: int = 120) -> str:
+    """The report as plain text at ``width`` (120) columns."""
+    console = Console(record=True, width=width, file=io.StringIO(), color_system=None)
     TerminalReporter(console).render(d)
     return console.export_text()
 
@@ -102,3 +119,47 @@ def test_sparkline_resamples_to_width() -> None:
 def test_human_bytes_exact(value: float | None, expected: str) -> None:
     """Bytes below 1 KiB are whole; larger sizes get one decimal in KiB, MiB or GiB (never beyond)."""
     assert human_bytes(value) == expected
+
+
+COST = AgentCost(
+    stages=(StageCost(STAGE_WATCH, 0.0, 0.0, 0), StageCost(STAGE_CENSUS, 0.3, 0.0, 5),
+            StageCost(STAGE_FLUSH, 0.002, 0.0, 40), StageCost(STAGE_ALLOCATION_WINDOW, 0.1, 0.08, 2),
+            StageCost(STAGE_HOLDER_SEARCH, 0.02, 0.0, 1)),
+    runs=(StageRun(STAGE_ALLOCATION_WINDOW, "rss grows", 10.0, 12.0, 0.04, 0.03, "done"),
+          StageRun(STAGE_HOLDER_SEARCH, "shop.Order grows", 13.0, 13.1, 0.02, 0.0, "found"),
+          StageRun(STAGE_ALLOCATION_WINDOW, "rss grows", 20.0, 22.0, 0.06, 0.05, "done")))
+
+
+def test_cost_line_lists_costly_stages_first_slowed_time_and_runs() -> None:
+    """Stages that cost nothing are left out, the rest costliest first (tiny ones '<0.01'); runs count per stage."""
+    assert cost_line(COST) == (
+        "bilge cost: 0.42 s CPU (census 0.30, allocation-window 0.10, holder-search 0.02, flush <0.01), "
+        "tasks slowed 0.08 s; 2 allocation-window runs (rss grows), 1 holder-search run (shop.Order grows)")
+
+
+def test_cost_line_without_slowed_time_or_runs() -> None:
+    """Without slowed tasks or budgeted runs the line stops after the CPU breakdown."""
+    cost = AgentCost(stages=(StageCost(STAGE_WATCH, 1.25, 0.0, 600), StageCost(STAGE_FD_SCAN, 0.0, 0.0, 0)))
+    assert cost_line(cost) == "bilge cost: 1.25 s CPU (watch 1.25)"
+
+
+def test_cost_line_is_empty_without_cost() -> None:
+    """A process from a store without cost (older bilge), or whose stages all cost nothing, gets no line."""
+    assert cost_line(AgentCost()) == ""
+    assert cost_line(AgentCost(stages=(StageCost(STAGE_WATCH, 0.0, 0.0, 0),))) == ""
+
+
+def test_process_shows_its_cost_wrapped_to_80_columns() -> None:
+    """The cost line follows the process's sparkline, indented, wrapped by rich within 80 columns."""
+    d = leak()
+    text = render(replace(d, processes=(replace(d.processes[0], cost=COST),)), width=80)
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  bilge cost:"))
+    assert "▁" in lines[start - 1]  # right after the sparkline
+    assert all(len(line) <= 80 for line in lines)
+    assert " ".join(line.strip() for line in lines[start:]) == cost_line(COST)
+
+
+def test_process_without_cost_has_no_cost_line() -> None:
+    """The leak report of a process with no stored cost says nothing about bilge's cost."""
+    assert "bilge cost" not in render(leak())

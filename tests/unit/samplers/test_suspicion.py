@@ -2,7 +2,7 @@
 
 import random
 
-from bilge.samplers.suspicion import MIN_HEAP_GROWTH, MIN_READINGS, RING, Suspicion
+from bilge.samplers.suspicion import MIN_HEAP_GROWTH, MIN_TASK_READINGS, RING, Suspicion
 
 BASE = 60 * 1024 * 1024
 
@@ -35,8 +35,8 @@ def test_plateau_is_not_suspect_once_flat():
 
 
 def test_too_few_readings_are_never_suspect():
-    """Below MIN_READINGS the check abstains, however steep the growth."""
-    values = [BASE + 100_000 * i for i in range(MIN_READINGS - 1)]
+    """Below MIN_TASK_READINGS the check abstains, however steep the growth."""
+    values = [BASE + 100_000 * i for i in range(MIN_TASK_READINGS - 1)]
     assert not _feed(values).suspect()
 
 

@@ -10,6 +10,15 @@ import numpy as np
 import pytest
 
 from bilge.errors import DataDirError, EmptyStoreError, StoreError
+from bilge.model import (
+    STAGE_ALLOCATION_WINDOW,
+    STAGE_FD_SCAN,
+    STAGE_WATCH,
+    AgentCost,
+    BudgetState,
+    StageCost,
+    StageRun,
+)
 from bilge.store import schema
 from bilge.store.sqlite import db_path, end_run, load_run, prepare_data_dir, start_run
 from bilge.store.writer import StoreWriter
@@ -156,6 +165,48 @@ def test_load_run_reads_what_the_writer_wrote(store: tuple[str, int]) -> None:
     assert dict(census.types) == {"dict": (300, 30000), "shop.Order": (7, 448)}
     assert (census.tasks_done, census.objects) == (2, 5000)
     assert proc.errors == ("census: RuntimeError: boom",)
+
+
+def test_load_run_reads_each_process_its_own_cost(store: tuple[str, int]) -> None:
+    """Stage totals come back in pipeline order, runs by start time; a process that stored no cost has none."""
+    data_dir, run_id = store
+    late = StageRun(STAGE_ALLOCATION_WINDOW, "rss grows", 30.0, 31.0, 0.2, 0.05, "done")
+    early = StageRun(STAGE_FD_SCAN, "fds grow", 10.0, 10.1, 0.01, 0.0, "done")
+    budget = BudgetState(t=31.5, cpu_left=1.5, cpu_limit=6.0, cpu_period=600.0, slowed_left=0.45, slowed_limit=1.0,
+                         slowed_period=3600.0)
+    writer = StoreWriter(data_dir, run_id)
+    try:
+        main = writer.register_process(100, 1, None, "celery-main", "celery worker")
+        child = writer.register_process(101, 100, main, "celery-child", "celery worker")
+        writer.flush(child, [], [], [], None, [], stage_runs=[late, early], budget=budget,
+                     stage_costs=[StageCost(STAGE_FD_SCAN, 0.01, 0.0, 1), StageCost(STAGE_WATCH, 0.5, 0.0, 60),
+                                  StageCost(STAGE_ALLOCATION_WINDOW, 0.2, 0.05, 1)])
+        writer.flush(main, [], [], [], None, [], stage_costs=[StageCost(STAGE_WATCH, 0.4, 0.0, 50)])
+    finally:
+        writer.close()
+    by_pid = {p.info.pid: p.cost for p in load_run(data_dir).processes}
+    assert by_pid == {
+        100: AgentCost(stages=(StageCost(STAGE_WATCH, 0.4, 0.0, 50),)),
+        101: AgentCost(stages=(StageCost(STAGE_WATCH, 0.5, 0.0, 60), StageCost(STAGE_ALLOCATION_WINDOW, 0.2, 0.05, 1),
+                               StageCost(STAGE_FD_SCAN, 0.01, 0.0, 1)),
+                       runs=(early, late), budget=budget),
+    }
+
+
+def test_load_run_of_a_store_without_cost_tables(store: tuple[str, int]) -> None:
+    """A store from before bilge measured its own cost (no stage_costs, stage_runs, budget_state) reads as no cost."""
+    data_dir, run_id = store
+    writer = StoreWriter(data_dir, run_id)
+    try:
+        writer.register_process(4242, 1, None, "main", "python worker.py")
+    finally:
+        writer.close()
+    conn = sqlite3.connect(db_path(data_dir))
+    conn.executescript("DROP TABLE stage_costs; DROP TABLE stage_runs; DROP TABLE budget_state;")
+    conn.close()
+    (proc,) = load_run(data_dir).processes
+    assert proc.info.pid == 4242
+    assert proc.cost == AgentCost()
 
 
 def test_load_run_without_a_data_dir(tmp_path: Path) -> None:

@@ -12,6 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from bilge.model import (
+    STAGE_ALLOCATION_WINDOW,
+    STAGE_CENSUS,
+    STAGE_HOLDER_SEARCH,
+    AgentCost,
+    BudgetState,
+    StageCost,
+    StageRun,
+)
 from bilge.store.sqlite import load_run
 from bilge.store.writer import StoreWriter
 
@@ -164,3 +173,52 @@ def test_role_and_end_are_updated_by_flush(store: tuple[str, int]) -> None:
         writer.close()
     (proc,) = load_run(data_dir).processes
     assert (proc.info.role, proc.info.ended) == ("celery-main", 123.0)
+
+
+def test_agent_cost_totals_are_replaced_runs_appended_and_budget_replaced(store: tuple[str, int]) -> None:
+    """Two flushes of cost: per-stage totals and the budget hold the second flush's values, runs accumulate."""
+    data_dir, run_id = store
+    writer = StoreWriter(data_dir, run_id)
+    first_run = StageRun(stage=STAGE_ALLOCATION_WINDOW, reason="heap blocks grow", started=10.0, ended=12.0,
+                         cpu_seconds=0.1, slowed_seconds=0.02, outcome="done")
+    second_run = StageRun(stage=STAGE_HOLDER_SEARCH, reason="shop.Order grows", started=20.0, ended=20.5,
+                          cpu_seconds=0.25, slowed_seconds=0.0, outcome="found")
+    try:
+        process_id = writer.register_process(7, 1, None, "celery-child", "celery worker")
+        writer.flush(process_id, [], [], [], None, [],
+                     stage_costs=[StageCost(STAGE_CENSUS, 0.2, 0.0, 3),
+                                  StageCost(STAGE_ALLOCATION_WINDOW, 0.1, 0.02, 1)],
+                     stage_runs=[first_run],
+                     budget=BudgetState(t=12.5, cpu_left=2.9, cpu_limit=6.0, cpu_period=600.0, slowed_left=0.48,
+                                        slowed_limit=1.0, slowed_period=3600.0))
+        writer.flush(process_id, [], [], [], None, [],
+                     stage_costs=[StageCost(STAGE_CENSUS, 0.3, 0.0, 5), StageCost(STAGE_HOLDER_SEARCH, 0.25, 0.0, 1)],
+                     stage_runs=[second_run],
+                     budget=BudgetState(t=21.0, cpu_left=2.65, cpu_limit=6.0, cpu_period=600.0, slowed_left=0.5,
+                                        slowed_limit=1.0, slowed_period=3600.0))
+    finally:
+        writer.close()
+    (proc,) = load_run(data_dir).processes
+    assert proc.cost == AgentCost(
+        stages=(StageCost(STAGE_CENSUS, 0.3, 0.0, 5), StageCost(STAGE_ALLOCATION_WINDOW, 0.1, 0.02, 1),
+                StageCost(STAGE_HOLDER_SEARCH, 0.25, 0.0, 1)),
+        runs=(first_run, second_run),
+        budget=BudgetState(t=21.0, cpu_left=2.65, cpu_limit=6.0, cpu_period=600.0, slowed_left=0.5,
+                           slowed_limit=1.0, slowed_period=3600.0))
+
+
+def test_a_failed_flush_stores_none_of_its_cost(store: tuple[str, int]) -> None:
+    """Cost travels in the flush's transaction: malformed task rows roll back its totals, runs and budget too."""
+    data_dir, run_id = store
+    writer = StoreWriter(data_dir, run_id)
+    try:
+        process_id = writer.register_process(7, 1, None, "main", "")
+        with pytest.raises(Exception):  # noqa: B017 - which sqlite3 error is not the point
+            writer.flush(process_id, [], [("too", "short")], [], None, [],
+                         stage_costs=[StageCost(STAGE_CENSUS, 0.2, 0.0, 3)],
+                         stage_runs=[StageRun(STAGE_HOLDER_SEARCH, "growth", 1.0, 2.0, 0.1, 0.0, "found")],
+                         budget=BudgetState(3.0, 1.0, 6.0, 600.0, 1.0, 1.0, 3600.0))
+    finally:
+        writer.close()
+    (proc,) = load_run(data_dir).processes
+    assert proc.cost == AgentCost()

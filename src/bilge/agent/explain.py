@@ -1,0 +1,392 @@
+"""The explain stage: sites, holders and native lines, bought from the budget. Stdlib-only.
+
+Nothing here runs until the process shows growth that outlives warm-up
+(:meth:`Explain.escalation`):
+
+1. the cheap suspicion (a trend in RSS or heap blocks after each task) must
+   hold, and **keep holding**: ``PERSIST_TASKS`` (or a third of the tasks
+   seen) later the memory must have grown further, so a cache still filling,
+   a pool growing to its size or a deque filling to its ``maxlen`` stops
+   before it is explained;
+2. when the Python heap grows, some type must have grown in each of the last
+   counts (a census or the stage's own recount): a leak adds objects steadily;
+3. when only RSS grows (the heap is flat), that is reason enough: native
+   memory has no type to count.
+
+The reason is stored with every run of the stage. Then, each within the
+process's :class:`~bilge.agent.budget.Budget`:
+
+- **allocation window** (:mod:`bilge.samplers.sampled_allocations`): one
+  traced task per episode, on the tasks that leave memory behind, with
+  as many frames and episodes as the slowed-time budget buys; each episode's
+  real cost (the traced task's time beyond its usual, the snapshots) is
+  charged;
+- **holder searches** after the window and as the task count grows by half,
+  each only when the CPU budget holds its expected cost;
+- **native window** when the window's surviving bytes explain under half of
+  the RSS growth per task; stopped as soon as it slows tasks by more than
+  the budget left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from bilge.agent.budget import Budget, Ledger, Meter
+from bilge.agent.census_stage import CensusStage, Counts
+from bilge.agent.outbox import Outbox
+from bilge.agent.watch import TaskReading, Watch
+from bilge.model import (
+    STAGE_ALLOCATION_WINDOW,
+    STAGE_HOLDER_SEARCH,
+    STAGE_NATIVE_WINDOW,
+    STAGE_RECOUNT,
+    AllocationWindow,
+    StageRun,
+)
+from bilge.samplers import holders as holder_sampler
+from bilge.samplers.allocations import prepare_window
+from bilge.samplers.native_sites import NativeWindow
+from bilge.samplers.sampled_allocations import Episode, SampledAllocations
+from bilge.samplers.suspicion import MIN_GROWTH, MIN_HEAP_GROWTH
+
+# Growth must go on for this many tasks (or a third of the tasks seen, if
+# more) after the process first looked suspect, by a quarter of what made
+# it suspect, before anything is explained.
+PERSIST_TASKS = 100
+PERSIST_SHARE = 0.25
+# Allocation windows per process: at most this many, at least this far apart.
+MAX_WINDOWS = 3
+WINDOW_REOPEN_AFTER = 1800.0
+# Episodes granted per agent tick (each holds two snapshots until compared).
+GRANT = 6
+# Frames tried, deepest first, until an episode fits the budget.
+FRAME_CHOICES = (6, 4, 3, 2)
+# tracemalloc's slowdown of an allocation-heavy task by traceback depth,
+# measured on the overhead benchmark's JSON task (7.6x at 1 frame, 20x at
+# 6); corrected by what the episodes measure.
+SLOWDOWN_BASE, SLOWDOWN_PER_FRAME = 6.0, 2.4
+# When surviving traced bytes explain less than this share of the RSS
+# growth per task, memory grows outside Python's allocators.
+NATIVE_TRACED_SHARE = 0.5
+NATIVE_SLOWDOWN = 4.0
+MAX_HOLDER_SEARCHES = 4
+HOLDER_SECONDS = 0.5
+HOLDER_INDEX_BYTES = 24 << 20
+RECOUNT_EVERY = 1.0
+MAX_NAMES = 64
+
+
+@dataclass
+class _NameStats:
+    """What the stage knows of one task name: its usual duration, untraced."""
+
+    seconds: float
+
+
+class Explain:
+    """Explains a suspect process within its budget.
+
+    Args:
+        outbox: where windows, holder paths and counts go.
+        watch: the process's readings and suspicion.
+        census: takes the stage's own counts.
+        counts: the counts it reasons on.
+        budget: what the stage may spend.
+        ledger: where it accounts what it spent.
+        show_values: holder searches render a few held items.
+        clock: wall clock; monotonic: for intervals.
+    """
+
+    def __init__(self, outbox: Outbox, watch: Watch, census: CensusStage, counts: Counts, budget: Budget,
+                 ledger: Ledger, show_values: bool = False, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._outbox, self._watch, self._census, self._counts = outbox, watch, census, counts
+        self._budget, self._ledger = budget, ledger
+        self._show_values = show_values
+        self._clock, self._monotonic = clock, monotonic
+        self.window = SampledAllocations(clock=clock)
+        self.native = NativeWindow(watch.malloc.in_use)
+        self._working = 0
+        self.windows_opened = 0
+        self._last_window = -WINDOW_REOPEN_AFTER
+        self.holder_searches = 0
+        self._next_holder_search = 0
+        self._holder_cpu = 0.1
+        self._next_recount = 0.0
+        self._first_suspect: tuple[int, float, float] | None = None
+        self.reason: str | None = None
+        self._names: dict[str, _NameStats] = {}
+        self._correction = 1.0
+        self._native_slowed = 0.0
+        self._native_started = 0.0
+        self.last_sites: list[tuple[str, int, int]] = []
+        self.last_paths: list[tuple[str, str]] = []
+
+    def busy(self) -> bool:
+        """True while the stage's own work runs in the process (its readings are not the process's trend)."""
+        return bool(self._working) or self.window.state in ("tracing", "awaiting") or self.native.active
+
+    # ----------------------------------------------------------- task thread --
+    def task_started(self, key: object, name: str) -> None:
+        """At a task's start: an armed episode may start tracing."""
+        self.window.on_task_started(key, name)
+
+    def task_finished(self, key: object, reading: TaskReading | None) -> None:
+        """At a task's end: the episode's first snapshot, the native window's boundary, the names' statistics."""
+        traced = self.window.state == "tracing"
+        self.window.on_task_finished(key)
+        if self.native.active:
+            self.native.on_task_finished()
+            if reading is not None:
+                self._charge_native_task(reading)
+        if reading is None or traced:
+            return
+        stats = self._names.get(reading.name)
+        if stats is None:
+            if len(self._names) >= MAX_NAMES:
+                return
+            stats = self._names[reading.name] = _NameStats(reading.seconds)
+        stats.seconds += 0.05 * (reading.seconds - stats.seconds)
+
+    def _charge_native_task(self, reading: TaskReading) -> None:
+        stats = self._names.get(reading.name)
+        slowed = max(0.0, reading.seconds - (stats.seconds if stats else 0.0))
+        self._native_slowed += slowed
+        self._budget.charge(slowed, slowed)
+        if self._budget.slowed_left() <= 0:
+            # Never overspend: the native window stops at the boundary.
+            self.native.abort()
+
+    # ---------------------------------------------------------- agent thread --
+    def tend(self) -> None:
+        """One agent tick: collect finished work, then escalate if the evidence and the budget allow."""
+        self._tend_native()
+        if self.window.active:
+            self._tend_window()
+            return
+        reason = self.escalation()
+        if reason is None:
+            return
+        if 0 < self.holder_searches < MAX_HOLDER_SEARCHES and self._watch.tasks_done >= self._next_holder_search:
+            self.find_holders("again, %d tasks on" % self._watch.tasks_done)
+        if self.windows_opened < MAX_WINDOWS and self._monotonic() - self._last_window >= WINDOW_REOPEN_AFTER:
+            self._open_window(reason)
+
+    def finish(self) -> None:
+        """The agent stops: keep what a window already has, stop tracing."""
+        if self.window.active:
+            episodes, result = self.window.close_now()
+            self._charge_episodes(episodes)
+            if result is not None:
+                self._outbox.windows.append(result)
+        if self.native.active:
+            self.native.abort()
+
+    def escalation(self) -> str | None:
+        """Why the process deserves explaining now, or None (see the module docstring)."""
+        watch = self._watch
+        rss_suspect, heap_suspect = watch.rss_suspicion.suspect(), watch.heap_suspicion.suspect()
+        if not (rss_suspect or heap_suspect):
+            self._first_suspect = None
+            return None
+        rss, heap = watch.rss_suspicion.level() or 0.0, watch.heap_suspicion.level() or 0.0
+        tasks = watch.tasks_done
+        if self._first_suspect is None:
+            self._first_suspect = (tasks, rss, heap)
+            return None
+        t0, rss0, heap0 = self._first_suspect
+        if tasks < t0 + max(PERSIST_TASKS, t0 // 3):
+            return None
+        rss_up = rss_suspect and rss - rss0 >= PERSIST_SHARE * MIN_GROWTH
+        heap_up = heap_suspect and heap - heap0 >= PERSIST_SHARE * MIN_HEAP_GROWTH
+        if not (rss_up or heap_up):
+            return None
+        if not heap_up:
+            return ("RSS kept growing for %d tasks after the process first looked suspect (%+.0f KiB) while the "
+                    "Python heap stayed flat" % (tasks - t0, (rss - rss0) / 1024))
+        steady = self._steady_types()
+        if not steady:
+            return None
+        return ("the Python heap kept growing for %d tasks after the process first looked suspect (%+.0f blocks) "
+                "and %s grew in every count since" % (tasks - t0, heap - heap0, ", ".join(steady[:3])))
+
+    def _steady_types(self) -> list[str]:
+        steady = self._counts.steadily_growing()
+        if steady or self._monotonic() < self._next_recount or self._counts.baseline is None:
+            return steady
+        self._next_recount = self._monotonic() + RECOUNT_EVERY
+        self.recount("is a type growing steadily?")
+        return self._counts.steadily_growing()
+
+    def recount(self, reason: str) -> None:
+        """Count objects now, if the budget holds a count's cost."""
+        if not self._budget.affords(self._census.last_count_seconds):
+            return
+        with self._run(STAGE_RECOUNT, reason) as meter:
+            self._census.count_now()
+        self._budget.charge(meter.cpu)
+
+    # ------------------------------------------------------ allocation window --
+    def _open_window(self, reason: str) -> None:
+        if not self._budget.affords(self._census.last_count_seconds + 0.01, self._episode_cost(FRAME_CHOICES[-1])):
+            return
+        self.windows_opened += 1
+        self._last_window = self._monotonic()
+        self.reason = reason
+        began = self._clock()
+        with self._run(STAGE_ALLOCATION_WINDOW, "opened: " + reason) as meter:
+            # What naming sites creates for good (the installed-distributions
+            # table, ctypes) is created now, before the fresh counts: else it
+            # would look like growth to the holder search after the window.
+            prepare_window()
+            # Fresh counts: the types still growing now are the ones joined to lines.
+            self._census.count_now()
+            opened = self.window.open(self._counts.growing_types(), began)
+        self._budget.charge(meter.cpu)
+        if not opened:
+            # The host traces memory itself: no window, but holders still help.
+            self.find_holders(reason)
+
+    def _tend_window(self) -> None:
+        with Meter() as meter:
+            episodes, result = self.window.poll()
+        self._budget.charge(meter.cpu)
+        self._ledger.add(STAGE_ALLOCATION_WINDOW, meter.cpu, runs=0)
+        self._charge_episodes(episodes)
+        if result is not None:
+            self._window_closed(result)
+            return
+        self._grant()
+
+    def _grant(self) -> None:
+        """Arm as many episodes as the slowed-time budget buys now, as deep as it allows."""
+        wanted = self.window.wanted
+        if not wanted or self.window.state != "idle":
+            return
+        left = self._budget.slowed_left()
+        for frames in FRAME_CHOICES:
+            cost = self._episode_cost(frames)
+            count = min(wanted, GRANT, int(left // cost) if cost > 0 else GRANT)
+            if count >= 1 and self._budget.affords(cost, cost):
+                self.window.arm(count, frames)
+                return
+
+    def _episode_cost(self, frames: int) -> float:
+        """Expected slowed seconds of one episode at ``frames`` deep: the usual task time times the extra factor."""
+        usual = max((s.seconds for s in self._names.values()), default=0.005)
+        slowdown = self._correction * (SLOWDOWN_BASE + SLOWDOWN_PER_FRAME * frames)
+        return usual * max(0.0, slowdown - 1.0) + 0.002
+
+    def _charge_episodes(self, episodes: list[Episode]) -> None:
+        for e in episodes:
+            stats = self._names.get(e.name)
+            usual = stats.seconds if stats else 0.0
+            slowed = max(0.0, e.traced_seconds - usual) + e.hook_seconds
+            if stats and usual > 0 and e.outcome == "done":
+                measured = e.traced_seconds / usual
+                model = SLOWDOWN_BASE + SLOWDOWN_PER_FRAME * e.frames
+                self._correction += 0.3 * (min(10.0, max(0.1, measured / model)) - self._correction)
+            self._budget.charge(slowed, slowed)
+            self._ledger.record(StageRun(STAGE_ALLOCATION_WINDOW, "episode: one %s task traced, %d frames" % (
+                e.name, e.frames), e.started, e.ended, slowed, slowed, e.outcome))
+
+    def _window_closed(self, result: AllocationWindow) -> None:
+        self._outbox.windows.append(result)
+        self.last_sites = [(s.file, s.line, s.size) for s in result.sites[:5]]
+        with self._busy():
+            # tracemalloc's tables are freed: give glibc's share back so the
+            # worker does not keep the window's peak.
+            self._watch.malloc.trim()
+        self.find_holders("after the allocation window")
+        self._follow_with_native(result)
+
+    # ---------------------------------------------------------- native window --
+    def _follow_with_native(self, result: AllocationWindow) -> None:
+        """Open a native window when what the window traced explains too little of the RSS growth."""
+        if result.status != "done" or not result.tasks or not self._watch.tasks_done:
+            return
+        rss_per_task = self._watch.rss_suspicion.growth_per_reading()
+        traced_per_task = sum(s.size for s in result.sites) / result.tasks
+        if rss_per_task <= 0 or traced_per_task >= NATIVE_TRACED_SHARE * rss_per_task:
+            return
+        usual = max((s.seconds for s in self._names.values()), default=0.005)
+        expected = self.native.window_tasks * usual * (NATIVE_SLOWDOWN - 1)
+        if self._budget.affords(expected, expected) and self.native.open():
+            self._native_slowed = 0.0
+            self._native_started = self._clock()
+
+    def _tend_native(self) -> None:
+        if not self.native.active:
+            return
+        try:
+            result = self.native.poll()
+        except BaseException:
+            self.native.abort()
+            raise
+        if result is not None:
+            self._outbox.windows.append(result)
+            self._ledger.record(StageRun(STAGE_NATIVE_WINDOW, "traced bytes explain under half of the RSS growth",
+                                         self._native_started, self._clock(), self._native_slowed,
+                                         self._native_slowed, result.status))
+
+    # --------------------------------------------------------- holder search --
+    def find_holders(self, reason: str) -> None:
+        """Name who keeps the types that grew since the baseline alive, if the budget holds a search."""
+        if self._counts.baseline is None or not self._budget.affords(self._holder_cpu):
+            return
+        self.holder_searches += 1
+        # The next search comes after half as many tasks again: a container
+        # seen holding more the second time is the growing one.
+        self._next_holder_search = max(self._watch.tasks_done, 20) * 3 // 2
+        with self._run(STAGE_HOLDER_SEARCH, reason) as meter:
+            self._census.count_now()
+            wanted = self._counts.growing_types()
+            if wanted:
+                self._search(wanted, meter.started)
+        self._holder_cpu = max(0.02, meter.cpu)
+        self._budget.charge(meter.cpu)
+
+    def _search(self, wanted: list[str], started: float) -> None:
+        # Bounded well below the search's own defaults: it runs in the user's
+        # worker, whose RSS keeps part of whatever peak the search reaches.
+        search = holder_sampler.find_holders(wanted, max_seconds=HOLDER_SECONDS, max_index_bytes=HOLDER_INDEX_BYTES,
+                                             show_values=self._show_values)
+        # The search's bookkeeping is freed now; hand glibc's share back.
+        self._watch.malloc.trim()
+        if not search.complete:
+            self._outbox.add_error(self._clock(), "holders", "RuntimeError: %s" % (search.reason or "incomplete"))
+        t = self._clock()
+        self.last_paths = [(h.type_name, h.path) for h in search.paths[:10]]
+        for h in search.paths:
+            self._outbox.holders.append((t, started, h.type_name, h.path, h.root_kind, h.container_type or None,
+                                         h.container_length if h.container_length >= 0 else None, h.targets,
+                                         "\n".join(h.values) if h.values else None))
+
+    # ---------------------------------------------------------------- helpers --
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        self._working += 1
+        try:
+            yield
+        finally:
+            self._working -= 1
+
+    @contextlib.contextmanager
+    def _run(self, stage: str, reason: str) -> Iterator[Meter]:
+        """Run a piece of the stage's own work: marked busy, metered, recorded as a run of ``stage``."""
+        meter = Meter(wall_clock=self._clock)
+        outcome = "done"
+        with self._busy():
+            try:
+                with meter:
+                    yield meter
+            except BaseException as exc:
+                outcome = "failed: %s" % type(exc).__name__
+                raise
+            finally:
+                self._ledger.record(StageRun(stage, reason, meter.started, meter.ended or self._clock(), meter.cpu,
+                                             0.0, outcome))

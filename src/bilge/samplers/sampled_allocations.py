@@ -1,0 +1,368 @@
+"""Allocation sites from sampled tasks: tracemalloc on for one task at a time.
+
+Stdlib-only. tracemalloc costs 8-25x on every allocation while it traces
+(notes/budgeted-profiling.md §3), so it must never trace a run of tasks on
+an allocation-heavy worker. Instead the window is a pool of **episodes**,
+each tracing exactly one task, as many as the agent's budget buys:
+
+1. ``arm``: the agent grants a number of episodes, as many as its budget buys;
+2. ``on_task_started`` of a wanted task: tracing starts (the task and
+   nothing before it is traced). Every task name is traced ``EXPLORE``
+   times first; after that, only the names whose episodes left the most
+   behind (a leaky task leaves bytes behind in every call, the others do
+   not), so the budget goes to the task that leaks;
+3. ``on_task_finished`` of that task: snapshot S1, everything the task
+   allocated that is still alive (its leak, and what is still in flight:
+   its return value, Celery's bookkeeping);
+4. the next task boundary (``on_task_started`` of the next task, or the
+   agent thread when the worker idles): snapshot S2, the type join, and
+   tracing stops. What was in flight at S1 is gone by S2; what the next
+   message allocated is not in S1. Per traceback, min(S1, S2) is what the
+   traced task left behind.
+
+The agent thread compares the snapshots (``poll``) and pools the sites of
+all episodes; the window closes when it has its episodes, or at its
+deadline with what it has. Each finished episode reports its own timings
+(:class:`Episode`), so the agent charges the budget what tracing really
+cost, and an episode that runs past ``max_episode_seconds`` is stopped from
+the agent thread (tracing stops; the task runs on untraced).
+
+Only file names, line numbers, counts and sizes leave this module; snapshots
+are dropped as soon as they are compared. Never opened when the host traces
+memory itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from bilge.model import AllocationSite, AllocationWindow, TypeSite
+from bilge.samplers.allocations import (
+    IGNORED_FILTERS,
+    innermost_user_frame,
+    merge_sites,
+    object_traceback,
+    owner_of,
+    type_sites,
+)
+
+IDLE, ARMED, TRACING, AWAITING = "idle", "armed", "tracing", "awaiting"
+# A wanted task that does not come within this many tasks: any task will do.
+TARGET_PATIENCE = 20
+# Episodes per task name before the window prefers the names that leave most behind.
+EXPLORE = 2
+MAX_NAMES = 64
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One traced task, as the budget sees it.
+
+    ``traced_seconds`` is the traced task's wall time; ``hook_seconds`` the
+    time the snapshots and the join added at the two boundaries (in the
+    task's thread); ``outcome`` is ``done``, or why it was dropped.
+    """
+
+    name: str
+    started: float
+    ended: float
+    traced_seconds: float
+    hook_seconds: float
+    frames: int
+    outcome: str
+
+
+class SampledAllocations:
+    """A pool of one-task tracemalloc episodes.
+
+    Args:
+        episodes: episodes pooled before the window closes.
+        min_episodes: fewest episodes whose pooled sites count as a result.
+        max_seconds: the window closes at this age, with what it has.
+        max_episode_seconds: an episode still tracing after this long is stopped.
+        gap_tasks: untraced tasks between two episodes.
+        max_sites: sites reported.
+        join_seconds: time the type join may take per episode.
+        max_memory: tracemalloc's own memory an episode may use (bytes).
+        clock: wall clock.
+    """
+
+    def __init__(self, episodes: int = 16, min_episodes: int = 3, max_seconds: float = 600.0,
+                 max_episode_seconds: float = 1.0, gap_tasks: int = 3, max_sites: int = 10,
+                 join_seconds: float = 0.01, max_memory: int = 32 << 20,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.episodes = episodes
+        self.min_episodes = min_episodes
+        self.max_seconds = max_seconds
+        self.max_episode_seconds = max_episode_seconds
+        self.gap_tasks = gap_tasks
+        self.max_sites = max_sites
+        self.join_seconds = join_seconds
+        self.max_memory = max_memory
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.active = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.state = IDLE
+        self._opened = 0.0
+        self._types: frozenset[str] = frozenset()
+        # Per task name: [episodes compared, bytes they left behind].
+        self.left_by_name: dict[str, list[int]] = {}
+        self._frames = 1
+        self._granted = 0
+        self._gap = 0
+        self._waited = 0
+        self._key: object = None
+        self._name = ""
+        self._t0 = self._wall0 = self._hook = self._traced = 0.0
+        self._first: tracemalloc.Snapshot | None = None
+        self._joined: tuple[TypeSite, ...] = ()
+        # (S1, S2, join) per finished episode, compared in the agent thread.
+        self._to_compare: list[tuple[str, tracemalloc.Snapshot, tracemalloc.Snapshot, tuple[TypeSite, ...]]] = []
+        self._finished: list[Episode] = []
+        self._sites: list[AllocationSite] = []
+        self._type_counts: Counter[tuple[str, str, int, str]] = Counter()
+        self._type_sampled: Counter[str] = Counter()
+        self._done = 0
+        self._peak = 0
+        self._traceback_of: Callable[[object], tuple[tuple[str, int], ...] | None] | None = None
+
+    # ---------------------------------------------------------- agent thread --
+    def open(self, types: Collection[str] = (), began: float | None = None) -> bool:
+        """Start a window (nothing is traced until ``arm``); False if the host traces memory itself."""
+        if tracemalloc.is_tracing() or self.active:
+            return False
+        self._reset()
+        # Prepared before any tracing: importing ctypes inside an episode
+        # would make ctypes' own objects look born there.
+        self._traceback_of = object_traceback()
+        self._opened = self._clock() if began is None else began
+        self._types = frozenset(types)
+        self.active = True
+        return True
+
+    @property
+    def wanted(self) -> int:
+        """Episodes still to run before the window is full."""
+        return max(0, self.episodes - self._done - len(self._to_compare) - self._granted
+                   - (self.state in (TRACING, AWAITING)))
+
+    def arm(self, episodes: int, frames: int = 6) -> None:
+        """Grant ``episodes`` more episodes, ``frames`` deep."""
+        with self._lock:
+            if not self.active:
+                return
+            self._granted += max(0, min(episodes, self.wanted))
+            self._frames = max(1, frames)
+            if self.state == IDLE and self._granted:
+                self.state = ARMED
+                self._waited = 0
+
+    def poll(self) -> tuple[list[Episode], AllocationWindow | None]:
+        """Finished episodes since the last poll, and the window's result once it closes."""
+        if not self.active:
+            return [], None
+        with self._lock:
+            tracing = self.state in (TRACING, AWAITING)
+            if tracing:
+                self._peak = max(self._peak, tracemalloc.get_tracemalloc_memory())
+            if tracing and self._peak > self.max_memory:
+                self._drop("stopped: tracemalloc's own memory over %d MiB" % (self.max_memory >> 20))
+            elif self.state == TRACING and time.perf_counter() - self._t0 > self.max_episode_seconds:
+                self._drop("stopped: traced task ran over %.1f s" % self.max_episode_seconds)
+            elif self.state == AWAITING and time.perf_counter() - self._t0 > self.max_episode_seconds:
+                # The worker idles after the traced task: close at this boundary.
+                self._end_episode()
+        finished = self._compare()
+        busy = self.state in (TRACING, AWAITING) or self._granted
+        if self._done >= self.episodes and not busy:
+            return finished, self._close("done")
+        if self._clock() - self._opened > self.max_seconds and self.state not in (TRACING, AWAITING):
+            return finished, self._close(self._status())
+        return finished, None
+
+    def close_now(self) -> tuple[list[Episode], AllocationWindow | None]:
+        """Close with what the window has (the agent stops); a result if it pooled ``min_episodes``."""
+        if not self.active:
+            return [], None
+        with self._lock:
+            if self.state == AWAITING:
+                self._end_episode()
+            elif self.state == TRACING:
+                self._drop("stopped: the agent stops")
+            self._granted = 0
+            self.state = IDLE
+        finished = self._compare()
+        return finished, self._close(self._status())
+
+    def _status(self) -> str:
+        if self._done >= self.min_episodes:
+            return "done"
+        return "%d of %d episodes within %.0f s (budget)" % (self._done, self.episodes, self.max_seconds)
+
+    def _compare(self) -> list[Episode]:
+        """Compare the snapshots of finished episodes (in the agent thread) and pool their sites."""
+        with self._lock:
+            pending, self._to_compare = self._to_compare, []
+            finished, self._finished = self._finished, []
+        for name, first, second, joined in pending:
+            left = _left_behind(first, second)
+            self._sites = merge_sites(self._sites + left)
+            if name in self.left_by_name or len(self.left_by_name) < MAX_NAMES:
+                seen = self.left_by_name.setdefault(name, [0, 0])
+                seen[0] += 1
+                seen[1] += sum(s.size for s in left if s.owner == "user")
+            sampled: dict[str, int] = {}
+            for t in joined:
+                self._type_counts[(t.type, t.file, t.line, t.owner)] += t.count
+                sampled[t.type] = max(sampled.get(t.type, 0), t.sampled)
+            self._type_sampled.update(sampled)
+            self._done += 1
+        del pending
+        return finished
+
+    def abort(self) -> None:
+        """Stop tracing now (agent shutdown, errors); the window closes without a result."""
+        if not self.active:
+            return
+        with self._lock:
+            if self.state in (TRACING, AWAITING):
+                self._drop("aborted")
+        self._close("aborted")
+
+    def _close(self, status: str) -> AllocationWindow:
+        self.active = False
+        ranked = sorted(self._sites, key=lambda s: -s.size)[:self.max_sites] if status == "done" else []
+        result = AllocationWindow(started=self._opened, ended=self._clock(), tasks=self._done, status=status,
+                                  peak_memory=self._peak, sites=tuple(ranked),
+                                  type_sites=self._pooled_types() if status == "done" else ())
+        self._reset()
+        return result
+
+    def _pooled_types(self) -> tuple[TypeSite, ...]:
+        """Type-to-site joins of all episodes, added up per (type, line)."""
+        return tuple(TypeSite(type=k[0], file=k[1], line=k[2], count=c, sampled=self._type_sampled[k[0]],
+                              owner=k[3])
+                     for k, c in sorted(self._type_counts.items(), key=lambda item: (item[0][0], -item[1])))
+
+    # ----------------------------------------------------------- task thread --
+    def on_task_started(self, key: object, name: str) -> None:
+        """At every task start, in the task's thread: ends a waiting episode, starts an armed one."""
+        if self.state == IDLE:
+            return
+        with self._lock:
+            if self.state == AWAITING:
+                self._end_episode()
+            if self.state != ARMED:
+                return
+            if self._gap > 0:
+                self._gap -= 1
+                return
+            self._waited += 1
+            if not self._wants(name) and self._waited <= TARGET_PATIENCE:
+                return
+            if tracemalloc.is_tracing():
+                self._granted = 0
+                self.state = IDLE
+                return
+            self._key, self._name = key, name
+            self._wall0 = self._clock()
+            self._t0 = time.perf_counter()
+            tracemalloc.start(self._frames)
+            self.state = TRACING
+
+    def _wants(self, name: str) -> bool:
+        """Explore every name first; then trace the names that left the most behind in the user's code."""
+        seen = self.left_by_name.get(name)
+        if seen is None or seen[0] < EXPLORE:
+            return True
+        means = [left / episodes for episodes, left in self.left_by_name.values() if episodes]
+        top = max(means, default=0.0)
+        return top <= 0 or seen[1] / seen[0] >= 0.5 * top
+
+    def on_task_finished(self, key: object) -> None:
+        """At every task end, in the task's thread: snapshot S1 of the traced task."""
+        if self.state != TRACING:
+            return
+        with self._lock:
+            if self.state != TRACING or key != self._key:
+                return
+            t = time.perf_counter()
+            self._traced = t - self._t0
+            if not tracemalloc.is_tracing():
+                self._granted = 0
+                self._drop("stopped by the host")
+                return
+            self._peak = max(self._peak, tracemalloc.get_tracemalloc_memory())
+            self._first = tracemalloc.take_snapshot()
+            self._hook = time.perf_counter() - t
+            self.state = AWAITING
+
+    def _end_episode(self) -> None:
+        """Snapshot S2 and the join at the boundary after the traced task; tracing stops (lock held)."""
+        t = time.perf_counter()
+        second: tracemalloc.Snapshot | None = None
+        joined: tuple[TypeSite, ...] = ()
+        try:
+            if tracemalloc.is_tracing():
+                second = tracemalloc.take_snapshot()
+                if self._types:
+                    joined = type_sites(self._types, self.join_seconds, self._traceback_of, generations=2)
+        finally:
+            # Whatever failed, tracing stops here and the episode ends.
+            if tracemalloc.is_tracing():
+                tracemalloc.stop()
+            hook = self._hook + time.perf_counter() - t
+            done = second is not None and self._first is not None
+            if done:
+                self._to_compare.append((self._name, self._first, second, joined))  # type: ignore[arg-type]
+            else:
+                self._granted = 0  # the host stopped tracing: leave its tracemalloc alone from now on
+            self._first = None
+            self._finished.append(Episode(self._name, self._wall0, self._clock(), self._traced, hook,
+                                          self._frames, "done" if done else "stopped by the host"))
+            self._next()
+
+    def _drop(self, outcome: str) -> None:
+        """Stop an episode without a result (lock held)."""
+        if tracemalloc.is_tracing():
+            tracemalloc.stop()
+        traced = time.perf_counter() - self._t0
+        self._first = None
+        self._finished.append(Episode(self._name, self._wall0, self._clock(), traced, self._hook, self._frames,
+                                      outcome))
+        self._next()
+
+    def _next(self) -> None:
+        self._granted = max(0, self._granted - 1)
+        self._key = None
+        self._hook = 0.0
+        self.state = ARMED if self._granted else IDLE
+        self._gap = self.gap_tasks
+        self._waited = 0
+
+
+def _left_behind(first: tracemalloc.Snapshot, second: tracemalloc.Snapshot) -> list[AllocationSite]:
+    """Per traceback, what the traced task allocated that was still alive at both snapshots."""
+    before = {s.traceback: s for s in first.filter_traces(IGNORED_FILTERS).statistics("traceback")}
+    sites = []
+    for stat in second.filter_traces(IGNORED_FILTERS).statistics("traceback"):
+        seen = before.get(stat.traceback)
+        if seen is None:
+            continue  # allocated after the traced task ended
+        size, count = min(seen.size, stat.size), min(seen.count, stat.count)
+        if size <= 0 or count <= 0:
+            continue
+        frames = list(stat.traceback)  # oldest first
+        site = innermost_user_frame(frames) or frames[-1]
+        sites.append(AllocationSite(file=site.filename, line=site.lineno, size=size, count=count,
+                                    owner=owner_of(site.filename),
+                                    traceback=tuple("%s:%d" % (f.filename, f.lineno) for f in reversed(frames))))
+    return sites

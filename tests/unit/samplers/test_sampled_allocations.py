@@ -1,0 +1,254 @@
+"""The sampled window: one traced task per episode, pooled, names where the memory that stays was allocated."""
+
+from __future__ import annotations
+
+import inspect
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from bilge.samplers import sampled_allocations
+from bilge.samplers.sampled_allocations import EXPLORE, SampledAllocations
+
+_KEPT: list[object] = []
+
+
+class Invoice:
+    """A plain class: on CPython 3.11 its instances have a managed __dict__."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.lines = [number]
+
+
+def _invoice_task(i: int) -> object:
+    _KEPT.append(Invoice(i))  # the invoice line
+    return None
+
+
+def _leaky_task(i: int) -> object:
+    _KEPT.append({"order": i, "lines": [str(i) * 50 for _ in range(20)]})  # the leak line
+    return None
+
+
+def _transient_task(i: int) -> object:
+    # What a task returns is still alive at its end (Celery holds it): in flight, not left behind.
+    return [str(i) * 100 for _ in range(50)]
+
+
+# Code made at run time, as an ORM or attrs generates __init__: its filename
+# is no file a user could open.
+_GENERATED: dict[str, Any] = {}
+exec(compile("def make(i):\n    return {'n': i, 'labels': [str(i) * 40 for _ in range(10)]}\n",
+             "<generated __init__ for Shipment>", "exec"), _GENERATED)
+
+
+def _shipment_task(i: int) -> object:
+    _KEPT.append(_GENERATED["make"](i))  # the shipment line
+    return None
+
+
+LEAK_LINE = inspect.getsourcelines(_leaky_task)[1] + 1
+SHIPMENT_LINE = inspect.getsourcelines(_shipment_task)[1] + 1
+INVOICE_LINE = inspect.getsourcelines(_invoice_task)[1] + 1
+INVOICE = "%s.Invoice" % __name__
+
+
+@pytest.fixture(autouse=True)
+def _no_tracing_left() -> Any:
+    yield
+    _KEPT.clear()
+    if tracemalloc.is_tracing():
+        tracemalloc.stop()
+        pytest.fail("a test left tracemalloc running")
+
+
+Task = Callable[[int], object]
+
+
+def _drive(window: SampledAllocations, tasks: int, pick: Callable[[int], tuple[str, Task]], first: int = 0
+           ) -> list[str]:
+    """Run tasks ``first``… through the window's hooks; the names of the tasks that ran while tracing."""
+    traced = []
+    for i in range(first, first + tasks):
+        name, task = pick(i)
+        window.on_task_started(i, name)
+        if tracemalloc.is_tracing():
+            traced.append(name)
+        result = task(i)
+        window.on_task_finished(i)
+        del result
+    return traced
+
+
+def _mixed(i: int) -> tuple[str, Task]:
+    return ("shop.leaky", _leaky_task) if i % 3 == 0 else ("shop.render", _transient_task)
+
+
+def test_episodes_name_the_line_whose_allocations_stay_and_not_what_a_task_returns() -> None:
+    """Pooled episodes: the leak line leads; the in-flight return value of the other task is no site."""
+    window = SampledAllocations(episodes=8)
+    assert window.open()
+    window.arm(8, frames=4)
+    _drive(window, 60, _mixed)
+    episodes, result = window.poll()
+    assert len(episodes) == 8 and all(e.outcome == "done" for e in episodes)
+    assert result is not None and result.status == "done" and result.tasks == 8
+    assert (result.sites[0].file, result.sites[0].line) == (__file__, LEAK_LINE), result.sites[:3]
+    assert result.sites[0].owner == "user"
+    transient = inspect.getsourcelines(_transient_task)[1] + 2
+    assert not any(s.file == __file__ and s.line == transient for s in result.sites), result.sites
+    assert not tracemalloc.is_tracing()
+
+
+def test_only_one_task_is_traced_per_episode_with_gaps_between() -> None:
+    """Tracing covers exactly the traced task (and the boundary after it); untraced tasks sit between."""
+    window = SampledAllocations(episodes=4, gap_tasks=3)
+    assert window.open()
+    window.arm(4)
+    traced = _drive(window, 40, lambda i: ("shop.task", _transient_task))
+    assert len(traced) == 4
+    episodes, _ = window.poll()
+    assert [e.outcome for e in episodes] == ["done"] * 4
+    assert all(e.traced_seconds > 0 and e.hook_seconds > 0 for e in episodes)
+
+
+def test_after_exploring_every_name_the_episodes_go_to_the_task_that_leaves_memory_behind() -> None:
+    """Each name is traced EXPLORE times; then only the leaky one."""
+    window = SampledAllocations(episodes=12, gap_tasks=0)
+    assert window.open()
+    traced: list[str] = []
+    for n in range(12):
+        window.arm(1)
+        traced += _drive(window, 3, _mixed, first=3 * n + n % 3)
+        window.poll()  # compares the episode: what it left behind steers the next ones
+    assert traced[:2 * EXPLORE].count("shop.render") == EXPLORE
+    assert set(traced[2 * EXPLORE + 1:]) == {"shop.leaky"}, traced
+
+
+def test_the_growing_class_is_joined_to_the_line_that_made_it() -> None:
+    """Objects of a growing type born in an episode are asked where they were born."""
+    window = SampledAllocations(episodes=4)
+    assert window.open([INVOICE])
+    window.arm(4)
+    _drive(window, 20, lambda i: ("shop.invoice", _invoice_task))
+    _, result = window.poll()
+    assert result is not None and result.status == "done"
+    joined = [t for t in result.type_sites if t.type == INVOICE]
+    assert joined and (joined[0].file, joined[0].line) == (__file__, INVOICE_LINE), result.type_sites
+    assert joined[0].count == joined[0].sampled == 4
+
+
+def test_objects_made_by_generated_code_are_placed_at_the_calling_line() -> None:
+    """What generated code allocates is placed at the user's line that called it, not at "<generated …>"."""
+    window = SampledAllocations(episodes=4)
+    assert window.open()
+    window.arm(4)
+    _drive(window, 20, lambda i: ("shop.ship", _shipment_task))
+    _, result = window.poll()
+    assert result is not None and result.status == "done"
+    assert (result.sites[0].file, result.sites[0].line) == (__file__, SHIPMENT_LINE), result.sites[:3]
+
+
+def test_a_join_that_fails_still_stops_tracing_and_ends_the_episode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A join that raises halfway must not leave tracemalloc running in the host, nor the window stuck."""
+
+    def broken(*_args: object, **_kwargs: object) -> tuple[()]:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(sampled_allocations, "type_sites", broken)
+    window = SampledAllocations(episodes=2)
+    assert window.open([INVOICE])
+    window.arm(2)
+    with pytest.raises(RuntimeError):
+        _drive(window, 2, lambda i: ("shop.invoice", _invoice_task))
+    assert not tracemalloc.is_tracing()
+    assert window.state == "armed"
+    window.abort()
+
+
+def test_the_window_refuses_when_the_host_already_traces() -> None:
+    """A host that runs tracemalloc itself keeps it: the window does not open and does not stop it."""
+    tracemalloc.start()
+    try:
+        window = SampledAllocations()
+        assert not window.open()
+        window.abort()
+        assert tracemalloc.is_tracing()
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_host_stopping_tracemalloc_mid_episode_is_respected() -> None:
+    """The host stops tracing during an episode: the episode is dropped and no further one is started."""
+    window = SampledAllocations(episodes=4)
+    assert window.open()
+    window.arm(4)
+    window.on_task_started(1, "shop.task")
+    assert tracemalloc.is_tracing()
+    tracemalloc.stop()
+    window.on_task_finished(1)
+    _drive(window, 10, lambda i: ("shop.task", _transient_task))
+    episodes, _ = window.poll()
+    assert [e.outcome for e in episodes] == ["stopped by the host"]
+    assert not tracemalloc.is_tracing() and window.state == "idle"
+
+
+def test_an_episode_that_runs_too_long_is_stopped_from_the_agent_thread() -> None:
+    """A traced task still running past max_episode_seconds: polling stops tracing; the task runs on."""
+    window = SampledAllocations(max_episode_seconds=0.0)
+    assert window.open()
+    window.arm(1)
+    window.on_task_started(1, "shop.slow")
+    assert tracemalloc.is_tracing()
+    episodes, _ = window.poll()
+    assert not tracemalloc.is_tracing()
+    assert [e.outcome for e in episodes] == ["stopped: traced task ran over 0.0 s"]
+    window.on_task_finished(1)  # the task ends later: nothing to do
+    assert window.state == "idle"
+
+
+def test_tracemalloc_memory_over_the_limit_drops_the_episode() -> None:
+    """tracemalloc's own memory over max_memory ends the episode early."""
+    window = SampledAllocations(max_memory=1)
+    assert window.open()
+    window.arm(1)
+    window.on_task_started(1, "shop.big")
+    _leaky_task(1)
+    episodes, _ = window.poll()
+    assert [e.outcome for e in episodes] == ["stopped: tracemalloc's own memory over 0 MiB"]
+    assert not tracemalloc.is_tracing()
+    window.on_task_finished(1)
+
+
+def test_closing_now_keeps_what_enough_episodes_found() -> None:
+    """The agent stops: a window with min_episodes pooled closes done; one with fewer closes empty, with why."""
+    window = SampledAllocations(episodes=10, min_episodes=3)
+    assert window.open()
+    window.arm(3)
+    _drive(window, 20, _mixed)
+    _, result = window.close_now()
+    assert result is not None and result.status == "done" and result.tasks == 3
+    assert window.open()
+    window.arm(1)
+    _drive(window, 2, _mixed)
+    _, result = window.close_now()
+    assert result is not None and result.status == "1 of 10 episodes within 600 s (budget)" and not result.sites
+    assert not tracemalloc.is_tracing()
+
+
+def test_a_worker_idling_after_the_traced_task_ends_the_episode_on_poll() -> None:
+    """No next task comes: the agent thread takes the second snapshot itself once the episode is old enough."""
+    window = SampledAllocations(episodes=1, max_episode_seconds=0.0)
+    assert window.open()
+    window.arm(1)
+    window.on_task_started(1, "shop.leaky")
+    _leaky_task(1)
+    window.on_task_finished(1)
+    episodes, result = window.poll()
+    assert [e.outcome for e in episodes] == ["done"]
+    assert not tracemalloc.is_tracing()
+    assert result is not None and result.status == "done"
+    assert (result.sites[0].file, result.sites[0].line) == (__file__, LEAK_LINE)
