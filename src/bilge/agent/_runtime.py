@@ -275,7 +275,7 @@ class Agent:
         child could inherit a held SQLite mutex, so it gets no agent.
         """
         self.store.abandon()
-        if self.explain.window.state in ("tracing", "awaiting"):
+        if self.explain.window.tracing:
             # tracemalloc state is inherited: the child must not keep paying
             # for its parent's episode.
             import tracemalloc

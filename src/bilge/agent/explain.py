@@ -61,8 +61,10 @@ PERSIST_SHARE = 0.25
 # Allocation windows per process: at most this many, at least this far apart.
 MAX_WINDOWS = 3
 WINDOW_REOPEN_AFTER = 1800.0
-# Episodes granted per agent tick (each holds two snapshots until compared).
-GRANT = 6
+# Episodes granted per agent tick (each holds two small snapshots, of one
+# task's survivors, until compared): a whole window's worth, so that a
+# fast worker finishes its window within a tick or two.
+GRANT = 16
 # Frames tried, deepest first, until an episode fits the budget.
 FRAME_CHOICES = (6, 4, 3, 2)
 # tracemalloc's slowdown of an allocation-heavy task by traceback depth,
@@ -128,7 +130,7 @@ class Explain:
 
     def busy(self) -> bool:
         """True while the stage's own work runs in the process (its readings are not the process's trend)."""
-        return bool(self._working) or self.window.state in ("tracing", "awaiting") or self.native.active
+        return bool(self._working) or self.window.tracing or self.native.active
 
     # ----------------------------------------------------------- task thread --
     def task_started(self, key: object, name: str) -> None:
@@ -174,7 +176,12 @@ class Explain:
         if 0 < self.holder_searches < MAX_HOLDER_SEARCHES and self._watch.tasks_done >= self._next_holder_search:
             self.find_holders("again, %d tasks on" % self._watch.tasks_done)
         if self.windows_opened < MAX_WINDOWS and self._monotonic() - self._last_window >= WINDOW_REOPEN_AFTER:
-            self._open_window(reason)
+            if self._watch.tasks_done:
+                self._open_window(reason)
+            elif not self.holder_searches:
+                # A process that runs no tasks (a pool's parent, a daemon
+                # loop) has no task to trace: its holders still help.
+                self.find_holders(reason)
 
     def finish(self) -> None:
         """The agent stops: keep what a window already has, stop tracing."""

@@ -6,19 +6,19 @@ an allocation-heavy worker. Instead the window is a pool of **episodes**,
 each tracing exactly one task, as many as the agent's budget buys:
 
 1. ``arm``: the agent grants a number of episodes, as many as its budget buys;
-2. ``on_task_started`` of a wanted task: tracing starts (the task and
-   nothing before it is traced). Every task name is traced ``EXPLORE``
-   times first; after that, only the names whose episodes left the most
-   behind (a leaky task leaves bytes behind in every call, the others do
-   not), so the budget goes to the task that leaks;
-3. ``on_task_finished`` of that task: snapshot S1, everything the task
-   allocated that is still alive (its leak, and what is still in flight:
-   its return value, Celery's bookkeeping);
-4. the next task boundary (``on_task_started`` of the next task, or the
-   agent thread when the worker idles): snapshot S2, the type join, and
-   tracing stops. What was in flight at S1 is gone by S2; what the next
-   message allocated is not in S1. Per traceback, min(S1, S2) is what the
-   traced task left behind.
+2. at a task's end (``on_task_finished``), after ``gap_tasks`` untraced
+   tasks: tracing starts, so that what the next task's message allocates
+   (its payload, which a leak often keeps) is traced;
+3. at the next task's start (``on_task_started``): if the task is not
+   wanted, tracing stops again (a between-task gap is all it cost); else
+   snapshot A. Every task name is traced ``EXPLORE`` times first; after
+   that, only the names whose episodes left the most behind in the user's
+   code (a leaky task leaves bytes behind in every call, the others do not);
+4. the traced task runs; at the following task's start (or, if the worker
+   idles, from the agent thread): snapshot B, the type join, and tracing
+   stops. B − A per traceback is what the traced task left behind: what
+   is in flight at a task start (a message, a request, the previous
+   result) is in both snapshots and cancels.
 
 The agent thread compares the snapshots (``poll``) and pools the sites of
 all episodes; the window closes when it has its episodes, or at its
@@ -51,7 +51,9 @@ from bilge.samplers.allocations import (
     type_sites,
 )
 
-IDLE, ARMED, TRACING, AWAITING = "idle", "armed", "tracing", "awaiting"
+IDLE, ARMED, STARTED, TRACING, AWAITING = "idle", "armed", "started", "tracing", "awaiting"
+# States in which tracemalloc is on.
+ON = (STARTED, TRACING, AWAITING)
 # A wanted task that does not come within this many tasks: any task will do.
 TARGET_PATIENCE = 20
 # Episodes per task name before the window prefers the names that leave most behind.
@@ -149,6 +151,11 @@ class SampledAllocations:
         return True
 
     @property
+    def tracing(self) -> bool:
+        """True while an episode has tracemalloc on."""
+        return self.state in ON
+
+    @property
     def wanted(self) -> int:
         """Episodes still to run before the window is full."""
         return max(0, self.episodes - self._done - len(self._to_compare) - self._granted
@@ -170,21 +177,24 @@ class SampledAllocations:
         if not self.active:
             return [], None
         with self._lock:
-            tracing = self.state in (TRACING, AWAITING)
+            tracing = self.state in ON
             if tracing:
                 self._peak = max(self._peak, tracemalloc.get_tracemalloc_memory())
             if tracing and self._peak > self.max_memory:
                 self._drop("stopped: tracemalloc's own memory over %d MiB" % (self.max_memory >> 20))
             elif self.state == TRACING and time.perf_counter() - self._t0 > self.max_episode_seconds:
                 self._drop("stopped: traced task ran over %.1f s" % self.max_episode_seconds)
+            elif self.state == STARTED and time.perf_counter() - self._t0 > self.max_episode_seconds:
+                # No next task came: stop tracing an idle worker, try again later.
+                self._skip()
             elif self.state == AWAITING and time.perf_counter() - self._t0 > self.max_episode_seconds:
                 # The worker idles after the traced task: close at this boundary.
                 self._end_episode()
         finished = self._compare()
-        busy = self.state in (TRACING, AWAITING) or self._granted
+        busy = self.state in ON or self._granted
         if self._done >= self.episodes and not busy:
             return finished, self._close("done")
-        if self._clock() - self._opened > self.max_seconds and self.state not in (TRACING, AWAITING):
+        if self._clock() - self._opened > self.max_seconds and self.state not in ON:
             return finished, self._close(self._status())
         return finished, None
 
@@ -197,6 +207,8 @@ class SampledAllocations:
                 self._end_episode()
             elif self.state == TRACING:
                 self._drop("stopped: the agent stops")
+            elif self.state == STARTED:
+                self._skip()
             self._granted = 0
             self.state = IDLE
         finished = self._compare()
@@ -235,6 +247,8 @@ class SampledAllocations:
         with self._lock:
             if self.state in (TRACING, AWAITING):
                 self._drop("aborted")
+            elif self.state == STARTED:
+                self._skip()
         self._close("aborted")
 
     def _close(self, status: str) -> AllocationWindow:
@@ -254,28 +268,29 @@ class SampledAllocations:
 
     # ----------------------------------------------------------- task thread --
     def on_task_started(self, key: object, name: str) -> None:
-        """At every task start, in the task's thread: ends a waiting episode, starts an armed one."""
-        if self.state == IDLE:
+        """At every task start, in the task's thread: ends a waiting episode, snapshots A of a wanted task."""
+        if self.state not in ON:
             return
         with self._lock:
             if self.state == AWAITING:
                 self._end_episode()
-            if self.state != ARMED:
                 return
-            if self._gap > 0:
-                self._gap -= 1
+            if self.state != STARTED:
                 return
-            self._waited += 1
-            if not self._wants(name) and self._waited <= TARGET_PATIENCE:
-                return
-            if tracemalloc.is_tracing():
+            if not tracemalloc.is_tracing():
                 self._granted = 0
                 self.state = IDLE
                 return
+            self._waited += 1
+            if not self._wants(name) and self._waited <= TARGET_PATIENCE:
+                self._skip()
+                return
+            t = time.perf_counter()
+            self._first = tracemalloc.take_snapshot()
             self._key, self._name = key, name
             self._wall0 = self._clock()
             self._t0 = time.perf_counter()
-            tracemalloc.start(self._frames)
+            self._hook = self._t0 - t
             self.state = TRACING
 
     def _wants(self, name: str) -> bool:
@@ -288,21 +303,29 @@ class SampledAllocations:
         return top <= 0 or seen[1] / seen[0] >= 0.5 * top
 
     def on_task_finished(self, key: object) -> None:
-        """At every task end, in the task's thread: snapshot S1 of the traced task."""
-        if self.state != TRACING:
+        """At every task end, in the task's thread: the traced task is done; an armed window starts tracing."""
+        if self.state not in (ARMED, TRACING):
             return
         with self._lock:
-            if self.state != TRACING or key != self._key:
+            if self.state == ARMED:
+                if self._gap > 0:
+                    self._gap -= 1
+                elif not tracemalloc.is_tracing():
+                    tracemalloc.start(self._frames)
+                    self._t0 = time.perf_counter()
+                    self.state = STARTED
+                else:
+                    self._granted = 0  # the host traces now: leave it alone
+                    self.state = IDLE
                 return
-            t = time.perf_counter()
-            self._traced = t - self._t0
+            if key != self._key:
+                return
+            self._traced = time.perf_counter() - self._t0
             if not tracemalloc.is_tracing():
                 self._granted = 0
                 self._drop("stopped by the host")
                 return
             self._peak = max(self._peak, tracemalloc.get_tracemalloc_memory())
-            self._first = tracemalloc.take_snapshot()
-            self._hook = time.perf_counter() - t
             self.state = AWAITING
 
     def _end_episode(self) -> None:
@@ -340,6 +363,13 @@ class SampledAllocations:
                                       outcome))
         self._next()
 
+    def _skip(self) -> None:
+        """Stop tracing before a task that is not wanted (lock held); still armed."""
+        if tracemalloc.is_tracing():
+            tracemalloc.stop()
+        self.state = ARMED
+        self._gap = 0
+
     def _next(self) -> None:
         self._granted = max(0, self._granted - 1)
         self._key = None
@@ -350,19 +380,14 @@ class SampledAllocations:
 
 
 def _left_behind(first: tracemalloc.Snapshot, second: tracemalloc.Snapshot) -> list[AllocationSite]:
-    """Per traceback, what the traced task allocated that was still alive at both snapshots."""
-    before = {s.traceback: s for s in first.filter_traces(IGNORED_FILTERS).statistics("traceback")}
+    """Per traceback, what grew from snapshot A (the traced task's start) to B (the next task's start)."""
     sites = []
-    for stat in second.filter_traces(IGNORED_FILTERS).statistics("traceback"):
-        seen = before.get(stat.traceback)
-        if seen is None:
-            continue  # allocated after the traced task ended
-        size, count = min(seen.size, stat.size), min(seen.count, stat.count)
-        if size <= 0 or count <= 0:
+    for stat in second.filter_traces(IGNORED_FILTERS).compare_to(first.filter_traces(IGNORED_FILTERS), "traceback"):
+        if stat.size_diff <= 0 or stat.count_diff <= 0:
             continue
         frames = list(stat.traceback)  # oldest first
         site = innermost_user_frame(frames) or frames[-1]
-        sites.append(AllocationSite(file=site.filename, line=site.lineno, size=size, count=count,
-                                    owner=owner_of(site.filename),
+        sites.append(AllocationSite(file=site.filename, line=site.lineno, size=stat.size_diff,
+                                    count=stat.count_diff, owner=owner_of(site.filename),
                                     traceback=tuple("%s:%d" % (f.filename, f.lineno) for f in reversed(frames))))
     return sites

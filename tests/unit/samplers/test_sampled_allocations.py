@@ -83,6 +83,12 @@ def _drive(window: SampledAllocations, tasks: int, pick: Callable[[int], tuple[s
     return traced
 
 
+def _begin(window: SampledAllocations, key: object, name: str) -> None:
+    """The end of some earlier task (tracing starts), then the start of the task to trace (snapshot A)."""
+    window.on_task_finished("the task before")
+    window.on_task_started(key, name)
+
+
 def _mixed(i: int) -> tuple[str, Task]:
     return ("shop.leaky", _leaky_task) if i % 3 == 0 else ("shop.render", _transient_task)
 
@@ -104,7 +110,7 @@ def test_episodes_name_the_line_whose_allocations_stay_and_not_what_a_task_retur
 
 
 def test_only_one_task_is_traced_per_episode_with_gaps_between() -> None:
-    """Tracing covers exactly the traced task (and the boundary after it); untraced tasks sit between."""
+    """Tracing covers the traced task and the boundaries around it; untraced tasks sit between."""
     window = SampledAllocations(episodes=4, gap_tasks=3)
     assert window.open()
     window.arm(4)
@@ -163,7 +169,7 @@ def test_a_join_that_fails_still_stops_tracing_and_ends_the_episode(monkeypatch:
     assert window.open([INVOICE])
     window.arm(2)
     with pytest.raises(RuntimeError):
-        _drive(window, 2, lambda i: ("shop.invoice", _invoice_task))
+        _drive(window, 3, lambda i: ("shop.invoice", _invoice_task))
     assert not tracemalloc.is_tracing()
     assert window.state == "armed"
     window.abort()
@@ -186,7 +192,7 @@ def test_a_host_stopping_tracemalloc_mid_episode_is_respected() -> None:
     window = SampledAllocations(episodes=4)
     assert window.open()
     window.arm(4)
-    window.on_task_started(1, "shop.task")
+    _begin(window, 1, "shop.task")
     assert tracemalloc.is_tracing()
     tracemalloc.stop()
     window.on_task_finished(1)
@@ -201,7 +207,7 @@ def test_an_episode_that_runs_too_long_is_stopped_from_the_agent_thread() -> Non
     window = SampledAllocations(max_episode_seconds=0.0)
     assert window.open()
     window.arm(1)
-    window.on_task_started(1, "shop.slow")
+    _begin(window, 1, "shop.slow")
     assert tracemalloc.is_tracing()
     episodes, _ = window.poll()
     assert not tracemalloc.is_tracing()
@@ -212,10 +218,10 @@ def test_an_episode_that_runs_too_long_is_stopped_from_the_agent_thread() -> Non
 
 def test_tracemalloc_memory_over_the_limit_drops_the_episode() -> None:
     """tracemalloc's own memory over max_memory ends the episode early."""
-    window = SampledAllocations(max_memory=1)
+    window = SampledAllocations(max_memory=1, max_episode_seconds=60.0)
     assert window.open()
     window.arm(1)
-    window.on_task_started(1, "shop.big")
+    _begin(window, 1, "shop.big")
     _leaky_task(1)
     episodes, _ = window.poll()
     assert [e.outcome for e in episodes] == ["stopped: tracemalloc's own memory over 0 MiB"]
@@ -244,7 +250,7 @@ def test_a_worker_idling_after_the_traced_task_ends_the_episode_on_poll() -> Non
     window = SampledAllocations(episodes=1, max_episode_seconds=0.0)
     assert window.open()
     window.arm(1)
-    window.on_task_started(1, "shop.leaky")
+    _begin(window, 1, "shop.leaky")
     _leaky_task(1)
     window.on_task_finished(1)
     episodes, result = window.poll()
