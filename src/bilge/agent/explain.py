@@ -139,7 +139,7 @@ class Explain:
 
     def task_finished(self, key: object, reading: TaskReading | None) -> None:
         """At a task's end: the episode's first snapshot, the native window's boundary, the names' statistics."""
-        traced = self.window.state == "tracing"
+        traced = self.window.tracing
         self.window.on_task_finished(key)
         if self.native.active:
             self.native.on_task_finished()
@@ -286,20 +286,26 @@ class Explain:
         """Expected slowed seconds of one episode at ``frames`` deep: the usual task time times the extra factor."""
         usual = max((s.seconds for s in self._names.values()), default=0.005)
         slowdown = self._correction * (SLOWDOWN_BASE + SLOWDOWN_PER_FRAME * frames)
-        return usual * max(0.0, slowdown - 1.0) + 0.002
+        # A warm-up task and the measured one are traced.
+        return 2 * usual * max(0.0, slowdown - 1.0) + 0.002
+
+    def _usual(self, name: str) -> float:
+        stats = self._names.get(name)
+        return stats.seconds if stats else 0.0
 
     def _charge_episodes(self, episodes: list[Episode]) -> None:
         for e in episodes:
             stats = self._names.get(e.name)
             usual = stats.seconds if stats else 0.0
-            slowed = max(0.0, e.traced_seconds - usual) + e.hook_seconds
+            slowed = max(0.0, e.traced_seconds - usual) + e.hook_seconds + sum(
+                max(0.0, seconds - self._usual(name)) for name, seconds in e.warmups)
             if stats and usual > 0 and e.outcome == "done":
                 measured = e.traced_seconds / usual
                 model = SLOWDOWN_BASE + SLOWDOWN_PER_FRAME * e.frames
                 self._correction += 0.3 * (min(10.0, max(0.1, measured / model)) - self._correction)
             self._budget.charge(slowed, slowed)
-            self._ledger.record(StageRun(STAGE_ALLOCATION_WINDOW, "episode: one %s task traced, %d frames" % (
-                e.name, e.frames), e.started, e.ended, slowed, slowed, e.outcome))
+            self._ledger.record(StageRun(STAGE_ALLOCATION_WINDOW, "episode: one %s task measured (%d traced), %d frames" % (
+                e.name, 1 + len(e.warmups), e.frames), e.started, e.ended, slowed, slowed, e.outcome))
 
     def _window_closed(self, result: AllocationWindow) -> None:
         self._outbox.windows.append(result)

@@ -9,16 +9,20 @@ each tracing exactly one task, as many as the agent's budget buys:
 2. at a task's end (``on_task_finished``), after ``gap_tasks`` untraced
    tasks: tracing starts, so that what the next task's message allocates
    (its payload, which a leak often keeps) is traced;
-3. at the next task's start (``on_task_started``): if the task is not
-   wanted, tracing stops again (a between-task gap is all it cost); else
-   snapshot A. Every task name is traced ``EXPLORE`` times first; after
-   that, only the names whose episodes left the most behind in the user's
-   code (a leaky task leaves bytes behind in every call, the others do not);
-4. the traced task runs; at the following task's start (or, if the worker
+3. the next task is a **warm-up**, traced but not measured: what a task
+   leaves in flight until the next one replaces it (its result, a request,
+   buffers of a postrun handler) must be traced in snapshot A too, or it
+   would not cancel;
+4. at a later task's start (``on_task_started``): snapshot A, if the task
+   is wanted; else it is one more warm-up (at most ``MAX_WARMUPS``). Every
+   task name is measured ``EXPLORE`` times first; after that, only the names
+   whose episodes left the most behind in the user's code (a leaky task
+   leaves bytes behind in every call, the others do not);
+5. the measured task runs; at the following task's start (or, if the worker
    idles, from the agent thread): snapshot B, the type join, and tracing
-   stops. B − A per traceback is what the traced task left behind: what
+   stops. B − A per traceback is what the measured task left behind: what
    is in flight at a task start (a message, a request, the previous
-   result) is in both snapshots and cancels.
+   result) is in both snapshots, traced in both, and cancels.
 
 The agent thread compares the snapshots (``poll``) and pools the sites of
 all episodes; the window closes when it has its episodes, or at its
@@ -34,6 +38,7 @@ memory itself.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import tracemalloc
@@ -51,9 +56,11 @@ from bilge.samplers.allocations import (
     type_sites,
 )
 
-IDLE, ARMED, STARTED, TRACING, AWAITING = "idle", "armed", "started", "tracing", "awaiting"
+IDLE, ARMED, STARTED, WARMING, TRACING, AWAITING = "idle", "armed", "started", "warming", "tracing", "awaiting"
 # States in which tracemalloc is on.
-ON = (STARTED, TRACING, AWAITING)
+ON = (STARTED, WARMING, TRACING, AWAITING)
+# Warm-up tasks traced at most before the measured one, whatever its name.
+MAX_WARMUPS = 3
 # A wanted task that does not come within this many tasks: any task will do.
 TARGET_PATIENCE = 20
 # Episodes per task name before the window prefers the names that leave most behind.
@@ -63,11 +70,13 @@ MAX_NAMES = 64
 
 @dataclass(frozen=True)
 class Episode:
-    """One traced task, as the budget sees it.
+    """One episode, as the budget sees it.
 
-    ``traced_seconds`` is the traced task's wall time; ``hook_seconds`` the
-    time the snapshots and the join added at the two boundaries (in the
-    task's thread); ``outcome`` is ``done``, or why it was dropped.
+    ``name``/``traced_seconds`` are the measured task and its wall time;
+    ``warmups`` the (name, wall time) of the tasks traced before it;
+    ``hook_seconds`` the time the snapshots and the join added at task
+    boundaries (in the task's thread); ``outcome`` is ``done``, or why it
+    was dropped.
     """
 
     name: str
@@ -77,6 +86,7 @@ class Episode:
     hook_seconds: float
     frames: int
     outcome: str
+    warmups: tuple[tuple[str, float], ...] = ()
 
 
 class SampledAllocations:
@@ -87,7 +97,7 @@ class SampledAllocations:
         min_episodes: fewest episodes whose pooled sites count as a result.
         max_seconds: the window closes at this age, with what it has.
         max_episode_seconds: an episode still tracing after this long is stopped.
-        gap_tasks: untraced tasks between two episodes.
+        gap_tasks: untraced tasks between two episodes, on average.
         max_sites: sites reported.
         join_seconds: time the type join may take per episode.
         max_memory: tracemalloc's own memory an episode may use (bytes).
@@ -108,6 +118,7 @@ class SampledAllocations:
         self.max_memory = max_memory
         self._clock = clock
         self._lock = threading.Lock()
+        self._rng = random.Random(0x6B11)
         self.active = False
         self._reset()
 
@@ -124,6 +135,9 @@ class SampledAllocations:
         self._key: object = None
         self._name = ""
         self._t0 = self._wall0 = self._hook = self._traced = 0.0
+        self._warm: list[tuple[str, float]] = []
+        self._warm_name = ""
+        self._warm_t0 = 0.0
         self._first: tracemalloc.Snapshot | None = None
         self._joined: tuple[TypeSite, ...] = ()
         # (S1, S2, join) per finished episode, compared in the agent thread.
@@ -184,9 +198,9 @@ class SampledAllocations:
                 self._drop("stopped: tracemalloc's own memory over %d MiB" % (self.max_memory >> 20))
             elif self.state == TRACING and time.perf_counter() - self._t0 > self.max_episode_seconds:
                 self._drop("stopped: traced task ran over %.1f s" % self.max_episode_seconds)
-            elif self.state == STARTED and time.perf_counter() - self._t0 > self.max_episode_seconds:
-                # No next task came: stop tracing an idle worker, try again later.
-                self._skip()
+            elif self.state in (STARTED, WARMING) and time.perf_counter() - self._t0 > self.max_episode_seconds:
+                # No task came to measure: stop tracing an idle worker, try again later.
+                self._drop("stopped: no task to measure within %.1f s" % self.max_episode_seconds)
             elif self.state == AWAITING and time.perf_counter() - self._t0 > self.max_episode_seconds:
                 # The worker idles after the traced task: close at this boundary.
                 self._end_episode()
@@ -207,8 +221,8 @@ class SampledAllocations:
                 self._end_episode()
             elif self.state == TRACING:
                 self._drop("stopped: the agent stops")
-            elif self.state == STARTED:
-                self._skip()
+            elif self.state in (STARTED, WARMING):
+                self._drop("stopped: the agent stops")
             self._granted = 0
             self.state = IDLE
         finished = self._compare()
@@ -245,10 +259,8 @@ class SampledAllocations:
         if not self.active:
             return
         with self._lock:
-            if self.state in (TRACING, AWAITING):
+            if self.state in ON:
                 self._drop("aborted")
-            elif self.state == STARTED:
-                self._skip()
         self._close("aborted")
 
     def _close(self, status: str) -> AllocationWindow:
@@ -268,29 +280,30 @@ class SampledAllocations:
 
     # ----------------------------------------------------------- task thread --
     def on_task_started(self, key: object, name: str) -> None:
-        """At every task start, in the task's thread: ends a waiting episode, snapshots A of a wanted task."""
+        """At every task start, in the task's thread: warm-up, snapshot A of a wanted task, or B after it."""
         if self.state not in ON:
             return
         with self._lock:
             if self.state == AWAITING:
                 self._end_episode()
                 return
-            if self.state != STARTED:
-                return
+            if self.state == TRACING:
+                return  # another thread's task (threads pool): traced along, not measured
             if not tracemalloc.is_tracing():
                 self._granted = 0
-                self.state = IDLE
+                self._drop("stopped by the host")
                 return
-            self._waited += 1
-            if not self._wants(name) and self._waited <= TARGET_PATIENCE:
-                self._skip()
+            if self.state == STARTED or (not self._wants(name) and len(self._warm) < MAX_WARMUPS):
+                # Traced but not measured: what it leaves in flight at the
+                # next task start is traced, so it cancels in B - A.
+                self.state = WARMING
+                self._warm_name, self._warm_t0 = name, time.perf_counter()
                 return
             t = time.perf_counter()
             self._first = tracemalloc.take_snapshot()
             self._key, self._name = key, name
-            self._wall0 = self._clock()
             self._t0 = time.perf_counter()
-            self._hook = self._t0 - t
+            self._hook += self._t0 - t
             self.state = TRACING
 
     def _wants(self, name: str) -> bool:
@@ -303,8 +316,8 @@ class SampledAllocations:
         return top <= 0 or seen[1] / seen[0] >= 0.5 * top
 
     def on_task_finished(self, key: object) -> None:
-        """At every task end, in the task's thread: the traced task is done; an armed window starts tracing."""
-        if self.state not in (ARMED, TRACING):
+        """At every task end, in the task's thread: an armed window starts tracing; a traced task is done."""
+        if self.state not in (ARMED, WARMING, TRACING):
             return
         with self._lock:
             if self.state == ARMED:
@@ -312,11 +325,16 @@ class SampledAllocations:
                     self._gap -= 1
                 elif not tracemalloc.is_tracing():
                     tracemalloc.start(self._frames)
+                    self._wall0 = self._clock()
                     self._t0 = time.perf_counter()
+                    self._warm = []
                     self.state = STARTED
                 else:
                     self._granted = 0  # the host traces now: leave it alone
                     self.state = IDLE
+                return
+            if self.state == WARMING:
+                self._warm.append((self._warm_name, time.perf_counter() - self._warm_t0))
                 return
             if key != self._key:
                 return
@@ -350,32 +368,31 @@ class SampledAllocations:
                 self._granted = 0  # the host stopped tracing: leave its tracemalloc alone from now on
             self._first = None
             self._finished.append(Episode(self._name, self._wall0, self._clock(), self._traced, hook,
-                                          self._frames, "done" if done else "stopped by the host"))
+                                          self._frames, "done" if done else "stopped by the host",
+                                          tuple(self._warm)))
             self._next()
 
     def _drop(self, outcome: str) -> None:
         """Stop an episode without a result (lock held)."""
         if tracemalloc.is_tracing():
             tracemalloc.stop()
-        traced = time.perf_counter() - self._t0
+        traced = time.perf_counter() - self._t0 if self.state == TRACING else 0.0
         self._first = None
-        self._finished.append(Episode(self._name, self._wall0, self._clock(), traced, self._hook, self._frames,
-                                      outcome))
+        self._finished.append(Episode(self._name or self._warm_name, self._wall0, self._clock(), traced, self._hook,
+                                      self._frames, outcome, tuple(self._warm)))
         self._next()
-
-    def _skip(self) -> None:
-        """Stop tracing before a task that is not wanted (lock held); still armed."""
-        if tracemalloc.is_tracing():
-            tracemalloc.stop()
-        self.state = ARMED
-        self._gap = 0
 
     def _next(self) -> None:
         self._granted = max(0, self._granted - 1)
         self._key = None
+        self._name = ""
         self._hook = 0.0
+        self._warm = []
         self.state = ARMED if self._granted else IDLE
-        self._gap = self.gap_tasks
+        # A random gap (seeded: the same task sequence gets the same
+        # choices): a fixed one would lock onto a fixed position in a
+        # repeating task sequence and never measure some task names.
+        self._gap = self._rng.randint(0, 2 * self.gap_tasks)
         self._waited = 0
 
 
