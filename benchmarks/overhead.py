@@ -1,20 +1,36 @@
 #!/usr/bin/env python3
-"""Throughput overhead of bilge vs plain, tracemalloc and memray on a real worker.
+"""Overhead of bilge vs plain, tracemalloc and memray on a real worker, on three workload shapes.
 
-The same non-leaking workload (``workload_app.py``: ~1 ms JSON/dict/string/
-hash task) runs on a real prefork Celery worker (``-P prefork -c 2``) whose
-broker is a private redis-server on a free loopback port. For every run, N
-tasks are queued *before* the worker starts; throughput is
+A real prefork Celery worker (``-P prefork -c 2``) whose broker is a private
+redis-server on a free loopback port runs ``workload_app.py`` in one of three
+shapes (``--shapes``), each with and without a leak (``--leak``):
+
+  short    ~1 ms tasks (JSON/dict/string/hash work on a few-KB order)
+  alloc    ~4 ms allocation-heavy tasks (60 json.loads of a ~3 KB order, each indexed)
+  bigheap  ~5 ms tasks in a worker holding 1,000,000 live gc-tracked objects
+           built at import (before the pool forks)
+
+The app has three task names (workload.a, .b, .c: the same work); with a leak
+of L bytes, workload.b also keeps ~L bytes per call in a module-level list.
+Tasks go to the three names in a seeded random order, identical in every run.
+
+For every run, N tasks are queued *before* the worker starts; throughput is
 
     N / (t_last_end - t_first_start)
 
 from the worker's own bookkeeping in Redis, so worker start-up and shutdown
-are excluded. Modes run interleaved (plain, bilge, tracemalloc, memray,
-plain, ...) for R rounds; per mode the report gives the median throughput and
-``median_plain / median_mode`` (1.00 = no overhead).
+are excluded. Each (shape, leak) block runs one uncounted plain warm-up, then
+R rounds; within a round every mode runs once, the order rotated per round.
+Per run: throughput, child CPU per task, task latency p50/p99 (each task's
+task_prerun -> task_postrun interval, measured inside the worker), and for
+bilge runs the verdict and bilge's self-reported cost (``processes[].cost``
+of ``bilge report --format json``). Per block and mode: medians, plain/mode
+ratios (of the medians, and the median of same-round pairs), CPU and latency
+ratios, and bilge's reported cost against the measured extra child CPU.
 
-    .venv/bin/python benchmarks/overhead.py                     # 4000 tasks x 5 rounds
-    .venv/bin/python benchmarks/overhead.py --tasks 2000 --rounds 3 --modes plain,bilge
+    .venv/bin/python benchmarks/overhead.py                         # everything, 4000 tasks x 4 rounds
+    .venv/bin/python benchmarks/overhead.py --tasks 20000 --modes plain,bilge      # the judged run
+    .venv/bin/python benchmarks/overhead.py --estimate --tasks 20000               # how long, then exit
 
 Modes:
   plain        python -m celery -A workload_app worker -P prefork -c 2 ...
@@ -26,9 +42,11 @@ Modes:
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -38,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -46,12 +65,25 @@ BIN = os.path.dirname(PY)
 BILGE = os.path.join(BIN, "bilge")
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 MODES = ("plain", "bilge", "tracemalloc", "memray")
-WORKER_ARGS = ["-A", "workload_app", "worker", "-P", "prefork", "-c", "2", "--loglevel=WARNING",
+SHAPES = ("short", "alloc", "bigheap")
+LEAKS = ("none", "2048")
+TASK_NAMES = ("workload.a", "workload.b", "workload.c")
+CONCURRENCY = 2
+WORKER_ARGS = ["-A", "workload_app", "worker", "-P", "prefork", "-c", str(CONCURRENCY), "--loglevel=WARNING",
                "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", "bench@%h"]
 # Variables that would change what a mode measures.
 SCRUB = ("PYTHONTRACEMALLOC", "PYTHONMALLOC", "PYTHONSTARTUP", "PYTHONPROFILEIMPORTTIME", "BILGE_DATA_DIR",
          "BILGE_RUN_ID", "BILGE_SAMPLE_INTERVAL", "BILGE_CENSUS_BUDGET", "BILGE_CENSUS_MIN_INTERVAL",
-         "MEMRAY_FOLLOW_FORK")
+         "MEMRAY_FOLLOW_FORK", "BENCH_SHAPE", "BENCH_LEAK", "BENCH_PASSES", "BENCH_ITEMS", "BENCH_SHORT_PASSES",
+         "BENCH_ALLOC_ITEMS", "BENCH_ALLOC_REPS", "BENCH_HEAP_OBJECTS", "BENCH_BIG_PASSES", "BENCH_BIG_READS")
+
+# For the time estimate before any run has been measured: plain throughput
+# (tasks/s, idle 2-vCPU VM), each mode's slowdown, and the seconds a run
+# spends outside its measured window (start-up, shutdown, bilge report).
+NOMINAL_TPS = {"short": 480.0, "alloc": 320.0, "bigheap": 220.0}
+MODE_FACTOR = {"plain": 1.0, "bilge": 1.08, "tracemalloc": 9.0, "memray": 1.5}
+FIXED_S = {"plain": 3.5, "bilge": 4.5, "tracemalloc": 5.0, "memray": 4.5}
+BIGHEAP_FIXED_S = {"plain": 1.5, "bilge": 2.0, "tracemalloc": 3.5, "memray": 1.5}
 
 
 def log(msg: str) -> None:
@@ -129,20 +161,47 @@ def _stop_proc(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-def queue_tasks(broker: str, n: int) -> float:
-    """Publish n tasks (fresh DB); returns the seconds it took."""
-    from celery import Celery
+# Queue contents by (broker, n, names, seed): the broker's keys as DUMPed
+# right after publishing, RESTOREd for later runs. Every run with the same
+# parameters gets byte-identical messages, and a 20,000-task queue takes a
+# fraction of a second instead of ~10 s of kombu publishing.
+_QUEUE_SNAPSHOTS: dict[tuple, list[tuple[bytes, bytes]]] = {}
 
-    client = Celery("bench-producer", broker=broker)
-    client.conf.update(task_serializer="json", task_ignore_result=True, broker_connection_retry_on_startup=True)
+
+def queue_tasks(broker: str, n: int, names: tuple[str, ...] = ("workload.process_order",), seed: int = 0) -> float:
+    """Publish n tasks into the (freshly flushed) broker; returns the seconds it took.
+
+    With several names, each task goes to a name drawn from ``random.Random(seed)``.
+    """
+    import redis
+
     t0 = time.time()
-    with client.connection_for_write() as conn:
-        with client.producer_or_acquire(None) as producer:
-            for i in range(n):
-                client.send_task("workload.process_order", args=(i,), producer=producer, connection=conn,
-                                 ignore_result=True)
-    client.close()
-    return time.time() - t0
+    r = redis.Redis.from_url(broker)
+    key = (broker, n, tuple(names), seed)
+    snap = _QUEUE_SNAPSHOTS.get(key)
+    try:
+        if snap is not None:
+            pipe = r.pipeline(transaction=False)
+            for k, blob in snap:
+                pipe.restore(k, 0, blob, replace=True)
+            pipe.execute()
+            return time.time() - t0
+        from celery import Celery
+
+        client = Celery("bench-producer", broker=broker)
+        client.conf.update(task_serializer="json", task_ignore_result=True, broker_connection_retry_on_startup=True)
+        rng = random.Random(seed)
+        with client.connection_for_write() as conn:
+            with client.producer_or_acquire(None) as producer:
+                for i in range(n):
+                    name = names[0] if len(names) == 1 else rng.choice(names)
+                    client.send_task(name, args=(i,), producer=producer, connection=conn, ignore_result=True)
+        client.close()
+        keys = sorted(r.keys("*"))
+        _QUEUE_SNAPSHOTS[key] = [(k, r.dump(k)) for k in keys]
+        return time.time() - t0
+    finally:
+        r.close()
 
 
 # ----------------------------------------------------------------- worker --
@@ -223,15 +282,22 @@ def _busy_cpu() -> float:
 
 
 def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: float = 60.0,
-               max_wait: float = 300.0, on_progress=None, extra_env: dict[str, str] | None = None) -> dict:
+               max_wait: float = 300.0, on_progress=None, extra_env: dict[str, str] | None = None,
+               task_names: tuple[str, ...] = ("workload.process_order",), seed: int = 0,
+               startup_timeout: float = 180.0) -> dict:
     """Queue n_tasks, run one worker in ``mode`` until they are all done, stop it.
 
     ``on_progress(done, worker_pid)`` is called at every poll (for RSS probes);
-    ``extra_env`` is added to the worker's environment (e.g. BILGE_* knobs).
-    Returns the run's record; ``status`` is "ok" or "error".
+    ``extra_env`` is added to the worker's environment (e.g. BENCH_SHAPE,
+    BILGE_* knobs); ``task_names``/``seed`` choose the queued tasks.
+    ``stall_timeout`` applies once tasks run, ``startup_timeout`` before the
+    first one. bilge runs also carry ``bilge`` (verdict and self-reported
+    cost from ``bilge report --format json``). Returns the run's record;
+    ``status`` is "ok" or "error".
     """
+    t_begin = time.time()
     client.flushdb()
-    queue_s = queue_tasks(broker, n_tasks)
+    queue_s = queue_tasks(broker, n_tasks, tuple(task_names), seed)
     work = tempfile.mkdtemp(prefix="bilge-bench-%s-" % mode)
     argv, env = build_command(mode, broker, work, extra_env)
     rec: dict = {"mode": mode, "tasks": n_tasks, "status": "ok", "queue_s": round(queue_s, 2)}
@@ -241,7 +307,7 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         done, last_done, last_progress = 0, -1, time.time()
-        cpu_start: tuple[int, float] | None = None
+        cpu_start: tuple[int, float, float, float] | None = None
         while True:
             done = int(client.get("bench:done") or 0)
             now = time.time()
@@ -255,7 +321,9 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
                 last_done, last_progress = done, now
             if proc.poll() is not None:
                 raise RuntimeError("worker exited (rc=%s) after %d/%d tasks" % (proc.returncode, done, n_tasks))
-            if now - last_progress > stall_timeout:
+            if done == 0 and now - t_spawn > startup_timeout:
+                raise RuntimeError("no task started %.0fs after spawning the worker" % startup_timeout)
+            if done > 0 and now - last_progress > stall_timeout:
                 raise RuntimeError("no progress for %.0fs at %d/%d tasks" % (stall_timeout, done, n_tasks))
             if now - t_spawn > max_wait:
                 raise RuntimeError("timeout after %.0fs at %d/%d tasks" % (max_wait, done, n_tasks))
@@ -279,6 +347,8 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
             throughput=n_tasks / (t_last - t_first),
             measured_s=round(t_last - t_first, 3),
             startup_s=round(t_first - t_spawn, 2),
+            latency=_latency(client, list(child_cpu)),
+            receivers=json.loads(client.get("bench:receivers") or b"null"),
             processes=_tree_rss(proc.pid),
         )
     except Exception as exc:  # noqa: BLE001 - recorded, the benchmark goes on
@@ -287,6 +357,8 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
         rec["shutdown"] = _stop_worker(proc)
         logf.close()
         rec["artifacts"] = _artifacts(mode, work)
+        if mode == "bilge":
+            rec["bilge"] = bilge_report(os.path.join(work, "bilge-data"))
         if rec["status"] != "ok" or rec["shutdown"].get("escalated"):
             try:
                 with open(os.path.join(work, "worker.log"), "rb") as fh:
@@ -297,7 +369,93 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
             print("kept", work, file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
+        rec["wall_s"] = round(time.time() - t_begin, 2)
     return rec
+
+
+def _quantile(sorted_values, q: float) -> float:
+    """Linear interpolation between the closest ranks (numpy's default)."""
+    n = len(sorted_values)
+    if n == 0:
+        return float("nan")
+    pos = q * (n - 1)
+    lo = int(pos)
+    hi = min(lo + 1, n - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _latency(client, pids: list[str]) -> dict:
+    """Task durations (prerun -> postrun) the pool children APPENDed to ``bench:lat:<pid>``, in ms."""
+    every = array("d")
+    per: dict = {}
+    for pid in pids:
+        raw = client.get("bench:lat:%s" % pid) or b""
+        vals = array("d")
+        vals.frombytes(raw[: len(raw) // 8 * 8])
+        if sys.byteorder == "big":
+            vals.byteswap()
+        every.extend(vals)
+        s = sorted(vals)
+        per[pid] = {"n": len(s), "p50_ms": _quantile(s, 0.5) * 1e3, "p99_ms": _quantile(s, 0.99) * 1e3}
+    s = sorted(every)
+    if not s:
+        return {"n": 0}
+    return {"n": len(s), "mean_ms": sum(s) / len(s) * 1e3, "p50_ms": _quantile(s, 0.5) * 1e3,
+            "p90_ms": _quantile(s, 0.9) * 1e3, "p99_ms": _quantile(s, 0.99) * 1e3,
+            "p999_ms": _quantile(s, 0.999) * 1e3, "max_ms": s[-1] * 1e3, "per_process": per}
+
+
+def bilge_report(data: str, timeout: float = 600.0) -> dict:
+    """Verdict and per-process self-reported cost from ``bilge report --data-dir DATA --format json``.
+
+    Tolerates a report without ``processes[].cost`` (``cost_available`` false).
+    """
+    t0 = time.time()
+    if not os.path.exists(os.path.join(data, "bilge.db")):
+        return {"error": "no bilge.db"}
+    try:
+        proc = subprocess.run([BILGE, "report", "--data-dir", data, "--format", "json"], capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"error": "bilge report timed out after %.0fs" % timeout}
+    try:
+        rep = json.loads(proc.stdout)
+    except ValueError:
+        return {"error": "bilge report rc=%s: %s" % (proc.returncode, (proc.stderr or proc.stdout)[-600:].strip())}
+    out: dict = {"report_s": round(time.time() - t0, 2), "verdict": rep.get("verdict"), "kind": rep.get("kind"),
+                 "confidence": rep.get("confidence"), "reason": rep.get("reason"),
+                 "findings": [{k: f.get(k) for k in ("task", "type", "kind", "location", "bytes_per_call")}
+                              for f in (rep.get("findings") or [])[:3]],
+                 "processes": []}
+    totals = {"children": {"cpu_s": 0.0, "slowed_s": 0.0}, "main": {"cpu_s": 0.0, "slowed_s": 0.0}}
+    available = False
+    for p in rep.get("processes") or []:
+        entry = {k: p.get(k) for k in ("pid", "role", "verdict", "kind", "tasks_observed", "tasks_excluded",
+                                       "confirmed_after_tasks", "growth_bytes_per_task")}
+        cost = p.get("cost")
+        if isinstance(cost, dict):
+            available = True
+            runs = cost.get("runs") or []
+            cpu = float(cost.get("cpu_seconds_total") or sum(s.get("cpu_seconds", 0.0) for s in cost.get("stages", [])))
+            slowed = float(cost.get("slowed_seconds_total")
+                           or sum(s.get("slowed_seconds", 0.0) for s in cost.get("stages", [])))
+            entry["cost"] = {
+                "cpu_seconds_total": cpu, "slowed_seconds_total": slowed,
+                "stages": cost.get("stages") or [],
+                "runs_count": len(runs),
+                "runs_by_stage_reason": dict(collections.Counter(
+                    "%s: %s" % (r.get("stage"), r.get("reason")) for r in runs)),
+                "runs": runs[:40],
+                "budget": cost.get("budget"),
+            }
+            group = "children" if entry.get("role") == "celery-child" else "main"
+            totals[group]["cpu_s"] += cpu
+            totals[group]["slowed_s"] += slowed
+        out["processes"].append(entry)
+    out["cost_available"] = available
+    if available:
+        out["cost"] = totals
+    return out
 
 
 def _stop_worker(proc: subprocess.Popen, timeout: float = 60.0) -> dict:
@@ -355,78 +513,207 @@ def _artifacts(mode: str, work: str) -> dict:
 
 
 # ---------------------------------------------------------------- summary --
+def _med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _child_cpu_total(rec: dict) -> float:
+    return sum(rec.get("child_cpu_s", {}).values())
+
+
 def summarise(runs: list[dict], modes: list[str]) -> dict:
+    """Per mode, over the counted runs of one (shape, leak) block."""
     by_mode: dict = {}
+    plain_by_round = {r["round"]: r for r in runs if r["mode"] == "plain" and r["status"] == "ok"}
     for mode in modes:
-        ok = [r["throughput"] for r in runs if r["mode"] == mode and r["status"] == "ok"]
-        errors = sum(1 for r in runs if r["mode"] == mode and r["status"] != "ok")
-        entry: dict = {"runs": len(ok), "errors": errors}
-        if ok:
-            entry.update(median=statistics.median(ok), min=min(ok), max=max(ok), all=[round(x, 1) for x in ok])
-            for key in ("child_cpu_us_per_task", "tree_cpu_us_per_task"):
-                vals = [r[key] for r in runs if r["mode"] == mode and r["status"] == "ok"]
-                entry[key + "_median"] = statistics.median(vals)
-                entry[key + "_all"] = [round(x, 1) for x in vals]
+        ok = [r for r in runs if r["mode"] == mode and r["status"] == "ok"]
+        entry: dict = {"runs": len(ok), "errors": sum(1 for r in runs if r["mode"] == mode and r["status"] != "ok")}
         by_mode[mode] = entry
-    plain = by_mode.get("plain", {}).get("median")
-    plain_cpu = by_mode.get("plain", {}).get("child_cpu_us_per_task_median")
-    plain_tree = by_mode.get("plain", {}).get("tree_cpu_us_per_task_median")
-    for entry in by_mode.values():
-        if plain and entry.get("median"):
-            entry["ratio"] = plain / entry["median"]
-        if plain_cpu and entry.get("child_cpu_us_per_task_median"):
-            entry["cpu_ratio"] = entry["child_cpu_us_per_task_median"] / plain_cpu
-            entry["tree_cpu_ratio"] = entry["tree_cpu_us_per_task_median"] / plain_tree
-    if "bilge" in by_mode:
-        arts = [r["artifacts"] for r in runs if r["mode"] == "bilge" and r["status"] == "ok"]
-        sizes = [a.get("bilge_db_bytes", 0) + a.get("bilge_wal_bytes", 0) for a in arts]
-        if sizes:
-            by_mode["bilge"]["db_bytes_median"] = statistics.median(sizes)
-            by_mode["bilge"]["task_rows_median"] = statistics.median(a.get("rows_tasks", 0) for a in arts)
-    if "memray" in by_mode:
-        sizes = [r["artifacts"].get("memray_bytes", 0) for r in runs if r["mode"] == "memray" and r["status"] == "ok"]
-        if sizes:
-            by_mode["memray"]["capture_bytes_median"] = statistics.median(sizes)
-    for mode in modes:
-        leaves = [p["rss"] for r in runs if r["mode"] == mode and r["status"] == "ok"
-                  for p in r.get("processes", []) if p["leaf"]]
+        if not ok:
+            continue
+        tp = [r["throughput"] for r in ok]
+        entry.update(median=statistics.median(tp), min=min(tp), max=max(tp), all=[round(x, 1) for x in tp])
+        for key in ("child_cpu_us_per_task", "tree_cpu_us_per_task"):
+            vals = [r[key] for r in ok]
+            entry[key + "_median"] = statistics.median(vals)
+            entry[key + "_all"] = [round(x, 1) for x in vals]
+        for key in ("p50_ms", "p99_ms", "p999_ms", "mean_ms"):
+            vals = [r["latency"].get(key) for r in ok]
+            entry["latency_%s_median" % key] = _med(vals)
+            entry["latency_%s_all" % key] = [None if v is None else round(v, 3) for v in vals]
+        entry["other_load_median"] = statistics.median(r["other_load"] for r in ok)
+        entry["other_load_max"] = max(r["other_load"] for r in ok)
+        entry["startup_s_median"] = statistics.median(r["startup_s"] for r in ok)
+        leaves = [p["rss"] for r in ok for p in r.get("processes", []) if p["leaf"]]
         if leaves:
-            by_mode[mode]["child_rss_median_mb"] = statistics.median(leaves) / 2**20
+            entry["child_rss_median_mb"] = statistics.median(leaves) / 2**20
+        # Same-round pairs with plain: robust to load drifting between rounds.
+        pairs = [(plain_by_round[r["round"]], r) for r in ok if r["round"] in plain_by_round]
+        if pairs and mode != "plain":
+            ratios = [p["throughput"] / r["throughput"] for p, r in pairs]
+            entry["paired_ratio_median"] = statistics.median(ratios)
+            entry["paired_ratio_all"] = [round(x, 4) for x in ratios]
+            entry["paired_cpu_ratio_median"] = statistics.median(
+                r["child_cpu_us_per_task"] / p["child_cpu_us_per_task"] for p, r in pairs)
+            for key in ("p50_ms", "p99_ms"):
+                vals = [r["latency"][key] / p["latency"][key] for p, r in pairs
+                        if r["latency"].get(key) and p["latency"].get(key)]
+                entry["paired_%s_ratio_median" % key[:3]] = _med(vals)
+        if mode == "bilge":
+            _summarise_bilge(entry, ok, plain_by_round)
+        if mode == "memray":
+            sizes = [r["artifacts"].get("memray_bytes", 0) for r in ok]
+            entry["capture_bytes_median"] = statistics.median(sizes)
+    plain = by_mode.get("plain", {})
+    for entry in by_mode.values():
+        if not entry.get("median") or not plain.get("median"):
+            continue
+        entry["ratio"] = plain["median"] / entry["median"]
+        entry["cpu_ratio"] = entry["child_cpu_us_per_task_median"] / plain["child_cpu_us_per_task_median"]
+        entry["tree_cpu_ratio"] = entry["tree_cpu_us_per_task_median"] / plain["tree_cpu_us_per_task_median"]
+        for key in ("p50", "p99"):
+            a, b = entry.get("latency_%s_ms_median" % key), plain.get("latency_%s_ms_median" % key)
+            entry["%s_ratio" % key] = a / b if a and b else None
     return by_mode
 
 
-def table(summary: dict, modes: list[str], n_tasks: int) -> str:
-    lines = ["| mode | runs | median tasks/s | plain/mode | min tasks/s | max tasks/s | child CPU µs/task "
-             "| mode/plain CPU | tree CPU µs/task | mode/plain tree CPU | child RSS (MB) | notes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def _summarise_bilge(entry: dict, ok: list[dict], plain_by_round: dict) -> None:
+    arts = [r["artifacts"] for r in ok]
+    sizes = [a.get("bilge_db_bytes", 0) + a.get("bilge_wal_bytes", 0) for a in arts]
+    entry["db_bytes_median"] = statistics.median(sizes)
+    entry["task_rows_median"] = statistics.median(a.get("rows_tasks", 0) for a in arts)
+    reports = [r.get("bilge") or {} for r in ok]
+    entry["verdicts"] = dict(collections.Counter(str(b.get("verdict")) for b in reports))
+    entry["process_verdicts"] = dict(collections.Counter(
+        "%s=%s" % (p.get("role"), p.get("verdict")) for b in reports for p in b.get("processes", [])))
+    entry["found_tasks"] = dict(collections.Counter(
+        str((b.get("findings") or [{}])[0].get("task")) for b in reports if b.get("findings")))
+    entry["report_errors"] = [b["error"] for b in reports if b.get("error")]
+    costs = [b["cost"] for b in reports if b.get("cost_available")]
+    entry["cost_available_runs"] = len(costs)
+    if costs:
+        entry["reported_child_cpu_s_median"] = statistics.median(c["children"]["cpu_s"] for c in costs)
+        entry["reported_child_slowed_s_median"] = statistics.median(c["children"]["slowed_s"] for c in costs)
+        entry["reported_child_total_s_median"] = statistics.median(
+            c["children"]["cpu_s"] + c["children"]["slowed_s"] for c in costs)
+        entry["reported_main_cpu_s_median"] = statistics.median(c["main"]["cpu_s"] for c in costs)
+    # Measured against the same round's plain run, scaled to this run's task count.
+    extra_cpu, extra_cap = [], []
+    for r in ok:
+        p = plain_by_round.get(r["round"])
+        if p is None:
+            continue
+        scale = r["tasks"] / p["tasks"]
+        extra_cpu.append(_child_cpu_total(r) - _child_cpu_total(p) * scale)
+        extra_cap.append(CONCURRENCY * (r["measured_s"] - p["measured_s"] * scale))
+        r["measured_extra_child_cpu_s"] = extra_cpu[-1]
+        r["measured_extra_capacity_s"] = extra_cap[-1]
+    if extra_cpu:
+        entry["measured_extra_child_cpu_s_median"] = statistics.median(extra_cpu)
+        entry["measured_extra_child_cpu_s_all"] = [round(x, 3) for x in extra_cpu]
+        entry["measured_extra_capacity_s_median"] = statistics.median(extra_cap)
+
+
+def _f(v, fmt: str = "%.3f") -> str:
+    return "-" if v is None else fmt % v
+
+
+def table(summary: dict, modes: list[str]) -> str:
+    lines = ["| mode | runs | median tasks/s | plain/mode | plain/mode (pairs) | child CPU µs/task | mode/plain CPU "
+             "| p50 ms | p50 ×plain | p99 ms | p99 ×plain | child RSS MB | start-up s | other load | notes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode in modes:
         e = summary[mode]
         if not e.get("median"):
-            lines.append("| %s | 0 | - | - | - | - | - | - | - | - | - | %d errors |" % (mode, e["errors"]))
+            lines.append("| %s | 0 |%s %d errors |" % (mode, " - |" * 12, e["errors"]))
             continue
         notes = []
-        if mode == "bilge" and "db_bytes_median" in e:
-            notes.append("bilge.db %.0f KB, %d task rows" % (e["db_bytes_median"] / 1024, e["task_rows_median"]))
+        if mode == "bilge":
+            notes.append("verdict %s" % ", ".join("%s×%d" % kv for kv in e["verdicts"].items()))
+            if e.get("found_tasks"):
+                notes.append("task %s" % ", ".join("%s×%d" % kv for kv in e["found_tasks"].items()))
+            if "reported_child_total_s_median" in e:
+                notes.append("reported child cost %.2fs (CPU %.2f + slowed %.2f) vs measured extra child CPU %s s"
+                             % (e["reported_child_total_s_median"], e["reported_child_cpu_s_median"],
+                                e["reported_child_slowed_s_median"], _f(e.get("measured_extra_child_cpu_s_median"),
+                                                                        "%.2f")))
+            else:
+                notes.append("no cost in report; measured extra child CPU %s s"
+                             % _f(e.get("measured_extra_child_cpu_s_median"), "%.2f"))
+            notes.append("bilge.db %.0f KB" % (e["db_bytes_median"] / 1024))
         if mode == "memray" and "capture_bytes_median" in e:
             notes.append("capture %.1f MB" % (e["capture_bytes_median"] / 2**20))
         if e["errors"]:
             notes.append("%d errors" % e["errors"])
-        lines.append("| %s | %d | %.1f | %s | %.1f | %.1f | %.0f | %s | %.0f | %s | %.1f | %s |" % (
-            mode, e["runs"], e["median"], "%.3f" % e["ratio"] if "ratio" in e else "-", e["min"], e["max"],
-            e["child_cpu_us_per_task_median"], "%.3f" % e["cpu_ratio"] if "cpu_ratio" in e else "-",
-            e["tree_cpu_us_per_task_median"], "%.3f" % e["tree_cpu_ratio"] if "tree_cpu_ratio" in e else "-",
-            e.get("child_rss_median_mb", 0.0), "; ".join(notes)))
-    lines.append("")
-    lines.append("%d tasks per run (tracemalloc: a quarter unless --tracemalloc-tasks); "
-                 "throughput = tasks / (last task end - first task start); "
-                 "plain/mode = median plain throughput / median mode throughput. "
-                 "Child CPU = CPU time of the pool children (all their threads) from their first task start to "
-                 "their last task end, per task; tree CPU = the whole process tree (main process, children, "
-                 "wrapper) between the first and last progress polls, per task. CPU per task is robust to other "
-                 "load on the machine; wall-clock throughput is not." % n_tasks)
+        lines.append("| %s | %d | %.1f | %s | %s | %.0f | %s | %s | %s | %s | %s | %.1f | %.1f | %.2f | %s |" % (
+            mode, e["runs"], e["median"], _f(e.get("ratio")), _f(e.get("paired_ratio_median")),
+            e["child_cpu_us_per_task_median"], _f(e.get("cpu_ratio")),
+            _f(e.get("latency_p50_ms_median")), _f(e.get("p50_ratio")),
+            _f(e.get("latency_p99_ms_median")), _f(e.get("p99_ratio")),
+            e.get("child_rss_median_mb", 0.0), e["startup_s_median"], e["other_load_median"], "; ".join(notes)))
     return "\n".join(lines)
 
 
+def cost_table(blocks: list[dict]) -> str:
+    lines = ["| shape | leak | bilge runs | verdicts | plain/bilge (pairs) | measured extra child CPU s "
+             "| measured extra capacity s | reported child CPU s | reported child slowed s | reported main CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for b in blocks:
+        e = b["summary"].get("bilge")
+        if not e or not e.get("runs"):
+            continue
+        lines.append("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s |" % (
+            b["shape"], b["leak"], e["runs"], ", ".join("%s×%d" % kv for kv in e["verdicts"].items()),
+            _f(e.get("paired_ratio_median")), _f(e.get("measured_extra_child_cpu_s_median"), "%.2f"),
+            _f(e.get("measured_extra_capacity_s_median"), "%.2f"), _f(e.get("reported_child_cpu_s_median"), "%.2f"),
+            _f(e.get("reported_child_slowed_s_median"), "%.2f"), _f(e.get("reported_main_cpu_s_median"), "%.2f")))
+    return "\n".join(lines) if len(lines) > 2 else "(no bilge runs)"
+
+
+LEGEND = (
+    "throughput = tasks / (last task end - first task start); plain/mode = median plain throughput / median mode "
+    "throughput; (pairs) = median over rounds of plain/mode with the same round's plain run. Child CPU = CPU time "
+    "of the pool children (all their threads) from their first task start to their last task end, per task "
+    "(robust to other load; wall-clock figures are not). p50/p99 = task duration from the workload's task_prerun "
+    "handler (moved to run first) to its task_postrun handler (moved to run last, so bilge's per-task hooks are "
+    "inside), all tasks of both children; ×plain = median mode / median plain. "
+    "tracemalloc runs an eighth of the tasks unless --tracemalloc-tasks. Cost check: measured extra child CPU = "
+    "bilge run's child CPU minus the same round's plain run's (scaled to the same task count); measured extra "
+    "capacity = %d × (bilge measured seconds - plain measured seconds); reported = sum of processes[].cost "
+    "cpu_seconds_total / slowed_seconds_total of the celery-child processes in `bilge report` (whole process "
+    "lifetime, so it includes start-up and the final flush, which the measured window does not)." % CONCURRENCY)
+
+
+# --------------------------------------------------------------- estimate --
+class Estimator:
+    """Wall seconds per run: nominal figures until a (shape, mode) has been measured."""
+
+    def __init__(self) -> None:
+        self.per_task: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+        self.fixed: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+
+    def add(self, shape: str, rec: dict) -> None:
+        if rec["status"] == "ok":
+            self.per_task[(shape, rec["mode"])].append(rec["measured_s"] / rec["tasks"])
+            self.fixed[(shape, rec["mode"])].append(rec["wall_s"] - rec["measured_s"] - rec["queue_s"])
+
+    def run_s(self, shape: str, mode: str, n: int) -> float:
+        key = (shape, mode)
+        if self.per_task.get(key):
+            return statistics.median(self.fixed[key]) + n * statistics.median(self.per_task[key])
+        per_task = MODE_FACTOR[mode] / NOMINAL_TPS[shape]
+        return FIXED_S[mode] + (BIGHEAP_FIXED_S[mode] if shape == "bigheap" else 0.0) + n * per_task
+
+    def total_s(self, plan: list[tuple]) -> float:
+        return sum(self.run_s(shape, mode, n) for (shape, _leak, _rnd, mode, n) in plan)
+
+
+def _fmt_s(s: float) -> str:
+    return "%dh%02dm" % (s // 3600, s % 3600 // 60) if s >= 3600 else "%dm%02ds" % (s // 60, s % 60)
+
+
+# ------------------------------------------------------------------- main --
 def environment() -> dict:
     import celery
 
@@ -447,75 +734,174 @@ def environment() -> dict:
     return info
 
 
+def _leak_bytes(label: str) -> int:
+    return 0 if label in ("none", "0") else int(label)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", type=int, default=4000, help="tasks per run (default 4000)")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    ap.add_argument("--tracemalloc-tasks", type=int, default=None,
-                    help="tasks per tracemalloc run (default tasks/4: it is ~5x slower; throughput is a rate)")
+    ap.add_argument("--tasks", type=int, default=4000, help="tasks per run (default 4000; judged figure: 20000)")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds per (shape, leak) (default 4)")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of %s" % ",".join(SHAPES))
+    ap.add_argument("--leak", default=",".join(LEAKS),
+                    help="comma-separated leak variants: none, or bytes kept per call of workload.b "
+                         "(default none,2048)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of %s" % ",".join(MODES))
-    ap.add_argument("--warmup", type=int, default=1, help="plain runs before round 1, not counted (default 1)")
-    ap.add_argument("--json", default=os.path.join(RESULTS, "overhead.json"), help="where to write results")
+    ap.add_argument("--tracemalloc-tasks", type=int, default=None,
+                    help="tasks per tracemalloc run (default tasks/8: it is ~6-10x slower; throughput is a rate)")
+    ap.add_argument("--memray-tasks", type=int, default=None, help="tasks per memray run (default: --tasks)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="plain runs (min(tasks, 1000) tasks) before each block's rounds, not counted (default 1)")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the task-name order (default 1)")
+    ap.add_argument("--out", "--json", dest="out", default=os.path.join(RESULTS, "overhead_shapes.json"),
+                    help="where to write results (default benchmarks/results/overhead_shapes.json)")
+    ap.add_argument("--estimate", action="store_true", help="print the time estimate and exit")
     args = ap.parse_args(argv)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - set(MODES)
-    if unknown:
-        ap.error("unknown modes: %s" % ", ".join(sorted(unknown)))
+
+    def _list(value: str, allowed: tuple[str, ...] | None, what: str) -> list[str]:
+        items = [x.strip() for x in value.split(",") if x.strip()]
+        bad = [x for x in items if allowed is not None and x not in allowed]
+        if bad or not items:
+            ap.error("unknown %s: %s" % (what, ", ".join(bad) or "(none)"))
+        return items
+
+    modes = _list(args.modes, MODES, "modes")
+    shapes = _list(args.shapes, SHAPES, "shapes")
+    leaks = _list(args.leak, None, "leak")
+    for label in leaks:
+        try:
+            if _leak_bytes(label) < 0:
+                raise ValueError
+        except ValueError:
+            ap.error("--leak takes none or a byte count, not %r" % label)
     if "bilge" in modes and not os.path.exists(BILGE):
         ap.error("bilge not found at %s (run with the venv's python)" % BILGE)
+
+    def n_for(mode: str) -> int:
+        if mode == "tracemalloc":
+            return args.tracemalloc_tasks or max(1, args.tasks // 8)
+        if mode == "memray":
+            return args.memray_tasks or args.tasks
+        return args.tasks
+
+    # The whole plan: (shape, leak, round (0 = warm-up), mode, tasks).
+    plan: list[tuple] = []
+    for shape in shapes:
+        for leak in leaks:
+            plan += [(shape, leak, 0, "plain", min(args.tasks, 1000))] * args.warmup
+            for rnd in range(1, args.rounds + 1):
+                k = (rnd - 1) % len(modes)
+                plan += [(shape, leak, rnd, mode, n_for(mode)) for mode in modes[k:] + modes[:k]]
+    est = Estimator()
+    publish_s = 0.55e-3 * sum({n for (*_, n) in plan})  # kombu publishing, once per distinct queue size
+    log("plan: %d shapes x %d leak variants x %d rounds x %d modes = %d counted runs (+%d warm-ups); "
+        "estimated %s on an idle 2-vCPU machine" % (
+            len(shapes), len(leaks), args.rounds, len(modes), sum(1 for p in plan if p[2]),
+            sum(1 for p in plan if not p[2]), _fmt_s(est.total_s(plan) + publish_s)))
+    if args.estimate:
+        for shape in shapes:
+            log("  %-8s per run: %s" % (shape, ", ".join("%s %.0fs" % (m, est.run_s(shape, m, n_for(m)))
+                                                        for m in modes)))
+        return 0
 
     def _terminate(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt("signal %d" % signum)
 
     signal.signal(signal.SIGTERM, _terminate)  # so the finally blocks stop workers and Redis
     runs: list[dict] = []
+    blocks: list[dict] = []
     t0 = time.time()
+    config = {"tasks": args.tasks, "tracemalloc_tasks": n_for("tracemalloc"), "memray_tasks": n_for("memray"),
+              "rounds": args.rounds, "modes": modes, "shapes": shapes, "leaks": leaks, "warmup": args.warmup,
+              "seed": args.seed, "task_names": list(TASK_NAMES), "leaky_task": "workload.b",
+              "worker": "celery " + " ".join(WORKER_ARGS), "workload": "workload_app (BENCH_SHAPE, BENCH_LEAK)"}
+    env_info = environment()
+
+    def write(complete: bool) -> None:
+        out = {"benchmark": "overhead_shapes", "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": complete,
+               "config": config, "environment": env_info, "wall_s": round(time.time() - t0, 1),
+               "blocks": blocks, "cost_table": cost_table(blocks), "legend": LEGEND, "runs": runs}
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(out, fh, indent=2)
+        os.replace(tmp, args.out)
+
+    done_runs = 0
     with RedisServer() as rs:
         client = rs.client()
         log("private redis at %s" % rs.url)
-        for i in range(args.warmup):
-            rec = run_worker("plain", rs.url, client, min(args.tasks, 1000))
-            log("warm-up %d: %s" % (i + 1, _brief(rec)))
-        for rnd in range(1, args.rounds + 1):
-            for mode in modes:
-                n = args.tasks
-                if mode == "tracemalloc":
-                    n = args.tracemalloc_tasks or max(1, args.tasks // 4)
-                rec = run_worker(mode, rs.url, client, n)
-                rec["round"] = rnd
-                runs.append(rec)
-                log("round %d %-11s %s" % (rnd, mode, _brief(rec)))
-        client.close()
+        try:
+            for shape in shapes:
+                for leak in leaks:
+                    extra = {"BENCH_SHAPE": shape, "BENCH_LEAK": str(_leak_bytes(leak))}
+                    block_runs: list[dict] = []
+                    for (s, lk, rnd, mode, n) in plan:
+                        if (s, lk) != (shape, leak):
+                            continue
+                        max_wait = max(300.0, 5 * est.run_s(shape, mode, n))
+                        rec = run_worker(mode, rs.url, client, n, max_wait=max_wait, extra_env=extra,
+                                         task_names=TASK_NAMES, seed=args.seed)
+                        done_runs += 1
+                        est.add(shape, rec)
+                        rec.update(shape=shape, leak=leak, round=rnd)
+                        log("%s/%s %s %-11s %s" % (shape, leak, "warm-up" if rnd == 0 else "round %d" % rnd, mode,
+                                                    _brief(rec)))
+                        if rnd:
+                            runs.append(rec)
+                            block_runs.append(rec)
+                    summary = summarise(block_runs, modes)
+                    blocks.append({"shape": shape, "leak": leak, "summary": summary, "table": table(summary, modes)})
+                    write(complete=False)
+                    left = est.total_s(plan[done_runs:])
+                    log("block %s/%s done; elapsed %s, estimated remaining %s" % (
+                        shape, leak, _fmt_s(time.time() - t0), _fmt_s(left)))
+        finally:
+            client.close()
 
-    summary = summarise(runs, modes)
-    md = table(summary, modes, args.tasks)
-    print(md)
-    out = {"benchmark": "overhead", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "config": {"tasks": args.tasks, "tracemalloc_tasks": args.tracemalloc_tasks or max(1, args.tasks // 4),
-                      "rounds": args.rounds, "modes": modes, "warmup": args.warmup,
-                      "worker": "celery " + " ".join(WORKER_ARGS), "workload": "workload_app.process_order"},
-           "environment": environment(), "wall_s": round(time.time() - t0, 1),
-           "summary": summary, "table": md, "runs": runs}
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as fh:
-        json.dump(out, fh, indent=2)
-    log("wrote %s (%.0fs)" % (args.json, time.time() - t0))
+    for b in blocks:
+        print("### shape=%s leak=%s\n" % (b["shape"], b["leak"]))
+        print(b["table"])
+        print()
+    print("### bilge: measured extra cost vs self-reported cost (medians)\n")
+    print(cost_table(blocks))
+    print()
+    print("%d tasks per run. %s" % (args.tasks, LEGEND))
+    write(complete=True)
+    log("wrote %s (%s)" % (args.out, _fmt_s(time.time() - t0)))
     return 0 if all(r["status"] == "ok" for r in runs) else 1
 
 
 def _brief(rec: dict) -> str:
     if rec["status"] != "ok":
-        return "ERROR %s" % rec.get("reason")
+        b = rec.get("bilge") or {}
+        return "ERROR %s%s" % (rec.get("reason"), (" [report: %s]" % b["error"]) if b.get("error") else "")
     extra = ""
     a = rec.get("artifacts", {})
     if "bilge_db_bytes" in a:
         extra = " db=%.0fKB tasks=%s" % ((a["bilge_db_bytes"] + a["bilge_wal_bytes"]) / 1024, a.get("rows_tasks"))
+    b = rec.get("bilge")
+    if b:
+        if b.get("error"):
+            extra += " report ERROR %s" % b["error"][:200]
+        else:
+            extra += " verdict=%s" % b.get("verdict")
+            if b.get("findings"):
+                extra += " (%s)" % b["findings"][0].get("task")
+            if b.get("cost_available"):
+                c = b["cost"]
+                extra += " reported cost: children CPU %.2fs + slowed %.2fs, main CPU %.2fs" % (
+                    c["children"]["cpu_s"], c["children"]["slowed_s"], c["main"]["cpu_s"])
+            else:
+                extra += " (no cost in report)"
     if "memray_bytes" in a:
         extra = " capture=%.1fMB" % (a["memray_bytes"] / 2**20)
-    return ("%.1f tasks/s, child CPU %.0f us/task, tree %.0f us/task, other load %.2f cores "
-            "(%.2fs measured, start-up %.1fs, shutdown %.1fs)%s") % (
-        rec["throughput"], rec["child_cpu_us_per_task"], rec["tree_cpu_us_per_task"], rec["other_load"],
-        rec["measured_s"], rec["startup_s"], rec["shutdown"]["shutdown_s"], extra)
+    lat = rec.get("latency", {})
+    return ("%.1f tasks/s, child CPU %.0f us/task, tree %.0f us/task, p50 %.2f ms, p99 %.2f ms, other load %.2f cores "
+            "(%.2fs measured, start-up %.1fs, shutdown %.1fs, wall %.0fs)%s") % (
+        rec["throughput"], rec["child_cpu_us_per_task"], rec["tree_cpu_us_per_task"], lat.get("p50_ms", float("nan")),
+        lat.get("p99_ms", float("nan")), rec["other_load"], rec["measured_s"], rec["startup_s"],
+        rec["shutdown"]["shutdown_s"], rec.get("wall_s", 0), extra)
 
 
 if __name__ == "__main__":

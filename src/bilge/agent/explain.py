@@ -304,8 +304,9 @@ class Explain:
                 model = SLOWDOWN_BASE + SLOWDOWN_PER_FRAME * e.frames
                 self._correction += 0.3 * (min(10.0, max(0.1, measured / model)) - self._correction)
             self._budget.charge(slowed, slowed)
-            self._ledger.record(StageRun(STAGE_ALLOCATION_WINDOW, "episode: one %s task measured (%d traced), %d frames" % (
-                e.name, 1 + len(e.warmups), e.frames), e.started, e.ended, slowed, slowed, e.outcome))
+            reason = "episode: one %s task measured (%d traced), %d frames" % (e.name, 1 + len(e.warmups), e.frames)
+            self._ledger.record(StageRun(STAGE_ALLOCATION_WINDOW, reason, e.started, e.ended, slowed, slowed,
+                                         e.outcome))
 
     def _window_closed(self, result: AllocationWindow) -> None:
         self._outbox.windows.append(result)
