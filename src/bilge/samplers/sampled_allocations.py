@@ -16,8 +16,10 @@ each tracing exactly one task, as many as the agent's budget buys:
 4. at a later task's start (``on_task_started``): snapshot A, if the task
    is wanted; else it is one more warm-up (at most ``MAX_WARMUPS``). Every
    task name is measured ``EXPLORE`` times first; after that, only the names
-   whose episodes left the most behind in the user's code (a leaky task
-   leaves bytes behind in every call, the others do not);
+   whose episodes left the most behind at sites the other names do not
+   leave anything at (a leaky task leaves bytes behind in every call, the
+   others do not; what every task leaves alike is residue that cancels in
+   a longer run, and is not reported);
 5. the measured task runs; at the following task's start (or, if the worker
    idles, from the agent thread): snapshot B, the type join, and tracing
    stops. B − A per traceback is what the measured task left behind: what
@@ -66,6 +68,7 @@ TARGET_PATIENCE = 20
 # Episodes per task name before the window prefers the names that leave most behind.
 EXPLORE = 2
 MAX_NAMES = 64
+MAX_SITES = 1024
 
 
 @dataclass(frozen=True)
@@ -126,8 +129,13 @@ class SampledAllocations:
         self.state = IDLE
         self._opened = 0.0
         self._types: frozenset[str] = frozenset()
-        # Per task name: [episodes compared, bytes they left behind].
-        self.left_by_name: dict[str, list[int]] = {}
+        # Episodes compared per task name, and bytes left behind per site
+        # and task name: a site that every task leaves alike is in-flight
+        # residue (a postrun handler's buffers), one that one task leaves
+        # is that task's doing.
+        self.episodes_by_name: Counter[str] = Counter()
+        self._site_by_name: dict[tuple[str, int], Counter[str]] = {}
+        self._wanted: frozenset[str] | None = None
         self._frames = 1
         self._granted = 0
         self._gap = 0
@@ -241,16 +249,20 @@ class SampledAllocations:
         for name, first, second, joined in pending:
             left = _left_behind(first, second)
             self._sites = merge_sites(self._sites + left)
-            if name in self.left_by_name or len(self.left_by_name) < MAX_NAMES:
-                seen = self.left_by_name.setdefault(name, [0, 0])
-                seen[0] += 1
-                seen[1] += sum(s.size for s in left if s.owner == "user")
+            if name in self.episodes_by_name or len(self.episodes_by_name) < MAX_NAMES:
+                self.episodes_by_name[name] += 1
+                for site in left:
+                    key = (site.file, site.line)
+                    if key in self._site_by_name or len(self._site_by_name) < MAX_SITES:
+                        self._site_by_name.setdefault(key, Counter())[name] += site.size
             sampled: dict[str, int] = {}
             for t in joined:
                 self._type_counts[(t.type, t.file, t.line, t.owner)] += t.count
                 sampled[t.type] = max(sampled.get(t.type, 0), t.sampled)
             self._type_sampled.update(sampled)
             self._done += 1
+        if pending:
+            self._wanted = self._leaving_names()
         del pending
         return finished
 
@@ -265,7 +277,8 @@ class SampledAllocations:
 
     def _close(self, status: str) -> AllocationWindow:
         self.active = False
-        ranked = sorted(self._sites, key=lambda s: -s.size)[:self.max_sites] if status == "done" else []
+        kept = [s for s in self._sites if sum(self._specific((s.file, s.line)).values()) > 0]
+        ranked = sorted(kept, key=lambda s: -s.size)[:self.max_sites] if status == "done" else []
         result = AllocationWindow(started=self._opened, ended=self._clock(), tasks=self._done, status=status,
                                   peak_memory=self._peak, sites=tuple(ranked),
                                   type_sites=self._pooled_types() if status == "done" else ())
@@ -307,13 +320,34 @@ class SampledAllocations:
             self.state = TRACING
 
     def _wants(self, name: str) -> bool:
-        """Explore every name first; then trace the names that left the most behind in the user's code."""
-        seen = self.left_by_name.get(name)
-        if seen is None or seen[0] < EXPLORE:
+        """Explore every name first; then measure the names that leave the most behind."""
+        if self.episodes_by_name[name] < EXPLORE:
             return True
-        means = [left / episodes for episodes, left in self.left_by_name.values() if episodes]
-        top = max(means, default=0.0)
-        return top <= 0 or seen[1] / seen[0] >= 0.5 * top
+        wanted = self._wanted
+        return wanted is None or name in wanted
+
+    def _specific(self, site: tuple[str, int]) -> dict[str, float]:
+        """Bytes per episode that each task name leaves at ``site`` beyond what the other names leave there."""
+        by_name = self._site_by_name.get(site, Counter())
+        means = {n: by_name[n] / e for n, e in self.episodes_by_name.items() if e}
+        if len(means) < 2:
+            return means
+        # Beyond twice what the name that leaves least there leaves: a leak in
+        # some task names stands out, residue every name leaves does not.
+        # (A site that every task name leaks alike looks like residue too.)
+        least = min(means.values())
+        return {n: max(0.0, mean - 2 * least) for n, mean in means.items()}
+
+    def _leaving_names(self) -> frozenset[str] | None:
+        """The task names whose episodes leave the most behind, at sites the other names do not (None: any)."""
+        score: dict[str, float] = {}
+        for site in self._site_by_name:
+            for n, extra in self._specific(site).items():
+                score[n] = score.get(n, 0.0) + extra
+        top = max(score.values(), default=0.0)
+        if top <= 0:
+            return None
+        return frozenset(n for n, v in score.items() if v >= 0.5 * top)
 
     def on_task_finished(self, key: object) -> None:
         """At every task end, in the task's thread: an armed window starts tracing; a traced task is done."""
