@@ -170,18 +170,22 @@ class Explain:
         if self.window.active:
             self._tend_window()
             return
+        tasks = self._watch.tasks_done
+        if 0 < self.holder_searches < MAX_HOLDER_SEARCHES and tasks >= self._next_holder_search:
+            # Already escalated: the search repeats while types keep growing
+            # (a container holding more the second time is the growing one).
+            self.find_holders("again, %d tasks on" % tasks)
+        if self.windows_opened >= MAX_WINDOWS or self._monotonic() - self._last_window < WINDOW_REOPEN_AFTER:
+            return
         reason = self.escalation()
         if reason is None:
             return
-        if 0 < self.holder_searches < MAX_HOLDER_SEARCHES and self._watch.tasks_done >= self._next_holder_search:
-            self.find_holders("again, %d tasks on" % self._watch.tasks_done)
-        if self.windows_opened < MAX_WINDOWS and self._monotonic() - self._last_window >= WINDOW_REOPEN_AFTER:
-            if self._watch.tasks_done:
-                self._open_window(reason)
-            elif not self.holder_searches:
-                # A process that runs no tasks (a pool's parent, a daemon
-                # loop) has no task to trace: its holders still help.
-                self.find_holders(reason)
+        if tasks:
+            self._open_window(reason)
+        elif not self.holder_searches:
+            # A process that runs no tasks (a pool's parent, a daemon loop)
+            # has no task to trace: its holders still help.
+            self.find_holders(reason)
 
     def finish(self) -> None:
         """The agent stops: keep what a window already has, stop tracing."""

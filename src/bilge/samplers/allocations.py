@@ -18,6 +18,7 @@ Only file names, line numbers, counts and sizes leave this module.
 
 from __future__ import annotations
 
+import fnmatch
 import gc
 import os
 import sys
@@ -39,7 +40,9 @@ DEMO_DIR = os.path.join(OWN_DIR, "demo")
 _IGNORED = (tracemalloc.__file__, "<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>",
             "<unknown>")
 # Snapshot filters: tracemalloc's own and bilge's allocations are never a site.
-IGNORED_FILTERS = [tracemalloc.Filter(False, pattern) for pattern in _IGNORED + OWN_PATTERNS]
+# Any frame of bilge's or tracemalloc's own: the agent thread compares
+# snapshots (and caches what that compiles) while a later episode traces.
+IGNORED_FILTERS = [tracemalloc.Filter(False, pattern, all_frames=True) for pattern in _IGNORED + OWN_PATTERNS]
 Site = AllocationSite
 
 
@@ -242,12 +245,15 @@ _packages: dict[str, list[str]] | None = None
 def prepare_window() -> None:
     """Create, once and before any window, what naming sites needs for good.
 
-    The installed-distributions table (third-party ownership) and ctypes
-    (the 3.11 object-traceback fix) stay alive once made; made outside the
+    The installed-distributions table (third-party ownership), ctypes (the
+    3.11 object-traceback fix) and the compiled patterns of the snapshot
+    filters (``fnmatch`` caches them) stay alive once made; made outside the
     window and before its counts, they are neither traced nor taken for growth.
     """
     _distribution("")
     object_traceback()
+    for snapshot_filter in IGNORED_FILTERS:
+        fnmatch.fnmatch(__file__, snapshot_filter.filename_pattern)
 
 
 def _distribution(top_level: str) -> str:
