@@ -1,4 +1,4 @@
-"""Tests for bilge.runner: the environment that loads the agent, and checking the command before running it."""
+"""Tests for bilge.integrations.runner: the environment that loads the agent, checking the command first."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bilge.errors import CommandError
-from bilge.runner import BOOTSTRAP_DIR, agent_environment, resolve
+from bilge.integrations.runner import BOOTSTRAP_DIR, agent_environment, resolve
 from bilge.store.sqlite import load_run
 
 

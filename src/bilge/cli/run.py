@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from bilge import runner
 from bilge.config import HORIZON, MIN_INTERVAL, MIN_TASKS, SOFT_LIMIT, AgentConfig, parse_setting, parse_size
+from bilge.integrations import runner
 
 
 class Size(click.ParamType):  # type: ignore[type-arg]
@@ -92,7 +92,7 @@ def run(data_dir: str, show_values: bool, explain: bool, recycle: bool, recycle_
         host, port = _address(http)
 
         def serve(path: str) -> Any:
-            from bilge.serve import MonitorServer
+            from bilge.integrations.serve import MonitorServer
 
             return MonitorServer(path, host, port, recycle_hard_limit, recycle_horizon)
 

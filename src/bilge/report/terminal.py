@@ -142,11 +142,16 @@ class TerminalReporter:
         return Group(*lines)
 
 
+OPENED = "opened: "
+EPISODE = "episode: "
+
+
 def cost_line(cost: AgentCost) -> str:
     """bilge's own cost in one process on one line, or '' when the store has none.
 
     Stages that cost nothing are left out and the others listed costliest
-    first; budgeted runs are counted per stage with their distinct reasons.
+    first; then why the explain stage opened, and how many budgeted runs of
+    each kind (traced episodes, holder searches …) it made.
     """
     spent = [c for c in cost.stages if c.cpu_seconds > 0 or c.slowed_seconds > 0]
     if not spent and not cost.runs:
@@ -158,13 +163,16 @@ def cost_line(cost: AgentCost) -> str:
     slowed = sum((c.slowed_seconds for c in spent), 0.0)
     if slowed > 0:
         line += ", tasks slowed %s s" % _seconds(slowed)
-    runs: dict[str, list[str]] = {}
+    opened = list(dict.fromkeys(r.reason[len(OPENED):] for r in cost.runs if r.reason.startswith(OPENED)))
+    if opened:
+        line += "; explain opened: " + "; ".join(opened)
+    counts: dict[str, int] = {}
     for r in cost.runs:
-        runs.setdefault(r.stage, []).append(r.reason)
-    if runs:
-        line += "; " + ", ".join("%d %s run%s (%s)" % (len(reasons), stage, "" if len(reasons) == 1 else "s",
-                                                     ", ".join(dict.fromkeys(reasons)))
-                                 for stage, reasons in runs.items())
+        if not r.reason.startswith(OPENED):
+            what = "episode" if r.reason.startswith(EPISODE) else r.stage
+            counts[what] = counts.get(what, 0) + 1
+    if counts:
+        line += "; " + ", ".join("%d %s%s" % (n, what, "" if n == 1 else "s") for what, n in counts.items())
     return line
 
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bilge.runner import BOOTSTRAP_DIR, agent_environment
+from bilge.integrations.runner import BOOTSTRAP_DIR, agent_environment
 from bilge.store.sqlite import load_run
 
 # Prints the modules an interpreter loaded that are neither stdlib nor bilge,

@@ -125,16 +125,20 @@ COST = AgentCost(
     stages=(StageCost(STAGE_WATCH, 0.0, 0.0, 0), StageCost(STAGE_CENSUS, 0.3, 0.0, 5),
             StageCost(STAGE_FLUSH, 0.002, 0.0, 40), StageCost(STAGE_ALLOCATION_WINDOW, 0.1, 0.08, 2),
             StageCost(STAGE_HOLDER_SEARCH, 0.02, 0.0, 1)),
-    runs=(StageRun(STAGE_ALLOCATION_WINDOW, "rss grows", 10.0, 12.0, 0.04, 0.03, "done"),
+    runs=(StageRun(STAGE_ALLOCATION_WINDOW, "opened: rss grows", 10.0, 10.1, 0.01, 0.0, "done"),
+          StageRun(STAGE_ALLOCATION_WINDOW, "episode: one shop.a task measured (2 traced), 6 frames", 10.0, 12.0,
+                   0.04, 0.03, "done"),
           StageRun(STAGE_HOLDER_SEARCH, "shop.Order grows", 13.0, 13.1, 0.02, 0.0, "found"),
-          StageRun(STAGE_ALLOCATION_WINDOW, "rss grows", 20.0, 22.0, 0.06, 0.05, "done")))
+          StageRun(STAGE_ALLOCATION_WINDOW, "episode: one shop.a task measured (2 traced), 6 frames", 20.0, 22.0,
+                   0.05, 0.05, "done")))
 
 
 def test_cost_line_lists_costly_stages_first_slowed_time_and_runs() -> None:
-    """Stages that cost nothing are left out, the rest costliest first (tiny ones '<0.01'); runs count per stage."""
+    """Stages that cost nothing are left out, the rest costliest first (tiny ones '<0.01'); why explain opened;
+    budgeted runs counted by kind."""
     assert cost_line(COST) == (
         "bilge cost: 0.42 s CPU (census 0.30, allocation-window 0.10, holder-search 0.02, flush <0.01), "
-        "tasks slowed 0.08 s; 2 allocation-window runs (rss grows), 1 holder-search run (shop.Order grows)")
+        "tasks slowed 0.08 s; explain opened: rss grows; 2 episodes, 1 holder-search")
 
 
 def test_cost_line_without_slowed_time_or_runs() -> None:

@@ -23,7 +23,8 @@ from bilge.config import AgentConfig
 from bilge.errors import CommandError
 from bilge.store import sqlite as store
 
-BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap")
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BOOTSTRAP_DIR = os.path.join(PACKAGE_DIR, "_bootstrap")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 # Signals a terminal sends to the whole foreground process group: the
 # command got its own copy, so forwarding would deliver it twice (and a
@@ -50,7 +51,7 @@ def _with_bootstrap(env: dict[str, str]) -> dict[str, str]:
     paths = [BOOTSTRAP_DIR]
     # The bootstrap imports ``bilge``; make sure the interpreter of the
     # command finds this very installation even outside its venv.
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package_parent = os.path.dirname(PACKAGE_DIR)
     if not _importable_from(package_parent):
         paths.append(package_parent)
     if env.get("PYTHONPATH"):
