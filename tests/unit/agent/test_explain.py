@@ -6,6 +6,7 @@ import ctypes
 import inspect
 import tracemalloc
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -30,26 +31,8 @@ LEAK_LINE = inspect.getsourcelines(_leaky_task)[1] + 1
 INVOICE = "%s.Invoice" % __name__
 
 
-class SuspectAfter:
-    """A suspicion that fires once the process has run ``tasks`` tasks, its level rising ``per_task`` per task."""
-
-    def __init__(self, agent: Agent, tasks: int, per_task: float = 0.0) -> None:
-        self.agent, self.tasks, self.per_task = agent, tasks, per_task
-
-    def add(self, value: float | None) -> None:
-        pass
-
-    def gap(self) -> None:
-        pass
-
-    def suspect(self) -> bool:
-        return self.agent.tasks_done >= self.tasks
-
-    def level(self) -> float:
-        return self.agent.tasks_done * self.per_task
-
-    def growth_per_reading(self) -> float:
-        return self.per_task
+# The conftest's ``suspect_after`` fixture: SuspectAfter(agent, tasks, per_task).
+FakeSuspicion = Callable[..., Any]
 
 
 def _agent(show_values: bool = False, explain: bool = True) -> tuple[Agent, MemoryStore]:
@@ -84,12 +67,13 @@ def _clean() -> None:
         pytest.fail("tracemalloc was left running")
 
 
-def _explain(show_values: bool = False, task: Callable[[int], None] = _leaky_task, rss_per_task: float = 0.0,
+def _explain(suspect_after: FakeSuspicion, show_values: bool = False, task: Callable[[int], None] = _leaky_task,
+             rss_per_task: float = 0.0,
              heap: bool = True, native: bool = False) -> MemoryStore:
     """A leaky process, suspect after 300 tasks: run until its windows closed and holders were searched."""
     agent, store = _agent(show_values)
-    agent.watch.rss_suspicion = SuspectAfter(agent, 300, rss_per_task)  # type: ignore[assignment]
-    agent.watch.heap_suspicion = SuspectAfter(agent, 300 if heap else 10**9, 8.0)  # type: ignore[assignment]
+    agent.watch.rss_suspicion = suspect_after(agent, 300, rss_per_task)  # type: ignore[assignment]
+    agent.watch.heap_suspicion = suspect_after(agent, 300 if heap else 10**9, 8.0)  # type: ignore[assignment]
     trace_names = {w.tracer for w in store.windows}
 
     def explained() -> bool:
@@ -103,10 +87,10 @@ def _explain(show_values: bool = False, task: Callable[[int], None] = _leaky_tas
     return store
 
 
-def test_window_joins_the_growing_class_to_its_line_and_holders_stay_redacted() -> None:
+def test_window_joins_the_growing_class_to_its_line_and_holders_stay_redacted(suspect_after: FakeSuspicion) -> None:
     """A leak of Invoice objects: episodes join the type to its line, the holder is the module dict, redacted."""
     # RSS grows about as much as the window traces: no native window follows
-    store = _explain(rss_per_task=400.0)
+    store = _explain(suspect_after, rss_per_task=400.0)
     (window,) = store.windows
     assert window.status == "done" and window.tasks >= 3, window
     assert window.sites[0].file == __file__ and window.sites[0].line == LEAK_LINE, window.sites
@@ -117,9 +101,9 @@ def test_window_joins_the_growing_class_to_its_line_and_holders_stay_redacted() 
     assert all(h[8] is None for h in store.holders)
 
 
-def test_every_run_of_the_stage_is_accounted_with_its_reason() -> None:
+def test_every_run_of_the_stage_is_accounted_with_its_reason(suspect_after: FakeSuspicion) -> None:
     """The window's opening says why; each episode is a run with its slowed time; the budget left is stored."""
-    store = _explain(rss_per_task=400.0)
+    store = _explain(suspect_after, rss_per_task=400.0)
     runs = [r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_WINDOW]
     assert runs[0].reason.startswith("opened: the Python heap kept growing for "), runs[0]
     assert INVOICE in runs[0].reason
@@ -131,19 +115,19 @@ def test_every_run_of_the_stage_is_accounted_with_its_reason() -> None:
     assert store.budget is not None and store.budget.slowed_left < store.budget.slowed_limit / 2
 
 
-def test_show_values_stores_renderings_of_held_items() -> None:
+def test_show_values_stores_renderings_of_held_items(suspect_after: FakeSuspicion) -> None:
     """Under --show-values the holder search keeps short renderings of held items."""
-    store = _explain(show_values=True)
+    store = _explain(suspect_after, show_values=True)
     held = [h for h in store.holders if h[2] == INVOICE]
     assert held and held[0][8], store.holders
     assert held[0][8].startswith("'inv-") and "customer='customer-" in held[0][8]
 
 
-def test_no_explain_opens_no_window_and_searches_no_holder() -> None:
+def test_no_explain_opens_no_window_and_searches_no_holder(suspect_after: FakeSuspicion) -> None:
     """With explain off, a suspect process is still watched, but never traced or searched."""
     agent, store = _agent(explain=False)
-    agent.watch.rss_suspicion = SuspectAfter(agent, 0, 400.0)  # type: ignore[assignment]
-    agent.watch.heap_suspicion = SuspectAfter(agent, 0, 8.0)  # type: ignore[assignment]
+    agent.watch.rss_suspicion = suspect_after(agent, 0, 400.0)  # type: ignore[assignment]
+    agent.watch.heap_suspicion = suspect_after(agent, 0, 8.0)  # type: ignore[assignment]
     _run(agent, _leaky_task, 600)
     agent.stop()
     assert len(store.tasks) == 600 and store.samples
@@ -151,24 +135,24 @@ def test_no_explain_opens_no_window_and_searches_no_holder() -> None:
     assert not {r.stage for r in store.stage_runs} & {STAGE_ALLOCATION_WINDOW, STAGE_HOLDER_SEARCH}
 
 
-def test_a_suspicion_that_does_not_persist_opens_nothing() -> None:
+def test_a_suspicion_that_does_not_persist_opens_nothing(suspect_after: FakeSuspicion) -> None:
     """Warm-up: the trend test fires, but the memory stops rising: no window, no holder search, no recount."""
     agent, store = _agent()
-    agent.watch.rss_suspicion = SuspectAfter(agent, 300, 0.0)  # type: ignore[assignment]
-    agent.watch.heap_suspicion = SuspectAfter(agent, 300, 0.0)  # type: ignore[assignment]
+    agent.watch.rss_suspicion = suspect_after(agent, 300, 0.0)  # type: ignore[assignment]
+    agent.watch.heap_suspicion = suspect_after(agent, 300, 0.0)  # type: ignore[assignment]
     _run(agent, _leaky_task, 1500)
     agent.stop()
     assert store.windows == [] and store.holders == [] and store.stage_runs == []
 
 
-def test_a_slowed_time_budget_of_zero_traces_nothing() -> None:
+def test_a_slowed_time_budget_of_zero_traces_nothing(suspect_after: FakeSuspicion) -> None:
     """With no slowed-task budget, a suspect process gets no episode (the budget is never overspent)."""
     store = MemoryStore()
     agent = Agent(AgentConfig(data_dir="unused", run_id=1, census_min_interval=0.0, census_budget=1.0,
                               slowed_per_hour=0.0), store=store)
     agent.register()
-    agent.watch.rss_suspicion = SuspectAfter(agent, 300, 400.0)  # type: ignore[assignment]
-    agent.watch.heap_suspicion = SuspectAfter(agent, 300, 8.0)  # type: ignore[assignment]
+    agent.watch.rss_suspicion = suspect_after(agent, 300, 400.0)  # type: ignore[assignment]
+    agent.watch.heap_suspicion = suspect_after(agent, 300, 8.0)  # type: ignore[assignment]
     _run(agent, _leaky_task, 1500)
     agent.stop()
     assert not [r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_WINDOW]
@@ -189,12 +173,12 @@ def _native_task(i: int) -> None:
 NATIVE_LINE = inspect.getsourcelines(_native_task)[1] + 1
 
 
-def test_a_native_leak_gets_a_native_window_that_names_the_line() -> None:
+def test_a_native_leak_gets_a_native_window_that_names_the_line(suspect_after: FakeSuspicion) -> None:
     """tracemalloc cannot see ctypes' malloc: the window traces little, so a native window follows and charges
     glibc's in-use growth to the line that called malloc."""
     try:
         # RSS grows by what malloc takes per task; tracemalloc traces none of it
-        store = _explain(task=_native_task, rss_per_task=16400.0, heap=False, native=True)
+        store = _explain(suspect_after, task=_native_task, rss_per_task=16400.0, heap=False, native=True)
     finally:
         for pointer in _FRAMES:
             _LIBC.free(pointer)

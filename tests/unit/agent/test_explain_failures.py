@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tracemalloc
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -14,34 +15,13 @@ from bilge.samplers.sampled_allocations import SampledAllocations
 from bilge.store.memory import MemoryStore
 
 
-class Rising:
-    """A suspicion that fires at once, its level rising with every task, so the explain stage runs."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-
-    def add(self, value: float | None) -> None:
-        pass
-
-    def gap(self) -> None:
-        pass
-
-    def suspect(self) -> bool:
-        return True
-
-    def level(self) -> float:
-        return self.agent.tasks_done * 1000.0
-
-    def growth_per_reading(self) -> float:
-        return 0.0
-
-
-def _agent() -> tuple[Agent, MemoryStore]:
+def _agent(suspect_after: Callable[..., Any]) -> tuple[Agent, MemoryStore]:
+    """An agent on an in-memory store whose suspicion fires at once, memory rising with every task."""
     store = MemoryStore()
     agent = Agent(AgentConfig(data_dir="unused", run_id=1, census_min_interval=0.0, census_budget=1.0), store=store)
     agent.register()
-    agent.watch.rss_suspicion = Rising(agent)  # type: ignore[assignment]
-    agent.watch.heap_suspicion = Rising(agent)  # type: ignore[assignment]
+    agent.watch.rss_suspicion = suspect_after(agent, 0, 1000.0)
+    agent.watch.heap_suspicion = suspect_after(agent, 0, 1000.0)
     return agent, store
 
 
@@ -75,14 +55,16 @@ def _no_tracing_left() -> Iterator[None]:
         pytest.fail("tracemalloc was left running")
 
 
-def test_a_window_that_fails_while_polled_is_stopped_and_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_window_that_fails_while_polled_is_stopped_and_recorded(
+    monkeypatch: pytest.MonkeyPatch, suspect_after: Callable[..., Any]
+) -> None:
     """The window's poll raising: tracing stops, the error is stored, tasks keep being recorded."""
 
     def broken_poll(self: SampledAllocations) -> None:
         raise RuntimeError("snapshot compare exploded")
 
     monkeypatch.setattr(SampledAllocations, "poll", broken_poll)
-    agent, store = _agent()
+    agent, store = _agent(suspect_after)
     ran = _drive(agent, 3000, until=lambda: agent.explain.windows_opened > 0)
     _drive(agent, 50)
     agent.stop()
@@ -91,14 +73,16 @@ def test_a_window_that_fails_while_polled_is_stopped_and_recorded(monkeypatch: p
     assert len(store.tasks) == ran + 50
 
 
-def test_a_holder_search_that_raises_is_contained(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_holder_search_that_raises_is_contained(
+    monkeypatch: pytest.MonkeyPatch, suspect_after: Callable[..., Any]
+) -> None:
     """find_holders raising (it never should): the agent records it and goes on sampling and recording tasks."""
 
     def broken(*_: object, **__: object) -> None:
         raise MemoryError("holder index")
 
     monkeypatch.setattr(holder_sampler, "find_holders", broken)
-    agent, store = _agent()
+    agent, store = _agent(suspect_after)
     ran = _drive(agent, 5000, until=lambda: agent.explain.holder_searches > 0)
     _drive(agent, 20)
     agent.stop()
