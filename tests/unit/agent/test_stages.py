@@ -1,0 +1,98 @@
+"""The agent's always-on stages alone: the watch, the counts the explain stage reasons on, the fd scan."""
+
+from __future__ import annotations
+
+from bilge.agent.census_stage import MIN_TYPE_GROWTH, Counts
+from bilge.agent.outbox import Outbox
+from bilge.agent.watch import FdScan, Watch
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_watch_stores_one_row_per_finished_task_with_its_duration_and_memory() -> None:
+    """Start and end hooks make one task row; the reading names the task and its duration; no reference kept."""
+    outbox, clock = Outbox(), FakeClock()
+    watch = Watch(outbox, clock=clock)
+    watch.task_started("k1", "shop.a")
+    clock.now += 0.25
+    reading = watch.task_finished("k1")
+    assert reading is not None and (reading.name, reading.seconds) == ("shop.a", 0.25)
+    assert reading.rss is not None and reading.rss > 0 and reading.blocks > 0
+    (row,) = outbox.tasks
+    assert row[:4] == (1, "shop.a", 100.0, 100.25)
+    assert watch.task_finished("never started") is None
+    assert watch.tasks_done == 1
+
+
+def test_readings_taken_while_the_agent_works_are_gaps_in_the_suspicion() -> None:
+    """While the explain stage works in the process, task readings re-base the rings instead of adding to them."""
+    outbox = Outbox()
+    busy = [False]
+    watch = Watch(outbox, paused=lambda: busy[0])
+    added, gaps = [], []
+    watch.rss_suspicion.add = added.append  # type: ignore[method-assign]
+    watch.rss_suspicion.gap = lambda: gaps.append(1)  # type: ignore[method-assign]
+    for i, working in enumerate((False, True, False)):
+        busy[0] = working
+        watch.task_started(i, "shop.a")
+        watch.task_finished(i)
+    assert len(added) == 2 and gaps == [1]
+
+
+def test_outbox_buffers_are_bounded_and_count_what_they_drop() -> None:
+    """Past its limit the outbox drops new rows and counts them; a drain empties it."""
+    outbox = Outbox(limit=2)
+    for i in range(5):
+        outbox.add_task((i,))
+    assert len(outbox.tasks) == 2 and outbox.dropped_rows == 3
+    assert outbox.drain()["tasks"] == [(0,), (1,)]
+    assert not outbox.tasks
+
+
+def test_a_type_that_grows_in_every_count_is_steady_and_a_warm_up_that_stopped_is_not() -> None:
+    """After the baseline, ``orders.Order`` rises in every count; ``dict`` rose once during warm-up, then stopped."""
+    counts = Counts()
+    counts.add({"orders.Order": 0, "dict": 100}, tasks_done=20)  # the baseline
+    counts.add({"orders.Order": 30, "dict": 100 + 5 * MIN_TYPE_GROWTH}, tasks_done=40)
+    counts.add({"orders.Order": 60, "dict": 100 + 5 * MIN_TYPE_GROWTH}, tasks_done=60)
+    assert counts.growing_types() == ["orders.Order"]
+    assert counts.steadily_growing() == ["orders.Order"]
+    assert counts.growth_since_baseline() == [(5 * MIN_TYPE_GROWTH, "dict"), (60, "orders.Order")]
+
+
+def test_a_recount_with_no_task_in_between_refreshes_but_does_not_shift_the_counts() -> None:
+    """Two counts at the same task count: "still growing" keeps comparing counts that have tasks between them."""
+    counts = Counts()
+    counts.add({"orders.Order": 0}, tasks_done=20)
+    counts.add({"orders.Order": 30}, tasks_done=40)
+    counts.add({"orders.Order": 31}, tasks_done=40)
+    assert counts.previous == {"orders.Order": 0} and counts.latest == {"orders.Order": 31}
+    assert counts.growing_types() == ["orders.Order"]
+
+
+def test_the_fd_scan_runs_when_the_descriptor_count_moved_and_its_interval_passed() -> None:
+    """First reading: due; unchanged count: not due; moved by FD_SCAN_STEP but too soon: not due; later: due."""
+    outbox, monotonic = Outbox(), FakeClock()
+    watch = Watch(outbox)
+    scan = FdScan(outbox, watch, min_interval=1.0, monotonic=monotonic)
+    watch.last_fds = 10
+    assert scan.due()
+    scan.run()
+    assert len(outbox.fd_targets) == 1
+    monotonic.now += 5.0
+    assert not scan.due()
+    watch.last_fds = 14
+    assert scan.due()
+    scan.run()
+    watch.last_fds = 30
+    assert not scan.due()  # within the interval
+    monotonic.now += 5.0
+    assert scan.due()
