@@ -190,15 +190,22 @@ STAGE_TASK_HOOKS = "task-hooks"  # the per-task readings in task_prerun/postrun
 STAGE_CENSUS = "census"  # scheduled object counts
 STAGE_FLUSH = "flush"  # writing buffered rows to the store
 STAGE_RECOUNT = "recount"  # the explain stage's own object counts
-STAGE_ALLOCATION_WINDOW = "allocation-window"  # tracemalloc on sampled tasks
+STAGE_ALLOCATION_WINDOW = "allocation-window"  # preparing and comparing sampled tasks' snapshots
+STAGE_ALLOCATION_EPISODE = "allocation-episode"  # tracemalloc on for a warm-up and a measured task
 STAGE_NATIVE_WINDOW = "native-window"  # glibc in-use bytes per user line
 STAGE_HOLDER_SEARCH = "holder-search"  # who keeps the growing types alive
 STAGE_FD_SCAN = "fd-scan"  # what open descriptors point to
 STAGES = (STAGE_WATCH, STAGE_TASK_HOOKS, STAGE_CENSUS, STAGE_FLUSH, STAGE_RECOUNT, STAGE_ALLOCATION_WINDOW,
-          STAGE_NATIVE_WINDOW, STAGE_HOLDER_SEARCH, STAGE_FD_SCAN)
-# Stages whose runs change the process's memory (tables, peaks): the
-# analysis drops the tasks that overlapped them from the trend.
+          STAGE_ALLOCATION_EPISODE, STAGE_NATIVE_WINDOW, STAGE_HOLDER_SEARCH, STAGE_FD_SCAN)
+# Stages whose runs leave a step in the process's memory (tables, peaks
+# glibc keeps): the analysis drops the tasks that overlapped them and takes
+# the step out of every later reading.
 MEMORY_STAGES = (STAGE_ALLOCATION_WINDOW, STAGE_NATIVE_WINDOW, STAGE_HOLDER_SEARCH)
+# Stages whose runs only disturb the tasks they overlap (a traced task's
+# readings hold a snapshot in flight): those tasks are dropped, later
+# readings stand. Taking the memory change across an episode out would take
+# the leak of the (targeted, leaky) measured task out with it.
+DROP_ONLY_STAGES = (STAGE_ALLOCATION_EPISODE,)
 
 
 @dataclass(frozen=True)

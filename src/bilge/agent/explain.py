@@ -40,6 +40,7 @@ from bilge.agent.census_stage import CensusStage, Counts
 from bilge.agent.outbox import Outbox
 from bilge.agent.watch import TaskReading, Watch
 from bilge.model import (
+    STAGE_ALLOCATION_EPISODE,
     STAGE_ALLOCATION_WINDOW,
     STAGE_HOLDER_SEARCH,
     STAGE_NATIVE_WINDOW,
@@ -129,8 +130,13 @@ class Explain:
         self.last_paths: list[tuple[str, str]] = []
 
     def busy(self) -> bool:
-        """True while the stage's own work runs in the process (its readings are not the process's trend)."""
-        return bool(self._working) or self.window.tracing or self.native.active
+        """True while the stage's own work leaves a step in the process's memory (readings re-base across it).
+
+        Not an episode: it only adds a snapshot in flight to one reading (block
+        medians shrug that off), and re-basing across it would take the
+        measured, leaky task's growth out of the trend.
+        """
+        return bool(self._working) or self.native.active
 
     # ----------------------------------------------------------- task thread --
     def task_started(self, key: object, name: str) -> None:
@@ -309,7 +315,7 @@ class Explain:
                 self._correction += 0.3 * (min(10.0, max(0.1, measured / model)) - self._correction)
             self._budget.charge(slowed, slowed)
             reason = "episode: one %s task measured (%d traced), %d frames" % (e.name, 1 + len(e.warmups), e.frames)
-            self._ledger.record(StageRun(STAGE_ALLOCATION_WINDOW, reason, e.started, e.ended, slowed, slowed,
+            self._ledger.record(StageRun(STAGE_ALLOCATION_EPISODE, reason, e.started, e.ended, slowed, slowed,
                                          e.outcome))
 
     def _window_closed(self, result: AllocationWindow) -> None:

@@ -15,6 +15,13 @@ the memory change across each such gap is subtracted from everything after
 it. The leak's own growth during a gap (a few tasks' worth) is lost, which
 biases slopes down by that much: a price worth paying for never blaming the
 user for bilge's own memory.
+
+Allocation episodes (``DROP_ONLY_STAGES``) are different: they leave no
+step (tracemalloc's tables are freed when an episode ends), but the traced
+tasks' readings hold a snapshot in flight, and the measured task is the
+leaky one by design. Their tasks are dropped and nothing is subtracted:
+subtracting sixteen episodes' worth of the leaky task's growth would flatten
+the very trend being measured.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from bilge.model import MEMORY_STAGES, ProcessData, TaskRecord
+from bilge.model import DROP_ONLY_STAGES, MEMORY_STAGES, ProcessData, TaskRecord
 
 
 def activity(p: ProcessData) -> list[tuple[float, float]]:
@@ -90,3 +97,26 @@ def _delta(before: int | None, after: int | None) -> int:
 
 def _minus(value: int | None, shift: int) -> int | None:
     return None if value is None else value - shift
+
+
+def disturbed(p: ProcessData) -> list[tuple[float, float]]:
+    """Time intervals of the agent's runs that only disturb the tasks they overlap (allocation episodes)."""
+    return sorted((r.started, r.ended) for r in p.cost.runs if r.stage in DROP_ONLY_STAGES)
+
+
+def without_disturbed(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, float]]) -> tuple[TaskRecord, ...]:
+    """Tasks with those overlapping ``spans`` dropped; the next task's "before" readings (taken then) cleared."""
+    if not spans:
+        return tuple(tasks)
+    out: list[TaskRecord] = []
+    dropped = False
+    i = 0
+    for t in tasks:
+        while i < len(spans) and spans[i][1] < t.started:
+            i += 1
+        if i < len(spans) and t.ended >= spans[i][0] and t.started <= spans[i][1]:
+            dropped = True
+            continue
+        out.append(replace(t, rss_before=None, blocks_before=None) if dropped else t)
+        dropped = False
+    return tuple(out)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bilge.agent import Agent, AgentConfig
-from bilge.model import STAGE_ALLOCATION_WINDOW, STAGE_HOLDER_SEARCH
+from bilge.model import STAGE_ALLOCATION_EPISODE, STAGE_ALLOCATION_WINDOW, STAGE_HOLDER_SEARCH
 from bilge.store.memory import MemoryStore
 
 _INVOICES: dict[str, object] = {}
@@ -104,12 +104,13 @@ def test_window_joins_the_growing_class_to_its_line_and_holders_stay_redacted(su
 def test_every_run_of_the_stage_is_accounted_with_its_reason(suspect_after: FakeSuspicion) -> None:
     """The window's opening says why; each episode is a run with its slowed time; the budget left is stored."""
     store = _explain(suspect_after, rss_per_task=400.0)
-    runs = [r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_WINDOW]
-    assert runs[0].reason.startswith("opened: the Python heap kept growing for "), runs[0]
-    assert INVOICE in runs[0].reason
+    opened = [r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_WINDOW]
+    assert opened[0].reason.startswith("opened: the Python heap kept growing for "), opened[0]
+    assert INVOICE in opened[0].reason
+    runs = [r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_EPISODE]
     episodes = [r for r in runs if r.reason.startswith("episode: one shop.render_invoice task measured (2 traced)")]
     assert len(episodes) >= 3 and all(r.slowed_seconds > 0 for r in episodes)
-    total = store.stage_costs[STAGE_ALLOCATION_WINDOW]
+    total = store.stage_costs[STAGE_ALLOCATION_EPISODE]
     assert total.slowed_seconds == pytest.approx(sum(r.slowed_seconds for r in runs))
     assert store.stage_costs[STAGE_HOLDER_SEARCH].runs >= 1
     assert store.budget is not None and store.budget.slowed_left < store.budget.slowed_limit / 2
@@ -132,7 +133,8 @@ def test_no_explain_opens_no_window_and_searches_no_holder(suspect_after: FakeSu
     agent.stop()
     assert len(store.tasks) == 600 and store.samples
     assert store.windows == [] and store.holders == []
-    assert not {r.stage for r in store.stage_runs} & {STAGE_ALLOCATION_WINDOW, STAGE_HOLDER_SEARCH}
+    assert not {r.stage for r in store.stage_runs} & {STAGE_ALLOCATION_WINDOW, STAGE_ALLOCATION_EPISODE,
+                                                      STAGE_HOLDER_SEARCH}
 
 
 def test_a_suspicion_that_does_not_persist_opens_nothing(suspect_after: FakeSuspicion) -> None:
@@ -155,7 +157,7 @@ def test_a_slowed_time_budget_of_zero_traces_nothing(suspect_after: FakeSuspicio
     agent.watch.heap_suspicion = suspect_after(agent, 300, 8.0)  # type: ignore[assignment]
     _run(agent, _leaky_task, 1500)
     agent.stop()
-    assert not [r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_WINDOW]
+    assert not [r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_EPISODE]
     assert STAGE_ALLOCATION_WINDOW not in store.stage_costs
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from bilge.analysis.own_activity import activity, without_activity
+from bilge.analysis.own_activity import activity, disturbed, without_activity, without_disturbed
 from bilge.model import (
+    STAGE_ALLOCATION_EPISODE,
     STAGE_ALLOCATION_WINDOW,
     STAGE_CENSUS,
     STAGE_FD_SCAN,
@@ -62,3 +63,18 @@ def test_tasks_overlapping_a_run_are_dropped() -> None:
                   for i in (5, 11, 20, 21))
     kept = without_activity(tasks, activity(process(run(STAGE_HOLDER_SEARCH, 19.8, 20.2))))
     assert [t.seq for t in kept] == [5, 11, 21]
+
+
+def test_tasks_an_episode_overlapped_are_dropped_and_nothing_is_subtracted() -> None:
+    """An allocation episode's tasks go; the memory after it stands (the measured task's leak is real)."""
+    tasks = [TaskRecord(seq=i, name="shop.a", started=float(i), ended=i + 0.5, rss_before=1000 * i,
+                        rss_after=1000 * (i + 1), blocks_before=10 * i, blocks_after=10 * (i + 1), failed=False)
+             for i in range(6)]
+    p = process(run(STAGE_ALLOCATION_EPISODE, 1.9, 3.6))
+    assert disturbed(p) == [(1.9, 3.6)]
+    kept = without_disturbed(tasks, disturbed(p))
+    assert [t.seq for t in kept] == [0, 1, 4, 5]
+    assert [t.rss_after for t in kept] == [1000, 2000, 5000, 6000]
+    assert kept[2].rss_before is None and kept[2].blocks_before is None
+    assert kept[3].rss_before == 5000
+    assert activity(p) == [(10.0, 12.0), (30.0, 31.0)]  # episodes are no memory activity
