@@ -274,6 +274,13 @@ class Explain:
         self._budget.charge(meter.cpu)
         self._ledger.add(STAGE_ALLOCATION_WINDOW, meter.cpu, runs=0)
         self._charge_episodes(episodes)
+        if episodes:
+            # tracemalloc's tables are freed when an episode stops: hand
+            # glibc's share back now, so no step stays in the worker's RSS.
+            with Meter() as trim:
+                self._watch.malloc.trim()
+            self._budget.charge(trim.cpu)
+            self._ledger.add(STAGE_ALLOCATION_WINDOW, trim.cpu, runs=0)
         if result is not None:
             self._window_closed(result)
             return

@@ -24,11 +24,11 @@ each tracing exactly one task, as many as the agent's budget buys:
    idles, from the agent thread): snapshot B, the type join, and tracing
    stops. B − A per traceback is what the measured task left behind: what
    is in flight at a task start (a message, a request, the previous
-   result) is in both snapshots, traced in both, and cancels.
+   result) is in both snapshots, traced in both, and cancels. The two
+   snapshots are compared right there, untraced, and dropped.
 
-The agent thread compares the snapshots (``poll``) and pools the sites of
-all episodes; the window closes when it has its episodes, or at its
-deadline with what it has. Each finished episode reports its own timings
+The agent thread pools the sites of all episodes (``poll``); the window
+closes when it has its episodes, or at its deadline with what it has. Each finished episode reports its own timings
 (:class:`Episode`), so the agent charges the budget what tracing really
 cost, and an episode that runs past ``max_episode_seconds`` is stopped from
 the agent thread (tracing stops; the task runs on untraced).
@@ -149,7 +149,8 @@ class SampledAllocations:
         self._first: tracemalloc.Snapshot | None = None
         self._joined: tuple[TypeSite, ...] = ()
         # (S1, S2, join) per finished episode, compared in the agent thread.
-        self._to_compare: list[tuple[str, tracemalloc.Snapshot, tracemalloc.Snapshot, tuple[TypeSite, ...]]] = []
+        # (name, sites left behind, join) per finished episode, pooled in the agent thread.
+        self._to_compare: list[tuple[str, list[AllocationSite], tuple[TypeSite, ...]]] = []
         self._finished: list[Episode] = []
         self._sites: list[AllocationSite] = []
         self._type_counts: Counter[tuple[str, str, int, str]] = Counter()
@@ -242,12 +243,11 @@ class SampledAllocations:
         return "%d of %d episodes within %.0f s (budget)" % (self._done, self.episodes, self.max_seconds)
 
     def _compare(self) -> list[Episode]:
-        """Compare the snapshots of finished episodes (in the agent thread) and pool their sites."""
+        """Pool the sites of finished episodes (in the agent thread)."""
         with self._lock:
             pending, self._to_compare = self._to_compare, []
             finished, self._finished = self._finished, []
-        for name, first, second, joined in pending:
-            left = _left_behind(first, second)
+        for name, left, joined in pending:
             self._sites = merge_sites(self._sites + left)
             if name in self.episodes_by_name or len(self.episodes_by_name) < MAX_NAMES:
                 self.episodes_by_name[name] += 1
@@ -394,13 +394,17 @@ class SampledAllocations:
             # Whatever failed, tracing stops here and the episode ends.
             if tracemalloc.is_tracing():
                 tracemalloc.stop()
-            hook = self._hook + time.perf_counter() - t
             done = second is not None and self._first is not None
             if done:
-                self._to_compare.append((self._name, self._first, second, joined))  # type: ignore[arg-type]
+                # Compared at once, untraced, and dropped: a snapshot kept
+                # until the agent thread's next tick would sit in the
+                # process's memory readings for hundreds of tasks.
+                self._to_compare.append((self._name, _left_behind(self._first, second),  # type: ignore[arg-type]
+                                         joined))
             else:
                 self._granted = 0  # the host stopped tracing: leave its tracemalloc alone from now on
-            self._first = None
+            self._first = second = None
+            hook = self._hook + time.perf_counter() - t
             self._finished.append(Episode(self._name, self._wall0, self._clock(), self._traced, hook,
                                           self._frames, "done" if done else "stopped by the host",
                                           tuple(self._warm)))
