@@ -109,8 +109,9 @@ class Watch:
             self.rss_suspicion.add(rss1)
             self.heap_suspicion.add(blocks1)
         if timed:
-            # Both hooks, estimated from one timed end hook in HOOK_TIMING_EVERY.
-            self.hook_seconds += 2 * (time.thread_time() - t_hook) * HOOK_TIMING_EVERY
+            # Estimated from one timed end hook in HOOK_TIMING_EVERY (the
+            # start hook reads nothing: its cost is noise beside this one).
+            self.hook_seconds += (time.thread_time() - t_hook) * HOOK_TIMING_EVERY
         return TaskReading(name, max(0.0, now - t0), rss1, blocks1, None if blocks0 is None else blocks1 - blocks0)
 
     # ---------------------------------------------------------- agent thread --
