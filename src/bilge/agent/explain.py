@@ -5,9 +5,10 @@ Nothing here runs until the process shows growth that outlives warm-up
 
 1. the cheap suspicion (a trend in RSS or heap blocks after each task) must
    hold, and **keep holding**: ``PERSIST_TASKS`` (or a third of the tasks
-   seen) later the memory must have grown further, so a cache still filling,
-   a pool growing to its size or a deque filling to its ``maxlen`` stops
-   before it is explained;
+   seen) later the memory must have grown further, at no less than half the
+   pace it had when the process first looked suspect, so a cache still
+   filling (ever slower), a pool growing to its size or a deque filling to
+   its ``maxlen`` stops before it is explained;
 2. when the Python heap grows, some type must have grown in each of the last
    counts (a census or the stage's own recount): a leak adds objects steadily;
 3. when only RSS grows (the heap is flat), that is reason enough: native
@@ -59,6 +60,8 @@ from bilge.samplers.suspicion import MIN_GROWTH, MIN_HEAP_GROWTH
 # it suspect, before anything is explained.
 PERSIST_TASKS = 100
 PERSIST_SHARE = 0.25
+# ...and at no less than this share of the pace it had then (per task).
+KEEPS_PACE = 0.5
 # Allocation windows per process: at most this many, at least this far apart.
 MAX_WINDOWS = 3
 WINDOW_REOPEN_AFTER = 1800.0
@@ -120,7 +123,7 @@ class Explain:
         self._next_holder_search = 0
         self._holder_cpu = 0.1
         self._next_recount = 0.0
-        self._first_suspect: tuple[int, float, float] | None = None
+        self._first_suspect: tuple[int, float, float, float, float] | None = None
         self.reason: str | None = None
         self._names: dict[str, _NameStats] = {}
         self._correction = 1.0
@@ -213,13 +216,18 @@ class Explain:
         rss, heap = watch.rss_suspicion.level() or 0.0, watch.heap_suspicion.level() or 0.0
         tasks = watch.tasks_done
         if self._first_suspect is None:
-            self._first_suspect = (tasks, rss, heap)
+            self._first_suspect = (tasks, rss, heap, watch.rss_suspicion.growth_per_reading(),
+                                   watch.heap_suspicion.growth_per_reading())
             return None
-        t0, rss0, heap0 = self._first_suspect
+        t0, rss0, heap0, rss_rate0, heap_rate0 = self._first_suspect
         if tasks < t0 + max(PERSIST_TASKS, t0 // 3):
             return None
-        rss_up = rss_suspect and rss - rss0 >= PERSIST_SHARE * MIN_GROWTH
-        heap_up = heap_suspect and heap - heap0 >= PERSIST_SHARE * MIN_HEAP_GROWTH
+        # Still rising, by a material amount, and not slowing down: a cache
+        # or pool filling up grows ever slower; a leak keeps its pace.
+        rss_up = rss_suspect and rss - rss0 >= PERSIST_SHARE * MIN_GROWTH and (
+            rss - rss0 >= KEEPS_PACE * rss_rate0 * (tasks - t0))
+        heap_up = heap_suspect and heap - heap0 >= PERSIST_SHARE * MIN_HEAP_GROWTH and (
+            heap - heap0 >= KEEPS_PACE * heap_rate0 * (tasks - t0))
         if not (rss_up or heap_up):
             return None
         if not heap_up:

@@ -192,3 +192,16 @@ def test_a_native_leak_gets_a_native_window_that_names_the_line(suspect_after: F
     top = native.sites[0]
     assert (top.file, top.line) == (__file__, NATIVE_LINE), native.sites
     assert top.count >= 20 and top.size >= 20 * 16384
+
+
+def test_growth_that_slows_down_after_the_first_suspicion_opens_nothing(suspect_after: FakeSuspicion) -> None:
+    """A cache filling ever slower: still rising, but at a tenth of the pace it had when first suspect."""
+    agent, store = _agent()
+    for ring in ("rss_suspicion", "heap_suspicion"):
+        slowing = suspect_after(agent, 300, 40.0 if ring == "heap_suspicion" else 4000.0)
+        slowing.growth_per_reading = lambda fast=slowing.per_task * 10: fast  # the pace it had at first
+        setattr(agent.watch, ring, slowing)
+    _run(agent, _leaky_task, 1500)
+    agent.stop()
+    assert store.windows == [] and store.holders == []
+    assert not [r for r in store.stage_runs if r.stage in (STAGE_ALLOCATION_WINDOW, STAGE_ALLOCATION_EPISODE)]
