@@ -73,7 +73,9 @@ class Budget:
         """True when work expected to cost ``cpu`` CPU seconds and ``slowed`` seconds of slowed tasks fits now."""
         with self._lock:
             now = self._clock()
-            return self._cpu.refill(now) >= cpu and self._slowed.refill(now) >= slowed
+            # A bucket in debt refuses only work that would spend from it.
+            cpu_ok = cpu <= 0 or self._cpu.refill(now) >= cpu
+            return cpu_ok and (slowed <= 0 or self._slowed.refill(now) >= slowed)
 
     def slowed_left(self) -> float:
         """Seconds of slowed task time that could be spent now."""
@@ -81,13 +83,16 @@ class Budget:
             return max(0.0, self._slowed.refill(self._clock()))
 
     def charge(self, cpu: float, slowed: float = 0.0) -> None:
-        """Pay what work actually cost (tokens may go negative: a debt paid by waiting)."""
+        """Pay what work actually cost (tokens may go negative: a debt paid by waiting).
+
+        A negative amount gives back what a reservation took beyond the real cost.
+        """
         with self._lock:
             now = self._clock()
             self._cpu.refill(now)
             self._slowed.refill(now)
-            self._cpu.tokens -= max(0.0, cpu)
-            self._slowed.tokens -= max(0.0, slowed)
+            self._cpu.tokens = min(self._cpu.capacity, self._cpu.tokens - cpu)
+            self._slowed.tokens = min(self._slowed.capacity, self._slowed.tokens - slowed)
 
     def state(self, t: float) -> BudgetState:
         """What is left now, with the limits, for the store (``t`` is the wall-clock time)."""

@@ -32,7 +32,9 @@ process's :class:`~bilge.agent.budget.Budget`:
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -127,6 +129,7 @@ class Explain:
         self.reason: str | None = None
         self._names: dict[str, _NameStats] = {}
         self._correction = 1.0
+        self._reserved: deque[float] = deque(maxlen=64)
         self._native_slowed = 0.0
         self._native_started = 0.0
         self.last_sites: list[tuple[str, int, int]] = []
@@ -304,8 +307,20 @@ class Explain:
             cost = self._episode_cost(frames)
             count = min(wanted, GRANT, int(left // cost) if cost > 0 else GRANT)
             if count >= 1 and self._budget.affords(cost, cost):
-                self.window.arm(count, frames)
+                self.window.arm(count, frames, admit=functools.partial(self._reserve, cost))
                 return
+
+    def _reserve(self, cost: float) -> bool:
+        """In the task's thread, right before an episode: take its expected cost from the budget, or refuse.
+
+        Episodes run back to back between two agent ticks; reserving keeps
+        the budget from being spent twice (the real cost is settled later).
+        """
+        if not self._budget.affords(cost, cost):
+            return False
+        self._budget.charge(cost, cost)
+        self._reserved.append(cost)
+        return True
 
     def _episode_cost(self, frames: int) -> float:
         """Expected slowed seconds of one episode at ``frames`` deep: the usual task time times the extra factor."""
@@ -328,7 +343,8 @@ class Explain:
                 measured = e.traced_seconds / usual
                 model = SLOWDOWN_BASE + SLOWDOWN_PER_FRAME * e.frames
                 self._correction += 0.3 * (min(10.0, max(0.1, measured / model)) - self._correction)
-            self._budget.charge(slowed, slowed)
+            reserved = self._reserved.popleft() if self._reserved else 0.0
+            self._budget.charge(slowed - reserved, slowed - reserved)
             reason = "episode: one %s task measured (%d traced), %d frames" % (e.name, 1 + len(e.warmups), e.frames)
             self._ledger.record(StageRun(STAGE_ALLOCATION_EPISODE, reason, e.started, e.ended, slowed, slowed,
                                          e.outcome))

@@ -43,6 +43,14 @@ _IGNORED = (tracemalloc.__file__, "<frozen importlib._bootstrap>", "<frozen impo
 # Any frame of bilge's or tracemalloc's own: the agent thread compares
 # snapshots (and caches what that compiles) while a later episode traces.
 IGNORED_FILTERS = [tracemalloc.Filter(False, pattern, all_frames=True) for pattern in _IGNORED + OWN_PATTERNS]
+# The same as plain prefixes and names, for checking grouped tracebacks
+# without fnmatch on every trace.
+_OWN_PREFIXES = tuple(pattern.rstrip("*") for pattern in OWN_PATTERNS)
+
+
+def is_own(filename: str) -> bool:
+    """True for tracemalloc's and bilge's own files (never an allocation site)."""
+    return filename in _IGNORED or filename.startswith(_OWN_PREFIXES)
 Site = AllocationSite
 
 
@@ -116,8 +124,6 @@ def _born_at(frames: Iterable[tuple[str, int]]) -> tuple[str, int] | None:
         fallback = fallback or (file, line)
     return fallback
 
-
-_OWN_PREFIXES = tuple(pattern.rstrip("*") for pattern in OWN_PATTERNS)
 # Py_TPFLAGS_HAVE_GC and, on 3.11, Py_TPFLAGS_MANAGED_DICT (Include/object.h).
 _HAVE_GC = 1 << 14
 _MANAGED_DICT = 1 << 4

@@ -49,6 +49,10 @@ def type_name(cls: type) -> str:
     return "%s.%s" % (module, qualname)
 
 
+_OWN = "bilge."
+_DEMO = "bilge.demo."
+
+
 class Census:
     """Takes censuses and remembers each type's mean size between them.
 
@@ -89,6 +93,8 @@ class Census:
         rows = []
         for cls, count in counts.items():
             name = type_name(cls)
+            if name.startswith(_OWN) and not name.startswith(_DEMO):
+                continue  # bilge's own records (sites, results) are never the host's growth
             if sampled_count is not None:
                 n = sampled_count.get(cls, 0)
                 if n:

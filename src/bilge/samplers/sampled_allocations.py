@@ -50,8 +50,8 @@ from dataclasses import dataclass
 
 from bilge.model import AllocationSite, AllocationWindow, TypeSite
 from bilge.samplers.allocations import (
-    IGNORED_FILTERS,
     innermost_user_frame,
+    is_own,
     merge_sites,
     object_traceback,
     owner_of,
@@ -138,6 +138,7 @@ class SampledAllocations:
         self._wanted: frozenset[str] | None = None
         self._frames = 1
         self._granted = 0
+        self._admit: Callable[[], bool] | None = None
         self._gap = 0
         self._waited = 0
         self._key: object = None
@@ -184,13 +185,18 @@ class SampledAllocations:
         return max(0, self.episodes - self._done - len(self._to_compare) - self._granted
                    - (self.state in (TRACING, AWAITING)))
 
-    def arm(self, episodes: int, frames: int = 6) -> None:
-        """Grant ``episodes`` more episodes, ``frames`` deep."""
+    def arm(self, episodes: int, frames: int = 6, admit: Callable[[], bool] | None = None) -> None:
+        """Grant ``episodes`` more episodes, ``frames`` deep.
+
+        ``admit`` is asked (in the task's thread) right before each episode
+        starts tracing; False ends the grant (the budget is spent).
+        """
         with self._lock:
             if not self.active:
                 return
             self._granted += max(0, min(episodes, self.wanted))
             self._frames = max(1, frames)
+            self._admit = admit
             if self.state == IDLE and self._granted:
                 self.state = ARMED
                 self._waited = 0
@@ -357,6 +363,9 @@ class SampledAllocations:
             if self.state == ARMED:
                 if self._gap > 0:
                     self._gap -= 1
+                elif self._admit is not None and not self._admit():
+                    self._granted = 0
+                    self.state = IDLE
                 elif not tracemalloc.is_tracing():
                     tracemalloc.start(self._frames)
                     self._wall0 = self._clock()
@@ -435,14 +444,24 @@ class SampledAllocations:
 
 
 def _left_behind(first: tracemalloc.Snapshot, second: tracemalloc.Snapshot) -> list[AllocationSite]:
-    """Per traceback, what grew from snapshot A (the traced task's start) to B (the next task's start)."""
+    """Per traceback, what grew from snapshot A (the measured task's start) to B (the next task's start).
+
+    Traces are grouped first and the few groups checked for bilge's own
+    frames (no pattern matching per trace: this runs in the task's thread).
+    """
+    before = {stat.traceback: stat for stat in first.statistics("traceback")}
     sites = []
-    for stat in second.filter_traces(IGNORED_FILTERS).compare_to(first.filter_traces(IGNORED_FILTERS), "traceback"):
-        if stat.size_diff <= 0 or stat.count_diff <= 0:
+    for stat in second.statistics("traceback"):
+        seen = before.get(stat.traceback)
+        size = stat.size - (seen.size if seen else 0)
+        count = stat.count - (seen.count if seen else 0)
+        if size <= 0 or count <= 0:
             continue
         frames = list(stat.traceback)  # oldest first
+        if any(is_own(f.filename) for f in frames):
+            continue
         site = innermost_user_frame(frames) or frames[-1]
-        sites.append(AllocationSite(file=site.filename, line=site.lineno, size=stat.size_diff,
-                                    count=stat.count_diff, owner=owner_of(site.filename),
+        sites.append(AllocationSite(file=site.filename, line=site.lineno, size=size, count=count,
+                                    owner=owner_of(site.filename),
                                     traceback=tuple("%s:%d" % (f.filename, f.lineno) for f in reversed(frames))))
     return sites

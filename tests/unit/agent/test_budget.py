@@ -117,3 +117,25 @@ def test_meter_measures_cpu_and_wall_with_injected_clocks() -> None:
         cpu.now += 0.25
         wall.now += 1.0
     assert (meter.cpu, meter.started, meter.ended) == (0.25, 1000.0, 1001.0)
+
+
+def test_a_debt_in_one_bucket_refuses_only_work_that_spends_from_it() -> None:
+    """Slowed tasks overspent: more tracing waits, but a CPU-only holder search still runs; and the reverse."""
+    clock = FakeClock()
+    budget = Budget(cpu_share=0.01, slowed_per_hour=1.0, clock=clock)
+    budget.charge(0.0, 5.0)
+    assert not budget.affords(0.0, 0.01)
+    assert budget.affords(0.1)
+    budget.charge(10.0)
+    assert not budget.affords(0.1)
+
+
+def test_a_reservation_given_back_restores_the_tokens_up_to_capacity() -> None:
+    """Reserving the expected cost and settling the real one (a negative charge) never exceeds the capacity."""
+    clock = FakeClock()
+    budget = Budget(slowed_per_hour=1.0, clock=clock)
+    budget.charge(0.0, 0.2)  # reserved
+    budget.charge(0.0, -0.15)  # it cost 0.05
+    assert budget.slowed_left() == pytest.approx(0.45)
+    budget.charge(0.0, -5.0)
+    assert budget.slowed_left() == pytest.approx(0.5)

@@ -263,3 +263,15 @@ def test_a_worker_idling_after_the_traced_task_ends_the_episode_on_poll() -> Non
     assert not tracemalloc.is_tracing()
     assert result is not None and result.status == "done"
     assert (result.sites[0].file, result.sites[0].line) == (__file__, LEAK_LINE)
+
+
+def test_an_episode_the_budget_does_not_admit_is_never_started() -> None:
+    """``admit`` is asked before each episode: the first two are admitted, the third refused ends the grant."""
+    answers = iter([True, True, False])
+    window = SampledAllocations(episodes=8)
+    assert window.open()
+    window.arm(8, admit=lambda: next(answers))
+    traced = _drive(window, 200, lambda i: ("shop.task", _transient_task))
+    episodes, _ = window.poll()
+    assert len(episodes) == 2 and len(traced) == 4
+    assert window.state == "idle" and not tracemalloc.is_tracing()
