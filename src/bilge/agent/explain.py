@@ -326,8 +326,8 @@ class Explain:
         """Expected slowed seconds of one episode at ``frames`` deep: the usual task time times the extra factor."""
         usual = max((s.seconds for s in self._names.values()), default=0.005)
         slowdown = self._correction * (SLOWDOWN_BASE + SLOWDOWN_PER_FRAME * frames)
-        # A warm-up task and the measured one are traced.
-        return 2 * usual * max(0.0, slowdown - 1.0) + 0.002
+        # A warm-up, the measured and a cool-down task are traced.
+        return 3 * usual * max(0.0, slowdown - 1.0) + 0.002
 
     def _usual(self, name: str) -> float:
         stats = self._names.get(name)

@@ -20,12 +20,16 @@ each tracing exactly one task, as many as the agent's budget buys:
    leave anything at (a leaky task leaves bytes behind in every call, the
    others do not; what every task leaves alike is residue that cancels in
    a longer run, and is not reported);
-5. the measured task runs; at the following task's start (or, if the worker
-   idles, from the agent thread): snapshot B, the type join, and tracing
-   stops. B − A per traceback is what the measured task left behind: what
-   is in flight at a task start (a message, a request, the previous
-   result) is in both snapshots, traced in both, and cancels. The two
-   snapshots are compared right there, untraced, and dropped.
+5. the measured task runs; at its end, snapshot C; the next task is a
+   **cool-down**, traced so that the measured task's result (kept in flight
+   until the next result replaces it) is gone by B;
+6. at the start of the task after the cool-down (or, if the worker idles,
+   from the agent thread): snapshot B, the type join, and tracing stops.
+   Per traceback, the smaller of C − A and B − A is what the measured task
+   left behind: what is in flight at a task start (a message, a request,
+   the previous result) is traced in A too and cancels, and what differs
+   between two task starts (the next message is another task's) is not in
+   C − A. The snapshots are compared right there, untraced, and dropped.
 
 The agent thread pools the sites of all episodes (``poll``); the window
 closes when it has its episodes, or at its deadline with what it has. Each finished episode reports its own timings
@@ -58,9 +62,10 @@ from bilge.samplers.allocations import (
     type_sites,
 )
 
-IDLE, ARMED, STARTED, WARMING, TRACING, AWAITING = "idle", "armed", "started", "warming", "tracing", "awaiting"
+IDLE, ARMED, STARTED, WARMING, TRACING = "idle", "armed", "started", "warming", "tracing"
+MEASURED, COOLING, AWAITING = "measured", "cooling", "awaiting"
 # States in which tracemalloc is on.
-ON = (STARTED, WARMING, TRACING, AWAITING)
+ON = (STARTED, WARMING, TRACING, MEASURED, COOLING, AWAITING)
 # Warm-up tasks traced at most before the measured one, whatever its name.
 MAX_WARMUPS = 3
 # A wanted task that does not come within this many tasks: any task will do.
@@ -76,7 +81,8 @@ class Episode:
     """One episode, as the budget sees it.
 
     ``name``/``traced_seconds`` are the measured task and its wall time;
-    ``warmups`` the (name, wall time) of the tasks traced before it;
+    ``warmups`` the (name, wall time) of the other tasks traced (warm-up,
+    cool-down);
     ``hook_seconds`` the time the snapshots and the join added at task
     boundaries (in the task's thread); ``outcome`` is ``done``, or why it
     was dropped.
@@ -148,6 +154,7 @@ class SampledAllocations:
         self._warm_name = ""
         self._warm_t0 = 0.0
         self._first: tracemalloc.Snapshot | None = None
+        self._ended: tracemalloc.Snapshot | None = None
         self._joined: tuple[TypeSite, ...] = ()
         # (S1, S2, join) per finished episode, compared in the agent thread.
         # (name, sites left behind, join) per finished episode, pooled in the agent thread.
@@ -183,7 +190,7 @@ class SampledAllocations:
     def wanted(self) -> int:
         """Episodes still to run before the window is full."""
         return max(0, self.episodes - self._done - len(self._to_compare) - self._granted
-                   - (self.state in (TRACING, AWAITING)))
+                   - (self.state in (TRACING, MEASURED, COOLING, AWAITING)))
 
     def arm(self, episodes: int, frames: int = 6, admit: Callable[[], bool] | None = None) -> None:
         """Grant ``episodes`` more episodes, ``frames`` deep.
@@ -216,7 +223,9 @@ class SampledAllocations:
             elif self.state in (STARTED, WARMING) and time.perf_counter() - self._t0 > self.max_episode_seconds:
                 # No task came to measure: stop tracing an idle worker, try again later.
                 self._drop("stopped: no task to measure within %.1f s" % self.max_episode_seconds)
-            elif self.state == AWAITING and time.perf_counter() - self._t0 > self.max_episode_seconds:
+            elif self.state == COOLING and time.perf_counter() - self._t0 > self.max_episode_seconds:
+                self._drop("stopped: cool-down task ran over %.1f s" % self.max_episode_seconds)
+            elif self.state in (MEASURED, AWAITING) and time.perf_counter() - self._t0 > self.max_episode_seconds:
                 # The worker idles after the traced task: close at this boundary.
                 self._end_episode()
         finished = self._compare()
@@ -232,9 +241,9 @@ class SampledAllocations:
         if not self.active:
             return [], None
         with self._lock:
-            if self.state == AWAITING:
+            if self.state in (MEASURED, AWAITING):
                 self._end_episode()
-            elif self.state == TRACING:
+            elif self.state in (TRACING, COOLING):
                 self._drop("stopped: the agent stops")
             elif self.state in (STARTED, WARMING):
                 self._drop("stopped: the agent stops")
@@ -306,7 +315,14 @@ class SampledAllocations:
             if self.state == AWAITING:
                 self._end_episode()
                 return
-            if self.state == TRACING:
+            if self.state == MEASURED:
+                # The cool-down task: traced, so that what the measured task
+                # leaves in flight until the next one replaces it (its result)
+                # is gone by snapshot B.
+                self.state = COOLING
+                self._warm_name, self._warm_t0 = name, time.perf_counter()
+                return
+            if self.state in (TRACING, COOLING):
                 return  # another thread's task (threads pool): traced along, not measured
             if not tracemalloc.is_tracing():
                 self._granted = 0
@@ -357,7 +373,7 @@ class SampledAllocations:
 
     def on_task_finished(self, key: object) -> None:
         """At every task end, in the task's thread: an armed window starts tracing; a traced task is done."""
-        if self.state not in (ARMED, WARMING, TRACING):
+        if self.state not in (ARMED, WARMING, TRACING, COOLING):
             return
         with self._lock:
             if self.state == ARMED:
@@ -376,8 +392,10 @@ class SampledAllocations:
                     self._granted = 0  # the host traces now: leave it alone
                     self.state = IDLE
                 return
-            if self.state == WARMING:
+            if self.state in (WARMING, COOLING):
                 self._warm.append((self._warm_name, time.perf_counter() - self._warm_t0))
+                if self.state == COOLING:
+                    self.state = AWAITING
                 return
             if key != self._key:
                 return
@@ -387,7 +405,10 @@ class SampledAllocations:
                 self._drop("stopped by the host")
                 return
             self._peak = max(self._peak, tracemalloc.get_tracemalloc_memory())
-            self.state = AWAITING
+            t = time.perf_counter()
+            self._ended = tracemalloc.take_snapshot()  # C: what the measured task left, in flight or not
+            self._hook += time.perf_counter() - t
+            self.state = MEASURED
 
     def _end_episode(self) -> None:
         """Snapshot S2 and the join at the boundary after the traced task; tracing stops (lock held)."""
@@ -403,16 +424,16 @@ class SampledAllocations:
             # Whatever failed, tracing stops here and the episode ends.
             if tracemalloc.is_tracing():
                 tracemalloc.stop()
-            done = second is not None and self._first is not None
+            done = second is not None and self._first is not None and self._ended is not None
             if done:
                 # Compared at once, untraced, and dropped: a snapshot kept
                 # until the agent thread's next tick would sit in the
                 # process's memory readings for hundreds of tasks.
-                self._to_compare.append((self._name, _left_behind(self._first, second),  # type: ignore[arg-type]
+                self._to_compare.append((self._name, _left_behind(self._first, self._ended, second),  # type: ignore[arg-type]
                                          joined))
             else:
                 self._granted = 0  # the host stopped tracing: leave its tracemalloc alone from now on
-            self._first = second = None
+            self._first = self._ended = second = None
             hook = self._hook + time.perf_counter() - t
             self._finished.append(Episode(self._name, self._wall0, self._clock(), self._traced, hook,
                                           self._frames, "done" if done else "stopped by the host",
@@ -424,7 +445,7 @@ class SampledAllocations:
         if tracemalloc.is_tracing():
             tracemalloc.stop()
         traced = time.perf_counter() - self._t0 if self.state == TRACING else 0.0
-        self._first = None
+        self._first = self._ended = None
         self._finished.append(Episode(self._name or self._warm_name, self._wall0, self._clock(), traced, self._hook,
                                       self._frames, outcome, tuple(self._warm)))
         self._next()
@@ -443,18 +464,28 @@ class SampledAllocations:
         self._waited = 0
 
 
-def _left_behind(first: tracemalloc.Snapshot, second: tracemalloc.Snapshot) -> list[AllocationSite]:
-    """Per traceback, what grew from snapshot A (the measured task's start) to B (the next task's start).
+def _left_behind(first: tracemalloc.Snapshot, ended: tracemalloc.Snapshot, second: tracemalloc.Snapshot
+                 ) -> list[AllocationSite]:
+    """Per traceback, what the measured task left behind: the smaller of C − A and B − A.
 
-    Traces are grouped first and the few groups checked for bilge's own
-    frames (no pattern matching per trace: this runs in the task's thread).
+    A is the measured task's start, C its end, B the start of the task after
+    the cool-down. C − A holds the leak and what the task still had in
+    flight at its end; B − A holds the leak and what is in flight at a later
+    task start (the next message, whose size depends on its task). Only
+    the leak is in both. Traces are grouped first and the few groups checked
+    for bilge's own frames (no pattern matching per trace: this runs in the
+    task's thread).
     """
-    before = {stat.traceback: stat for stat in first.statistics("traceback")}
+    start = {stat.traceback: stat for stat in first.statistics("traceback")}
+    end = {stat.traceback: stat for stat in ended.statistics("traceback")}
     sites = []
     for stat in second.statistics("traceback"):
-        seen = before.get(stat.traceback)
-        size = stat.size - (seen.size if seen else 0)
-        count = stat.count - (seen.count if seen else 0)
+        at_start, at_end = start.get(stat.traceback), end.get(stat.traceback)
+        if at_end is None:
+            continue
+        base_size, base_count = (at_start.size, at_start.count) if at_start else (0, 0)
+        size = min(stat.size, at_end.size) - base_size
+        count = min(stat.count, at_end.count) - base_count
         if size <= 0 or count <= 0:
             continue
         frames = list(stat.traceback)  # oldest first

@@ -108,7 +108,7 @@ def test_every_run_of_the_stage_is_accounted_with_its_reason(suspect_after: Fake
     assert opened[0].reason.startswith("opened: the Python heap kept growing for "), opened[0]
     assert INVOICE in opened[0].reason
     runs = [r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_EPISODE]
-    episodes = [r for r in runs if r.reason.startswith("episode: one shop.render_invoice task measured (2 traced)")]
+    episodes = [r for r in runs if r.reason.startswith("episode: one shop.render_invoice task measured (3 traced)")]
     assert len(episodes) >= 3 and all(r.slowed_seconds > 0 for r in episodes)
     total = store.stage_costs[STAGE_ALLOCATION_EPISODE]
     assert total.slowed_seconds == pytest.approx(sum(r.slowed_seconds for r in runs))

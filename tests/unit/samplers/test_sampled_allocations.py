@@ -112,16 +112,16 @@ def test_episodes_name_the_line_whose_allocations_stay_and_not_what_a_task_retur
     assert not tracemalloc.is_tracing()
 
 
-def test_an_episode_traces_a_warm_up_task_and_the_measured_one_with_gaps_between() -> None:
-    """Tracing covers two tasks per episode (a warm-up and the measured one); untraced tasks sit between."""
+def test_an_episode_traces_a_warm_up_the_measured_and_a_cool_down_task_with_gaps_between() -> None:
+    """Tracing covers three tasks per episode (warm-up, measured, cool-down); untraced tasks sit between."""
     window = SampledAllocations(episodes=4, gap_tasks=3)
     assert window.open()
     window.arm(4)
     traced = _drive(window, 80, lambda i: ("shop.task", _transient_task))
-    assert len(traced) == 8
+    assert len(traced) == 12
     episodes, _ = window.poll()
     assert [e.outcome for e in episodes] == ["done"] * 4
-    assert all(e.traced_seconds > 0 and e.hook_seconds > 0 and len(e.warmups) == 1 for e in episodes)
+    assert all(e.traced_seconds > 0 and e.hook_seconds > 0 and len(e.warmups) == 2 for e in episodes)
 
 
 def test_after_exploring_every_name_the_episodes_go_to_the_task_that_leaves_memory_behind() -> None:
@@ -135,7 +135,8 @@ def test_after_exploring_every_name_the_episodes_go_to_the_task_that_leaves_memo
         episodes, _ = window.poll()  # compares episodes: what they left behind steers the next ones
         measured += [e.name for e in episodes]
     assert len(measured) == 12
-    assert measured.count("shop.render") == EXPLORE, measured
+    # An episode may start before the last exploring one is compared: one more at most.
+    assert EXPLORE <= measured.count("shop.render") <= EXPLORE + 1, measured
     assert set(measured[-6:]) == {"shop.leaky"}, measured
 
 
@@ -174,7 +175,7 @@ def test_a_join_that_fails_still_stops_tracing_and_ends_the_episode(monkeypatch:
     assert window.open([INVOICE])
     window.arm(2)
     with pytest.raises(RuntimeError):
-        _drive(window, 4, lambda i: ("shop.invoice", _invoice_task))
+        _drive(window, 6, lambda i: ("shop.invoice", _invoice_task))
     assert not tracemalloc.is_tracing()
     assert window.state == "armed"
     window.abort()
@@ -273,5 +274,5 @@ def test_an_episode_the_budget_does_not_admit_is_never_started() -> None:
     window.arm(8, admit=lambda: next(answers))
     traced = _drive(window, 200, lambda i: ("shop.task", _transient_task))
     episodes, _ = window.poll()
-    assert len(episodes) == 2 and len(traced) == 4
+    assert len(episodes) == 2 and len(traced) == 6
     assert window.state == "idle" and not tracemalloc.is_tracing()
