@@ -71,8 +71,9 @@ WINDOW_REOPEN_AFTER = 1800.0
 # task's survivors, until compared): a whole window's worth, so that a
 # fast worker finishes its window within a tick or two.
 GRANT = 16
-# Frames tried, deepest first, until an episode fits the budget.
+# Frames tried, deepest first, until the budget buys PREFERRED_EPISODES.
 FRAME_CHOICES = (6, 4, 3, 2)
+PREFERRED_EPISODES = 8
 # tracemalloc's slowdown of an allocation-heavy task by traceback depth,
 # measured on the overhead benchmark's JSON task (7.6x at 1 frame, 20x at
 # 6); corrected by what the episodes measure.
@@ -303,12 +304,22 @@ class Explain:
         if not wanted or self.window.state != "idle":
             return
         left = self._budget.slowed_left()
+        # The deepest tracebacks that still buy enough episodes; else as many
+        # episodes as the shallowest buy.
+        enough = min(wanted, PREFERRED_EPISODES)
         for frames in FRAME_CHOICES:
             cost = self._episode_cost(frames)
             count = min(wanted, GRANT, int(left // cost) if cost > 0 else GRANT)
-            if count >= 1 and self._budget.affords(cost, cost):
+            if count >= 1 and self._budget.affords(cost, cost) and (count >= enough or frames == FRAME_CHOICES[-1]):
                 self.window.arm(count, frames, admit=functools.partial(self._reserve, cost))
                 return
+        if self.window.done >= self.window.min_episodes:
+            # The budget buys no more for now: explain with what the window
+            # has rather than wait (holders and a native window come after).
+            episodes, result = self.window.close_now()
+            self._charge_episodes(episodes)
+            if result is not None:
+                self._window_closed(result)
 
     def _reserve(self, cost: float) -> bool:
         """In the task's thread, right before an episode: take its expected cost from the budget, or refuse.

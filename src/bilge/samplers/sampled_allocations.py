@@ -182,6 +182,11 @@ class SampledAllocations:
         return True
 
     @property
+    def done(self) -> int:
+        """Episodes pooled so far."""
+        return self._done
+
+    @property
     def tracing(self) -> bool:
         """True while an episode has tracemalloc on."""
         return self.state in ON

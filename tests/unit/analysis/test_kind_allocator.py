@@ -108,3 +108,12 @@ def test_allocation_window_that_saw_the_growth_means_python_objects() -> None:
     kind, evidence = classify(series(rss=65536, used=65536), tasks, [window])
     assert kind == PYTHON_OBJECTS
     assert "~98% of the RSS growth" in evidence[0]
+
+
+def test_heap_blocks_that_explain_most_of_the_growth_outweigh_a_small_traced_share() -> None:
+    """Episodes traced little (the leak keeps what its message allocated before the task), but heap blocks
+    account for most of the RSS growth: Python objects."""
+    tasks = _tasks(600, rss_per_task=4096, blocks_per_task=60)
+    window = _window(kept_bytes=20 * 400)
+    kind, _ = classify(series(rss=65536, used=65536), tasks, [window])
+    assert kind == PYTHON_OBJECTS
