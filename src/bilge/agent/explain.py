@@ -4,8 +4,8 @@ Nothing here runs until the process shows growth that outlives warm-up
 (:meth:`Explain.escalation`):
 
 1. the cheap suspicion (a trend in RSS or heap blocks after each task) must
-   hold, and **keep holding**: ``PERSIST_TASKS`` (or a third of the tasks
-   seen) later the memory must have grown further, at no less than half the
+   hold, and **keep holding**: ``PERSIST_TASKS`` (or half the tasks seen)
+   later the memory must have grown further, at no less than half the
    pace it had when the process first looked suspect, so a cache still
    filling (ever slower), a pool growing to its size or a deque filling to
    its ``maxlen`` stops before it is explained;
@@ -57,9 +57,9 @@ from bilge.samplers.native_sites import NativeWindow
 from bilge.samplers.sampled_allocations import Episode, SampledAllocations
 from bilge.samplers.suspicion import MIN_GROWTH, MIN_HEAP_GROWTH
 
-# Growth must go on for this many tasks (or a third of the tasks seen, if
-# more) after the process first looked suspect, by a quarter of what made
-# it suspect, before anything is explained.
+# Growth must go on for this many tasks (or half the tasks seen, if more)
+# after the process first looked suspect, by a quarter of what made it
+# suspect (all of it when only RSS grows), before anything is explained.
 PERSIST_TASKS = 100
 PERSIST_SHARE = 0.25
 # ...and at no less than this share of the pace it had then (per task).
@@ -224,7 +224,7 @@ class Explain:
                                    watch.heap_suspicion.growth_per_reading())
             return None
         t0, rss0, heap0, rss_rate0, heap_rate0 = self._first_suspect
-        if tasks < t0 + max(PERSIST_TASKS, t0 // 3):
+        if tasks < t0 + max(PERSIST_TASKS, t0 // 2):
             return None
         # Still rising, by a material amount, and not slowing down: a cache
         # or pool filling up grows ever slower; a leak keeps its pace.
@@ -235,6 +235,11 @@ class Explain:
         if not (rss_up or heap_up):
             return None
         if not heap_up:
+            if rss - rss0 < MIN_GROWTH:
+                # RSS alone (the heap flat) creeps for a long time in healthy
+                # workers (glibc arenas settling): it must add as much again
+                # as made the process suspect.
+                return None
             return ("RSS kept growing for %d tasks after the process first looked suspect (%+.0f KiB) while the "
                     "Python heap stayed flat" % (tasks - t0, (rss - rss0) / 1024))
         steady = self._steady_types()
