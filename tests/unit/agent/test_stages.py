@@ -96,3 +96,30 @@ def test_the_fd_scan_runs_when_the_descriptor_count_moved_and_its_interval_passe
     assert not scan.due()  # within the interval
     monotonic.now += 5.0
     assert scan.due()
+
+
+def test_on_a_big_heap_one_task_in_n_reads_the_heap_at_both_ends() -> None:
+    """With blocks read on one task in 4, those tasks carry exact before/after blocks; the others carry none."""
+    outbox = Outbox()
+    watch = Watch(outbox)
+    heap: list[float] = []
+    watch.heap_suspicion.add = heap.append  # type: ignore[method-assign,assignment]
+    watch.blocks_every = 4
+    for i in range(12):
+        watch.task_started(i, "shop.a")
+        watch.task_finished(i)
+    with_blocks = [row[0] for row in outbox.tasks if row[6] is not None and row[7] is not None]
+    assert with_blocks == [4, 8, 12]
+    assert all(row[6] is None and row[7] is None for row in outbox.tasks if row[0] not in with_blocks)
+    assert len(heap) == 3
+
+
+def test_the_heap_is_read_on_every_task_while_reading_it_is_cheap_and_sampled_when_not() -> None:
+    """The sample's own timing of sys.getallocatedblocks() sets how often tasks read it."""
+    watch = Watch(Outbox())
+    for _ in range(30):
+        watch.note_blocks_cost(3e-6)
+    assert watch.blocks_every == 1
+    for _ in range(30):
+        watch.note_blocks_cost(40e-6)
+    assert watch.blocks_every == 16
