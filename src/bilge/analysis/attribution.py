@@ -60,7 +60,12 @@ def task_growth(per_process: Sequence[Sequence[TaskRecord]], window: int = WINDO
         return ()
     x = np.asarray(rows, dtype=float)
     rss_beta, rss_t = _robust_regress(x, np.asarray(rss_y, dtype=float))
-    blocks_beta, blocks_t = _robust_regress(x, np.asarray(blocks_y, dtype=float))
+    by = np.asarray(blocks_y, dtype=float)
+    known = ~np.isnan(by)
+    if known.sum() > len(names):
+        blocks_beta, blocks_t = _robust_regress(x[known], by[known])
+    else:
+        blocks_beta, blocks_t = np.zeros(len(names)), np.zeros(len(names))
     exact_beta, exact_t = _exact_blocks(per_process, names)
     calls = x.sum(axis=0)
     out = [TaskGrowth(task=n, calls=int(calls[i]), bytes_per_call=float(rss_beta[i]),
@@ -102,7 +107,7 @@ def _usable(tasks: Sequence[TaskRecord]) -> list[TaskRecord]:
 
 
 # A span of consecutive tasks and the (RSS, heap blocks) readings that bracket it.
-Span = tuple[Sequence[TaskRecord], int, int, int, int]
+Span = tuple[Sequence[TaskRecord], int, int, 'int | None', 'int | None']
 Design = tuple[list[list[int]], list[float], list[float]]
 
 
@@ -118,14 +123,16 @@ def _design(spans: Iterable[Span], names: list[str]) -> Design:
             counts[index[t.name]] += 1
         rows.append(counts)
         rss_y.append(float(rss1 - rss0))
-        blocks_y.append(float(blocks1 - blocks0))
+        blocks_y.append(float(blocks1 - blocks0) if blocks0 is not None and blocks1 is not None else math.nan)
     return rows, rss_y, blocks_y
 
 
 def _windows(per_process: Sequence[Sequence[TaskRecord]], names: list[str], window: int) -> Design:
     def spans() -> Iterator[Span]:
         for tasks in per_process:
-            usable = [t for t in tasks if t.rss_after is not None and t.blocks_after is not None]
+            # RSS is read after every task; heap blocks, on a big heap, only
+            # after some (their windows' blocks growth is unknown: NaN).
+            usable = [t for t in tasks if t.rss_after is not None]
             for start in range(1, len(usable) - window + 1, window):
                 chunk = usable[start:start + window]
                 before, after = usable[start - 1], chunk[-1]

@@ -155,3 +155,13 @@ def test_leaking_task_needs_enough_calls_and_positive_growth() -> None:
     good = TaskGrowth(task="d", calls=MIN_CALLS, bytes_per_call=4096.0, blocks_per_call=0.0, score=3.0)
     assert leaking_task([few, shrinking, weak]) is None
     assert leaking_task([few, shrinking, weak, good]) == good
+
+
+def test_the_leaking_task_is_named_when_heap_blocks_were_read_on_one_task_in_eight() -> None:
+    """A big heap: the agent read blocks on one task in eight only; RSS windows still name the leaker."""
+    from dataclasses import replace
+
+    tasks = [t if t.seq % 8 == 0 else replace(t, blocks_before=None, blocks_after=None)
+             for t in task_records(3000, seed=7, leaker="shop.search", leak_blocks=0)]
+    found = leaking_task(task_growth([tasks]))
+    assert found is not None and found.task == "shop.search"
