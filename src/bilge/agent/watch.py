@@ -38,6 +38,7 @@ TASK_DUTY = 10
 BLOCKS_CHEAP = 10e-6
 BLOCKS_PER_TASK = 5e-6
 MAX_BLOCKS_EVERY = 16
+FULL_BLOCKS_TASKS = 3000
 # One task hook in this many is timed (CPU of the task's thread: waiting for
 # the GIL is not the hook's cost), to account the hooks' own cost without
 # paying for a clock read on every task.
@@ -166,10 +167,14 @@ class Watch:
         small worker, 30-100 µs for one holding a million objects, where it
         was the largest per-task cost bilge had (and it evicts the task's
         cache lines). Sampled tasks read the heap at both ends, so their
-        own deltas stay exact for the attribution.
+        own deltas stay exact for the attribution. The first
+        FULL_BLOCKS_TASKS tasks always read it.
         """
         self._blocks_cost += 0.2 * (cost - self._blocks_cost)
-        if self._blocks_cost <= BLOCKS_CHEAP:
+        if self._blocks_cost <= BLOCKS_CHEAP or self.tasks_done < FULL_BLOCKS_TASKS:
+            # A young process reads the heap on every task whatever it costs:
+            # its first thousands of tasks are where a leak is confirmed and
+            # attributed, per call.
             self.blocks_every = 1
         else:
             self.blocks_every = min(MAX_BLOCKS_EVERY, max(2, math.ceil(2 * self._blocks_cost / BLOCKS_PER_TASK)))

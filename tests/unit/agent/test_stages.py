@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bilge.agent.census_stage import MIN_TYPE_GROWTH, Counts
 from bilge.agent.outbox import Outbox
-from bilge.agent.watch import FdScan, Watch
+from bilge.agent.watch import FULL_BLOCKS_TASKS, FdScan, Watch
 
 
 class FakeClock:
@@ -115,8 +115,13 @@ def test_on_a_big_heap_one_task_in_n_reads_the_heap_at_both_ends() -> None:
 
 
 def test_the_heap_is_read_on_every_task_while_reading_it_is_cheap_and_sampled_when_not() -> None:
-    """The sample's own timing of sys.getallocatedblocks() sets how often tasks read it."""
+    """Past its first FULL_BLOCKS_TASKS tasks, the sample's timing of sys.getallocatedblocks() sets how often
+    tasks read it."""
     watch = Watch(Outbox())
+    for _ in range(30):
+        watch.note_blocks_cost(40e-6)
+    assert watch.blocks_every == 1  # young: every task, whatever it costs
+    watch.tasks_done = FULL_BLOCKS_TASKS
     for _ in range(30):
         watch.note_blocks_cost(3e-6)
     assert watch.blocks_every == 1
