@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from bilge.agent import Agent
@@ -33,3 +35,26 @@ class SuspectAfter:
 def suspect_after() -> type[SuspectAfter]:
     """The fake suspicion class: ``suspect_after(agent, tasks, per_task)``."""
     return SuspectAfter
+
+
+def run_tasks(agent: Agent, task: Callable[[int], object], tasks: int, name: str = "shop.render_invoice",
+              every: int = 20, until: Callable[[], bool] = lambda: False) -> int:
+    """Run ``tasks`` tasks through the agent's hooks (or until ``until()``), ticking it every ``every``.
+
+    Returns how many tasks ran. The agent runs no thread: ``tick()`` is its loop.
+    """
+    for i in range(tasks):
+        agent.task_started(i, name)
+        task(i)
+        agent.task_finished(i)
+        if i % every == every - 1:
+            agent.tick()
+            if until():
+                return i + 1
+    return tasks
+
+
+@pytest.fixture
+def drive() -> Callable[..., int]:
+    """``run_tasks``: tasks through an agent's hooks, ticking it as its thread would."""
+    return run_tasks

@@ -31,8 +31,10 @@ LEAK_LINE = inspect.getsourcelines(_leaky_task)[1] + 1
 INVOICE = "%s.Invoice" % __name__
 
 
-# The conftest's ``suspect_after`` fixture: SuspectAfter(agent, tasks, per_task).
+# The conftest's fixtures: ``suspect_after`` (SuspectAfter(agent, tasks,
+# per_task)) and ``drive`` (run_tasks).
 FakeSuspicion = Callable[..., Any]
+Drive = Callable[..., int]
 
 
 def _agent(show_values: bool = False, explain: bool = True) -> tuple[Agent, MemoryStore]:
@@ -44,20 +46,6 @@ def _agent(show_values: bool = False, explain: bool = True) -> tuple[Agent, Memo
     return agent, store
 
 
-def _run(agent: Agent, task: Callable[[int], None], tasks: int, name: str = "shop.render_invoice",
-         until: Callable[[], bool] = lambda: False) -> int:
-    """Run ``tasks`` tasks (or until ``until()``), the agent ticking every 20; returns how many ran."""
-    for i in range(tasks):
-        agent.task_started(i, name)
-        task(i)
-        agent.task_finished(i)
-        if i % 20 == 19:
-            agent.tick()
-            if until():
-                return i + 1
-    return tasks
-
-
 @pytest.fixture(autouse=True)
 def _clean() -> None:
     yield
@@ -67,7 +55,8 @@ def _clean() -> None:
         pytest.fail("tracemalloc was left running")
 
 
-def _explain(suspect_after: FakeSuspicion, show_values: bool = False, task: Callable[[int], None] = _leaky_task,
+def _explain(suspect_after: FakeSuspicion, drive: Drive, show_values: bool = False,
+             task: Callable[[int], None] = _leaky_task,
              rss_per_task: float = 0.0,
              heap: bool = True, native: bool = False) -> MemoryStore:
     """A leaky process, suspect after 300 tasks: run until its windows closed and holders were searched."""
@@ -81,16 +70,18 @@ def _explain(suspect_after: FakeSuspicion, show_values: bool = False, task: Call
         return ("tracemalloc" in trace_names and agent.explain.holder_searches > 0
                 and (not native or "malloc" in trace_names))
 
-    ran = _run(agent, task, 20000, until=explained)
+    ran = drive(agent, task, 20000, until=explained)
     agent.stop()
     assert ran < 20000, "the explain stage never finished"
     return store
 
 
-def test_window_joins_the_growing_class_to_its_line_and_holders_stay_redacted(suspect_after: FakeSuspicion) -> None:
+def test_window_joins_the_growing_class_to_its_line_and_holders_stay_redacted(
+    suspect_after: FakeSuspicion, drive: Drive
+) -> None:
     """A leak of Invoice objects: episodes join the type to its line, the holder is the module dict, redacted."""
     # RSS grows about as much as the window traces: no native window follows
-    store = _explain(suspect_after, rss_per_task=400.0)
+    store = _explain(suspect_after, drive, rss_per_task=400.0)
     (window,) = store.windows
     assert window.status == "done" and window.tasks >= 3, window
     assert window.sites[0].file == __file__ and window.sites[0].line == LEAK_LINE, window.sites
@@ -101,9 +92,9 @@ def test_window_joins_the_growing_class_to_its_line_and_holders_stay_redacted(su
     assert all(h[8] is None for h in store.holders)
 
 
-def test_every_run_of_the_stage_is_accounted_with_its_reason(suspect_after: FakeSuspicion) -> None:
+def test_every_run_of_the_stage_is_accounted_with_its_reason(suspect_after: FakeSuspicion, drive: Drive) -> None:
     """The window's opening says why; each episode is a run with its slowed time; the budget left is stored."""
-    store = _explain(suspect_after, rss_per_task=400.0)
+    store = _explain(suspect_after, drive, rss_per_task=400.0)
     opened = [r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_WINDOW]
     assert opened[0].reason.startswith("opened: the Python heap kept growing for "), opened[0]
     assert INVOICE in opened[0].reason
@@ -116,20 +107,20 @@ def test_every_run_of_the_stage_is_accounted_with_its_reason(suspect_after: Fake
     assert store.budget is not None and store.budget.slowed_left < store.budget.slowed_limit / 2
 
 
-def test_show_values_stores_renderings_of_held_items(suspect_after: FakeSuspicion) -> None:
+def test_show_values_stores_renderings_of_held_items(suspect_after: FakeSuspicion, drive: Drive) -> None:
     """Under --show-values the holder search keeps short renderings of held items."""
-    store = _explain(suspect_after, show_values=True)
+    store = _explain(suspect_after, drive, show_values=True)
     held = [h for h in store.holders if h[2] == INVOICE]
     assert held and held[0][8], store.holders
     assert held[0][8].startswith("'inv-") and "customer='customer-" in held[0][8]
 
 
-def test_no_explain_opens_no_window_and_searches_no_holder(suspect_after: FakeSuspicion) -> None:
+def test_no_explain_opens_no_window_and_searches_no_holder(suspect_after: FakeSuspicion, drive: Drive) -> None:
     """With explain off, a suspect process is still watched, but never traced or searched."""
     agent, store = _agent(explain=False)
     agent.watch.rss_suspicion = suspect_after(agent, 0, 400.0)  # type: ignore[assignment]
     agent.watch.heap_suspicion = suspect_after(agent, 0, 8.0)  # type: ignore[assignment]
-    _run(agent, _leaky_task, 600)
+    drive(agent, _leaky_task, 600)
     agent.stop()
     assert len(store.tasks) == 600 and store.samples
     assert store.windows == [] and store.holders == []
@@ -137,17 +128,17 @@ def test_no_explain_opens_no_window_and_searches_no_holder(suspect_after: FakeSu
                                                       STAGE_HOLDER_SEARCH}
 
 
-def test_a_suspicion_that_does_not_persist_opens_nothing(suspect_after: FakeSuspicion) -> None:
+def test_a_suspicion_that_does_not_persist_opens_nothing(suspect_after: FakeSuspicion, drive: Drive) -> None:
     """Warm-up: the trend test fires, but the memory stops rising: no window, no holder search, no recount."""
     agent, store = _agent()
     agent.watch.rss_suspicion = suspect_after(agent, 300, 0.0)  # type: ignore[assignment]
     agent.watch.heap_suspicion = suspect_after(agent, 300, 0.0)  # type: ignore[assignment]
-    _run(agent, _leaky_task, 1500)
+    drive(agent, _leaky_task, 1500)
     agent.stop()
     assert store.windows == [] and store.holders == [] and store.stage_runs == []
 
 
-def test_a_slowed_time_budget_of_zero_traces_nothing(suspect_after: FakeSuspicion) -> None:
+def test_a_slowed_time_budget_of_zero_traces_nothing(suspect_after: FakeSuspicion, drive: Drive) -> None:
     """With no slowed-task budget, a suspect process gets no episode (the budget is never overspent)."""
     store = MemoryStore()
     agent = Agent(AgentConfig(data_dir="unused", run_id=1, census_min_interval=0.0, census_budget=1.0,
@@ -155,7 +146,7 @@ def test_a_slowed_time_budget_of_zero_traces_nothing(suspect_after: FakeSuspicio
     agent.register()
     agent.watch.rss_suspicion = suspect_after(agent, 300, 400.0)  # type: ignore[assignment]
     agent.watch.heap_suspicion = suspect_after(agent, 300, 8.0)  # type: ignore[assignment]
-    _run(agent, _leaky_task, 1500)
+    drive(agent, _leaky_task, 1500)
     agent.stop()
     assert not [r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_EPISODE]
     assert STAGE_ALLOCATION_WINDOW not in store.stage_costs
@@ -175,12 +166,12 @@ def _native_task(i: int) -> None:
 NATIVE_LINE = inspect.getsourcelines(_native_task)[1] + 1
 
 
-def test_a_native_leak_gets_a_native_window_that_names_the_line(suspect_after: FakeSuspicion) -> None:
+def test_a_native_leak_gets_a_native_window_that_names_the_line(suspect_after: FakeSuspicion, drive: Drive) -> None:
     """tracemalloc cannot see ctypes' malloc: the window traces little, so a native window follows and charges
     glibc's in-use growth to the line that called malloc."""
     try:
         # RSS grows by what malloc takes per task; tracemalloc traces none of it
-        store = _explain(suspect_after, task=_native_task, rss_per_task=16400.0, heap=False, native=True)
+        store = _explain(suspect_after, drive, task=_native_task, rss_per_task=16400.0, heap=False, native=True)
     finally:
         for pointer in _FRAMES:
             _LIBC.free(pointer)
@@ -194,14 +185,16 @@ def test_a_native_leak_gets_a_native_window_that_names_the_line(suspect_after: F
     assert top.count >= 20 and top.size >= 20 * 16384
 
 
-def test_growth_that_slows_down_after_the_first_suspicion_opens_nothing(suspect_after: FakeSuspicion) -> None:
+def test_growth_that_slows_down_after_the_first_suspicion_opens_nothing(
+    suspect_after: FakeSuspicion, drive: Drive
+) -> None:
     """A cache filling ever slower: still rising, but at a tenth of the pace it had when first suspect."""
     agent, store = _agent()
     for ring in ("rss_suspicion", "heap_suspicion"):
         slowing = suspect_after(agent, 300, 40.0 if ring == "heap_suspicion" else 4000.0)
         slowing.growth_per_reading = lambda fast=slowing.per_task * 10: fast  # the pace it had at first
         setattr(agent.watch, ring, slowing)
-    _run(agent, _leaky_task, 1500)
+    drive(agent, _leaky_task, 1500)
     agent.stop()
     assert store.windows == [] and store.holders == []
     assert not [r for r in store.stage_runs if r.stage in (STAGE_ALLOCATION_WINDOW, STAGE_ALLOCATION_EPISODE)]

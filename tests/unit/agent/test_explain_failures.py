@@ -25,17 +25,8 @@ def _agent(suspect_after: Callable[..., Any]) -> tuple[Agent, MemoryStore]:
     return agent, store
 
 
-def _drive(agent: Agent, tasks: int, until: Callable[[], bool] = lambda: False) -> int:
-    """Leaky tasks, the agent ticking every 10; how many ran before ``until()``."""
-    for i in range(tasks):
-        agent.task_started(i, "shop.task")
-        _KEPT.append(Order(i))
-        agent.task_finished(i)
-        if i % 10 == 9:
-            agent.tick()
-            if until():
-                return i + 1
-    return tasks
+def _leaky(i: int) -> None:
+    _KEPT.append(Order(i))
 
 
 class Order:
@@ -56,7 +47,7 @@ def _no_tracing_left() -> Iterator[None]:
 
 
 def test_a_window_that_fails_while_polled_is_stopped_and_recorded(
-    monkeypatch: pytest.MonkeyPatch, suspect_after: Callable[..., Any]
+    monkeypatch: pytest.MonkeyPatch, suspect_after: Callable[..., Any], drive: Callable[..., int]
 ) -> None:
     """The window's poll raising: tracing stops, the error is stored, tasks keep being recorded."""
 
@@ -65,8 +56,8 @@ def test_a_window_that_fails_while_polled_is_stopped_and_recorded(
 
     monkeypatch.setattr(SampledAllocations, "poll", broken_poll)
     agent, store = _agent(suspect_after)
-    ran = _drive(agent, 3000, until=lambda: agent.explain.windows_opened > 0)
-    _drive(agent, 50)
+    ran = drive(agent, _leaky, 3000, "shop.task", 10, until=lambda: agent.explain.windows_opened > 0)
+    drive(agent, _leaky, 50, "shop.task", 10)
     agent.stop()
     assert not tracemalloc.is_tracing()
     assert any(e[1:] == ("window", "RuntimeError: snapshot compare exploded") for e in store.errors), store.errors
@@ -74,7 +65,7 @@ def test_a_window_that_fails_while_polled_is_stopped_and_recorded(
 
 
 def test_a_holder_search_that_raises_is_contained(
-    monkeypatch: pytest.MonkeyPatch, suspect_after: Callable[..., Any]
+    monkeypatch: pytest.MonkeyPatch, suspect_after: Callable[..., Any], drive: Callable[..., int]
 ) -> None:
     """find_holders raising (it never should): the agent records it and goes on sampling and recording tasks."""
 
@@ -83,8 +74,8 @@ def test_a_holder_search_that_raises_is_contained(
 
     monkeypatch.setattr(holder_sampler, "find_holders", broken)
     agent, store = _agent(suspect_after)
-    ran = _drive(agent, 5000, until=lambda: agent.explain.holder_searches > 0)
-    _drive(agent, 20)
+    ran = drive(agent, _leaky, 5000, "shop.task", 10, until=lambda: agent.explain.holder_searches > 0)
+    drive(agent, _leaky, 20, "shop.task", 10)
     agent.stop()
     assert any(e[1:] == ("window", "MemoryError: holder index") for e in store.errors), store.errors
     assert len(store.tasks) == ran + 20
