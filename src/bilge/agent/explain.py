@@ -203,8 +203,7 @@ class Explain:
     def finish(self) -> None:
         """The agent stops: keep what a window already has, stop tracing."""
         if self.window.active:
-            episodes, result = self.window.close_now()
-            self._charge_episodes(episodes)
+            result = self._close_window_now()
             if result is not None:
                 self._outbox.windows.append(result)
         if self.native.active:
@@ -260,9 +259,8 @@ class Explain:
         """Count objects now, if the budget holds a count's cost."""
         if not self._budget.affords(self._census.last_count_seconds):
             return
-        with self._run(STAGE_RECOUNT, reason) as meter:
+        with self._run(STAGE_RECOUNT, reason):
             self._census.count_now()
-        self._budget.charge(meter.cpu)
 
     # ------------------------------------------------------ allocation window --
     def _open_window(self, reason: str) -> None:
@@ -272,7 +270,7 @@ class Explain:
         self._last_window = self._monotonic()
         self.reason = reason
         began = self._clock()
-        with self._run(STAGE_ALLOCATION_WINDOW, "opened: " + reason) as meter:
+        with self._run(STAGE_ALLOCATION_WINDOW, "opened: " + reason):
             # What naming sites creates for good (the installed-distributions
             # table, ctypes) is created now, before the fresh counts: else it
             # would look like growth to the holder search after the window.
@@ -280,24 +278,19 @@ class Explain:
             # Fresh counts: the types still growing now are the ones joined to lines.
             self._census.count_now()
             opened = self.window.open(self._counts.growing_types(), began)
-        self._budget.charge(meter.cpu)
         if not opened:
             # The host traces memory itself: no window, but holders still help.
             self.find_holders(reason)
 
     def _tend_window(self) -> None:
-        with Meter() as meter:
+        with self._window_work():
             episodes, result = self.window.poll()
-        self._budget.charge(meter.cpu)
-        self._ledger.add(STAGE_ALLOCATION_WINDOW, meter.cpu, runs=0)
         self._charge_episodes(episodes)
         if episodes:
             # tracemalloc's tables are freed when an episode stops: hand
             # glibc's share back now, so no step stays in the worker's RSS.
-            with Meter() as trim:
+            with self._window_work():
                 self._watch.malloc.trim()
-            self._budget.charge(trim.cpu)
-            self._ledger.add(STAGE_ALLOCATION_WINDOW, trim.cpu, runs=0)
         if result is not None:
             self._window_closed(result)
             return
@@ -321,10 +314,15 @@ class Explain:
         if self.window.done >= self.window.min_episodes:
             # The budget buys no more for now: explain with what the window
             # has rather than wait (holders and a native window come after).
-            episodes, result = self.window.close_now()
-            self._charge_episodes(episodes)
+            result = self._close_window_now()
             if result is not None:
                 self._window_closed(result)
+
+    def _close_window_now(self) -> AllocationWindow | None:
+        """Close the window with the episodes it has, paying what they cost."""
+        episodes, result = self.window.close_now()
+        self._charge_episodes(episodes)
+        return result
 
     def _reserve(self, cost: float) -> bool:
         """In the task's thread, right before an episode: take its expected cost from the budget, or refuse.
@@ -419,7 +417,6 @@ class Explain:
             if wanted:
                 self._search(wanted, meter.started)
         self._holder_cpu = max(0.02, meter.cpu)
-        self._budget.charge(meter.cpu)
 
     def _search(self, wanted: list[str], started: float) -> None:
         # Bounded well below the search's own defaults: it runs in the user's
@@ -447,8 +444,16 @@ class Explain:
             self._working -= 1
 
     @contextlib.contextmanager
+    def _window_work(self) -> Iterator[None]:
+        """The window's own bookkeeping in the agent thread: metered, paid, added to its stage (not a run)."""
+        with Meter() as meter:
+            yield
+        self._budget.charge(meter.cpu)
+        self._ledger.add(STAGE_ALLOCATION_WINDOW, meter.cpu, runs=0)
+
+    @contextlib.contextmanager
     def _run(self, stage: str, reason: str) -> Iterator[Meter]:
-        """Run a piece of the stage's own work: marked busy, metered, recorded as a run of ``stage``."""
+        """Run a piece of the stage's own work: marked busy, metered, paid from the budget, recorded as a run."""
         meter = Meter(wall_clock=self._clock)
         outcome = "done"
         with self._busy():
@@ -459,5 +464,6 @@ class Explain:
                 outcome = "failed: %s" % type(exc).__name__
                 raise
             finally:
+                self._budget.charge(meter.cpu)
                 self._ledger.record(StageRun(stage, reason, meter.started, meter.ended or self._clock(), meter.cpu,
                                              0.0, outcome))
