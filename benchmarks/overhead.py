@@ -348,6 +348,7 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
             measured_s=round(t_last - t_first, 3),
             startup_s=round(t_first - t_spawn, 2),
             latency=_latency(client, list(child_cpu)),
+            _series=_series(client, list(child_cpu)),
             receivers=json.loads(client.get("bench:receivers") or b"null"),
             processes=_tree_rss(proc.pid),
         )
@@ -396,13 +397,95 @@ def _latency(client, pids: list[str]) -> dict:
             vals.byteswap()
         every.extend(vals)
         s = sorted(vals)
-        per[pid] = {"n": len(s), "p50_ms": _quantile(s, 0.5) * 1e3, "p99_ms": _quantile(s, 0.99) * 1e3}
+        # p50 of each tenth of the process's tasks, in order: a slowdown that
+        # lasts shows in every tenth, a burst (a window, a holder search) in one.
+        tenth = max(1, len(vals) // 10)
+        tenths = [round(_quantile(sorted(vals[i:i + tenth]), 0.5) * 1e3, 3) for i in range(0, tenth * 10, tenth)
+                  if len(vals[i:i + tenth])]
+        per[pid] = {"n": len(s), "p50_ms": _quantile(s, 0.5) * 1e3, "p99_ms": _quantile(s, 0.99) * 1e3,
+                    "p50_ms_by_tenth": tenths}
     s = sorted(every)
     if not s:
         return {"n": 0}
     return {"n": len(s), "mean_ms": sum(s) / len(s) * 1e3, "p50_ms": _quantile(s, 0.5) * 1e3,
             "p90_ms": _quantile(s, 0.9) * 1e3, "p99_ms": _quantile(s, 0.99) * 1e3,
             "p999_ms": _quantile(s, 0.999) * 1e3, "max_ms": s[-1] * 1e3, "per_process": per}
+
+
+def _series(client, pids: list[str]) -> dict[str, tuple[array, array, array]]:
+    """Per process: each task's end time, the process's CPU by then, and the task's duration (kept in memory only)."""
+    out = {}
+    for pid in pids:
+        ends, lat = array("d"), array("d")
+        raw = client.get("bench:end:%s" % pid) or b""
+        ends.frombytes(raw[: len(raw) // 16 * 16])
+        raw = client.get("bench:lat:%s" % pid) or b""
+        lat.frombytes(raw[: len(raw) // 8 * 8])
+        if sys.byteorder == "big":
+            ends.byteswap()
+            lat.byteswap()
+        out[pid] = (ends[0::2], ends[1::2], lat)
+    return out
+
+
+def side_by_side_windows(recs: list[dict]) -> None:
+    """Set ``window`` on runs that ran at the same time: their figures over the interval all of them ran.
+
+    On this noisy machine the speed of the same plain run drifts by tens of
+    percent within a minute; two workers running at once share every drift,
+    so their ratio over the common interval is what differs between them.
+    Tasks ending inside [latest first end, earliest last end] count.
+    """
+    series = [r.get("_series") for r in recs]
+    if not all(series) or any(r["status"] != "ok" for r in recs):
+        return
+    lo = max(min(e[0][0] for e in s.values() if len(e[0])) for s in series)
+    hi = min(max(e[0][-1] for e in s.values() if len(e[0])) for s in series)
+    if hi <= lo:
+        return
+    for r, s in zip(recs, series):
+        tasks = cpu = spans = 0
+        lat: list[float] = []
+        for ends, cpus, durs in s.values():
+            idx = [i for i, t in enumerate(ends) if lo <= t <= hi]
+            if len(idx) < 2:
+                continue
+            tasks += len(idx)
+            spans += len(idx) - 1
+            cpu += cpus[idx[-1]] - cpus[idx[0]]
+            lat += [durs[i] for i in idx if i < len(durs)]
+        lat.sort()
+        r["window"] = {"seconds": round(hi - lo, 3), "tasks": tasks, "throughput": tasks / (hi - lo),
+                       "child_cpu_us_per_task": cpu / max(1, spans) * 1e6,
+                       "p50_ms": _quantile(lat, 0.5) * 1e3, "p99_ms": _quantile(lat, 0.99) * 1e3}
+
+
+def run_side_by_side(modes: list[str], servers: list, n_tasks: int, **kw) -> list[dict]:
+    """Run one worker per mode at the same time, each on its own private Redis; returns their records."""
+    import threading
+
+    from celery import Celery  # noqa: F401 - imported once here: two threads' first imports of celery race
+
+    recs: list[dict | None] = [None] * len(modes)
+
+    def one(i: int) -> None:
+        client = servers[i].client()
+        try:
+            recs[i] = run_worker(modes[i], servers[i].url, client, n_tasks, **kw)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(modes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out = [r if r is not None else {"mode": m, "tasks": n_tasks, "status": "error", "reason": "no record"}
+           for m, r in zip(modes, recs)]
+    side_by_side_windows(out)
+    for r in out:
+        r.pop("_series", None)
+    return out
 
 
 def bilge_report(data: str, timeout: float = 600.0) -> dict:
@@ -518,14 +601,11 @@ def _med(vals):
     return statistics.median(vals) if vals else None
 
 
-def _child_cpu_total(rec: dict) -> float:
-    return sum(rec.get("child_cpu_s", {}).values())
-
-
 def summarise(runs: list[dict], modes: list[str]) -> dict:
     """Per mode, over the counted runs of one (shape, leak) block."""
     by_mode: dict = {}
-    plain_by_round = {r["round"]: r for r in runs if r["mode"] == "plain" and r["status"] == "ok"}
+    # A mode's partner: the plain run that ran beside it (side by side), else the same round's plain run.
+    plain_by_round = {_pair(r): r for r in runs if r["mode"] == "plain" and r["status"] == "ok"}
     for mode in modes:
         ok = [r for r in runs if r["mode"] == mode and r["status"] == "ok"]
         entry: dict = {"runs": len(ok), "errors": sum(1 for r in runs if r["mode"] == mode and r["status"] != "ok")}
@@ -549,17 +629,18 @@ def summarise(runs: list[dict], modes: list[str]) -> dict:
         if leaves:
             entry["child_rss_median_mb"] = statistics.median(leaves) / 2**20
         # Same-round pairs with plain: robust to load drifting between rounds.
-        pairs = [(plain_by_round[r["round"]], r) for r in ok if r["round"] in plain_by_round]
+        pairs = [(plain_by_round[_pair(r)], r) for r in ok if _pair(r) in plain_by_round]
         if pairs and mode != "plain":
-            ratios = [p["throughput"] / r["throughput"] for p, r in pairs]
+            ratios = [_paired(p, "throughput") / _paired(r, "throughput") for p, r in pairs]
             entry["paired_ratio_median"] = statistics.median(ratios)
             entry["paired_ratio_all"] = [round(x, 4) for x in ratios]
-            entry["paired_cpu_ratio_median"] = statistics.median(
-                r["child_cpu_us_per_task"] / p["child_cpu_us_per_task"] for p, r in pairs)
+            cpu = [_paired(r, "child_cpu_us_per_task") / _paired(p, "child_cpu_us_per_task") for p, r in pairs]
+            entry["paired_cpu_ratio_median"] = statistics.median(cpu)
+            entry["paired_cpu_ratio_all"] = [round(x, 4) for x in cpu]
             for key in ("p50_ms", "p99_ms"):
-                vals = [r["latency"][key] / p["latency"][key] for p, r in pairs
-                        if r["latency"].get(key) and p["latency"].get(key)]
+                vals = [_paired(r, key) / _paired(p, key) for p, r in pairs if _paired(r, key) and _paired(p, key)]
                 entry["paired_%s_ratio_median" % key[:3]] = _med(vals)
+                entry["paired_%s_ratio_all" % key[:3]] = [round(x, 4) for x in vals]
         if mode == "bilge":
             _summarise_bilge(entry, ok, plain_by_round)
         if mode == "memray":
@@ -576,6 +657,17 @@ def summarise(runs: list[dict], modes: list[str]) -> dict:
             a, b = entry.get("latency_%s_ms_median" % key), plain.get("latency_%s_ms_median" % key)
             entry["%s_ratio" % key] = a / b if a and b else None
     return by_mode
+
+
+def _pair(rec: dict):
+    return rec.get("pair", rec["round"])
+
+
+def _paired(rec: dict, key: str) -> float | None:
+    """A run's figure for pair ratios: over the common interval when it ran side by side."""
+    if "window" in rec:
+        return rec["window"].get(key)
+    return rec["latency"].get(key) if key.endswith("_ms") else rec[key]
 
 
 def _summarise_bilge(entry: dict, ok: list[dict], plain_by_round: dict) -> None:
@@ -601,12 +693,12 @@ def _summarise_bilge(entry: dict, ok: list[dict], plain_by_round: dict) -> None:
     # Measured against the same round's plain run, scaled to this run's task count.
     extra_cpu, extra_cap = [], []
     for r in ok:
-        p = plain_by_round.get(r["round"])
+        p = plain_by_round.get(_pair(r))
         if p is None:
             continue
-        scale = r["tasks"] / p["tasks"]
-        extra_cpu.append(_child_cpu_total(r) - _child_cpu_total(p) * scale)
-        extra_cap.append(CONCURRENCY * (r["measured_s"] - p["measured_s"] * scale))
+        extra_cpu.append((_paired(r, "child_cpu_us_per_task") - _paired(p, "child_cpu_us_per_task")) * 1e-6
+                         * r["tasks"])
+        extra_cap.append(CONCURRENCY * r["tasks"] * (1 / _paired(r, "throughput") - 1 / _paired(p, "throughput")))
         r["measured_extra_child_cpu_s"] = extra_cpu[-1]
         r["measured_extra_capacity_s"] = extra_cap[-1]
     if extra_cpu:
@@ -648,9 +740,9 @@ def table(summary: dict, modes: list[str]) -> str:
             notes.append("%d errors" % e["errors"])
         lines.append("| %s | %d | %.1f | %s | %s | %.0f | %s | %s | %s | %s | %s | %.1f | %.1f | %.2f | %s |" % (
             mode, e["runs"], e["median"], _f(e.get("ratio")), _f(e.get("paired_ratio_median")),
-            e["child_cpu_us_per_task_median"], _f(e.get("cpu_ratio")),
-            _f(e.get("latency_p50_ms_median")), _f(e.get("p50_ratio")),
-            _f(e.get("latency_p99_ms_median")), _f(e.get("p99_ratio")),
+            e["child_cpu_us_per_task_median"], _f(e.get("paired_cpu_ratio_median", e.get("cpu_ratio"))),
+            _f(e.get("latency_p50_ms_median")), _f(e.get("paired_p50_ratio_median", e.get("p50_ratio"))),
+            _f(e.get("latency_p99_ms_median")), _f(e.get("paired_p99_ratio_median", e.get("p99_ratio"))),
             e.get("child_rss_median_mb", 0.0), e["startup_s_median"], e["other_load_median"], "; ".join(notes)))
     return "\n".join(lines)
 
@@ -673,14 +765,16 @@ def cost_table(blocks: list[dict]) -> str:
 
 LEGEND = (
     "throughput = tasks / (last task end - first task start); plain/mode = median plain throughput / median mode "
-    "throughput; (pairs) = median over rounds of plain/mode with the same round's plain run. Child CPU = CPU time "
+    "throughput; (pairs) = median over rounds of plain/mode with the same round's plain run, or with --side-by-side "
+    "with the plain run that ran at the same time, over the interval both ran (then the CPU and latency ratios "
+    "are such pairs' medians too). Child CPU = CPU time "
     "of the pool children (all their threads) from their first task start to their last task end, per task "
     "(robust to other load; wall-clock figures are not). p50/p99 = task duration from the workload's task_prerun "
     "handler (moved to run first) to its task_postrun handler (moved to run last, so bilge's per-task hooks are "
     "inside), all tasks of both children; ×plain = median mode / median plain. "
     "tracemalloc runs an eighth of the tasks unless --tracemalloc-tasks. Cost check: measured extra child CPU = "
-    "bilge run's child CPU minus the same round's plain run's (scaled to the same task count); measured extra "
-    "capacity = %d × (bilge measured seconds - plain measured seconds); reported = sum of processes[].cost "
+    "(bilge's child CPU per task minus its partner plain run's) × tasks; measured extra "
+    "capacity = %d × tasks × (1/bilge throughput - 1/plain throughput); reported = sum of processes[].cost "
     "cpu_seconds_total / slowed_seconds_total of the celery-child processes in `bilge report` (whole process "
     "lifetime, so it includes start-up and the final flush, which the measured window does not)." % CONCURRENCY)
 
@@ -755,6 +849,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="seed of the task-name order (default 1)")
     ap.add_argument("--out", "--json", dest="out", default=os.path.join(RESULTS, "overhead_shapes.json"),
                     help="where to write results (default benchmarks/results/overhead_shapes.json)")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="run each mode at the same time as a plain run (each on its own Redis) and compare them "
+                         "over the interval both ran: robust to this machine's drifting speed")
     ap.add_argument("--estimate", action="store_true", help="print the time estimate and exit")
     args = ap.parse_args(argv)
 
@@ -784,14 +881,21 @@ def main(argv: list[str] | None = None) -> int:
             return args.memray_tasks or args.tasks
         return args.tasks
 
-    # The whole plan: (shape, leak, round (0 = warm-up), mode, tasks).
+    # The whole plan: (shape, leak, round (0 = warm-up), mode, tasks); side by
+    # side, a mode entry runs beside a plain run of the same tasks.
+    if args.side_by_side and "plain" not in modes:
+        ap.error("--side-by-side compares each mode with plain: include plain in --modes")
     plan: list[tuple] = []
     for shape in shapes:
         for leak in leaks:
             plan += [(shape, leak, 0, "plain", min(args.tasks, 1000))] * args.warmup
             for rnd in range(1, args.rounds + 1):
                 k = (rnd - 1) % len(modes)
-                plan += [(shape, leak, rnd, mode, n_for(mode)) for mode in modes[k:] + modes[:k]]
+                if args.side_by_side:
+                    plan += [(shape, leak, rnd, mode, n_for(mode)) for mode in modes[k:] + modes[:k]
+                             if mode != "plain"]
+                else:
+                    plan += [(shape, leak, rnd, mode, n_for(mode)) for mode in modes[k:] + modes[:k]]
     est = Estimator()
     publish_s = 0.55e-3 * sum({n for (*_, n) in plan})  # kombu publishing, once per distinct queue size
     log("plan: %d shapes x %d leak variants x %d rounds x %d modes = %d counted runs (+%d warm-ups); "
@@ -814,7 +918,9 @@ def main(argv: list[str] | None = None) -> int:
     config = {"tasks": args.tasks, "tracemalloc_tasks": n_for("tracemalloc"), "memray_tasks": n_for("memray"),
               "rounds": args.rounds, "modes": modes, "shapes": shapes, "leaks": leaks, "warmup": args.warmup,
               "seed": args.seed, "task_names": list(TASK_NAMES), "leaky_task": "workload.b",
-              "worker": "celery " + " ".join(WORKER_ARGS), "workload": "workload_app (BENCH_SHAPE, BENCH_LEAK)"}
+              "worker": "celery " + " ".join(WORKER_ARGS),
+              "pairing": "side by side (each mode beside a plain run, common interval)" if args.side_by_side
+              else "sequential (same round)", "workload": "workload_app (BENCH_SHAPE, BENCH_LEAK)"}
     env_info = environment()
 
     def write(complete: bool) -> None:
@@ -828,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(tmp, args.out)
 
     done_runs = 0
-    with RedisServer() as rs:
+    with RedisServer() as rs, RedisServer() as rs2:
         client = rs.client()
         log("private redis at %s" % rs.url)
         try:
@@ -840,16 +946,24 @@ def main(argv: list[str] | None = None) -> int:
                         if (s, lk) != (shape, leak):
                             continue
                         max_wait = max(300.0, 5 * est.run_s(shape, mode, n))
-                        rec = run_worker(mode, rs.url, client, n, max_wait=max_wait, extra_env=extra,
-                                         task_names=TASK_NAMES, seed=args.seed)
+                        kw = {"max_wait": 2 * max_wait, "extra_env": extra, "task_names": TASK_NAMES,
+                              "seed": args.seed}
+                        if rnd and args.side_by_side:
+                            recs = run_side_by_side(["plain", mode], [rs, rs2], n, **kw)
+                            for r in recs:
+                                r["pair"] = "%d:%s" % (rnd, mode)
+                        else:
+                            recs = [run_worker(mode, rs.url, client, n, **kw)]
+                            recs[0].pop("_series", None)
                         done_runs += 1
-                        est.add(shape, rec)
-                        rec.update(shape=shape, leak=leak, round=rnd)
-                        log("%s/%s %s %-11s %s" % (shape, leak, "warm-up" if rnd == 0 else "round %d" % rnd, mode,
-                                                    _brief(rec)))
-                        if rnd:
-                            runs.append(rec)
-                            block_runs.append(rec)
+                        for rec in recs:
+                            est.add(shape, rec)
+                            rec.update(shape=shape, leak=leak, round=rnd)
+                            log("%s/%s %s %-11s %s" % (shape, leak, "warm-up" if rnd == 0 else "round %d" % rnd,
+                                                        rec["mode"], _brief(rec)))
+                            if rnd:
+                                runs.append(rec)
+                                block_runs.append(rec)
                     summary = summarise(block_runs, modes)
                     blocks.append({"shape": shape, "leak": leak, "summary": summary, "table": table(summary, modes)})
                     write(complete=False)

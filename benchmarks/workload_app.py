@@ -47,6 +47,8 @@ round trip per task in ``task_postrun``, the same in every mode:
                        (bilge's per-task hooks) as well as the task. Nothing
                        is kept in the process, so the bookkeeping cannot look
                        like a leak.
+- ``bench:end:<pid>``  per task, two packed doubles: its end (``time.time``)
+                       and the process's CPU time since its first task.
 
 Broker: ``BENCH_BROKER_URL``. Calibration: ``python benchmarks/workload_app.py``
 (ms per task body for every shape, in one process).
@@ -263,6 +265,7 @@ _first_pid = None
 _cpu0 = 0.0
 _t0 = 0.0
 _pack = struct.Struct("<d").pack
+_pack_end = struct.Struct("<dd").pack
 
 
 def _redis():
@@ -338,6 +341,9 @@ def _bench_postrun(**_):
         pipe.set("bench:t_last", repr(time.time()))
         pipe.hset("bench:cpu", pid, repr(time.process_time() - _cpu0))
         pipe.append("bench:lat:%d" % pid, _pack(duration))
+        # When each task ended and the process's CPU by then: side-by-side
+        # runs compare two workers over the interval both were running.
+        pipe.append("bench:end:%d" % pid, _pack_end(time.time(), time.process_time() - _cpu0))
         pipe.incr("bench:done")
         pipe.execute()
     except Exception:

@@ -4,11 +4,12 @@ Nothing here runs until the process shows growth that outlives warm-up
 (:meth:`Explain.escalation`):
 
 1. the cheap suspicion (a trend in RSS or heap blocks after each task) must
-   hold, and **keep holding**: ``PERSIST_TASKS`` (or half the tasks seen)
-   later the memory must have grown further, at no less than half the
-   pace it had when the process first looked suspect, so a cache still
-   filling (ever slower), a pool growing to its size or a deque filling to
-   its ``maxlen`` stops before it is explained;
+   hold, and **keep holding** until the process has run as many tasks again
+   as it had when it first looked suspect (at least ``PERSIST_TASKS``
+   more): the memory must have grown further, and over the second half of
+   that span at no less than half the pace of the first, so a cache still
+   filling (ever slower), a pool growing to its size, arenas settling or
+   a deque filling to its ``maxlen`` stops before it is explained;
 2. when the Python heap grows, some type must have grown in each of the last
    counts (a census or the stage's own recount): a leak adds objects steadily;
 3. when only RSS grows (the heap is flat), that is reason enough: native
@@ -57,13 +58,17 @@ from bilge.samplers.native_sites import NativeWindow
 from bilge.samplers.sampled_allocations import Episode, SampledAllocations
 from bilge.samplers.suspicion import MIN_GROWTH, MIN_HEAP_GROWTH
 
-# Growth must go on for this many tasks (or half the tasks seen, if more)
-# after the process first looked suspect, by a quarter of what made it
-# suspect (all of it when only RSS grows), before anything is explained.
+# Growth must go on for this many tasks (or as many as the process had run
+# then, if more) after the process first looked suspect, by a quarter of
+# what made it suspect (all of it when only RSS grows), before anything is
+# explained: warm-up must be outlived by as long again.
 PERSIST_TASKS = 100
 PERSIST_SHARE = 0.25
-# ...and at no less than this share of the pace it had then (per task).
+# ...and over the second half of that span at no less than this share of
+# the pace of the first half: warm-up slows down, a leak keeps its pace.
 KEEPS_PACE = 0.5
+# Levels kept while suspect, to find the one halfway through the span.
+LEVELS_KEPT = 256
 # Allocation windows per process: at most this many, at least this far apart.
 MAX_WINDOWS = 3
 WINDOW_REOPEN_AFTER = 1800.0
@@ -96,6 +101,11 @@ class _NameStats:
     seconds: float
 
 
+def _keeps_pace(first: float, middle: float, last: float) -> bool:
+    """Growth over the second half at least ``KEEPS_PACE`` of the first half's, and some growth at all."""
+    return last - middle > 0 and last - middle >= KEEPS_PACE * (middle - first)
+
+
 class Explain:
     """Explains a suspect process within its budget.
 
@@ -126,7 +136,8 @@ class Explain:
         self._next_holder_search = 0
         self._holder_cpu = 0.1
         self._next_recount = 0.0
-        self._first_suspect: tuple[int, float, float, float, float] | None = None
+        self._first_suspect: tuple[int, float, float] | None = None
+        self._levels: deque[tuple[int, float, float]] = deque(maxlen=LEVELS_KEPT)
         self.reason: str | None = None
         self._names: dict[str, _NameStats] = {}
         self._correction = 1.0
@@ -215,22 +226,24 @@ class Explain:
         rss_suspect, heap_suspect = watch.rss_suspicion.suspect(), watch.heap_suspicion.suspect()
         if not (rss_suspect or heap_suspect):
             self._first_suspect = None
+            self._levels.clear()
             return None
         rss, heap = watch.rss_suspicion.level() or 0.0, watch.heap_suspicion.level() or 0.0
         tasks = watch.tasks_done
+        self._levels.append((tasks, rss, heap))
         if self._first_suspect is None:
-            self._first_suspect = (tasks, rss, heap, watch.rss_suspicion.growth_per_reading(),
-                                   watch.heap_suspicion.growth_per_reading())
+            self._first_suspect = (tasks, rss, heap)
             return None
-        t0, rss0, heap0, rss_rate0, heap_rate0 = self._first_suspect
-        if tasks < t0 + max(PERSIST_TASKS, t0 // 2):
+        t0, rss0, heap0 = self._first_suspect
+        if tasks < t0 + max(PERSIST_TASKS, t0):
             return None
         # Still rising, by a material amount, and not slowing down: a cache
-        # or pool filling up grows ever slower; a leak keeps its pace.
-        rss_up = rss_suspect and rss - rss0 >= PERSIST_SHARE * MIN_GROWTH and (
-            rss - rss0 >= KEEPS_PACE * rss_rate0 * (tasks - t0))
+        # or pool filling up, or glibc's arenas settling, grow ever slower;
+        # a leak keeps its pace.
+        _, rss_mid, heap_mid = self._level_near((t0 + tasks) // 2)
+        rss_up = rss_suspect and rss - rss0 >= PERSIST_SHARE * MIN_GROWTH and _keeps_pace(rss0, rss_mid, rss)
         heap_up = heap_suspect and heap - heap0 >= PERSIST_SHARE * MIN_HEAP_GROWTH and (
-            heap - heap0 >= KEEPS_PACE * heap_rate0 * (tasks - t0))
+            _keeps_pace(heap0, heap_mid, heap))
         if not (rss_up or heap_up):
             return None
         if not heap_up:
@@ -246,6 +259,10 @@ class Explain:
             return None
         return ("the Python heap kept growing for %d tasks after the process first looked suspect (%+.0f blocks) "
                 "and %s grew in every count since" % (tasks - t0, heap - heap0, ", ".join(steady[:3])))
+
+    def _level_near(self, tasks: int) -> tuple[int, float, float]:
+        """The kept (tasks, rss, heap) level whose task count is nearest ``tasks``."""
+        return min(self._levels, key=lambda level: abs(level[0] - tasks))
 
     def _steady_types(self) -> list[str]:
         steady = self._counts.steadily_growing()

@@ -32,11 +32,16 @@ MAX_RUNNING = 10000
 FULL_TASKS = 50_000
 TASK_BURST = 2_000
 TASK_DUTY = 10
-# sys.getallocatedblocks() at or under this cost is read on every task;
-# above, on one task in N, N chosen so the average per task stays near
-# BLOCKS_PER_TASK (a sampled task reads twice), at most MAX_BLOCKS_EVERY.
-BLOCKS_CHEAP = 10e-6
-BLOCKS_PER_TASK = 5e-6
+# sys.getallocatedblocks() is read on every task while it costs at most
+# this share of a task's time; above, on one task in N, N chosen so the
+# average per task stays at that share (a sampled task reads twice), at
+# most MAX_BLOCKS_EVERY. A young process (its first FULL_BLOCKS_TASKS
+# tasks, where a leak is confirmed and attributed) may spend more.
+BLOCKS_SHARE_YOUNG = 0.01
+BLOCKS_SHARE = 0.0025
+# ...and a young process reads it on every task while it costs at most this
+# (sub-millisecond tasks: their per-call deltas are what attribution needs).
+BLOCKS_CHEAP_YOUNG = 10e-6
 MAX_BLOCKS_EVERY = 16
 FULL_BLOCKS_TASKS = 3000
 # One task hook in this many is timed (CPU of the task's thread: waiting for
@@ -88,6 +93,8 @@ class Watch:
         # Heap blocks are read on one task in blocks_every (see note_blocks_cost).
         self.blocks_every = 1
         self._blocks_cost = 0.0
+        # Mean task duration (moving), what the heap reads' cost is weighed against.
+        self.task_seconds = 0.0
 
     # ----------------------------------------------------------- task thread --
     def task_started(self, key: Any, name: str) -> None:
@@ -111,7 +118,9 @@ class Watch:
         started = self._running.pop(key, None)
         if started is None:
             return None
-        timed = not self.tasks_done % HOOK_TIMING_EVERY
+        # Not the first task: its one-off costs (first reads, lazy set-up)
+        # would be counted HOOK_TIMING_EVERY times over.
+        timed = self.tasks_done % HOOK_TIMING_EVERY == HOOK_TIMING_EVERY - 1
         t_hook = time.thread_time() if timed else 0.0
         name, t0, rss0, gc0, blocks0 = started
         self.tasks_done += 1
@@ -134,7 +143,9 @@ class Watch:
             # Estimated from one timed end hook in HOOK_TIMING_EVERY (the
             # start hook reads nothing: its cost is noise beside this one).
             self.hook_seconds += (time.thread_time() - t_hook) * HOOK_TIMING_EVERY
-        return TaskReading(name, max(0.0, now - t0), rss1, blocks1,
+        seconds = max(0.0, now - t0)
+        self.task_seconds += (seconds - self.task_seconds) * (0.01 if self.task_seconds else 1.0)
+        return TaskReading(name, seconds, rss1, blocks1,
                            None if blocks0 is None or blocks1 is None else blocks1 - blocks0)
 
     # ---------------------------------------------------------- agent thread --
@@ -167,17 +178,22 @@ class Watch:
         small worker, 30-100 µs for one holding a million objects, where it
         was the largest per-task cost bilge had (and it evicts the task's
         cache lines). Sampled tasks read the heap at both ends, so their
-        own deltas stay exact for the attribution. The first
-        FULL_BLOCKS_TASKS tasks always read it.
+        own deltas stay exact for the attribution. The cost is weighed
+        against the mean task's duration: ``BLOCKS_SHARE`` of it, or, for
+        the first FULL_BLOCKS_TASKS tasks, ``BLOCKS_SHARE_YOUNG`` of it
+        and at least ``BLOCKS_CHEAP_YOUNG``.
         """
         self._blocks_cost += 0.2 * (cost - self._blocks_cost)
-        if self._blocks_cost <= BLOCKS_CHEAP or self.tasks_done < FULL_BLOCKS_TASKS:
-            # A young process reads the heap on every task whatever it costs:
-            # its first thousands of tasks are where a leak is confirmed and
-            # attributed, per call.
+        if self.task_seconds <= 0:
+            return  # no task has run yet: nothing to weigh the cost against
+        if self.tasks_done < FULL_BLOCKS_TASKS:
+            allowed = max(BLOCKS_SHARE_YOUNG * self.task_seconds, BLOCKS_CHEAP_YOUNG)
+        else:
+            allowed = BLOCKS_SHARE * self.task_seconds
+        if self._blocks_cost <= allowed:
             self.blocks_every = 1
         else:
-            self.blocks_every = min(MAX_BLOCKS_EVERY, max(2, math.ceil(2 * self._blocks_cost / BLOCKS_PER_TASK)))
+            self.blocks_every = min(MAX_BLOCKS_EVERY, max(2, math.ceil(2 * self._blocks_cost / allowed)))
 
     def close(self) -> None:
         """Release the /proc handle."""

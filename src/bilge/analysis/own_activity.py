@@ -16,12 +16,15 @@ it. The leak's own growth during a gap (a few tasks' worth) is lost, which
 biases slopes down by that much: a price worth paying for never blaming the
 user for bilge's own memory.
 
-Allocation episodes (``DROP_ONLY_STAGES``) are different: they leave no
-step (tracemalloc's tables are freed when an episode ends), but the traced
-tasks' readings hold a snapshot in flight, and the measured task is the
-leaky one by design. Their tasks are dropped and nothing is subtracted:
-subtracting sixteen episodes' worth of the leaky task's growth would flatten
-the very trend being measured.
+Allocation episodes (``DROP_ONLY_STAGES``) are different. Their tasks are
+dropped (the traced tasks' readings hold snapshots in flight). The heap
+blocks are not shifted: tracemalloc's tables are not Python blocks, and the
+measured task is the leaky one by design, so subtracting sixteen episodes'
+worth of its blocks would flatten the very trend being measured. RSS is
+shifted: tracemalloc's tables, freed when an episode ends, leave a step of
+up to megabytes in RSS (pages glibc and pymalloc keep), which a run of
+episodes spread over the window would turn into a slope; the few tasks'
+worth of a real leak lost with it is the smaller error.
 """
 
 from __future__ import annotations
@@ -105,11 +108,14 @@ def disturbed(p: ProcessData) -> list[tuple[float, float]]:
 
 
 def without_disturbed(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, float]]) -> tuple[TaskRecord, ...]:
-    """Tasks with those overlapping ``spans`` dropped; the next task's "before" readings (taken then) cleared."""
+    """Tasks with those overlapping ``spans`` dropped, the next task's "before" readings (taken then)
+    cleared, and RSS after each gap shifted back by the change across it (heap blocks are not shifted)."""
     if not spans:
         return tuple(tasks)
     out: list[TaskRecord] = []
     dropped = False
+    rss_shift = 0
+    last_kept: TaskRecord | None = None
     i = 0
     for t in tasks:
         while i < len(spans) and spans[i][1] < t.started:
@@ -117,6 +123,14 @@ def without_disturbed(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, 
         if i < len(spans) and t.ended >= spans[i][0] and t.started <= spans[i][1]:
             dropped = True
             continue
-        out.append(replace(t, rss_before=None, blocks_before=None) if dropped else t)
+        if dropped and last_kept is not None:
+            rss_shift += _delta(last_kept.rss_after, t.rss_after)
+        if dropped or rss_shift:
+            out.append(replace(t, rss_before=None if dropped else _minus(t.rss_before, rss_shift),
+                               rss_after=_minus(t.rss_after, rss_shift),
+                               blocks_before=None if dropped else t.blocks_before))
+        else:
+            out.append(t)
         dropped = False
+        last_kept = t
     return tuple(out)

@@ -114,17 +114,26 @@ def test_on_a_big_heap_one_task_in_n_reads_the_heap_at_both_ends() -> None:
     assert len(heap) == 3
 
 
-def test_the_heap_is_read_on_every_task_while_reading_it_is_cheap_and_sampled_when_not() -> None:
-    """Past its first FULL_BLOCKS_TASKS tasks, the sample's timing of sys.getallocatedblocks() sets how often
-    tasks read it."""
+def test_the_heap_is_read_on_every_task_while_reading_it_is_cheap_beside_a_task_and_sampled_when_not() -> None:
+    """The sample's timing of sys.getallocatedblocks(), against the mean task's duration, sets how often
+    tasks read it: 1 % of a task while young (at least 10 µs), 0.25 % after FULL_BLOCKS_TASKS tasks."""
     watch = Watch(Outbox())
+    watch.task_seconds = 5e-3
     for _ in range(30):
         watch.note_blocks_cost(40e-6)
-    assert watch.blocks_every == 1  # young: every task, whatever it costs
+    assert watch.blocks_every == 1  # young: 40 µs is under 1 % of a 5 ms task
+    for _ in range(30):
+        watch.note_blocks_cost(100e-6)
+    assert watch.blocks_every == 4  # young, 100 µs: twice per sampled task, 50 µs allowed per task
+    watch.task_seconds = 0.3e-3
+    for _ in range(30):
+        watch.note_blocks_cost(8e-6)
+    assert watch.blocks_every == 1  # young, sub-millisecond tasks: under 10 µs is always read
     watch.tasks_done = FULL_BLOCKS_TASKS
+    watch.task_seconds = 5e-3
     for _ in range(30):
-        watch.note_blocks_cost(3e-6)
-    assert watch.blocks_every == 1
+        watch.note_blocks_cost(10e-6)
+    assert watch.blocks_every == 1  # 10 µs is 0.2 % of 5 ms
     for _ in range(30):
         watch.note_blocks_cost(40e-6)
-    assert watch.blocks_every == 16
+    assert watch.blocks_every == 7  # 2 x 40 / 12.5 µs
