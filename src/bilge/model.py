@@ -197,15 +197,12 @@ STAGE_HOLDER_SEARCH = "holder-search"  # who keeps the growing types alive
 STAGE_FD_SCAN = "fd-scan"  # what open descriptors point to
 STAGES = (STAGE_WATCH, STAGE_TASK_HOOKS, STAGE_CENSUS, STAGE_FLUSH, STAGE_RECOUNT, STAGE_ALLOCATION_WINDOW,
           STAGE_ALLOCATION_EPISODE, STAGE_NATIVE_WINDOW, STAGE_HOLDER_SEARCH, STAGE_FD_SCAN)
-# Stages whose runs leave a step in the process's memory (tables, peaks
-# glibc keeps): the analysis drops the tasks that overlapped them and takes
-# the step out of every later reading.
-MEMORY_STAGES = (STAGE_ALLOCATION_WINDOW, STAGE_NATIVE_WINDOW, STAGE_HOLDER_SEARCH)
-# Stages whose runs only disturb the tasks they overlap (a traced task's
-# readings hold a snapshot in flight): those tasks are dropped, later
-# readings stand. Taking the memory change across an episode out would take
-# the leak of the (targeted, leaky) measured task out with it.
-DROP_ONLY_STAGES = (STAGE_ALLOCATION_EPISODE,)
+# Stages whose runs leave a step in the process's memory (tracemalloc's
+# tables, peaks glibc and pymalloc keep, caches filled while naming sites):
+# the analysis drops the tasks that overlapped them and takes the step,
+# less the growth the process had been showing anyway, out of every later
+# reading (``analysis.own_activity``).
+MEMORY_STAGES = (STAGE_ALLOCATION_WINDOW, STAGE_ALLOCATION_EPISODE, STAGE_NATIVE_WINDOW, STAGE_HOLDER_SEARCH)
 
 
 @dataclass(frozen=True)

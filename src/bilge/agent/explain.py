@@ -90,7 +90,11 @@ NATIVE_SLOWDOWN = 4.0
 MAX_HOLDER_SEARCHES = 4
 HOLDER_SECONDS = 0.5
 HOLDER_INDEX_BYTES = 24 << 20
+# Recounts asking "is a type growing steadily?" wait this long at first,
+# twice as long after each that finds none, at most RECOUNT_MAX_WAIT: a
+# heap that grows with no steady type (arenas, a cache) is asked less and less.
 RECOUNT_EVERY = 1.0
+RECOUNT_MAX_WAIT = 120.0
 MAX_NAMES = 64
 
 
@@ -136,6 +140,7 @@ class Explain:
         self._next_holder_search = 0
         self._holder_cpu = 0.1
         self._next_recount = 0.0
+        self._recount_wait = RECOUNT_EVERY
         self._first_suspect: tuple[int, float, float] | None = None
         self._levels: deque[tuple[int, float, float]] = deque(maxlen=LEVELS_KEPT)
         self.reason: str | None = None
@@ -268,9 +273,11 @@ class Explain:
         steady = self._counts.steadily_growing()
         if steady or self._monotonic() < self._next_recount or self._counts.baseline is None:
             return steady
-        self._next_recount = self._monotonic() + RECOUNT_EVERY
+        self._next_recount = self._monotonic() + self._recount_wait
         self.recount("is a type growing steadily?")
-        return self._counts.steadily_growing()
+        steady = self._counts.steadily_growing()
+        self._recount_wait = RECOUNT_EVERY if steady else min(2 * self._recount_wait, RECOUNT_MAX_WAIT)
+        return steady
 
     def recount(self, reason: str) -> None:
         """Count objects now, if the budget holds a count's cost."""

@@ -98,8 +98,7 @@ def _overall(processes: Sequence[ProcessDiagnosis]) -> tuple[str, str]:
 
 
 def _judge(raw: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Window]:
-    kept = own_activity.without_disturbed(raw.tasks, own_activity.disturbed(raw))
-    p = replace(raw, tasks=own_activity.without_activity(kept, own_activity.activity(raw)))
+    p = replace(raw, tasks=own_activity.without_activity(raw.tasks, own_activity.activity(raw)))
     samples = [s for s in p.samples if s.rss is not None]
     by_task = len(p.tasks) >= policy.min_points or not samples
     rss_slope: float | None = None

@@ -1,38 +1,37 @@
 """Take the agent's own explain activity out of a process's task series.
 
-After a process turns suspect the agent opens allocation windows
-(tracemalloc, or glibc's in-use bytes per line) and searches for holders.
-These run inside the process and can raise its RSS high-water mark
-(tracemalloc's tables, the search's bookkeeping) and leave a few heap
-blocks behind (``__dict__``s materialised while naming paths). Left in,
-those steps would look like growth to the trend and to the attribution.
+After a process turns suspect the agent runs allocation episodes
+(tracemalloc on a few tasks), native windows and holder searches inside
+it. They leave steps in its memory: tracemalloc's tables are freed when an
+episode ends, but glibc and pymalloc keep pages of them; naming sites fills
+caches; a holder search's bookkeeping raises the high-water mark. Left in,
+steps spread over the trend window would look like growth to the verdict
+and the attribution.
 
-The agent stores every budgeted run with its span, so the activity is the
-runs of the stages in ``MEMORY_STAGES``; a store written before runs were
-recorded falls back to the spans of the stored windows and holder searches.
-Here the tasks that overlapped the activity are dropped and
-the memory change across each such gap is subtracted from everything after
-it. The leak's own growth during a gap (a few tasks' worth) is lost, which
-biases slopes down by that much: a price worth paying for never blaming the
-user for bilge's own memory.
-
-Allocation episodes (``DROP_ONLY_STAGES``) are different. Their tasks are
-dropped (the traced tasks' readings hold snapshots in flight). The heap
-blocks are not shifted: tracemalloc's tables are not Python blocks, and the
-measured task is the leaky one by design, so subtracting sixteen episodes'
-worth of its blocks would flatten the very trend being measured. RSS is
-shifted: tracemalloc's tables, freed when an episode ends, leave a step of
-up to megabytes in RSS (pages glibc and pymalloc keep), which a run of
-episodes spread over the window would turn into a slope; the few tasks'
-worth of a real leak lost with it is the smaller error.
+The agent stores every budgeted run with its span (a store written before
+runs were recorded falls back to the spans of its windows and holder
+searches). The tasks that overlapped a run are dropped, and the memory
+change across each such gap, **less the growth the process showed just
+before it** (its slope over the last ``LOOKBACK`` kept tasks, times the
+tasks in the gap), is subtracted from every reading after it. A benign
+process (flat before) has its whole step taken out; a leaking one keeps
+its own growth across the gap, so the episode that measures the leaky
+task by design does not flatten the very trend being measured.
 """
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 
-from bilge.model import DROP_ONLY_STAGES, MEMORY_STAGES, ProcessData, TaskRecord
+from bilge.model import MEMORY_STAGES, ProcessData, TaskRecord
+
+# Kept tasks before a gap whose readings give the pace to expect across it;
+# the pace is the difference of the medians of its first and last EDGE.
+LOOKBACK = 200
+EDGE = 20
 
 
 def activity(p: ProcessData) -> list[tuple[float, float]]:
@@ -60,7 +59,7 @@ def activity(p: ProcessData) -> list[tuple[float, float]]:
 
 
 def without_activity(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, float]]) -> tuple[TaskRecord, ...]:
-    """Tasks with those overlapping ``spans`` dropped and later memory readings shifted back."""
+    """Tasks with those overlapping ``spans`` dropped and later readings shifted back by each gap's step."""
     if not spans:
         return tuple(tasks)
     out: list[TaskRecord] = []
@@ -68,6 +67,8 @@ def without_activity(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, f
     span_index = 0
     last_kept: TaskRecord | None = None
     pending_gap = False
+    # (seq, shifted rss_after, shifted blocks_after) of the last kept tasks.
+    recent: deque[tuple[int, int | None, int | None]] = deque(maxlen=LOOKBACK)
     for t in tasks:
         while span_index < len(spans) and spans[span_index][1] < t.started:
             span_index += 1
@@ -80,57 +81,41 @@ def without_activity(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, f
         if after_gap:
             # Readings at the end of kept tasks only: a "before" taken right
             # after the activity (or carried over from a dropped task) still
-            # holds its transient peak. One task's own growth goes with it.
+            # holds its transient peak.
             assert last_kept is not None
-            rss_shift += _delta(last_kept.rss_after, t.rss_after)
-            blocks_shift += _delta(last_kept.blocks_after, t.blocks_after)
+            tasks_across = t.seq - last_kept.seq
+            rss_shift += _step(last_kept.rss_after, t.rss_after, _pace(recent, 1), tasks_across)
+            blocks_shift += _step(last_kept.blocks_after, t.blocks_after, _pace(recent, 2), tasks_across)
         pending_gap = False
         shifted = replace(t, rss_before=None if after_gap else _minus(t.rss_before, rss_shift),
                           rss_after=_minus(t.rss_after, rss_shift),
                           blocks_before=None if after_gap else _minus(t.blocks_before, blocks_shift),
                           blocks_after=_minus(t.blocks_after, blocks_shift))
         out.append(shifted)
+        recent.append((t.seq, shifted.rss_after, shifted.blocks_after))
         last_kept = t
     return tuple(out)
 
 
-def _delta(before: int | None, after: int | None) -> int:
-    return after - before if before is not None and after is not None else 0
+def _pace(recent: deque[tuple[int, int | None, int | None]], field: int) -> float:
+    """Growth per task over the recent kept tasks (never negative: shrinking is not extrapolated)."""
+    points = [(r[0], r[field]) for r in recent if r[field] is not None]
+    if len(points) < 2 * EDGE:
+        return 0.0
+    first, last = points[:EDGE], points[-EDGE:]
+    span = statistics.median(s for s, _ in last) - statistics.median(s for s, _ in first)
+    if span <= 0:
+        return 0.0
+    rise = statistics.median(v for _, v in last) - statistics.median(v for _, v in first)  # type: ignore[misc]
+    return max(0.0, rise / span)
+
+
+def _step(before: int | None, after: int | None, pace: float, tasks_across: int) -> int:
+    """The change across a gap beyond what the process's own pace explains."""
+    if before is None or after is None:
+        return 0
+    return int(round((after - before) - pace * max(0, tasks_across)))
 
 
 def _minus(value: int | None, shift: int) -> int | None:
     return None if value is None else value - shift
-
-
-def disturbed(p: ProcessData) -> list[tuple[float, float]]:
-    """Time intervals of the agent's runs that only disturb the tasks they overlap (allocation episodes)."""
-    return sorted((r.started, r.ended) for r in p.cost.runs if r.stage in DROP_ONLY_STAGES)
-
-
-def without_disturbed(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, float]]) -> tuple[TaskRecord, ...]:
-    """Tasks with those overlapping ``spans`` dropped, the next task's "before" readings (taken then)
-    cleared, and RSS after each gap shifted back by the change across it (heap blocks are not shifted)."""
-    if not spans:
-        return tuple(tasks)
-    out: list[TaskRecord] = []
-    dropped = False
-    rss_shift = 0
-    last_kept: TaskRecord | None = None
-    i = 0
-    for t in tasks:
-        while i < len(spans) and spans[i][1] < t.started:
-            i += 1
-        if i < len(spans) and t.ended >= spans[i][0] and t.started <= spans[i][1]:
-            dropped = True
-            continue
-        if dropped and last_kept is not None:
-            rss_shift += _delta(last_kept.rss_after, t.rss_after)
-        if dropped or rss_shift:
-            out.append(replace(t, rss_before=None if dropped else _minus(t.rss_before, rss_shift),
-                               rss_after=_minus(t.rss_after, rss_shift),
-                               blocks_before=None if dropped else t.blocks_before))
-        else:
-            out.append(t)
-        dropped = False
-        last_kept = t
-    return tuple(out)

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from bilge.agent import Agent, AgentConfig
-from bilge.model import STAGE_ALLOCATION_EPISODE, STAGE_ALLOCATION_WINDOW, STAGE_HOLDER_SEARCH
+from bilge.agent.census_stage import Counts
+from bilge.model import STAGE_ALLOCATION_EPISODE, STAGE_ALLOCATION_WINDOW, STAGE_HOLDER_SEARCH, STAGE_RECOUNT
 from bilge.store.memory import MemoryStore
 
 _INVOICES: dict[str, object] = {}
@@ -198,3 +199,28 @@ def test_growth_that_slows_down_after_the_first_suspicion_opens_nothing(
     agent.stop()
     assert store.windows == [] and store.holders == []
     assert not [r for r in store.stage_runs if r.stage in (STAGE_ALLOCATION_WINDOW, STAGE_ALLOCATION_EPISODE)]
+
+
+def test_a_heap_growing_with_no_steady_type_is_recounted_less_and_less(
+    suspect_after: FakeSuspicion, drive: Drive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heap's blocks rise, but no type grows in every count (arenas, a cache churning): the recounts that
+    ask for a steady type back off (1, 2, 4 ... s), so ten minutes of ticks cost a handful, and nothing opens."""
+    now = [0.0]
+    store = MemoryStore()
+    agent = Agent(AgentConfig(data_dir="unused", run_id=1, census_min_interval=0.0, census_budget=1.0), store=store,
+                  monotonic=lambda: now[0])
+    agent.register()
+    agent.watch.rss_suspicion = suspect_after(agent, 300, 0.0)  # type: ignore[assignment]
+    agent.watch.heap_suspicion = suspect_after(agent, 300, 8.0)  # type: ignore[assignment]
+    # The in-memory store's own rows would grow in every count: no type is steady here by construction.
+    monkeypatch.setattr(Counts, "steadily_growing", lambda self: [])
+
+    def task(i: int) -> None:
+        now[0] += 0.025  # a tick (every 20 tasks) each half second
+
+    drive(agent, task, 24_000)
+    agent.stop()
+    recounts = [r for r in store.stage_runs if r.stage == STAGE_RECOUNT]
+    assert 3 <= len(recounts) <= 12, len(recounts)  # 600 s of ticks: 1+2+4+...+120 s apart
+    assert store.windows == [] and store.holders == []

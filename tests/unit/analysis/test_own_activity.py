@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bilge.analysis.own_activity import activity, disturbed, without_activity, without_disturbed
+from bilge.analysis.own_activity import activity, without_activity
 from bilge.model import (
     STAGE_ALLOCATION_EPISODE,
     STAGE_ALLOCATION_WINDOW,
@@ -65,19 +65,34 @@ def test_tasks_overlapping_a_run_are_dropped() -> None:
     assert [t.seq for t in kept] == [5, 11, 21]
 
 
-def test_tasks_an_episode_overlapped_are_dropped_and_only_the_rss_step_is_subtracted() -> None:
-    """An allocation episode's tasks go; the heap blocks after it stand (the measured task's leak is real),
-    the RSS step across it (tracemalloc's freed tables, kept by the allocators) is taken out."""
-    tasks = [TaskRecord(seq=i, name="shop.a", started=float(i), ended=i + 0.5, rss_before=1000 * i,
-                        rss_after=1000 * (i + 1), blocks_before=10 * i, blocks_after=10 * (i + 1), failed=False)
-             for i in range(6)]
-    p = process(run(STAGE_ALLOCATION_EPISODE, 1.9, 3.6))
-    assert disturbed(p) == [(1.9, 3.6)]
-    kept = without_disturbed(tasks, disturbed(p))
-    assert [t.seq for t in kept] == [0, 1, 4, 5]
-    # RSS 2000 -> 5000 across the gap: the 3000 go from everything after it.
-    assert [t.rss_after for t in kept] == [1000, 2000, 2000, 3000]
-    assert [t.blocks_after for t in kept] == [10, 20, 50, 60]
-    assert kept[2].rss_before is None and kept[2].blocks_before is None
-    assert kept[3].rss_before == 2000 and kept[3].blocks_before == 50
-    assert activity(p) == [(10.0, 12.0), (30.0, 31.0)]  # episodes are no memory activity
+def _series(n: int, rss_per_task: int, blocks_per_task: int, step_at: int = -1, step: int = 0,
+            gap: tuple[int, int] = (-1, -1)) -> list[TaskRecord]:
+    """Tasks 0..n-1 one second apart, growing steadily, with an extra step of memory from task ``step_at`` on."""
+    out = []
+    for i in range(n):
+        extra = step if i >= step_at >= 0 else 0
+        out.append(TaskRecord(seq=i, name="shop.a", started=float(i), ended=i + 0.5,
+                              rss_before=rss_per_task * i + extra, rss_after=rss_per_task * (i + 1) + extra,
+                              blocks_before=blocks_per_task * i + extra // 100,
+                              blocks_after=blocks_per_task * (i + 1) + extra // 100, failed=False))
+    return out
+
+
+def test_an_episode_in_a_flat_process_has_its_whole_step_taken_out() -> None:
+    """A benign process: flat memory, an episode at tasks 300-302 leaves 3 MB of RSS and 30,000 blocks behind
+    (tracemalloc's freed tables, caches): every reading after it is shifted back by all of it."""
+    tasks = _series(600, 0, 0, step_at=301, step=3_000_000)
+    kept = without_activity(tasks, activity(process(run(STAGE_ALLOCATION_EPISODE, 299.9, 302.6))))
+    assert [t.seq for t in kept if 299 <= t.seq <= 303] == [299, 303]
+    assert {t.rss_after for t in kept} == {0} and {t.blocks_after for t in kept} == {0}
+    assert [t for t in kept if t.seq == 303][0].rss_before is None  # its "before" was taken in the gap
+
+
+def test_an_episode_in_a_leaking_process_keeps_the_leak_across_the_gap() -> None:
+    """A leaking process (+2000 bytes and +20 blocks per task) with the same step: only the step beyond the
+    process's own pace goes, so the series stays one straight line through the gap."""
+    tasks = _series(600, 2000, 20, step_at=301, step=3_000_000)
+    kept = without_activity(tasks, activity(process(run(STAGE_ALLOCATION_EPISODE, 299.9, 302.6))))
+    after = [t for t in kept if t.seq == 303][0]
+    assert after.rss_after == 2000 * 304 and after.blocks_after == 20 * 304
+    assert kept[-1].rss_after == 2000 * 600 and kept[-1].blocks_after == 20 * 600
