@@ -99,14 +99,18 @@ def without_activity(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, f
 
 def _pace(recent: deque[tuple[int, int | None, int | None]], field: int) -> float:
     """Growth per task over the recent kept tasks (never negative: shrinking is not extrapolated)."""
-    points = [(r[0], r[field]) for r in recent if r[field] is not None]
+    points: list[tuple[int, int]] = []
+    for r in recent:
+        value = r[field]
+        if value is not None:
+            points.append((r[0], value))
     if len(points) < 2 * EDGE:
         return 0.0
     first, last = points[:EDGE], points[-EDGE:]
     span = statistics.median(s for s, _ in last) - statistics.median(s for s, _ in first)
     if span <= 0:
         return 0.0
-    rise = statistics.median(v for _, v in last) - statistics.median(v for _, v in first)  # type: ignore[misc]
+    rise = statistics.median(v for _, v in last) - statistics.median(v for _, v in first)
     return max(0.0, rise / span)
 
 
