@@ -4,8 +4,8 @@ Nothing here runs until the process shows growth that outlives warm-up
 (:meth:`Explain.escalation`):
 
 1. the cheap suspicion (a trend in RSS or heap blocks after each task) must
-   hold, and **keep holding** until the process has run as many tasks again
-   as it had when it first looked suspect (at least ``PERSIST_TASKS``
+   hold, and **keep holding** until the process has run half as many tasks
+   again as it had when it first looked suspect (at least ``PERSIST_TASKS``
    more): the memory must have grown further, and over the second half of
    that span at no less than half the pace of the first, so a cache still
    filling (ever slower), a pool growing to its size, arenas settling or
@@ -58,10 +58,10 @@ from bilge.samplers.native_sites import NativeWindow
 from bilge.samplers.sampled_allocations import Episode, SampledAllocations
 from bilge.samplers.suspicion import MIN_GROWTH, MIN_HEAP_GROWTH
 
-# Growth must go on for this many tasks (or as many as the process had run
-# then, if more) after the process first looked suspect, by a quarter of
-# what made it suspect (all of it when only RSS grows), before anything is
-# explained: warm-up must be outlived by as long again.
+# Growth must go on for this many tasks (or half as many as the process
+# had run then, if more) after the process first looked suspect, by a
+# quarter of what made it suspect (all of it when only RSS grows), before
+# anything is explained.
 PERSIST_TASKS = 100
 PERSIST_SHARE = 0.25
 # ...and over the second half of that span at no less than this share of
@@ -240,7 +240,7 @@ class Explain:
             self._first_suspect = (tasks, rss, heap)
             return None
         t0, rss0, heap0 = self._first_suspect
-        if tasks < t0 + max(PERSIST_TASKS, t0):
+        if tasks < t0 + max(PERSIST_TASKS, t0 // 2):
             return None
         # Still rising, by a material amount, and not slowing down: a cache
         # or pool filling up, or glibc's arenas settling, grow ever slower;

@@ -40,8 +40,9 @@ TASK_DUTY = 10
 BLOCKS_SHARE_YOUNG = 0.01
 BLOCKS_SHARE = 0.0025
 # ...and a young process reads it on every task while it costs at most this
-# (sub-millisecond tasks: their per-call deltas are what attribution needs).
-BLOCKS_CHEAP_YOUNG = 10e-6
+# (a usual worker's heap: per-call deltas of short tasks are what the
+# attribution needs; only a heap of a million objects or more is sampled).
+BLOCKS_CHEAP_YOUNG = 50e-6
 MAX_BLOCKS_EVERY = 16
 FULL_BLOCKS_TASKS = 3000
 # One task hook in this many is timed (CPU of the task's thread: waiting for

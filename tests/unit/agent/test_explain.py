@@ -189,11 +189,11 @@ def test_a_native_leak_gets_a_native_window_that_names_the_line(suspect_after: F
 def test_growth_that_slows_down_after_the_first_suspicion_opens_nothing(
     suspect_after: FakeSuspicion, drive: Drive
 ) -> None:
-    """A cache filling until task 450, then rising at a hundredth of that pace (arenas settling)."""
+    """A cache filling until task 360, then rising at a hundredth of that pace (arenas settling)."""
     agent, store = _agent()
     for ring in ("rss_suspicion", "heap_suspicion"):
         slowing = suspect_after(agent, 300, 40.0 if ring == "heap_suspicion" else 4000.0)
-        slowing.level = lambda s=slowing: s.per_task * (min(s.agent.tasks_done, 450) + s.agent.tasks_done / 100)
+        slowing.level = lambda s=slowing: s.per_task * (min(s.agent.tasks_done, 360) + s.agent.tasks_done / 100)
         setattr(agent.watch, ring, slowing)
     drive(agent, _leaky_task, 1500)
     agent.stop()
