@@ -40,9 +40,8 @@ TASK_DUTY = 10
 BLOCKS_SHARE_YOUNG = 0.01
 BLOCKS_SHARE = 0.0025
 # ...and a young process reads it on every task while it costs at most this
-# (a usual worker's heap: per-call deltas of short tasks are what the
-# attribution needs; only a heap of a million objects or more is sampled).
-BLOCKS_CHEAP_YOUNG = 50e-6
+# (sub-millisecond tasks on a small heap).
+BLOCKS_CHEAP_YOUNG = 5e-6
 MAX_BLOCKS_EVERY = 16
 FULL_BLOCKS_TASKS = 3000
 # One task hook in this many is timed (CPU of the task's thread: waiting for
@@ -175,9 +174,9 @@ class Watch:
     def note_blocks_cost(self, cost: float) -> None:
         """Read heap blocks on every task while that is cheap; on one task in N when the heap is big.
 
-        ``sys.getallocatedblocks()`` visits every pymalloc pool: ~5 µs for a
-        small worker, 30-100 µs for one holding a million objects, where it
-        was the largest per-task cost bilge had (and it evicts the task's
+        ``sys.getallocatedblocks()`` visits every pymalloc pool: ~3 µs per
+        100,000 blocks (~10-15 µs for a usual Celery child, 120 µs for one
+        holding a million objects), the largest per-task cost bilge has (and it evicts the task's
         cache lines). Sampled tasks read the heap at both ends, so their
         own deltas stay exact for the attribution. The cost is weighed
         against the mean task's duration: ``BLOCKS_SHARE`` of it, or, for
