@@ -41,7 +41,7 @@ BLOCKS_SHARE_YOUNG = 0.01
 BLOCKS_SHARE = 0.0025
 # ...and a young process reads it on every task while it costs at most this
 # (sub-millisecond tasks on a small heap).
-BLOCKS_CHEAP_YOUNG = 5e-6
+BLOCKS_CHEAP_YOUNG = 50e-6
 MAX_BLOCKS_EVERY = 16
 FULL_BLOCKS_TASKS = 3000
 # One task hook in this many is timed (CPU of the task's thread: waiting for
@@ -159,9 +159,11 @@ class Watch:
         malloc_used, malloc_free = self.malloc.read()
         rss = self._rss.read()
         self.last_fds = proc_sampler.count_fds()
-        t = time.perf_counter()
+        # CPU time of this thread: on a busy machine the wall clock would
+        # count the time the OS ran something else as the read's cost.
+        t = time.thread_time()
         self.last_heap_blocks = proc_sampler.heap_blocks()
-        self.note_blocks_cost(time.perf_counter() - t)
+        self.note_blocks_cost(time.thread_time() - t)
         self._outbox.add_sample(
             (self._clock(), rss, uss, pss, self.last_heap_blocks, g0, g1, g2, collections, collected,
              self.last_fds, proc_sampler.thread_count(), self.tasks_done, malloc_used, malloc_free)

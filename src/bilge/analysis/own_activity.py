@@ -12,8 +12,8 @@ The agent stores every budgeted run with its span (a store written before
 runs were recorded falls back to the spans of its windows and holder
 searches). The tasks that overlapped a run are dropped, and the memory
 change across each such gap, **less the growth the process showed just
-before it** (its slope over the last ``LOOKBACK`` kept tasks, times the
-tasks in the gap), is subtracted from every reading after it. A benign
+before it** (its slope over its last ``LOOKBACK`` kept readings, times
+the tasks across the gap), is subtracted from every reading after it. A benign
 process (flat before) has its whole step taken out; a leaking one keeps
 its own growth across the gap, so the episode that measures the leaky
 task by design does not flatten the very trend being measured.
@@ -28,7 +28,7 @@ from dataclasses import replace
 
 from bilge.model import MEMORY_STAGES, ProcessData, TaskRecord
 
-# Kept tasks before a gap whose readings give the pace to expect across it;
+# Kept readings before a gap that give the pace to expect across it;
 # the pace is the difference of the medians of its first and last EDGE.
 LOOKBACK = 200
 EDGE = 20
@@ -59,53 +59,75 @@ def activity(p: ProcessData) -> list[tuple[float, float]]:
 
 
 def without_activity(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, float]]) -> tuple[TaskRecord, ...]:
-    """Tasks with those overlapping ``spans`` dropped and later readings shifted back by each gap's step."""
+    """Tasks with those overlapping ``spans`` dropped and later readings shifted back by each gap's step.
+
+    Each series (RSS, heap blocks) is re-based on its own readings: heap
+    blocks are read on one task in N on big heaps, so the step of a gap is
+    taken between the last task before it and the first task after it that
+    have a reading.
+    """
     if not spans:
         return tuple(tasks)
     out: list[TaskRecord] = []
-    rss_shift = blocks_shift = 0
+    rss, blocks = _Rebase(), _Rebase()
     span_index = 0
-    last_kept: TaskRecord | None = None
-    pending_gap = False
-    # (seq, shifted rss_after, shifted blocks_after) of the last kept tasks.
-    recent: deque[tuple[int, int | None, int | None]] = deque(maxlen=LOOKBACK)
+    gap = False
     for t in tasks:
         while span_index < len(spans) and spans[span_index][1] < t.started:
             span_index += 1
-            pending_gap = True
+            gap = True
         overlaps = span_index < len(spans) and t.ended >= spans[span_index][0] and t.started <= spans[span_index][1]
         if overlaps:
-            pending_gap = True
+            gap = True
             continue
-        after_gap = pending_gap and last_kept is not None
-        if after_gap:
-            # Readings at the end of kept tasks only: a "before" taken right
-            # after the activity (or carried over from a dropped task) still
-            # holds its transient peak.
-            assert last_kept is not None
-            tasks_across = t.seq - last_kept.seq
-            rss_shift += _step(last_kept.rss_after, t.rss_after, _pace(recent, 1), tasks_across)
-            blocks_shift += _step(last_kept.blocks_after, t.blocks_after, _pace(recent, 2), tasks_across)
-        pending_gap = False
-        shifted = replace(t, rss_before=None if after_gap else _minus(t.rss_before, rss_shift),
-                          rss_after=_minus(t.rss_after, rss_shift),
-                          blocks_before=None if after_gap else _minus(t.blocks_before, blocks_shift),
-                          blocks_after=_minus(t.blocks_after, blocks_shift))
-        out.append(shifted)
-        recent.append((t.seq, shifted.rss_after, shifted.blocks_after))
-        last_kept = t
+        if gap:
+            rss.gap()
+            blocks.gap()
+        gap = False
+        # A "before" taken right after the activity (or carried over from a
+        # dropped task) still holds its transient peak: cleared.
+        rss_before, rss_after = rss.shift(t.seq, t.rss_before, t.rss_after)
+        blocks_before, blocks_after = blocks.shift(t.seq, t.blocks_before, t.blocks_after)
+        out.append(replace(t, rss_before=rss_before, rss_after=rss_after, blocks_before=blocks_before,
+                           blocks_after=blocks_after))
     return tuple(out)
 
 
-def _pace(recent: deque[tuple[int, int | None, int | None]], field: int) -> float:
-    """Growth per task over the recent kept tasks (never negative: shrinking is not extrapolated)."""
-    points: list[tuple[int, int]] = []
-    for r in recent:
-        value = r[field]
-        if value is not None:
-            points.append((r[0], value))
-    if len(points) < 2 * EDGE:
+class _Rebase:
+    """One memory series' running shift: each gap's step, less the pace the series showed before it."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.pending = False  # a gap since the last reading
+        self.before_cleared = False
+        self.last: tuple[int, int] | None = None  # (seq, raw reading) of the last kept reading
+        self.recent: deque[tuple[int, int]] = deque(maxlen=LOOKBACK)  # (seq, shifted reading)
+
+    def gap(self) -> None:
+        self.pending = self.before_cleared = True
+
+    def shift(self, seq: int, before: int | None, after: int | None) -> tuple[int | None, int | None]:
+        """The task's (before, after) readings shifted; ``before`` cleared on the first task after a gap."""
+        clear = self.before_cleared
+        self.before_cleared = False
+        if after is None:
+            return None if clear else _minus(before, self.offset), None
+        if self.pending and self.last is not None:
+            last_seq, last_value = self.last
+            self.offset += _step(last_value, after, _pace(self.recent), seq - last_seq)
+            clear = True
+        self.pending = False
+        self.last = (seq, after)
+        shifted = after - self.offset
+        self.recent.append((seq, shifted))
+        return None if clear else _minus(before, self.offset), shifted
+
+
+def _pace(recent: deque[tuple[int, int]]) -> float:
+    """Growth per task over the recent kept readings (never negative: shrinking is not extrapolated)."""
+    if len(recent) < 2 * EDGE:
         return 0.0
+    points = list(recent)
     first, last = points[:EDGE], points[-EDGE:]
     span = statistics.median(s for s, _ in last) - statistics.median(s for s, _ in first)
     if span <= 0:
@@ -114,10 +136,8 @@ def _pace(recent: deque[tuple[int, int | None, int | None]], field: int) -> floa
     return max(0.0, rise / span)
 
 
-def _step(before: int | None, after: int | None, pace: float, tasks_across: int) -> int:
+def _step(before: int, after: int, pace: float, tasks_across: int) -> int:
     """The change across a gap beyond what the process's own pace explains."""
-    if before is None or after is None:
-        return 0
     return int(round((after - before) - pace * max(0, tasks_across)))
 
 

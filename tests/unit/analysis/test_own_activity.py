@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from bilge.analysis.own_activity import activity, without_activity
 from bilge.model import (
     STAGE_ALLOCATION_EPISODE,
@@ -96,3 +98,15 @@ def test_an_episode_in_a_leaking_process_keeps_the_leak_across_the_gap() -> None
     after = [t for t in kept if t.seq == 303][0]
     assert after.rss_after == 2000 * 304 and after.blocks_after == 20 * 304
     assert kept[-1].rss_after == 2000 * 600 and kept[-1].blocks_after == 20 * 600
+
+
+def test_a_gap_in_a_sparsely_read_heap_is_rebased_on_the_readings_around_it() -> None:
+    """Heap blocks read on one task in 4 (a big heap): the step is taken between the last reading before the
+    gap and the first after it, though neither is the task right next to the gap."""
+    tasks = [replace(t, blocks_before=t.blocks_before if t.seq % 4 == 0 else None,
+                     blocks_after=t.blocks_after if t.seq % 4 == 0 else None)
+             for t in _series(600, 0, 0, step_at=301, step=3_000_000)]
+    kept = without_activity(tasks, activity(process(run(STAGE_ALLOCATION_EPISODE, 299.9, 302.6))))
+    assert {t.blocks_after for t in kept if t.blocks_after is not None} == {0}
+    assert [t for t in kept if t.seq == 304][0].blocks_before is None  # first reading after the gap
+    assert [t for t in kept if t.seq == 308][0].blocks_before == 0
