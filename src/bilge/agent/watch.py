@@ -32,16 +32,11 @@ MAX_RUNNING = 10000
 FULL_TASKS = 50_000
 TASK_BURST = 2_000
 TASK_DUTY = 10
-# sys.getallocatedblocks() is read on every task while it costs at most
-# this share of a task's time; above, on one task in N, N chosen so the
-# average per task stays at that share (a sampled task reads twice), at
-# most MAX_BLOCKS_EVERY. A young process (its first FULL_BLOCKS_TASKS
-# tasks, where a leak is confirmed and attributed) may spend more.
-BLOCKS_SHARE_YOUNG = 0.01
+# sys.getallocatedblocks() is read on every task during a process's first
+# FULL_BLOCKS_TASKS tasks; after, while it costs at most BLOCKS_SHARE of the
+# mean task's time, else on one task in N, N chosen so the average per task
+# stays at that share (a sampled task reads twice), at most MAX_BLOCKS_EVERY.
 BLOCKS_SHARE = 0.0025
-# ...and a young process reads it on every task while it costs at most this
-# (sub-millisecond tasks on a small heap).
-BLOCKS_CHEAP_YOUNG = 50e-6
 MAX_BLOCKS_EVERY = 16
 FULL_BLOCKS_TASKS = 3000
 # One task hook in this many is timed (CPU of the task's thread: waiting for
@@ -180,18 +175,21 @@ class Watch:
         100,000 blocks (~10-15 µs for a usual Celery child, 120 µs for one
         holding a million objects), the largest per-task cost bilge has (and it evicts the task's
         cache lines). Sampled tasks read the heap at both ends, so their
-        own deltas stay exact for the attribution. The cost is weighed
-        against the mean task's duration: ``BLOCKS_SHARE`` of it, or, for
-        the first FULL_BLOCKS_TASKS tasks, ``BLOCKS_SHARE_YOUNG`` of it
-        and at least ``BLOCKS_CHEAP_YOUNG``.
+        own deltas stay exact for the attribution. Past the first
+        FULL_BLOCKS_TASKS tasks the cost is weighed against the mean
+        task's duration: at most ``BLOCKS_SHARE`` of it.
         """
         self._blocks_cost += 0.2 * (cost - self._blocks_cost)
         if self.task_seconds <= 0:
             return  # no task has run yet: nothing to weigh the cost against
         if self.tasks_done < FULL_BLOCKS_TASKS:
-            allowed = max(BLOCKS_SHARE_YOUNG * self.task_seconds, BLOCKS_CHEAP_YOUNG)
-        else:
-            allowed = BLOCKS_SHARE * self.task_seconds
+            # A young process reads the heap on every task: its first
+            # thousands of tasks are where a leak is confirmed and
+            # attributed, per call (sampled reads there cost the zoo's
+            # benign cases false alarms and its leaks their task).
+            self.blocks_every = 1
+            return
+        allowed = BLOCKS_SHARE * self.task_seconds
         if self._blocks_cost <= allowed:
             self.blocks_every = 1
         else:

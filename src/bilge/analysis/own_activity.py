@@ -11,18 +11,18 @@ and the attribution.
 The agent stores every budgeted run with its span (a store written before
 runs were recorded falls back to the spans of its windows and holder
 searches). The tasks that overlapped a run are dropped, and the memory
-change across each such gap, **less the growth the process showed just
-before it** (its slope over its last ``LOOKBACK`` kept readings, times
-the tasks across the gap), is subtracted from every reading after it. A benign
-process (flat before) has its whole step taken out; a leaking one keeps
-its own growth across the gap, so the episode that measures the leaky
-task by design does not flatten the very trend being measured.
+change across each such gap, **less the growth the process showed on both
+sides of it** (the smaller of its paces over up to ``LOOKBACK`` readings
+before and after, times the tasks across), is subtracted from every reading
+after it. A benign process has its whole step taken out, including a
+warm-up that ended during the gap; a leaking one keeps its own growth
+across the gap, so the episode that measures the leaky task by design does
+not flatten the very trend being measured.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -32,6 +32,9 @@ from bilge.model import MEMORY_STAGES, ProcessData, TaskRecord
 # the pace is the difference of the medians of its first and last EDGE.
 LOOKBACK = 200
 EDGE = 20
+# Kept tasks between two runs of the agent's stages, below which they are
+# dropped with them (one burst of activity, one step).
+BRIDGE = 0
 
 
 def activity(p: ProcessData) -> list[tuple[float, float]]:
@@ -64,81 +67,106 @@ def without_activity(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, f
     Each series (RSS, heap blocks) is re-based on its own readings: heap
     blocks are read on one task in N on big heaps, so the step of a gap is
     taken between the last task before it and the first task after it that
-    have a reading.
+    have a reading. A "before" reading taken right after the activity (or
+    carried over from a dropped task) still holds its transient peak: it is
+    cleared on the first kept task after each gap.
     """
     if not spans:
         return tuple(tasks)
-    out: list[TaskRecord] = []
-    rss, blocks = _Rebase(), _Rebase()
-    span_index = 0
+    dropped = _dropped(tasks, spans)
+    kept: list[TaskRecord] = []
+    after_gap: list[bool] = []
     gap = False
-    for t in tasks:
-        while span_index < len(spans) and spans[span_index][1] < t.started:
-            span_index += 1
-            gap = True
-        overlaps = span_index < len(spans) and t.ended >= spans[span_index][0] and t.started <= spans[span_index][1]
-        if overlaps:
+    for t, drop in zip(tasks, dropped):
+        if drop:
             gap = True
             continue
-        if gap:
-            rss.gap()
-            blocks.gap()
+        kept.append(t)
+        after_gap.append(gap)
         gap = False
-        # A "before" taken right after the activity (or carried over from a
-        # dropped task) still holds its transient peak: cleared.
-        rss_before, rss_after = rss.shift(t.seq, t.rss_before, t.rss_after)
-        blocks_before, blocks_after = blocks.shift(t.seq, t.blocks_before, t.blocks_after)
-        out.append(replace(t, rss_before=rss_before, rss_after=rss_after, blocks_before=blocks_before,
-                           blocks_after=blocks_after))
+    rss, _ = _offsets([(t.seq, t.rss_after) for t in kept], after_gap)
+    blocks, rebased = _offsets([(t.seq, t.blocks_after) for t in kept], after_gap)
+    out = []
+    for i, t in enumerate(kept):
+        clear = after_gap[i]
+        out.append(replace(t, rss_before=None if clear else _minus(t.rss_before, rss[i]),
+                           rss_after=_minus(t.rss_after, rss[i]),
+                           blocks_before=None if clear or i in rebased else _minus(t.blocks_before, blocks[i]),
+                           blocks_after=_minus(t.blocks_after, blocks[i])))
     return tuple(out)
 
 
-class _Rebase:
-    """One memory series' running shift: each gap's step, less the pace the series showed before it."""
+def _offsets(points: list[tuple[int, int | None]], after_gap: list[bool]) -> tuple[list[int], set[int]]:
+    """Per kept task, what to subtract from this series' readings; and the tasks with the first reading after a gap.
 
-    def __init__(self) -> None:
-        self.offset = 0
-        self.pending = False  # a gap since the last reading
-        self.before_cleared = False
-        self.last: tuple[int, int] | None = None  # (seq, raw reading) of the last kept reading
-        self.recent: deque[tuple[int, int]] = deque(maxlen=LOOKBACK)  # (seq, shifted reading)
+    The readings fall into segments, split by the gaps. Across each gap the
+    step is the change from the last reading before it to the first after
+    it, less the growth the process was showing on **both** sides (the
+    smaller of the two segments' paces, times the tasks across): a leak
+    keeps its growth across the gap; a warm-up that ended during the gap
+    (flat after it) has none added back.
+    """
+    segments: list[list[tuple[int, int]]] = [[]]
+    segment_of: list[int] = []
+    rebased: set[int] = set()
+    for i, ((seq, value), gap) in enumerate(zip(points, after_gap)):
+        if gap and segments[-1]:
+            segments.append([])
+        if value is not None:
+            if not segments[-1] and len(segments) > 1:
+                rebased.add(i)
+            segments[-1].append((seq, value))
+        segment_of.append(len(segments) - 1)
+    shift = [0] * len(segments)
+    previous: list[tuple[int, int]] = []
+    for k, segment in enumerate(segments):
+        if k and segment and previous:
+            pace = min(_pace(previous[-LOOKBACK:]), _pace(segment[:LOOKBACK]))
+            (last_seq, last_value), (seq, value) = previous[-1], segment[0]
+            shift[k] = shift[k - 1] + int(round(value - last_value - pace * max(0, seq - last_seq)))
+        elif k:
+            shift[k] = shift[k - 1]
+        if segment:
+            previous = segment
+    return [shift[k] for k in segment_of], rebased
 
-    def gap(self) -> None:
-        self.pending = self.before_cleared = True
 
-    def shift(self, seq: int, before: int | None, after: int | None) -> tuple[int | None, int | None]:
-        """The task's (before, after) readings shifted; ``before`` cleared on the first task after a gap."""
-        clear = self.before_cleared
-        self.before_cleared = False
-        if after is None:
-            return None if clear else _minus(before, self.offset), None
-        if self.pending and self.last is not None:
-            last_seq, last_value = self.last
-            self.offset += _step(last_value, after, _pace(self.recent), seq - last_seq)
-            clear = True
-        self.pending = False
-        self.last = (seq, after)
-        shifted = after - self.offset
-        self.recent.append((seq, shifted))
-        return None if clear else _minus(before, self.offset), shifted
+def _dropped(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, float]]) -> list[bool]:
+    """Which tasks overlap a span; runs of fewer than ``BRIDGE`` kept tasks between two such are dropped too.
+
+    Episodes and searches come in bursts; the few tasks between them carry
+    their after-effects (a trim, a late free, a snapshot compared), which
+    a step measured across each small gap alone would leave in the series.
+    One step across the whole burst, less the process's pace, does not.
+    """
+    dropped = []
+    span_index = 0
+    for t in tasks:
+        while span_index < len(spans) and spans[span_index][1] < t.started:
+            span_index += 1
+        dropped.append(span_index < len(spans) and t.ended >= spans[span_index][0]
+                       and t.started <= spans[span_index][1])
+    last = None
+    for i, drop in enumerate(dropped):
+        if not drop:
+            continue
+        if last is not None and 0 < i - last - 1 < BRIDGE:
+            for j in range(last + 1, i):
+                dropped[j] = True
+        last = i
+    return dropped
 
 
-def _pace(recent: deque[tuple[int, int]]) -> float:
-    """Growth per task over the recent kept readings (never negative: shrinking is not extrapolated)."""
-    if len(recent) < 2 * EDGE:
+def _pace(points: list[tuple[int, int]]) -> float:
+    """Growth per task over these (seq, reading) points; 0 when too few or shrinking (never extrapolated)."""
+    if len(points) < 2 * EDGE:
         return 0.0
-    points = list(recent)
     first, last = points[:EDGE], points[-EDGE:]
     span = statistics.median(s for s, _ in last) - statistics.median(s for s, _ in first)
     if span <= 0:
         return 0.0
     rise = statistics.median(v for _, v in last) - statistics.median(v for _, v in first)
     return max(0.0, rise / span)
-
-
-def _step(before: int, after: int, pace: float, tasks_across: int) -> int:
-    """The change across a gap beyond what the process's own pace explains."""
-    return int(round((after - before) - pace * max(0, tasks_across)))
 
 
 def _minus(value: int | None, shift: int) -> int | None:
