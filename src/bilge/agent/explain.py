@@ -12,8 +12,10 @@ Nothing here runs until the process shows growth that outlives warm-up
    a deque filling to its ``maxlen`` stops before it is explained;
 2. when the Python heap grows, some type must have grown in each of the last
    counts (a census or the stage's own recount): a leak adds objects steadily;
-3. when only RSS grows (the heap is flat), that is reason enough: native
-   memory has no type to count.
+3. when only RSS grows (the heap is flat), it must have grown by a whole
+   ``MIN_GROWTH`` more, and glibc's in-use bytes (where ``mallinfo2``
+   reads them) by at least half as much: RSS that rises while they stay
+   flat is pages of freed memory, not a native leak.
 
 The reason is stored with every run of the stage. Then, each within the
 process's :class:`~bilge.agent.budget.Budget`:
@@ -86,6 +88,9 @@ SLOWDOWN_BASE, SLOWDOWN_PER_FRAME = 6.0, 2.4
 # When surviving traced bytes explain less than this share of the RSS
 # growth per task, memory grows outside Python's allocators.
 NATIVE_TRACED_SHARE = 0.5
+# RSS-only growth is explained only when glibc's in-use bytes (where they
+# can be read) rose by at least this share of it.
+NATIVE_IN_USE_SHARE = 0.5
 NATIVE_SLOWDOWN = 4.0
 MAX_HOLDER_SEARCHES = 4
 HOLDER_SECONDS = 0.5
@@ -141,7 +146,7 @@ class Explain:
         self._holder_cpu = 0.1
         self._next_recount = 0.0
         self._recount_wait = RECOUNT_EVERY
-        self._first_suspect: tuple[int, float, float] | None = None
+        self._first_suspect: tuple[int, float, float, int | None] | None = None
         self._levels: deque[tuple[int, float, float]] = deque(maxlen=LEVELS_KEPT)
         self.reason: str | None = None
         self._names: dict[str, _NameStats] = {}
@@ -237,9 +242,9 @@ class Explain:
         tasks = watch.tasks_done
         self._levels.append((tasks, rss, heap))
         if self._first_suspect is None:
-            self._first_suspect = (tasks, rss, heap)
+            self._first_suspect = (tasks, rss, heap, watch.malloc.in_use())
             return None
-        t0, rss0, heap0 = self._first_suspect
+        t0, rss0, heap0, malloc0 = self._first_suspect
         if tasks < t0 + max(PERSIST_TASKS, t0 // 2):
             return None
         # Still rising, by a material amount, and not slowing down: a cache
@@ -256,6 +261,14 @@ class Explain:
                 # RSS alone (the heap flat) creeps for a long time in healthy
                 # workers (glibc arenas settling): it must add as much again
                 # as made the process suspect.
+                return None
+            malloc = watch.malloc.in_use()
+            if malloc0 is not None and malloc is not None and malloc - malloc0 < NATIVE_IN_USE_SHARE * (rss - rss0):
+                # Native memory that leaks is memory glibc hands out and
+                # never gets back: its in-use bytes rise with RSS. RSS rising
+                # while they stay flat is pages of freed memory (arenas,
+                # fragmentation), which neither tracemalloc nor the native
+                # window can name.
                 return None
             return ("RSS kept growing for %d tasks after the process first looked suspect (%+.0f KiB) while the "
                     "Python heap stayed flat" % (tasks - t0, (rss - rss0) / 1024))

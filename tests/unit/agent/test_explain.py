@@ -224,3 +224,19 @@ def test_a_heap_growing_with_no_steady_type_is_recounted_less_and_less(
     recounts = [r for r in store.stage_runs if r.stage == STAGE_RECOUNT]
     assert 3 <= len(recounts) <= 12, len(recounts)  # 600 s of ticks: 1+2+4+...+120 s apart
     assert store.windows == [] and store.holders == []
+
+
+def test_rss_growing_while_glibc_hands_out_nothing_more_opens_nothing(
+    suspect_after: FakeSuspicion, drive: Drive
+) -> None:
+    """RSS rises steadily (the fake), the heap is flat and the tasks malloc nothing: glibc's in-use bytes stay
+    flat, so it is freed pages settling, not a native leak; nothing is traced."""
+    if Agent(AgentConfig(data_dir="unused", run_id=1), store=MemoryStore()).watch.malloc.in_use() is None:
+        pytest.skip("glibc's mallinfo2 is not available here: the gate falls back to RSS alone")
+    agent, store = _agent()
+    agent.watch.rss_suspicion = suspect_after(agent, 300, 16400.0)  # type: ignore[assignment]
+    agent.watch.heap_suspicion = suspect_after(agent, 10**9, 0.0)  # type: ignore[assignment]
+    drive(agent, lambda i: None, 1500)
+    agent.stop()
+    assert store.windows == [] and store.holders == []
+    assert not [r for r in store.stage_runs if r.stage in (STAGE_ALLOCATION_WINDOW, STAGE_ALLOCATION_EPISODE)]
