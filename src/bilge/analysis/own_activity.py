@@ -28,13 +28,10 @@ from dataclasses import replace
 
 from bilge.model import MEMORY_STAGES, ProcessData, TaskRecord
 
-# Kept readings before a gap that give the pace to expect across it;
+# Readings on each side of a gap (at most) that give the pace to expect across it;
 # the pace is the difference of the medians of its first and last EDGE.
 LOOKBACK = 200
 EDGE = 20
-# Kept tasks between two runs of the agent's stages, below which they are
-# dropped with them (one burst of activity, one step).
-BRIDGE = 0
 
 
 def activity(p: ProcessData) -> list[tuple[float, float]]:
@@ -132,13 +129,7 @@ def _offsets(points: list[tuple[int, int | None]], after_gap: list[bool]) -> tup
 
 
 def _dropped(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, float]]) -> list[bool]:
-    """Which tasks overlap a span; runs of fewer than ``BRIDGE`` kept tasks between two such are dropped too.
-
-    Episodes and searches come in bursts; the few tasks between them carry
-    their after-effects (a trim, a late free, a snapshot compared), which
-    a step measured across each small gap alone would leave in the series.
-    One step across the whole burst, less the process's pace, does not.
-    """
+    """Which tasks overlap a span (sorted, merged spans)."""
     dropped = []
     span_index = 0
     for t in tasks:
@@ -146,14 +137,6 @@ def _dropped(tasks: Sequence[TaskRecord], spans: Sequence[tuple[float, float]]) 
             span_index += 1
         dropped.append(span_index < len(spans) and t.ended >= spans[span_index][0]
                        and t.started <= spans[span_index][1])
-    last = None
-    for i, drop in enumerate(dropped):
-        if not drop:
-            continue
-        if last is not None and 0 < i - last - 1 < BRIDGE:
-            for j in range(last + 1, i):
-                dropped[j] = True
-        last = i
     return dropped
 
 
