@@ -385,16 +385,22 @@ def _quantile(sorted_values, q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def _doubles(client, key: str, per_row: int = 1) -> array:
+    """The little-endian doubles a process APPENDed to ``key`` (whole rows of ``per_row`` only)."""
+    raw = client.get(key) or b""
+    vals = array("d")
+    vals.frombytes(raw[: len(raw) // (8 * per_row) * (8 * per_row)])
+    if sys.byteorder == "big":
+        vals.byteswap()
+    return vals
+
+
 def _latency(client, pids: list[str]) -> dict:
     """Task durations (prerun -> postrun) the pool children APPENDed to ``bench:lat:<pid>``, in ms."""
     every = array("d")
     per: dict = {}
     for pid in pids:
-        raw = client.get("bench:lat:%s" % pid) or b""
-        vals = array("d")
-        vals.frombytes(raw[: len(raw) // 8 * 8])
-        if sys.byteorder == "big":
-            vals.byteswap()
+        vals = _doubles(client, "bench:lat:%s" % pid)
         every.extend(vals)
         s = sorted(vals)
         # p50 of each tenth of the process's tasks, in order: a slowdown that
@@ -416,15 +422,8 @@ def _series(client, pids: list[str]) -> dict[str, tuple[array, array, array]]:
     """Per process: each task's end time, the process's CPU by then, and the task's duration (kept in memory only)."""
     out = {}
     for pid in pids:
-        ends, lat = array("d"), array("d")
-        raw = client.get("bench:end:%s" % pid) or b""
-        ends.frombytes(raw[: len(raw) // 16 * 16])
-        raw = client.get("bench:lat:%s" % pid) or b""
-        lat.frombytes(raw[: len(raw) // 8 * 8])
-        if sys.byteorder == "big":
-            ends.byteswap()
-            lat.byteswap()
-        out[pid] = (ends[0::2], ends[1::2], lat)
+        ends = _doubles(client, "bench:end:%s" % pid, per_row=2)
+        out[pid] = (ends[0::2], ends[1::2], _doubles(client, "bench:lat:%s" % pid))
     return out
 
 
