@@ -3,7 +3,8 @@
 Cheap by construction: a sample every interval (RSS, heap blocks, gc
 counters, fds, glibc's arena, USS one time in ``USS_EVERY``) and, at every
 task end, one RSS read and one ``sys.getallocatedblocks()`` (~12 µs in all;
-on a big heap the heap is read on one task in N, see ``note_blocks_cost``).
+past a process's first 3000 tasks, the heap is read on one task in N when
+that read costs more than 0.25 % of a task, see ``note_blocks_cost``).
 The two suspicion rings (RSS and heap blocks after each task) are the
 agent's early, in-process signal; the real verdict is the analysis's.
 """
@@ -173,8 +174,9 @@ class Watch:
 
         ``sys.getallocatedblocks()`` visits every pymalloc pool: ~3 µs per
         100,000 blocks (~10-15 µs for a usual Celery child, 120 µs for one
-        holding a million objects), the largest per-task cost bilge has (and it evicts the task's
-        cache lines). Sampled tasks read the heap at both ends, so their
+        holding a million objects), the largest per-task cost bilge has
+        (and it evicts the task's cache lines). Sampled tasks read the heap
+        at both ends, so their
         own deltas stay exact for the attribution. Past the first
         FULL_BLOCKS_TASKS tasks the cost is weighed against the mean
         task's duration: at most ``BLOCKS_SHARE`` of it.
