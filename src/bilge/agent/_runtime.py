@@ -88,6 +88,9 @@ class Agent:
         self._born = monotonic()
         self._suspect_stored: int | None = None
         self._hook_seconds_stored = 0.0
+        # Read on every task: plain attributes, not a walk through the config.
+        self._explain_on = config.explain
+        self._recycle_on = config.recycle.enabled
         self.outbox = Outbox(limit=config.buffer_limit)
         self.ledger = Ledger()
         self.budget = Budget(config.cpu_share, config.cpu_period, config.slowed_per_hour, clock=monotonic)
@@ -144,7 +147,7 @@ class Agent:
         try:
             # The explain stage first: an episode ending at this boundary
             # ends before the task's own start is taken.
-            if self.config.explain:
+            if self._explain_on:
                 self.explain.task_started(key, name)
             self.watch.task_started(key, name)
         except Exception as exc:  # noqa: BLE001 - the host's task must run regardless
@@ -154,9 +157,9 @@ class Agent:
         """Called as a task ends; records its memory deltas."""
         try:
             reading = self.watch.task_finished(key, failed)
-            if self.config.explain:
+            if self._explain_on:
                 self.explain.task_finished(key, reading)
-            if reading is not None and not self.recycler.off:
+            if reading is not None and self._recycle_on and not self.recycler.off:
                 self.recycler.at_task_end(self.process_id, self.role)
         except Exception as exc:  # noqa: BLE001
             self._record_error("task_finished", exc)

@@ -179,7 +179,9 @@ class Explain:
             self.native.on_task_finished()
             if reading is not None:
                 self._charge_native_task(reading)
-        if reading is None or traced:
+        if reading is None or traced or reading.rss is None:
+            # Names' mean durations from the read tasks only: a sample is
+            # enough, and most tasks of an old process cost no more.
             return
         stats = self._names.get(reading.name)
         if stats is None:

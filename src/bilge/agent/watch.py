@@ -1,10 +1,12 @@
 """The always-on watch: process readings, memory after every task, suspicion. Stdlib-only.
 
 Cheap by construction: a sample every interval (RSS, heap blocks, gc
-counters, fds, glibc's arena, USS one time in ``USS_EVERY``) and, at every
-task end, one RSS read and one ``sys.getallocatedblocks()`` (~12 µs in all;
-past a process's first 3000 tasks, the heap is read on one task in N when
-that read costs more than 0.25 % of a task, see ``note_blocks_cost``).
+counters, fds, glibc's arena, USS one time in ``USS_EVERY``) and, at a task's
+end, one RSS read and one ``sys.getallocatedblocks()`` (~25-60 µs in all in a
+real worker, where the caches are cold after the task). Every task is read
+during a process's first 3000 tasks; after, one task in N when a read costs
+more than 0.25 % of a task (see ``note_read_cost``), and the other tasks
+cost a dictionary entry and a row.
 The two suspicion rings (RSS and heap blocks after each task) are the
 agent's early, in-process signal; the real verdict is the analysis's.
 """
@@ -14,8 +16,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from random import Random
+from typing import Any, NamedTuple
 
 from bilge.agent.outbox import Outbox
 from bilge.samplers import process as proc_sampler
@@ -33,22 +35,30 @@ MAX_RUNNING = 10000
 FULL_TASKS = 50_000
 TASK_BURST = 2_000
 TASK_DUTY = 10
-# sys.getallocatedblocks() is read on every task during a process's first
-# FULL_BLOCKS_TASKS tasks; after, while it costs at most BLOCKS_SHARE of the
-# mean task's time, else on one task in N, N chosen so the average per task
-# stays at that share (a sampled task reads twice), at most MAX_BLOCKS_EVERY.
-BLOCKS_SHARE = 0.0025
-MAX_BLOCKS_EVERY = 16
-FULL_BLOCKS_TASKS = 3000
+# Memory (RSS and heap blocks) is read after every task during a process's
+# first FULL_READ_TASKS tasks (its first thousands of tasks are where a leak
+# is confirmed and attributed per call). After, while a read costs at most
+# READ_SHARE of the mean task's time it stays on every task; else one task in
+# about N is read, at both ends (its own delta stays exact), N chosen so the
+# average per task stays at that share, at most MAX_READ_EVERY. The gaps
+# between read tasks are random, so a repeating task order cannot lock the
+# reads onto one name.
+READ_SHARE = 0.0025
+MAX_READ_EVERY = 64
+FULL_READ_TASKS = 3000
 # One task hook in this many is timed (CPU of the task's thread: waiting for
 # the GIL is not the hook's cost), to account the hooks' own cost without
 # paying for a clock read on every task.
 HOOK_TIMING_EVERY = 64
 
 
-@dataclass(frozen=True)
-class TaskReading:
-    """One finished task as the other stages see it (no reference to the task itself)."""
+class TaskReading(NamedTuple):
+    """One finished task as the other stages see it (no reference to the task itself).
+
+    A named tuple, not a dataclass: one is built on every task end, in the
+    host's task thread, and a tuple costs a fraction of a frozen dataclass.
+    ``rss`` and ``blocks`` are None for the tasks whose memory was not read.
+    """
 
     name: str
     seconds: float
@@ -77,7 +87,7 @@ class Watch:
         self.rss_suspicion = Suspicion()
         # Opens windows only: recycling and fleet state judge memory (RSS).
         self.heap_suspicion = Suspicion(MIN_HEAP_GROWTH)
-        self._running: dict[Any, tuple[str, float, int | None, int, int | None]] = {}
+        self._running: dict[Any, tuple[str, float, int | None, int, int | None, bool]] = {}
         self.tasks_done = 0
         self.last_rss: int | None = None
         self.last_blocks: int | None = None
@@ -86,31 +96,34 @@ class Watch:
         self.sampled_rss: int | None = None
         self._samples_taken = 0
         self.hook_seconds = 0.0
-        # Heap blocks are read on one task in blocks_every (see note_blocks_cost).
-        self.blocks_every = 1
-        self._blocks_cost = 0.0
+        # Memory is read on one task in about read_every (see note_read_cost);
+        # the next read task is the one numbered _next_read.
+        self.read_every = 1
+        self._next_read = 0
+        self._read_cost = 0.0
+        self._random = Random(0x6B11)
         # Mean task duration (moving), what the heap reads' cost is weighed against.
         self.task_seconds = 0.0
 
     # ----------------------------------------------------------- task thread --
     def task_started(self, key: Any, name: str) -> None:
-        """Remember the task's start (its "before" is the previous task's "after")."""
-        if len(self._running) >= MAX_RUNNING:
-            self._running.pop(next(iter(self._running)))
-        # Memory is read once per task, at its end: what happens between
-        # tasks is Celery's own bookkeeping, the same for every task name.
-        every = self.blocks_every
-        if every == 1:
-            blocks0 = self.last_blocks
-        elif not (self.tasks_done + 1) % every:
-            # A sampled task reads the heap at both ends: its own delta is exact.
-            blocks0 = proc_sampler.heap_blocks()
+        """Remember the task's start; a read task sampled past the young phase reads memory now too."""
+        running = self._running
+        if len(running) >= MAX_RUNNING:
+            running.pop(next(iter(running)))
+        if self.read_every == 1:
+            # Memory is read once per task, at its end: what happens between
+            # tasks is Celery's own bookkeeping, the same for every task name.
+            running[key] = (name, self._clock(), self.last_rss, proc_sampler.GC_RUNS[0], self.last_blocks, True)
+        elif self.tasks_done + 1 >= self._next_read:  # this task is the one numbered _next_read
+            running[key] = (name, self._clock(), self._rss.read(), proc_sampler.GC_RUNS[0],
+                            proc_sampler.heap_blocks(), True)
         else:
-            blocks0 = None
-        self._running[key] = (name, self._clock(), self.last_rss, proc_sampler.GC_RUNS[0], blocks0)
+            # Most tasks of an old process: the name and the times only.
+            running[key] = (name, self._clock(), None, proc_sampler.GC_RUNS[0], None, False)
 
     def task_finished(self, key: Any, failed: bool = False) -> TaskReading | None:
-        """Read memory after the task, keep its row and feed the suspicion rings."""
+        """Read memory after a read task, keep every task's row and feed the suspicion rings."""
         started = self._running.pop(key, None)
         if started is None:
             return None
@@ -118,28 +131,36 @@ class Watch:
         # would be counted HOOK_TIMING_EVERY times over.
         timed = self.tasks_done % HOOK_TIMING_EVERY == HOOK_TIMING_EVERY - 1
         t_hook = time.thread_time() if timed else 0.0
-        name, t0, rss0, gc0, blocks0 = started
+        name, t0, rss0, gc0, blocks0, read = started
         self.tasks_done += 1
-        sampled = self.blocks_every == 1 or blocks0 is not None
-        blocks1 = proc_sampler.heap_blocks() if sampled else None
-        rss1 = self._rss.read()
+        done = self.tasks_done
+        blocks1: int | None = None
+        rss1: int | None = None
+        if read:
+            blocks1 = proc_sampler.heap_blocks()
+            rss1 = self._rss.read()
+            self.last_blocks, self.last_rss = blocks1, rss1
+            if self._paused():
+                self.rss_suspicion.gap()
+                self.heap_suspicion.gap()
+            else:
+                self.rss_suspicion.add(rss1, done)
+                self.heap_suspicion.add(blocks1, done)
+            every = self.read_every
+            if every > 1:
+                # Gaps of 1 .. 2N-1 tasks: N on average, never in step with the host's order.
+                self._next_read = done + self._random.randrange(1, 2 * every)
         now = self._clock()
-        self.last_blocks, self.last_rss = blocks1, rss1
-        if self.tasks_done <= FULL_TASKS or not (self.tasks_done // TASK_BURST) % TASK_DUTY:
-            self._outbox.add_task((self.tasks_done, name, t0, now, rss0, rss1, blocks0, blocks1, int(failed),
+        if done <= FULL_TASKS or not (done // TASK_BURST) % TASK_DUTY:
+            self._outbox.add_task((done, name, t0, now, rss0, rss1, blocks0, blocks1, int(failed),
                                    proc_sampler.GC_RUNS[0] - gc0))
-        if self._paused():
-            self.rss_suspicion.gap()
-            self.heap_suspicion.gap()
-        else:
-            self.rss_suspicion.add(rss1)
-            if blocks1 is not None:
-                self.heap_suspicion.add(blocks1)
         if timed:
-            # Estimated from one timed end hook in HOOK_TIMING_EVERY (the
-            # start hook reads nothing: its cost is noise beside this one).
-            self.hook_seconds += (time.thread_time() - t_hook) * HOOK_TIMING_EVERY
-        seconds = max(0.0, now - t0)
+            # Estimated from one timed end hook in HOOK_TIMING_EVERY; past
+            # the young phase a read task's start hook read memory as well,
+            # as much as this one (else the start hook's cost is noise).
+            both_ends = 2 if read and self.read_every > 1 else 1
+            self.hook_seconds += (time.thread_time() - t_hook) * HOOK_TIMING_EVERY * both_ends
+        seconds = now - t0 if now > t0 else 0.0
         self.task_seconds += (seconds - self.task_seconds) * (0.01 if self.task_seconds else 1.0)
         return TaskReading(name, seconds, rss1, blocks1,
                            None if blocks0 is None or blocks1 is None else blocks1 - blocks0)
@@ -159,7 +180,8 @@ class Watch:
         # count the time the OS ran something else as the read's cost.
         t = time.thread_time()
         self.last_heap_blocks = proc_sampler.heap_blocks()
-        self.note_blocks_cost(time.thread_time() - t)
+        self._rss.read()
+        self.note_read_cost(time.thread_time() - t)
         self._outbox.add_sample(
             (self._clock(), rss, uss, pss, self.last_heap_blocks, g0, g1, g2, collections, collected,
              self.last_fds, proc_sampler.thread_count(), self.tasks_done, malloc_used, malloc_free)
@@ -169,33 +191,33 @@ class Watch:
             self.rss_suspicion.add(rss)
         self.sampled_rss = rss
 
-    def note_blocks_cost(self, cost: float) -> None:
-        """Read heap blocks on every task while that is cheap; on one task in N when the heap is big.
+    def note_read_cost(self, cost: float) -> None:
+        """Read memory on every task while that is cheap; on one task in about N when it is not.
 
-        ``sys.getallocatedblocks()`` visits every pymalloc pool: ~3 µs per
-        100,000 blocks (~10-15 µs for a usual Celery child, 120 µs for one
-        holding a million objects), the largest per-task cost bilge has
-        (and it evicts the task's cache lines). Sampled tasks read the heap
-        at both ends, so their
-        own deltas stay exact for the attribution. Past the first
-        FULL_BLOCKS_TASKS tasks the cost is weighed against the mean
-        task's duration: at most ``BLOCKS_SHARE`` of it.
+        A read is ``sys.getallocatedblocks()``, which visits every pymalloc
+        pool (~3 µs per 100,000 blocks: ~10-15 µs for a usual Celery child,
+        120 µs for one holding a million objects, and it evicts the task's
+        cache lines), and one RSS read (a system call). Past the first
+        FULL_READ_TASKS tasks the cost is weighed against the mean task's
+        duration: at most ``READ_SHARE`` of it on average.
         """
-        self._blocks_cost += 0.2 * (cost - self._blocks_cost)
-        if self.task_seconds <= 0:
-            return  # no task has run yet: nothing to weigh the cost against
-        if self.tasks_done < FULL_BLOCKS_TASKS:
-            # A young process reads the heap on every task: its first
-            # thousands of tasks are where a leak is confirmed and
-            # attributed, per call (sampled reads there cost the zoo's
-            # benign cases false alarms and its leaks their task).
-            self.blocks_every = 1
+        self._read_cost += 0.2 * (cost - self._read_cost)
+        if self.task_seconds <= 0 or self.tasks_done < FULL_READ_TASKS:
+            # No task has run yet (nothing to weigh the cost against), or a
+            # young process: its first thousands of tasks are where a leak
+            # is confirmed and attributed, per call (sampled reads there
+            # cost the zoo's benign cases false alarms and its leaks their task).
+            self.read_every = 1
             return
-        allowed = BLOCKS_SHARE * self.task_seconds
-        if self._blocks_cost <= allowed:
-            self.blocks_every = 1
+        allowed = READ_SHARE * self.task_seconds
+        if self._read_cost <= allowed:
+            self.read_every = 1
         else:
-            self.blocks_every = min(MAX_BLOCKS_EVERY, max(2, math.ceil(2 * self._blocks_cost / allowed)))
+            # A read task reads at both ends.
+            every = min(MAX_READ_EVERY, max(2, math.ceil(2 * self._read_cost / allowed)))
+            if self.read_every == 1:
+                self._next_read = self.tasks_done + self._random.randrange(1, 2 * every)
+            self.read_every = every
 
     def close(self) -> None:
         """Release the /proc handle."""

@@ -130,16 +130,25 @@ def _design(spans: Iterable[Span], names: list[str]) -> Design:
 def _windows(per_process: Sequence[Sequence[TaskRecord]], names: list[str], window: int) -> Design:
     def spans() -> Iterator[Span]:
         for tasks in per_process:
-            # RSS is read after every task; heap blocks, on a big heap, only
-            # after some (their windows' blocks growth is unknown: NaN).
-            usable = [t for t in tasks if t.rss_after is not None]
-            for start in range(1, len(usable) - window + 1, window):
-                chunk = usable[start:start + window]
-                before, after = usable[start - 1], chunk[-1]
-                if after.seq - before.seq != window:
-                    continue  # spans a gap (long runs record tasks in bursts)
-                yield (chunk, before.rss_after, after.rss_after, before.blocks_after,  # type: ignore[misc]
-                       after.blocks_after)
+            # Spans of at least ``window`` consecutive tasks between two read
+            # tasks: a young process's memory is read after every task, an
+            # old one's after one task in N (heap blocks after some only on
+            # older records: their growth is unknown, NaN). Every task is
+            # recorded, read or not, so each span's counts are whole.
+            before: TaskRecord | None = None
+            for i, t in enumerate(tasks):
+                if t.rss_after is None:
+                    continue
+                if before is None:
+                    before, start = t, i
+                    continue
+                if t.seq - before.seq < window:
+                    continue
+                chunk = tasks[start + 1:i + 1]
+                if len(chunk) == t.seq - before.seq:  # else it spans a gap (long runs record tasks in bursts)
+                    yield (chunk, before.rss_after, t.rss_after, before.blocks_after,  # type: ignore[misc]
+                           t.blocks_after)
+                before, start = t, i
 
     return _design(spans(), names)
 

@@ -18,6 +18,54 @@ from typing import Any
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
+# Forks of this process so far, counted in the child: a reader opened before
+# the last fork reopens, for the price of a list index (os.getpid() is a
+# system call on every read since glibc stopped caching it).
+_FORKS = [0]
+
+
+def _count_fork() -> None:
+    _FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
+
+
+def os_pread(fd: int) -> bytes:
+    return os.pread(fd, 128, 0)
+
+
+def gil_held_pread() -> Any:
+    """``pread(fd, 128 bytes, 0)`` that keeps the GIL (libc through ctypes.PyDLL), else ``os.pread``.
+
+    ``os.pread`` releases the GIL for its system call. Read in the host's
+    task thread, that handed the GIL to the agent's own thread whenever it
+    was waiting, and the task thread then waited for it; read in the agent's
+    thread while the host's thread is busy, every release costs the agent a
+    switch interval (5 ms) to get it back. Reading a few bytes of statm
+    takes microseconds: holding the GIL through it costs nobody anything.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.PyDLL(None, use_errno=True)
+        fn = libc.pread
+        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
+        fn.restype = ctypes.c_ssize_t
+        buf = ctypes.create_string_buffer(128)
+        address = ctypes.addressof(buf)
+    except (OSError, AttributeError, ImportError):
+        return os_pread
+
+    def pread(fd: int) -> bytes:
+        n = fn(fd, address, 128, 0)
+        if n < 0:
+            raise OSError(ctypes.get_errno(), "pread of statm failed")
+        return buf.raw[:n]
+
+    return pread
+
 
 class RssReader:
     """Reads this process's current RSS in bytes, cheaply.
@@ -28,28 +76,31 @@ class RssReader:
 
     def __init__(self, proc_root: str = "/proc") -> None:
         self._path = os.path.join(proc_root, "self", "statm")
+        self._pread = gil_held_pread()
         self._fd = -1
         self._pid = -1
+        self._forks = -1
 
     def _open(self) -> None:
         self.close()
         self._fd = os.open(self._path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self._pid = os.getpid()
+        self._forks = _FORKS[0]
 
     def read(self) -> int | None:
         """Current resident set size in bytes, or None if unreadable."""
         try:
             # /proc/self resolves at open time, so a descriptor inherited
             # across fork would report the parent: reopen in a new process.
-            if self._fd < 0 or self._pid != os.getpid():
+            if self._forks != _FORKS[0] or self._fd < 0:
                 self._open()
             try:
-                data = os.pread(self._fd, 128, 0)
+                data = self._pread(self._fd)
             except OSError:
                 # The descriptor was closed (or reused) behind our back, e.g.
                 # by a daemonizing library that closes all fds: reopen once.
                 self._open()
-                data = os.pread(self._fd, 128, 0)
+                data = self._pread(self._fd)
             return int(data.split()[1]) * PAGE_SIZE
         except (OSError, ValueError, IndexError):
             return None
@@ -244,7 +295,9 @@ class MallocStats:
                     "fordblks", "keepcost")]
 
             libc = ctypes.CDLL(None)
-            fn = libc.mallinfo2
+            # mallinfo2 takes microseconds: called with the GIL held (PyDLL),
+            # so reading it is not a switch point for the host's threads.
+            fn = ctypes.PyDLL(None).mallinfo2
             fn.restype = _Mallinfo2
             fn.argtypes = []
             self._fn = fn

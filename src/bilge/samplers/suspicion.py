@@ -15,8 +15,9 @@ from collections import deque
 
 from bilge import trendtest
 
-# One reading per task is kept, decimated to at most RING readings by
-# keeping every 2nd, 4th, … as the process ages.
+# One reading per read task (every task while a process is young, then one
+# in N) is kept, decimated to at most RING readings by keeping every 2nd,
+# 4th, … as the process ages.
 RING = 600
 BLOCKS = 20
 # Task readings (one per task) before the process can be suspect at all.
@@ -36,6 +37,9 @@ class Suspicion:
     def __init__(self, min_growth: float = MIN_GROWTH) -> None:
         self._min_growth = min_growth
         self._ring: deque[float] = deque(maxlen=RING)
+        # Where each kept reading was taken (the task it followed): past a
+        # process's young phase only some tasks are read, at uneven gaps.
+        self._at: deque[float] = deque(maxlen=RING)
         self._seen = 0
         self._stride = 1
         # The agent asks several times per loop (window, fleet state,
@@ -56,8 +60,8 @@ class Suspicion:
         """
         self._rebase = True
 
-    def add(self, value: float | None) -> None:
-        """Record one reading (None is ignored)."""
+    def add(self, value: float | None, at: float | None = None) -> None:
+        """Record one reading (None is ignored), taken after task ``at`` (default: the next reading's number)."""
         if value is None:
             return
         if self._rebase and self._last is not None:
@@ -68,21 +72,25 @@ class Suspicion:
         if self._seen % self._stride:
             return
         self._ring.append(value)
+        self._at.append(self._seen if at is None else at)
         if len(self._ring) == RING and self._seen >= RING * self._stride * 2:
             # Halve the resolution so the ring spans the whole life again.
             self._stride *= 2
-            kept = list(self._ring)[::2]
-            self._ring.clear()
-            self._ring.extend(kept)
+            for ring in (self._ring, self._at):
+                kept = list(ring)[::2]
+                ring.clear()
+                ring.extend(kept)
 
     def growth_per_reading(self) -> float:
         """Bytes per reading (per task, for task readings) over the recent half, from block medians; 0 if unknown."""
         if len(self._ring) < MIN_TASK_READINGS:
             return 0.0
-        values = list(self._ring)[len(self._ring) // 2:]
+        half = len(self._ring) // 2
+        values, at = list(self._ring)[half:], list(self._at)[half:]
         size = max(1, len(values) // BLOCKS)
         first, last = sorted(values[:size])[size // 2], sorted(values[-size:])[size // 2]
-        return (last - first) / max(1, (len(values) - size) * self._stride)
+        # Between the middles of the first and the last block.
+        return (last - first) / max(1.0, at[-size + size // 2] - at[size // 2])
 
     def level(self) -> float | None:
         """The median of the most recent block of readings (re-based across gaps); None before any."""

@@ -115,14 +115,14 @@ class StoreWriter:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if samples:
-                conn.executemany(
+                _insert(conn,
                     "INSERT INTO samples (process_id, t, rss, uss, pss, heap_blocks, gc_gen0, gc_gen1, gc_gen2, "
                     "gc_collections, gc_collected, fds, threads, tasks_done, malloc_used, malloc_free, gc_garbage, "
                     "gc_enabled, gc_frozen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(process_id,) + row for row in samples],
                 )
             if tasks:
-                conn.executemany(
+                _insert(conn,
                     "INSERT INTO tasks (process_id, seq, name, started, ended, rss_before, rss_after, "
                     "blocks_before, blocks_after, failed, gc_runs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(process_id,) + row for row in tasks],
@@ -133,7 +133,7 @@ class StoreWriter:
                     (process_id, t, tasks_done, objects, duration),
                 )
                 census_id = conn.lastrowid
-                conn.executemany(
+                _insert(conn,
                     "INSERT INTO census_types (census_id, type, count, bytes) VALUES (?, ?, ?, ?)",
                     [(census_id,) + row for row in types],
                 )
@@ -143,7 +143,7 @@ class StoreWriter:
                 # Column names come from the agent's own fixed set, never from input.
                 conn.execute("UPDATE processes SET %s = ? WHERE id = ?" % column, (value, process_id))
             if errors:
-                conn.executemany(
+                _insert(conn,
                     "INSERT INTO agent_errors (process_id, t, source, message) VALUES (?, ?, ?, ?)",
                     [(process_id,) + row for row in errors],
                 )
@@ -155,25 +155,25 @@ class StoreWriter:
                      window.tracer),
                 )
                 window_id = conn.lastrowid
-                conn.executemany(
+                _insert(conn,
                     "INSERT INTO sites (window_id, rank, file, line, size, count, owner, traceback) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(window_id, rank, s.file, s.line, s.size, s.count, s.owner, "\n".join(s.traceback))
                      for rank, s in enumerate(window.sites)],
                 )
-                conn.executemany(
+                _insert(conn,
                     "INSERT INTO type_sites (window_id, type, file, line, count, sampled, owner) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [(window_id, t.type, t.file, t.line, t.count, t.sampled, t.owner) for t in window.type_sites],
                 )
             if holders:
-                conn.executemany(
+                _insert(conn,
                     "INSERT INTO holders (process_id, t, started, type, path, root_kind, container_type, "
                     "container_len, targets, sample_values) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(process_id,) + row for row in holders],
                 )
             if fd_targets:
-                conn.executemany(
+                _insert(conn,
                     "INSERT INTO fd_targets (process_id, t, tasks_done, target, count) VALUES (?, ?, ?, ?, ?)",
                     [(process_id, t, done, target, count) for t, done, targets in fd_targets
                      for target, count in targets],
@@ -219,13 +219,13 @@ def _write_cost(conn: sqlite3.Cursor, process_id: int, stage_costs: Sequence[Sta
     to it: a flush that is retried or repeated can never count a cost twice.
     """
     if stage_costs:
-        conn.executemany(
+        _insert(conn,
             "INSERT OR REPLACE INTO stage_costs (process_id, stage, cpu_seconds, slowed_seconds, runs) "
             "VALUES (?, ?, ?, ?, ?)",
             [(process_id, c.stage, c.cpu_seconds, c.slowed_seconds, c.runs) for c in stage_costs],
         )
     if stage_runs:
-        conn.executemany(
+        _insert(conn,
             "INSERT INTO stage_runs (process_id, stage, reason, started, ended, cpu_seconds, slowed_seconds, "
             "outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(process_id, r.stage, r.reason, r.started, r.ended, r.cpu_seconds, r.slowed_seconds, r.outcome)
@@ -243,6 +243,47 @@ def _write_cost(conn: sqlite3.Cursor, process_id: int, stage_costs: Sequence[Sta
 # Statements use parameters only, never formatted ids: each distinct SQL
 # string would add an entry to the connection's statement cache, and the
 # census would then see the agent's own objects grow.
+
+# Rows per multi-row INSERT, at most: powers of two down to 1, so a table
+# needs at most ~10 distinct statements (the connection caches 128).
+MAX_ROWS_PER_INSERT = 512
+# SQLite's bound-parameter limit before 3.32 (999); newer builds say theirs.
+_DEFAULT_MAX_VARIABLES = 999
+
+
+def _insert(conn: sqlite3.Cursor, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``executemany`` as a few multi-row INSERTs: one GIL release per statement, not per row.
+
+    sqlite3 releases the GIL around every ``sqlite3_step``, and ``executemany``
+    steps once per row. In a worker whose task thread keeps the GIL busy,
+    the agent's thread then waits a switch interval (5 ms) to get it back
+    after every row: 3000 task rows took 16 s of wall time and 40x their
+    CPU, and forced thousands of switches on the host's thread. ``sql`` is
+    an ``INSERT ... VALUES (?, ...)`` with one row's placeholders.
+    """
+    if not rows:
+        return
+    head, _, one = sql.rpartition("VALUES")
+    one = one.strip()
+    width = len(rows[0])
+    limit = _max_variables(conn) // max(1, width)
+    most = max(1, min(MAX_ROWS_PER_INSERT, limit))
+    i = 0
+    while i < len(rows):
+        n = 1 << (min(most, len(rows) - i).bit_length() - 1)
+        chunk = rows[i:i + n]
+        conn.execute(head + "VALUES " + ", ".join([one] * n), [v for row in chunk for v in row])
+        i += n
+
+
+def _max_variables(conn: sqlite3.Cursor) -> int:
+    getlimit = getattr(conn.connection, "getlimit", None)  # Python 3.11+
+    if getlimit is None:
+        return _DEFAULT_MAX_VARIABLES
+    try:
+        return int(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    except (sqlite3.Error, AttributeError):
+        return _DEFAULT_MAX_VARIABLES
 
 # Connections inherited across fork are parked here so their finalizer never
 # runs in the child; at most one per fork generation, so this stays tiny.

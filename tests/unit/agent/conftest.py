@@ -15,7 +15,7 @@ class SuspectAfter:
     def __init__(self, agent: Agent, tasks: int, per_task: float = 0.0) -> None:
         self.agent, self.tasks, self.per_task = agent, tasks, per_task
 
-    def add(self, value: float | None) -> None:
+    def add(self, value: float | None, at: float | None = None) -> None:
         pass
 
     def gap(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bilge.agent.census_stage import MIN_TYPE_GROWTH, Counts
 from bilge.agent.outbox import Outbox
-from bilge.agent.watch import FULL_BLOCKS_TASKS, FdScan, Watch
+from bilge.agent.watch import FULL_READ_TASKS, MAX_READ_EVERY, FdScan, Watch
 
 
 class FakeClock:
@@ -38,7 +38,7 @@ def test_readings_taken_while_the_agent_works_are_gaps_in_the_suspicion() -> Non
     busy = [False]
     watch = Watch(outbox, paused=lambda: busy[0])
     added, gaps = [], []
-    watch.rss_suspicion.add = added.append  # type: ignore[method-assign]
+    watch.rss_suspicion.add = lambda value, at=None: added.append(value)  # type: ignore[method-assign]
     watch.rss_suspicion.gap = lambda: gaps.append(1)  # type: ignore[method-assign]
     for i, working in enumerate((False, True, False)):
         busy[0] = working
@@ -98,34 +98,47 @@ def test_the_fd_scan_runs_when_the_descriptor_count_moved_and_its_interval_passe
     assert scan.due()
 
 
-def test_on_a_big_heap_one_task_in_n_reads_the_heap_at_both_ends() -> None:
-    """With blocks read on one task in 4, those tasks carry exact before/after blocks; the others carry none."""
+def _old_process(watch: Watch, read_cost: float, task_seconds: float = 1e-3) -> None:
+    watch.tasks_done = FULL_READ_TASKS
+    watch.task_seconds = task_seconds
+    for _ in range(30):
+        watch.note_read_cost(read_cost)
+
+
+def test_past_the_young_phase_one_task_in_about_n_reads_memory_at_both_ends() -> None:
+    """Read tasks carry exact before/after RSS and blocks; the others only their name and times; all are rows."""
     outbox = Outbox()
     watch = Watch(outbox)
-    heap: list[float] = []
-    watch.heap_suspicion.add = heap.append  # type: ignore[method-assign,assignment]
-    watch.blocks_every = 4
-    for i in range(12):
+    heap: list[tuple[float, float]] = []
+    watch.heap_suspicion.add = lambda value, at=None: heap.append((value, at))  # type: ignore[method-assign]
+    _old_process(watch, 5e-6)  # 2 x 5 µs against 0.25 % of 1 ms: one task in 4
+    assert watch.read_every == 4
+    for i in range(4000):
         watch.task_started(i, "shop.a")
         watch.task_finished(i)
-    with_blocks = [row[0] for row in outbox.tasks if row[6] is not None and row[7] is not None]
-    assert with_blocks == [4, 8, 12]
-    assert all(row[6] is None and row[7] is None for row in outbox.tasks if row[0] not in with_blocks)
-    assert len(heap) == 3
+    rows = list(outbox.tasks)
+    assert [row[0] for row in rows] == list(range(FULL_READ_TASKS + 1, FULL_READ_TASKS + 4001))
+    read = [row[0] for row in rows if None not in (row[4], row[5], row[6], row[7])]
+    assert all(row[4:8] == (None, None, None, None) for row in rows if row[0] not in set(read))
+    assert 850 < len(read) < 1150  # one in 4, at random gaps
+    gaps = {b - a for a, b in zip(read, read[1:])}
+    assert min(gaps) == 1 and max(gaps) == 7  # 1 .. 2N-1: never in step with a repeating order
+    assert [at for _, at in heap] == read  # the ring knows which task each reading followed
 
 
-def test_the_heap_is_read_on_every_task_while_young_then_weighed_against_the_task() -> None:
-    """The first FULL_BLOCKS_TASKS tasks read it on every task whatever it costs; after, the sample's timing of
-    sys.getallocatedblocks() against the mean task's duration (0.25 % of it) sets how often tasks read it."""
+def test_memory_is_read_on_every_task_while_young_then_weighed_against_the_task() -> None:
+    """The first FULL_READ_TASKS tasks are read whatever it costs; after, the sample's timing of a read
+    (heap blocks and RSS) against the mean task's duration (0.25 % of it) sets how often tasks are read."""
     watch = Watch(Outbox())
     watch.task_seconds = 5e-3
     for _ in range(30):
-        watch.note_blocks_cost(200e-6)
-    assert watch.blocks_every == 1  # young
-    watch.tasks_done = FULL_BLOCKS_TASKS
+        watch.note_read_cost(200e-6)
+    assert watch.read_every == 1  # young
+    _old_process(watch, 10e-6, 5e-3)
+    assert watch.read_every == 1  # 10 µs is 0.2 % of 5 ms
     for _ in range(30):
-        watch.note_blocks_cost(10e-6)
-    assert watch.blocks_every == 1  # 10 µs is 0.2 % of 5 ms
+        watch.note_read_cost(40e-6)
+    assert watch.read_every == 7  # 2 x 40 / 12.5 µs
     for _ in range(30):
-        watch.note_blocks_cost(40e-6)
-    assert watch.blocks_every == 7  # 2 x 40 / 12.5 µs
+        watch.note_read_cost(1e-3)
+    assert watch.read_every == MAX_READ_EVERY

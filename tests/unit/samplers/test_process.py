@@ -198,3 +198,24 @@ def test_fd_target_folds_ids_in_file_names() -> None:
     assert process._fd_target("/spool/order-123-4d5e.csv") == "/spool/order-N-N.csv"
     assert process._fd_target("/var/log/app.log") == "/var/log/app.log"
     assert process._fd_target("anon_inode:[eventpoll]") == "anon_inode:eventpoll"
+
+
+
+def test_statm_is_read_through_a_pread_that_keeps_the_gil(tmp_path: Path) -> None:
+    """On glibc the read goes through libc's pread with the GIL held (ctypes.PyDLL), and reads what os.pread reads.
+
+    A GIL release in the task hook handed the GIL to a waiting agent thread
+    (the task thread then waited); one in the agent thread cost it a 5 ms
+    switch interval whenever the host's thread was busy.
+    """
+    pread = process.gil_held_pread()
+    assert pread is not process.os_pread
+    path = tmp_path / "statm"
+    path.write_bytes(b"1000 250 30 1 0 200 0\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert pread(fd) == process.os_pread(fd) == b"1000 250 30 1 0 200 0\n"
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        pread(fd)  # closed: the reader reopens on this

@@ -22,7 +22,7 @@ from bilge.model import (
     StageRun,
 )
 from bilge.store.sqlite import load_run
-from bilge.store.writer import StoreWriter
+from bilge.store.writer import MAX_ROWS_PER_INSERT, StoreWriter, _insert
 
 FORK = multiprocessing.get_context("fork")
 
@@ -222,3 +222,29 @@ def test_a_failed_flush_stores_none_of_its_cost(store: tuple[str, int]) -> None:
         writer.close()
     (proc,) = load_run(data_dir).processes
     assert proc.cost == AgentCost()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 511, 512, 513, 3000])
+def test_rows_go_in_as_few_multi_row_inserts_and_all_arrive_in_order(rows: int) -> None:
+    """The multi-row INSERTs store exactly the rows executemany would, in order, in at most ~n/512 + 10 statements."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (a, b, c)")
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    data = [(i, "name-%d" % i, None if i % 3 else i * 0.5) for i in range(rows)]
+    _insert(conn.cursor(), "INSERT INTO t (a, b, c) VALUES (?, ?, ?)", data)
+    conn.set_trace_callback(None)
+    assert conn.execute("SELECT a, b, c FROM t ORDER BY rowid").fetchall() == data
+    assert len(statements) <= rows // MAX_ROWS_PER_INSERT + 10
+
+
+def test_a_low_parameter_limit_splits_the_inserts_below_it() -> None:
+    """An SQLite built with a small bound-parameter limit still takes every row (chunks stay under it)."""
+    conn = sqlite3.connect(":memory:")
+    if not hasattr(conn, "setlimit"):
+        pytest.skip("Python < 3.11 has no Connection.setlimit (the writer then assumes SQLite's old 999)")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 30)
+    conn.execute("CREATE TABLE t (a, b, c)")
+    data = [(i, i, i) for i in range(100)]
+    _insert(conn.cursor(), "INSERT INTO t (a, b, c) VALUES (?, ?, ?)", data)
+    assert conn.execute("SELECT a, b, c FROM t ORDER BY rowid").fetchall() == data
