@@ -52,6 +52,12 @@ MAX_FAILURES = 5
 FORK_WAIT = 1.0
 # Sample intervals stretch with the process's age (age/600 s, at most this).
 MAX_SAMPLE_INTERVAL = 10.0
+# Buffered rows are written at most this often (seconds), or sooner once
+# this many task rows wait: every transaction is a few GIL releases, and in
+# a busy worker each costs the agent's thread a switch interval and the
+# host's thread a forced switch.
+FLUSH_INTERVAL = 2.0
+FLUSH_ROWS = 5000
 
 
 class Agent:
@@ -86,6 +92,7 @@ class Agent:
         self._disabled: set[str] = set()
         self._fork_lock_held = False
         self._born = monotonic()
+        self._flushed = -FLUSH_INTERVAL - 1.0
         self._suspect_stored: int | None = None
         self._hook_seconds_stored = 0.0
         # Read on every task: plain attributes, not a walk through the config.
@@ -187,7 +194,15 @@ class Agent:
             self._guarded("recycle", lambda: self.recycler.consider(self.process_id, self.role))
         if self.config.explain:
             self._guarded("window", self.explain.tend)
-        self._metered(STAGE_FLUSH, "flush", self.flush)
+        now = self._monotonic()
+        if now - self._flushed >= FLUSH_INTERVAL or len(self.outbox.tasks) >= FLUSH_ROWS or self._flush_soon():
+            self._flushed = now
+            self._metered(STAGE_FLUSH, "flush", self.flush)
+
+    def _flush_soon(self) -> bool:
+        """Rows the other processes act on (windows, holders, recycles, role, facts) are written at once."""
+        outbox = self.outbox
+        return bool(outbox.windows or outbox.holders or outbox.role is not None or outbox.facts or outbox.errors)
 
     def register(self) -> None:
         role = self.role

@@ -142,3 +142,30 @@ def test_memory_is_read_on_every_task_while_young_then_weighed_against_the_task(
     for _ in range(30):
         watch.note_read_cost(1e-3)
     assert watch.read_every == MAX_READ_EVERY
+
+
+def test_the_agent_writes_rows_every_flush_interval_and_what_others_act_on_at_once() -> None:
+    """Task rows wait up to FLUSH_INTERVAL between transactions (each is a few GIL releases); a role does not."""
+    from bilge.agent import Agent, AgentConfig
+    from bilge.agent._runtime import FLUSH_INTERVAL
+    from bilge.store.memory import MemoryStore
+
+    clock = FakeClock()
+    store = MemoryStore()
+    agent = Agent(AgentConfig(data_dir="unused", run_id=1, explain=False), store=store, monotonic=clock)
+    agent.register()
+    agent.tick()
+    flushes = store.flushes
+    agent.task_started(1, "shop.a")
+    agent.task_finished(1)
+    clock.now += FLUSH_INTERVAL / 2
+    agent.tick()
+    assert store.flushes == flushes and not store.tasks  # buffered
+    agent.set_role("celery-child")
+    agent.tick()
+    assert store.flushes == flushes + 1 and store.roles == ["celery-child"] and len(store.tasks) == 1
+    agent.task_started(2, "shop.a")
+    agent.task_finished(2)
+    clock.now += FLUSH_INTERVAL
+    agent.tick()
+    assert len(store.tasks) == 2
