@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from random import Random
 from typing import Any, NamedTuple
@@ -100,7 +101,9 @@ class Watch:
         # the next read task is the one numbered _next_read.
         self.read_every = 1
         self._next_read = 0
-        self._read_cost = 0.0
+        # The latest timings of a read: their median is the cost (a thread
+        # switch in the middle of one would count the switch as the read's).
+        self._read_costs: deque[float] = deque(maxlen=5)
         self._random = Random(0x6B11)
         # Mean task duration (moving), what the heap reads' cost is weighed against.
         self.task_seconds = 0.0
@@ -201,7 +204,8 @@ class Watch:
         FULL_READ_TASKS tasks the cost is weighed against the mean task's
         duration: at most ``READ_SHARE`` of it on average.
         """
-        self._read_cost += 0.2 * (cost - self._read_cost)
+        self._read_costs.append(cost)
+        read_cost = sorted(self._read_costs)[len(self._read_costs) // 2]
         if self.task_seconds <= 0 or self.tasks_done < FULL_READ_TASKS:
             # No task has run yet (nothing to weigh the cost against), or a
             # young process: its first thousands of tasks are where a leak
@@ -210,11 +214,11 @@ class Watch:
             self.read_every = 1
             return
         allowed = READ_SHARE * self.task_seconds
-        if self._read_cost <= allowed:
+        if read_cost <= allowed:
             self.read_every = 1
         else:
             # A read task reads at both ends.
-            every = min(MAX_READ_EVERY, max(2, math.ceil(2 * self._read_cost / allowed)))
+            every = min(MAX_READ_EVERY, max(2, math.ceil(2 * read_cost / allowed)))
             if self.read_every == 1:
                 self._next_read = self.tasks_done + self._random.randrange(1, 2 * every)
             self.read_every = every

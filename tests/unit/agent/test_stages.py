@@ -139,6 +139,8 @@ def test_memory_is_read_on_every_task_while_young_then_weighed_against_the_task(
     for _ in range(30):
         watch.note_read_cost(40e-6)
     assert watch.read_every == 7  # 2 x 40 / 12.5 µs
+    watch.note_read_cost(5e-3)  # a thread switch inside one timing is not the read's cost
+    assert watch.read_every == 7
     for _ in range(30):
         watch.note_read_cost(1e-3)
     assert watch.read_every == MAX_READ_EVERY
