@@ -109,7 +109,7 @@ class AgentConfig:
         data_dir: the bilge data directory.
         run_id: the run this process belongs to.
         sample_interval: seconds between process samples.
-        census_budget: the share of one core the census may use (a token
+        census_budget: the share of the process's CPU time the census may use (a token
             bucket enforces it: the census is skipped when it would exceed it).
         census_min_interval: seconds; the census never runs more often.
         sizing_every: at most one census in this many also sizes objects;

@@ -1,8 +1,8 @@
 """Object counts by type: the scheduled census and what the explain stage learns from counts. Stdlib-only.
 
 The scheduled census is part of the always-on watch, kept to
-``census_budget`` of a core by its own token bucket (an exact count costs
-~0.1 s per million objects). Counts are remembered by :class:`Counts`, which
+``census_budget`` of the process's own CPU time by its own token bucket (an
+exact count costs ~0.1 s per million objects). Counts are remembered by :class:`Counts`, which
 the explain stage reads: a baseline taken right after warm-up starts, and
 the latest two counts, from which "types still growing" is computed.
 """
@@ -21,6 +21,12 @@ from bilge.samplers.budget import CpuBudget
 BASELINE_AFTER_TASKS = 20
 MIN_TYPE_GROWTH = 20
 MAX_GROWING_TYPES = 5
+# The census's tokens accrue with the process's own CPU time, plus this
+# share of wall time so that a mostly idle process is still counted now and
+# then. Against wall time alone, a child that gets a quarter of a core (a
+# busy machine, a CPU limit, a worker waiting for work) paid four times the
+# census's share of its own work.
+WALL_FLOOR = 0.02
 
 
 class Counts:
@@ -82,15 +88,17 @@ class CensusStage:
         outbox: where census rows go.
         counts: what the explain stage reads.
         tasks_done: the process's finished tasks so far.
-        share: the share of a core the census may use.
+        share: the share of the process's CPU time the census may use.
         min_interval: seconds; the census never runs more often.
         sizing_every: at most one census in this many also sizes objects.
         clock: monotonic seconds.
+        cpu_clock: the process's CPU seconds (all threads).
     """
 
     def __init__(self, outbox: Outbox, counts: Counts, tasks_done: Callable[[], int], share: float = 0.005,
                  min_interval: float = 1.0, sizing_every: int = 5,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 cpu_clock: Callable[[], float] = time.process_time) -> None:
         self._outbox = outbox
         self._counts = counts
         self._tasks_done = tasks_done
@@ -102,7 +110,7 @@ class CensusStage:
         # A small burst lets a fresh process take its first sizing census at
         # once (a 60k-object Celery child takes ~40 ms) without paying much
         # more than its share even over a run of a few seconds.
-        self._budget = CpuBudget(share, burst=0.08, clock=clock)
+        self._budget = CpuBudget(share, burst=0.08, clock=lambda: cpu_clock() + WALL_FLOOR * clock())
         self._cost = {True: 0.0, False: 0.0}
         self._since_sized = sizing_every  # the first census sizes
         self._next = clock() + min_interval

@@ -177,9 +177,10 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy) -> tuple[Trend, int | Non
     leaked object. The heap path is stricter (``HEAP_POLICY``) because it
     only ever turns a no-leak into a leak.
     """
-    x, y = trend.as_arrays([(t.seq, t.rss_after) for t in p.tasks])
+    # Evenly: past a process's young phase only some tasks are read.
+    x, y = trend.evenly(*trend.as_arrays([(t.seq, t.rss_after) for t in p.tasks]))
     result = trend.assess(x, y, policy, unit="task")
-    bx, by = trend.as_arrays([(t.seq, t.blocks_after) for t in p.tasks])
+    bx, by = trend.evenly(*trend.as_arrays([(t.seq, t.blocks_after) for t in p.tasks]))
     heap = trend.assess(bx, by, HEAP_POLICY, unit="task")
     heap_confirmed = _as_task_count(bx, trend.confirmed_after(bx, by, HEAP_POLICY)) if heap.verdict == LEAK else None
     if result.verdict == LEAK:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bilge.analysis import trend
 from bilge.analysis.stats import block_medians, mann_kendall, theil_sen
 from bilge.model import AllocationWindow, FdSnapshot, Sample, TaskRecord
 
@@ -101,8 +102,8 @@ def classify(
     else:
         block_points = [(s.t, s.heap_blocks) for s in samples]
         rss_points = [(s.t, s.rss) for s in samples]
-    block_growth, block_p, text = _growth(block_points)
-    rss_growth, _, _ = _growth(rss_points)
+    block_growth, block_p, text = _growth(block_points, per_task=bool(tasks))
+    rss_growth, _, _ = _growth(rss_points, per_task=bool(tasks))
     share = block_growth * BLOCK_BYTES / rss_growth if rss_growth > 0 else 1.0
     span = (block_points[-1][0] - block_points[0][0]) if tasks and block_points else 0.0
     per_task = block_growth / span if span > 0 else 0.0
@@ -178,12 +179,18 @@ def _outside_python(samples: Sequence[Sample], rss_growth: float, heap_text: str
                     "an allocator of its own" % used_text,)
 
 
-def _growth(points: Sequence[tuple[float, int | None]]) -> tuple[float, float, str]:
-    """(growth from first to last block median, trend p-value, description)."""
-    kept = [(x, y) for x, y in points if y is not None]
-    if len(kept) < MIN_KIND_READINGS:
+def _growth(points: Sequence[tuple[float, int | None]], per_task: bool = False) -> tuple[float, float, str]:
+    """(growth from first to last block median, trend p-value, description).
+
+    ``per_task``: points after tasks, spread evenly first (``trend.evenly``:
+    an old process's memory is read after one task in N).
+    """
+    xs, ys = trend.as_arrays(points)
+    if per_task:
+        xs, ys = trend.evenly(xs, ys)
+    if len(xs) < MIN_KIND_READINGS:
         return 0.0, 1.0, "had too few readings"
-    bx, by = block_medians([x for x, _ in kept], [y for _, y in kept], 60)
+    bx, by = block_medians(xs, ys, 60)
     _, p = mann_kendall(by)
     growth = float(by[-1] - by[0]) if theil_sen(bx, by) > 0 else 0.0
     return growth, p, "went from %d to %d (trend p=%.2g)" % (by[0], by[-1], p)

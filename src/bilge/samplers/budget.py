@@ -17,9 +17,10 @@ class CpuBudget:
     """Token bucket in CPU seconds.
 
     Args:
-        share: CPU seconds allowed per wall-clock second (0.01 = 1% of a core).
+        share: CPU seconds allowed per second of ``clock`` (wall time: 0.01 = 1% of a core).
         burst: the most tokens that can accrue (and the initial allowance).
-        clock: a monotonic wall clock (injectable for tests).
+        clock: what the tokens accrue with: a monotonic wall clock, or the
+            process's CPU time (injectable for tests).
     """
 
     def __init__(self, share: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:

@@ -171,3 +171,24 @@ def test_the_agent_writes_rows_every_flush_interval_and_what_others_act_on_at_on
     clock.now += FLUSH_INTERVAL
     agent.tick()
     assert len(store.tasks) == 2
+
+
+def test_the_census_budget_follows_the_process_cpu_time_not_the_wall_clock() -> None:
+    """Over the same 10 minutes a busy process is counted far more often than one that used little CPU."""
+    from bilge.agent.census_stage import CensusStage
+
+    def censuses(cpu_share_of_wall: float) -> int:
+        wall, cpu = FakeClock(0.0), FakeClock(0.0)
+        outbox = Outbox()
+        stage = CensusStage(outbox, Counts(), lambda: 100, share=0.005, min_interval=1.0, clock=wall, cpu_clock=cpu)
+        taken = 0
+        for _ in range(600):
+            wall.now += 1.0
+            cpu.now += cpu_share_of_wall
+            if stage.due():
+                stage.run()
+                taken += len(outbox.drain()["censuses"])
+        return taken
+
+    busy, idle = censuses(1.0), censuses(0.0)
+    assert busy > 3 * idle >= 3  # the wall-time floor still counts an idle process now and then

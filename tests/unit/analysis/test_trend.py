@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bilge.analysis import trend
-from bilge.analysis.trend import DEFAULT_POLICY, TrendPolicy, assess, confirmed_after
+from bilge.analysis.trend import DEFAULT_POLICY, TrendPolicy, assess, confirmed_after, evenly
 from bilge.model import INCONCLUSIVE, LEAK, NO_LEAK
 
 PAGE = 4096
@@ -183,3 +183,33 @@ def test_fitted_line_ignores_spikes() -> None:
     (x0, y0), (x1, y1) = line
     assert (y1 - y0) / (x1 - x0) == pytest.approx(1024.0, rel=0.01)
     assert y0 == pytest.approx(BASE + 1024.0 * x0, abs=64 * KIB)
+
+
+def _young_then_sparse(rng: np.random.Generator, creep: float, late_slope: float) -> tuple[list[float], list[float]]:
+    """Memory after every task for 3000 tasks (creeping ``creep`` bytes/task), then after one task in ~40 to 20,000."""
+    x = list(range(1, 3001))
+    x += sorted(int(v) for v in rng.choice(np.arange(3001, 20001), size=425, replace=False))
+    y = [50e6 + creep * min(t, 3000) + late_slope * max(0, t - 3000) + rng.normal(0, 20e3) for t in x]
+    return [float(t) for t in x], y
+
+
+def test_a_young_creep_read_densely_is_not_judged_as_the_whole_trend() -> None:
+    """3000 densely read tasks creeping up, then 17,000 flat ones read 1 in 40: no leak once spread evenly.
+
+    Counted by readings, the first 3000 tasks are 7/8 of the series and its
+    "second half" is mostly the creep: the raw series is not called flat.
+    """
+    x, y = _young_then_sparse(np.random.default_rng(3), creep=150.0, late_slope=0.0)
+    assert assess(x, y).verdict != NO_LEAK
+    ex, ey = evenly(x, y)
+    assert len(ex) < 1000 and ex[-1] == x[-1]
+    assert assess(ex, ey).verdict == NO_LEAK
+
+
+def test_a_leak_read_one_task_in_n_is_still_a_leak_and_an_even_series_is_unchanged() -> None:
+    """Growth that goes on through the sparse phase stays a leak; a series read after every task comes back as is."""
+    x, y = _young_then_sparse(np.random.default_rng(4), creep=0.0, late_slope=100.0)
+    assert assess(*evenly(x, y)).verdict == LEAK
+    even_x = [float(t) for t in range(1, 2001)]
+    even_y = [float(t) for t in range(2000)]
+    assert evenly(even_x, even_y) == (even_x, even_y)
