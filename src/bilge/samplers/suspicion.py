@@ -69,11 +69,16 @@ class Suspicion:
         self._rebase, self._last = False, value
         value -= self._offset
         self._seen += 1
-        if self._seen % self._stride:
+        # Decimated by where readings were taken, not by how many came: a
+        # process read after every task while young and after one task in N
+        # later keeps a ring that spans its life evenly in tasks (counted by
+        # readings, its young phase would fill the ring for ~100k tasks).
+        x = self._seen if at is None else at
+        if self._at and x < self._at[-1] + self._stride:
             return
         self._ring.append(value)
-        self._at.append(self._seen if at is None else at)
-        if len(self._ring) == RING and self._seen >= RING * self._stride * 2:
+        self._at.append(x)
+        if len(self._ring) == RING and x >= RING * self._stride * 2:
             # Halve the resolution so the ring spans the whole life again.
             self._stride *= 2
             for ring in (self._ring, self._at):

@@ -97,3 +97,26 @@ def test_growth_goes_on_across_a_gap():
         s.add(BASE + 2048 * i + 8 * 2**20)
     assert s.suspect()
     assert 1500 < s.growth_per_reading() < 2600
+
+
+
+def test_a_leak_that_starts_late_is_suspect_soon_though_the_process_is_read_one_task_in_40() -> None:
+    """Read after every task for 3000 tasks, then after one task in ~40; a leak from task 20,000: suspect soon.
+
+    The ring is decimated by task, not by reading: counted by readings, the
+    3000 young readings held most of it, and this leak was suspect only
+    after ~17,000 of its tasks (under 3,500 now).
+    """
+    import random
+
+    rng = random.Random(5)
+    s = Suspicion()
+    for task in range(1, 3001):
+        s.add(50e6 + rng.gauss(0, 30e3), task)
+    task, first = 3000, None
+    while task < 30000 and first is None:
+        task += rng.randrange(1, 80)
+        s.add(50e6 + 400.0 * max(0, task - 20000) + rng.gauss(0, 30e3), task)
+        if s.suspect():
+            first = task
+    assert first is not None and 20000 < first < 26000
