@@ -154,6 +154,9 @@ class Explain:
         self._reserved: deque[float] = deque(maxlen=64)
         self._native_slowed = 0.0
         self._native_started = 0.0
+        # The window opened on RSS growth with the heap flat: a native window
+        # is the likely answer, so episodes leave its share of the allowance.
+        self._native_first = False
         self.last_sites: list[tuple[str, int, int]] = []
         self.last_paths: list[tuple[str, str]] = []
 
@@ -272,11 +275,13 @@ class Explain:
                 # fragmentation), which neither tracemalloc nor the native
                 # window can name.
                 return None
+            self._native_first = True
             return ("RSS kept growing for %d tasks after the process first looked suspect (%+.0f KiB) while the "
                     "Python heap stayed flat" % (tasks - t0, (rss - rss0) / 1024))
         steady = self._steady_types()
         if not steady:
             return None
+        self._native_first = False
         return ("the Python heap kept growing for %d tasks after the process first looked suspect (%+.0f blocks) "
                 "and %s grew in every count since" % (tasks - t0, heap - heap0, ", ".join(steady[:3])))
 
@@ -341,6 +346,10 @@ class Explain:
         if not wanted or self.window.state != "idle":
             return
         left = self._budget.slowed_left()
+        if self._native_first:
+            # Episodes bought as deep as the allowance lets spent all of it
+            # and left nothing for the native window that follows them.
+            left -= self._native_cost()
         # The deepest tracebacks that still buy enough episodes; else as many
         # episodes as the shallowest buy.
         enough = min(wanted, PREFERRED_EPISODES)
@@ -421,11 +430,15 @@ class Explain:
         traced_per_task = sum(s.size for s in result.sites) / result.tasks
         if rss_per_task <= 0 or traced_per_task >= NATIVE_TRACED_SHARE * rss_per_task:
             return
-        usual = max((s.seconds for s in self._names.values()), default=0.005)
-        expected = self.native.window_tasks * usual * (NATIVE_SLOWDOWN - 1)
+        expected = self._native_cost()
         if self._budget.affords(expected, expected) and self.native.open():
             self._native_slowed = 0.0
             self._native_started = self._clock()
+
+    def _native_cost(self) -> float:
+        """The slowed time a native window is expected to add (its tasks run ~NATIVE_SLOWDOWN times slower)."""
+        usual = max((s.seconds for s in self._names.values()), default=0.005)
+        return self.native.window_tasks * usual * (NATIVE_SLOWDOWN - 1)
 
     def _tend_native(self) -> None:
         if not self.native.active:
