@@ -62,14 +62,15 @@ class _Window:
     holders: tuple[Holder, ...]  # the process's, without static tables (see _plausible_holders)
 
 
-def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY) -> Diagnosis:
+def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY, heap_policy: TrendPolicy = HEAP_POLICY) -> Diagnosis:
     """Diagnose a whole run.
 
     Args:
         run: everything the store holds about the run.
-        policy: thresholds of the per-process verdict.
+        policy: thresholds of the per-process verdict (on RSS, bytes).
+        heap_policy: thresholds of the same verdict on Python heap blocks.
     """
-    judged = [_judge(p, policy) for p in run.processes if p.samples or p.tasks]
+    judged = [_judge(p, policy, heap_policy) for p in run.processes if p.samples or p.tasks]
     leaking = [(d, w) for d, w in judged if d.verdict == LEAK]
     growth = attribution.task_growth([w.tasks for _, w in leaking]) if leaking else ()
     findings = _pooled_findings(leaking, growth)
@@ -97,13 +98,13 @@ def _overall(processes: Sequence[ProcessDiagnosis]) -> tuple[str, str]:
     return INCONCLUSIVE, "pid %d: %s" % (undecided.pid, undecided.reason)
 
 
-def _judge(raw: ProcessData, policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Window]:
+def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Window]:
     p = replace(raw, tasks=own_activity.without_activity(raw.tasks, own_activity.activity(raw)))
     samples = [s for s in p.samples if s.rss is not None]
     by_task = len(p.tasks) >= policy.min_points or not samples
     rss_slope: float | None = None
     if by_task:
-        result, confirmed, rss_slope = _task_verdict(p, policy)
+        result, confirmed, rss_slope = _task_verdict(p, policy, heap_policy)
         trend_start = p.tasks[min(result.window_start, len(p.tasks) - 1)].started if p.tasks else 0.0
         explain_start = p.tasks[len(p.tasks) // 4].started if p.tasks else 0.0
     else:
@@ -167,7 +168,7 @@ def _type_series(censuses: Sequence[Census], types: Sequence[TypeGrowth]) -> tup
     )
 
 
-def _task_verdict(p: ProcessData, policy: TrendPolicy) -> tuple[Trend, int | None, float]:
+def _task_verdict(p: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy) -> tuple[Trend, int | None, float]:
     """The verdict on RSS after each task, or on the Python heap when RSS has not followed yet.
 
     Returns (verdict, confirmed after tasks, RSS slope in bytes per task).
@@ -181,8 +182,8 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy) -> tuple[Trend, int | Non
     x, y = trend.evenly(*trend.as_arrays([(t.seq, t.rss_after) for t in p.tasks]))
     result = trend.assess(x, y, policy, unit="task")
     bx, by = trend.evenly(*trend.as_arrays([(t.seq, t.blocks_after) for t in p.tasks]))
-    heap = trend.assess(bx, by, HEAP_POLICY, unit="task")
-    heap_confirmed = _as_task_count(bx, trend.confirmed_after(bx, by, HEAP_POLICY)) if heap.verdict == LEAK else None
+    heap = trend.assess(bx, by, heap_policy, unit="task")
+    heap_confirmed = _as_task_count(bx, trend.confirmed_after(bx, by, heap_policy)) if heap.verdict == LEAK else None
     if result.verdict == LEAK:
         # Either series may confirm first: RSS stalls while a leak refills
         # memory freed earlier, heap blocks keep counting every object.
@@ -294,12 +295,22 @@ STATIC_SLACK = 100
 
 
 def _plausible_holders(p: ProcessData) -> tuple[Holder, ...]:
-    """The process's holders, without those that held more than the type's whole growth."""
+    """The process's holders, without those that held more than the type's whole growth.
+
+    A path seen holding more at a later search is kept whatever it held
+    before the first census: a constant table does not grow (and a leak
+    that began before the censuses, say in an earlier test of the same
+    process, has a holder that does).
+    """
     if not p.censuses:
         return p.holders
     first = p.censuses[0].types
+    growing = {(h.type, h.path) for h in _growing_holders([p.holders])}
     out = []
     for h in p.holders:
+        if (h.type, h.path) in growing:
+            out.append(h)
+            continue
         before = [c for c in p.censuses if c.t <= h.t]
         if before and h.type in before[-1].types:
             grown = before[-1].types[h.type][0] - first.get(h.type, (0, 0))[0]

@@ -35,7 +35,7 @@ OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # bilge's code that runs inside workers: its allocations are never a site.
 # The demo app (bilge/demo) stands for user code and is traced like it.
 OWN_PATTERNS = tuple(os.path.join(OWN_DIR, part) for part in (
-    "agent/*", "samplers/*", "store/*", "model.py", "__init__.py", "_bootstrap/*"))
+    "agent/*", "samplers/*", "store/*", "model.py", "__init__.py", "_bootstrap/*", "guard.py", "integrations/*"))
 DEMO_DIR = os.path.join(OWN_DIR, "demo")
 _IGNORED = (tracemalloc.__file__, "<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>",
             "<unknown>")
