@@ -5,7 +5,8 @@
     ├── StoreError          the database is unreadable, corrupt or foreign
     │   └── EmptyStoreError the database holds no recorded run
     ├── CommandError        the command given to ``bilge run`` cannot start
-    └── ServeError          the health/metrics address cannot be served
+    ├── ServeError          the health/metrics address cannot be served
+    └── GuardError          ``bilge guard`` cannot check the task as asked
 
 The CLI turns these into one-line messages and exit codes in exactly one
 place (``bilge.cli.main``); foreign exceptions are translated at the
@@ -49,3 +50,9 @@ class ServeError(BilgeError):
     """The health and metrics endpoint cannot listen on the address asked for."""
 
     exit_code = 7
+
+
+class GuardError(BilgeError):
+    """``bilge guard`` cannot load the app, find the task, parse the arguments or run the calls."""
+
+    exit_code = 2

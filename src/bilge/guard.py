@@ -17,8 +17,9 @@ holder, allocation line, hint.
 2. **Judge**: the readings become the task records and samples of one
    process, judged by ``analysis.diagnose`` (RSS and heap-block trends after
    warm-up, with per-call thresholds instead of a worker's absolute ones).
-   An inconclusive verdict (growth still slowing) buys more calls, up to
-   ``max_calls``.
+   A leak verdict must survive twice the calls (a bounded cache still
+   filling at the end of the first calls levels off in the second half);
+   an inconclusive one (growth slowing) buys more calls, up to ``max_calls``.
 3. **Explain** (only a leak pays for it): censuses between calls name the
    growing types; holder searches name what keeps them; tracemalloc episodes
    (one call traced at a time) or, for native growth, glibc's in-use bytes
@@ -189,6 +190,8 @@ class _Check:
         self.fds: list[FdSnapshot] = []
         self.measured = 0
         self._rss = proc_sampler.RssReader()
+        self._offset = [0, 0, 0, 0]  # the check's own memory in later readings (blocks, rss, malloc used/free)
+        self._last_raw: tuple[int | None, ...] = (None, None, None, None)
         self._malloc = proc_sampler.MallocStats()
         self._t0 = time.time()
 
@@ -207,11 +210,16 @@ class _Check:
             self._read()
             self.fds.append(self._fd_snapshot())
             self._measure(self.policy.calls)
-            diagnosis = self._diagnose()
-            while (diagnosis.verdict == INCONCLUSIVE and self.measured < self.policy.max_calls
-                   and time.perf_counter() - t0 < self.policy.max_seconds):
-                self._measure(min(self.policy.max_calls - self.measured, max(self.policy.calls // 2, 1)))
-                diagnosis = self._diagnose()
+            diagnosis = self._judge()
+            confirming = diagnosis.verdict == LEAK
+            while (diagnosis.verdict == INCONCLUSIVE or confirming) and self._may_extend(t0):
+                # A leak must survive twice the calls: a bounded cache still
+                # filling when the first calls end levels off in the second
+                # half. An inconclusive verdict buys half as many again.
+                self._measure(min(self.policy.max_calls - self.measured,
+                                  self.policy.calls if confirming else max(self.policy.calls // 2, 1)))
+                confirming = False
+                diagnosis = self._judge()
             self.fds.append(self._fd_snapshot())
         finally:
             if frozen_by_us:
@@ -220,6 +228,9 @@ class _Check:
             self._explain(diagnosis)
             diagnosis = self._diagnose()
         return self._result(diagnosis, time.perf_counter() - t0)
+
+    def _may_extend(self, t0: float) -> bool:
+        return self.measured < self.policy.max_calls and time.perf_counter() - t0 < self.policy.max_seconds
 
     def _measure(self, calls: int) -> None:
         stride = self.policy.stride
@@ -235,13 +246,24 @@ class _Check:
                 self._read()
         self.measured = self.done
 
-    def _read(self) -> None:
-        """One reading after a collection (unless the code under test turned the collector off)."""
+    def _read(self, rebase: bool = False) -> None:
+        """One reading after a collection (unless the code under test turned the collector off).
+
+        ``rebase``: no call ran since the last reading, but the check did
+        something that leaves memory behind (a diagnosis imports, fills
+        caches): the difference is the check's own, and is taken out of
+        every later reading.
+        """
         if gc.isenabled():
             gc.collect()
-        blocks = proc_sampler.heap_blocks()
-        rss = self._rss.read()
-        malloc_used, malloc_free = self._malloc.read()
+        raw = (proc_sampler.heap_blocks(), self._rss.read(), *self._malloc.read())
+        if rebase:
+            self._offset = [o + (r - last if r is not None and last is not None else 0)
+                            for o, r, last in zip(self._offset, raw, self._last_raw)]
+            self._last_raw = raw
+            return
+        self._last_raw = raw
+        blocks, rss, malloc_used, malloc_free = (r - o if r is not None else None for r, o in zip(raw, self._offset))
         garbage, enabled, _ = proc_sampler.gc_state()
         self.readings.add((time.time(), self.done, blocks, rss, malloc_used, malloc_free, proc_sampler.count_fds(),
                            garbage, enabled, proc_sampler.gc_collections(), threading.active_count()))
@@ -351,6 +373,12 @@ class _Check:
         return ProcessData(info=info, samples=samples, tasks=tuple(tasks),
                            censuses=tuple(self.censuses), windows=tuple(self.windows),
                            holders=tuple(self.holders), fd_snapshots=tuple(self.fds))
+
+    def _judge(self) -> Diagnosis:
+        """A verdict between measuring phases; what the diagnosis leaves in memory is not the callable's."""
+        diagnosis = self._diagnose()
+        self._read(rebase=True)
+        return diagnosis
 
     def _diagnose(self) -> Diagnosis:
         run = RunInfo(id=1, started=self._t0, ended=time.time(), command="bilge guard %s" % self.name,

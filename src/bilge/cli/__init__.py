@@ -15,6 +15,7 @@ import click
 from bilge import __version__
 from bilge.cli.check import check
 from bilge.cli.demo import demo
+from bilge.cli.guard import guard
 from bilge.cli.report import report
 from bilge.cli.run import run
 from bilge.cli.systemd import systemd
@@ -32,6 +33,7 @@ cli.add_command(report)
 cli.add_command(demo)
 cli.add_command(check)
 cli.add_command(systemd)
+cli.add_command(guard)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

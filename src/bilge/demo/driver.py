@@ -1,4 +1,4 @@
-"""Drive the demo: start a worker under ``bilge run``, send tasks, stop, report."""
+"""Drive a worker under ``bilge run``: start it, send tasks, wait for them, stop it (the demo, ``bilge guard --worker``)."""
 
 from __future__ import annotations
 
@@ -68,16 +68,7 @@ def run_demo(
     workdir = workdir or tempfile.mkdtemp(prefix="bilge-demo-")
     data_dir = os.path.join(workdir, "data")
     broker_dir = os.path.join(workdir, "broker")
-    env = dict(os.environ, BILGE_DEMO_BROKER_DIR=broker_dir)
-    started = time.time()
     os.makedirs(workdir, exist_ok=True)
-    log = open(os.path.join(workdir, "worker.log"), "wb")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "bilge", "run", "--data-dir", data_dir, "--", sys.executable, "-m", "celery",
-         "-A", "bilge.demo.app", "worker", "-P", "prefork", "-c", "2", "--loglevel=WARNING",
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
     os.environ["BILGE_DEMO_BROKER_DIR"] = broker_dir
     from bilge.demo import app as demo_app
 
@@ -86,6 +77,42 @@ def run_demo(
     producer = demo_app.make_app(outbox=outbox)
     rng = random.Random(seed)
     names = [n for n, w in MIX for _ in range(w)]
+
+    def send(i: int) -> None:
+        name = rng.choice(names)
+        producer.send_task(name, args=_task_args(name, i, rng))
+
+    return drive_worker(["bilge.demo.app"], workdir, send, total, timeout=timeout, progress=progress,
+                        env=dict(os.environ), after_send=lambda: _deliver(outbox, queue))
+
+
+def drive_worker(
+    app_args: list[str], workdir: str, send: Callable[[int], None], total: int, timeout: float = 240.0,
+    progress: Callable[[int, int], None] | None = None, env: dict[str, str] | None = None,
+    after_send: Callable[[], None] | None = None, concurrency: int = 2,
+) -> DemoRun:
+    """Start a prefork worker under ``bilge run``, send ``total`` tasks, wait for them, stop it.
+
+    Args:
+        app_args: what follows ``celery -A`` (the app, and ``-b URL`` to override its broker).
+        workdir: the worker's log and bilge's data dir (``data``) go here.
+        send: sends the i-th task.
+        total: tasks to send.
+        timeout: give up waiting for the tasks after this many seconds.
+        progress: called with (done, total) while tasks run.
+        env: the worker's environment.
+        after_send: called after each batch of sends (the demo delivers its files).
+        concurrency: pool children.
+    """
+    data_dir = os.path.join(workdir, "data")
+    started = time.time()
+    log = open(os.path.join(workdir, "worker.log"), "wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bilge", "run", "--data-dir", data_dir, "--", sys.executable, "-m", "celery",
+         "-A", *app_args, "worker", "-P", "prefork", "-c", str(concurrency), "--loglevel=WARNING",
+         "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
     sent = done = 0
     try:
         deadline = time.time() + timeout
@@ -95,10 +122,10 @@ def run_demo(
             # Keep the queue short: the filesystem transport lists the whole
             # folder on every poll.
             while sent < total and sent - done < 400:
-                name = rng.choice(names)
-                producer.send_task(name, args=_task_args(name, sent, rng))
+                send(sent)
                 sent += 1
-            _deliver(outbox, queue)
+            if after_send:
+                after_send()
             time.sleep(0.25)
             done = tasks_done(data_dir) if os.path.exists(store.db_path(data_dir)) else 0
             if progress:

@@ -75,8 +75,7 @@ def _policy(config: pytest.Config, options: dict[str, Any]) -> GuardPolicy:
 
     unknown = sorted(set(options) - set(POLICY_OPTIONS))
     if unknown:
-        raise pytest.UsageError("no_leak: unknown option(s) %s; known: %s" % (", ".join(unknown),
-                                                                               ", ".join(POLICY_OPTIONS)))
+        raise ValueError("no_leak: unknown option(s) %s; known: %s" % (", ".join(unknown), ", ".join(POLICY_OPTIONS)))
     settings: dict[str, Any] = {"min_bytes_per_call": float(config.getini("bilge_min_bytes_per_call"))}
     settings.update(options)
     if "calls" in settings and "max_calls" not in settings:
@@ -84,7 +83,7 @@ def _policy(config: pytest.Config, options: dict[str, Any]) -> GuardPolicy:
     try:
         return GuardPolicy(**settings)
     except (TypeError, ValueError) as exc:
-        raise pytest.UsageError("no_leak: %s" % exc) from None
+        raise ValueError("no_leak: %s" % exc) from None
 
 
 @contextlib.contextmanager
@@ -133,12 +132,15 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Iterator[None]:
     if marker.args:
         options.setdefault("calls", marker.args[0])
     target = options.pop("target", None)
-    policy = _policy(config, options)
+    try:
+        policy = _policy(config, options)
+    except ValueError as exc:
+        pytest.fail(str(exc), pytrace=False)
     if target is None:
         testfunction = pyfuncitem.obj
         if _is_coroutine(testfunction):
-            raise pytest.UsageError("no_leak: %s is a coroutine function; check a synchronous callable with "
-                                    "target=… or bilge_leaks.check" % pyfuncitem.nodeid)
+            pytest.fail("no_leak: %s is a coroutine function; check a synchronous callable with target=… or "
+                        "bilge_leaks.check" % pyfuncitem.nodeid, pytrace=False)
         args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
 
         def fn() -> object:
@@ -146,7 +148,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Iterator[None]:
     elif callable(target):
         fn = target
     else:
-        raise pytest.UsageError("no_leak: target must be a callable taking no arguments (got %r)" % (target,))
+        pytest.fail("no_leak: target must be a callable taking no arguments (got %r)" % (target,), pytrace=False)
     result = _run_check(config, fn, pyfuncitem.nodeid, policy)
     if result.leaked:
         from bilge.guard import describe
