@@ -35,7 +35,11 @@ OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # bilge's code that runs inside workers: its allocations are never a site.
 # The demo app (bilge/demo) stands for user code and is traced like it.
 OWN_PATTERNS = tuple(os.path.join(OWN_DIR, part) for part in (
-    "agent/*", "samplers/*", "store/*", "model.py", "__init__.py", "_bootstrap/*", "guard.py", "integrations/*"))
+    "agent/*", "samplers/*", "store/*", "model.py", "__init__.py", "_bootstrap/*"))
+# bilge's code that calls the user's code in a check (``bilge.guard``, the
+# pytest plugin): on the stack of every traced allocation there, so never a
+# reason to drop a trace, but never the site that names one either.
+_DRIVER_PREFIXES = tuple(os.path.join(OWN_DIR, part) for part in ("guard.py", "integrations" + os.sep))
 DEMO_DIR = os.path.join(OWN_DIR, "demo")
 _IGNORED = (tracemalloc.__file__, "<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>",
             "<unknown>")
@@ -117,7 +121,7 @@ def _born_at(frames: Iterable[tuple[str, int]]) -> tuple[str, int] | None:
     """The innermost frame in the user's code, else the innermost that is not bilge's (most recent first)."""
     fallback = None
     for file, line in frames:
-        if file in _IGNORED or file.startswith(_OWN_PREFIXES):
+        if file in _IGNORED or file.startswith(_OWN_PREFIXES) or file.startswith(_DRIVER_PREFIXES):
             continue
         if owner_of(file) == "user":
             return file, line
@@ -183,7 +187,7 @@ def surviving_sites(first: tracemalloc.Snapshot, second: tracemalloc.Snapshot, l
 
 def innermost_user_frame(frames: list[tracemalloc.Frame]) -> tracemalloc.Frame | None:
     for frame in reversed(frames):
-        if owner_of(frame.filename) == "user":
+        if owner_of(frame.filename) == "user" and not frame.filename.startswith(_DRIVER_PREFIXES):
             return frame
     return None
 
