@@ -47,16 +47,18 @@ Call = tuple[list[Any], dict[str, Any]]
               help="Pool children for --worker.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="Seconds --worker waits for the calls to finish.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="For --worker: keep the worker's log and bilge's data dir here (default: a new temp dir).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def guard(app_name: str, task_name: str, args_json: str, kwargs_json: str, args_file: Any, calls: int,
           min_bytes_per_call: float, worker: bool, broker: str | None, concurrency: int, timeout: float,
-          fmt: str) -> int:
+          workdir: str | None, fmt: str) -> int:
     """Check one task for leaks; exit 1 when it leaks."""
     plan = _calls(args_json, kwargs_json, args_file)
     sys.path.insert(0, os.getcwd())  # `celery -A proj` finds proj in the working directory too
     app = _load_app(app_name)
     if worker:
-        return _on_worker(app, app_name, task_name, plan, calls, broker, concurrency, timeout, fmt)
+        return _on_worker(app, app_name, task_name, plan, calls, broker, concurrency, timeout, workdir, fmt)
     return _eager(app, task_name, plan, calls, min_bytes_per_call, fmt)
 
 
@@ -147,7 +149,7 @@ def _eager(app: Any, task_name: str, plan: list[Call], calls: int, min_bytes: fl
 
 
 def _on_worker(app: Any, app_name: str, task_name: str, plan: list[Call], calls: int, broker: str | None,
-               concurrency: int, timeout: float, fmt: str) -> int:
+               concurrency: int, timeout: float, workdir: str | None, fmt: str) -> int:
     from bilge.analysis import diagnose
     from bilge.demo.driver import drive_worker
     from bilge.model import LEAK
@@ -164,7 +166,10 @@ def _on_worker(app: Any, app_name: str, task_name: str, plan: list[Call], calls:
         args, kwargs = next(cycle)
         app.send_task(task_name, args=args, kwargs=kwargs)
 
-    workdir = tempfile.mkdtemp(prefix="bilge-guard-")
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+    else:
+        workdir = tempfile.mkdtemp(prefix="bilge-guard-")
     app_args = [app_name] + (["-b", broker] if broker else [])
     try:
         run = drive_worker(app_args, workdir, send, calls, timeout=timeout, concurrency=concurrency,
