@@ -123,7 +123,7 @@ def run_case(tool: str, case: str, case_dir: Path, calls: int, limit: str, scrat
             "names_type": _names_type(message, truth) if leaky and failure is not None else None,
             "names_holder": _names_holder(message, truth) if leaky and failure is not None else None,
             "names_line": _names_line(message, truth) if leaky and failure is not None else None,
-            "message": message.strip()[:1500],
+            "message": message.strip()[:8000],
         })
     if not rows:
         rows.append({"tool": tool, "case": case, "error": (proc.stdout + proc.stderr)[-1500:]})
@@ -153,7 +153,13 @@ def _confirmed(message: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _without_paths(message: str) -> str:
+    """The message without file paths: a case's directory name (``closure_listeners``) is not a holder named."""
+    return re.sub(r"\S*/\S+", " ", message)
+
+
 def _names_type(message: str, truth: dict[str, object]) -> bool | None:
+    message = _without_paths(message)
     wanted = [t for t in [truth.get("type"), *truth.get("type_also", [])] if t]  # type: ignore[list-item]
     if not wanted:
         return None
@@ -161,6 +167,7 @@ def _names_type(message: str, truth: dict[str, object]) -> bool | None:
 
 
 def _names_holder(message: str, truth: dict[str, object]) -> bool | None:
+    message = _without_paths(message)
     holders = truth.get("holder") or []
     return any(str(h) in message for h in holders) if holders else None  # type: ignore[union-attr]
 
@@ -201,6 +208,49 @@ def summarise(rows: list[dict[str, object]]) -> dict[str, dict[str, object]]:
     return out
 
 
+def plugin_cost(runs: int = 15) -> dict[str, object]:
+    """What the plugin costs a pytest run that does not use it: its import, and a tiny session with and without it."""
+    imports = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pytest, bilge.integrations.pytest_plugin"],
+                             capture_output=True, text=True, check=True).stderr
+        # Cumulative microseconds of the plugin module and the bilge packages it needs (pytest is loaded anyway).
+        cumulative = [int(line.split("|")[1]) for line in out.splitlines()
+                      if line.rstrip().endswith(("bilge.integrations.pytest_plugin", " bilge"))]
+        imports.append(max(cumulative))
+    scratch = Path(tempfile.mkdtemp(prefix="bilge-plugin-cost-"))
+    (scratch / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    sessions: dict[str, list[float]] = {"with": [], "without": []}
+    for _ in range(runs):
+        for mode, extra in (("with", []), ("without", ["-p", "no:bilge"])):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra,
+                            str(scratch / "test_nothing.py")], capture_output=True, check=True, cwd=scratch)
+            sessions[mode].append(time.perf_counter() - started)
+    return {
+        "import_ms_median": round(statistics.median(imports) / 1000, 2),
+        "import_ms_max": round(max(imports) / 1000, 2),
+        "session_s_median_with": round(statistics.median(sessions["with"]), 3),
+        "session_s_median_without": round(statistics.median(sessions["without"]), 3),
+        "runs": runs,
+    }
+
+
+def rescore(path: Path) -> int:
+    """Score the stored failure messages again (after a change of the scoring, not of the tools)."""
+    data = json.loads(path.read_text())
+    truths = {case: json.loads((d / "truth.json").read_text()) for case, d in cases()}
+    for row in data["rows"]:
+        if row.get("leaky") and row.get("failed"):
+            truth, message = truths[str(row["case"])], str(row["message"])
+            row["names_type"] = _names_type(message, truth)
+            row["names_holder"] = _names_holder(message, truth)
+    data["summary"] = summarise(data["rows"])
+    path.write_text(json.dumps(data, indent=2))
+    print(json.dumps(data["summary"], indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
@@ -208,7 +258,10 @@ def main() -> int:
     parser.add_argument("--tools", default="bilge,memray")
     parser.add_argument("--memray-limits", default="1 KB,100 KB", help="limit_leaks thresholds, comma-separated")
     parser.add_argument("-o", "--output", type=Path, default=HERE / "results" / "guard.json")
+    parser.add_argument("--rescore", action="store_true", help="score the messages stored in --output again")
     args = parser.parse_args()
+    if args.rescore:
+        return rescore(args.output)
     wanted = set(args.cases.split(",")) if args.cases else None
     scratch = Path(tempfile.mkdtemp(prefix="bilge-guard-bench-"))
     rows: list[dict[str, object]] = []
@@ -226,9 +279,11 @@ def main() -> int:
                         float(r.get("seconds", 0.0)), r.get("calls_needed") or ""), flush=True)  # type: ignore[arg-type]
     summary = summarise(rows)
     print(json.dumps(summary, indent=2))
+    inert = plugin_cost()
+    print("plugin when unused: %s" % json.dumps(inert))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"calls": args.calls, "python": sys.version.split()[0], "summary": summary,
-                                       "rows": rows}, indent=2))
+                                       "plugin_unused": inert, "rows": rows}, indent=2))
     print("results: %s (scratch %s)" % (args.output, scratch))
     return 0
 

@@ -265,8 +265,8 @@ class _Check:
         self._last_raw = raw
         blocks, rss, malloc_used, malloc_free = (r - o if r is not None else None for r, o in zip(raw, self._offset))
         garbage, enabled, _ = proc_sampler.gc_state()
-        self.readings.add((time.time(), self.done, blocks, rss, malloc_used, malloc_free, proc_sampler.count_fds(),
-                           garbage, enabled, proc_sampler.gc_collections(), threading.active_count()))
+        self.readings.add(time.time(), (self.done, blocks, rss, malloc_used, malloc_free, proc_sampler.count_fds(),
+                                        garbage, enabled, proc_sampler.gc_collections(), threading.active_count()))
 
     def _calls(self, n: int, on_start: Callable[[int], None] | None = None,
                on_end: Callable[[int], None] | None = None) -> None:
@@ -429,13 +429,14 @@ class _Readings:
         self._t = array("d", bytes(8 * capacity))
         self._values = [array("q", bytes(8 * capacity)) for _ in self.FIELDS[1:]]
 
-    def add(self, reading: tuple[float, ...] | tuple[object, ...]) -> None:
+    def add(self, t: float, values: tuple[int | None, ...]) -> None:
+        """One reading: its time, then the other ``FIELDS`` in order (None when unknown)."""
         n = self.n
         if n >= self.capacity:
             return
-        self._t[n] = reading[0]  # type: ignore[assignment]
-        for column, value in zip(self._values, reading[1:]):
-            column[n] = self.MISSING if value is None else value  # type: ignore[assignment]
+        self._t[n] = t
+        for column, value in zip(self._values, values):
+            column[n] = self.MISSING if value is None else value
         self.n = n + 1
 
     def samples(self) -> tuple[Sample, ...]:

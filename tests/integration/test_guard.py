@@ -17,7 +17,8 @@ pytestmark = pytest.mark.integration
 INTEGRATION_DIR = Path(__file__).resolve().parent
 
 
-def guard(args: list[str], env: dict[str, str], artifacts: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def guard(args: list[str], env: dict[str, str], artifacts: Path,
+          timeout: float = 300) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([sys.executable, "-m", "bilge", "guard", "-A", "apps.billing", *args], capture_output=True,
                           text=True, cwd=INTEGRATION_DIR, timeout=timeout,
                           env={**{k: v for k, v in os.environ.items() if not k.startswith("BILGE_")}, **env})

@@ -1,4 +1,4 @@
-"""Drive a worker under ``bilge run``: start it, send tasks, wait for them, stop it (the demo, ``bilge guard --worker``)."""
+"""Drive a worker under ``bilge run``: start it, send tasks, wait, stop it (the demo, ``bilge guard --worker``)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,6 @@ def run_demo(
         seed: seed of the task mix.
     """
     workdir = workdir or tempfile.mkdtemp(prefix="bilge-demo-")
-    data_dir = os.path.join(workdir, "data")
     broker_dir = os.path.join(workdir, "broker")
     os.makedirs(workdir, exist_ok=True)
     os.environ["BILGE_DEMO_BROKER_DIR"] = broker_dir

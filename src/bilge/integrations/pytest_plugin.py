@@ -110,8 +110,19 @@ def _run_check(config: pytest.Config, fn: Callable[[], object], name: str, polic
 
     session = config.stash[_RESULTS]
     started = time.perf_counter()
+    calls = [0]
+
+    def counted() -> object:
+        calls[0] += 1
+        return fn()
+
     with _recorders_aside():
-        result = check(fn, name=name, policy=policy)
+        try:
+            result = check(counted, name=name, policy=policy)
+        except Exception as exc:  # the code under test failed when repeated: say so, not "leak"
+            pytest.fail("no_leak: %s raised %s: %s on call %d of the leak check; the checked code must pass when "
+                        "repeated (check a callable with target=… or bilge_leaks.check)"
+                        % (name, type(exc).__name__, exc, calls[0]), pytrace=False)
     session.seconds += time.perf_counter() - started
     session.results.append((name, result))
     return result

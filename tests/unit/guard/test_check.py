@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import gc
@@ -73,6 +74,32 @@ def test_allocating_but_freeing_is_no_leak() -> None:
 
 def test_a_bounded_cache_filling_during_warm_up_is_no_leak() -> None:
     result = check(warm_bounded_cache, policy=GuardPolicy(calls=300))
+    assert result.verdict == NO_LEAK, describe(result)
+
+
+class _Pool:
+    """A connection pool that opens connections on demand, up to a bound, and reuses them."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.idle: list[dict[str, object]] = []
+        self.opened = 0
+
+    def run(self) -> None:
+        # Callers hold several connections at once while the pool warms up.
+        held = [self.idle.pop() if self.idle else self._open() for _ in range(min(1 + self.opened // 5, self.size))]
+        self.idle.extend(held)
+
+    def _open(self) -> dict[str, object]:
+        self.opened += 1
+        return {"id": self.opened, "buffer": bytearray(2048), "settings": {"timeout": 5}}
+
+
+def test_a_pool_filling_and_a_deque_at_its_maxlen_are_no_leak() -> None:
+    pool = _Pool(size=12)
+    assert check(pool.run, policy=GuardPolicy(calls=200)).verdict == NO_LEAK
+    recent: collections.deque[dict[str, int]] = collections.deque(maxlen=100)
+    result = check(lambda: recent.append({"n": next(_IDS)}), policy=GuardPolicy(calls=200))
     assert result.verdict == NO_LEAK, describe(result)
 
 

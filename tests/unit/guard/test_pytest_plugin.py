@@ -70,7 +70,8 @@ def test_a_leaky_test_fails_with_type_holder_and_line(pytester: pytest.Pytester)
         "*allocated at:     *test_shop.py:20*",
         "*bilge leak checks*",
         "4 checked, 2 leaking, 0 inconclusive;*",
-        "LEAK test_shop.py::test_render_leaks: test_shop.Invoice, held by test_shop._SEEN[[]...[]], at *test_shop.py:20",
+        "LEAK test_shop.py::test_render_leaks: test_shop.Invoice, held by test_shop._SEEN[[]...[]], at *"
+        "test_shop.py:20",
     ])
     assert "test_warm_cache_only" not in "\n".join(line for line in result.stdout.lines if "FAILED" in line)
 
@@ -126,10 +127,18 @@ def test_too_few():
 @pytest.mark.no_leak(cals=200)
 def test_typo():
     pass
+
+_STOCK = [3]
+
+@pytest.mark.no_leak(calls=100)
+def test_not_repeatable():
+    assert _STOCK.pop() == 3
 ''')
     result = pytester.runpytest_subprocess("--bilge-no-leak", "-p", "no:cacheprovider")
-    result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines(["*no_leak: calls must be at least 32*", "*no_leak: unknown option(s) cals; known:*"])
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines(["*no_leak: calls must be at least 32*", "*no_leak: unknown option(s) cals; known:*",
+                                 "*no_leak: test_bad.py::test_not_repeatable raised IndexError: pop from empty list "
+                                 "on call 1 of the leak check; the checked code must pass when repeated*"])
 
 
 def test_the_plugin_is_inert_when_unused() -> None:
