@@ -107,6 +107,8 @@ class GuardPolicy:
         if self.calls < MIN_READINGS * 2:
             raise ValueError("calls must be at least %d (got %d): the verdict needs %d readings after warm-up"
                              % (MIN_READINGS * 2, self.calls, MIN_READINGS))
+        if self.max_calls < self.calls:
+            raise ValueError("max_calls (%d) must be at least calls (%d)" % (self.max_calls, self.calls))
         if self.min_bytes_per_call <= 0:
             raise ValueError("min_bytes_per_call must be positive (got %r)" % self.min_bytes_per_call)
 

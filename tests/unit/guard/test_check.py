@@ -178,6 +178,7 @@ def test_a_leak_verdict_must_survive_twice_the_calls() -> None:
 @pytest.mark.parametrize("settings, message", [
     ({"calls": 10}, "calls must be at least"),
     ({"min_bytes_per_call": 0}, "min_bytes_per_call must be positive"),
+    ({"calls": 2000}, r"max_calls \(1000\) must be at least calls \(2000\)"),
 ])
 def test_bad_policies_say_what_to_change(settings: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
