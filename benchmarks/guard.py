@@ -212,8 +212,9 @@ def plugin_cost(runs: int = 15) -> dict[str, object]:
     """What the plugin costs a pytest run that does not use it: its import, and a tiny session with and without it."""
     imports = []
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pytest, bilge.integrations.pytest_plugin"],
-                             capture_output=True, text=True, check=True).stderr
+        code = "import pytest, bilge.integrations.pytest_plugin"
+        out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                             check=True).stderr
         # Cumulative microseconds of the plugin module and the bilge packages it needs (pytest is loaded anyway).
         cumulative = [int(line.split("|")[1]) for line in out.splitlines()
                       if line.rstrip().endswith(("bilge.integrations.pytest_plugin", " bilge"))]

@@ -121,6 +121,12 @@ class GuardPolicy:
         return TrendPolicy(min_points=MIN_READINGS, alpha=1e-4, min_growth=MIN_RSS_GROWTH,
                            min_slope=self.min_bytes_per_call)
 
+    def native_policy(self) -> TrendPolicy:
+        # glibc's in-use bytes: exact like heap blocks, and they see native
+        # allocations that reuse freed memory before RSS moves.
+        return TrendPolicy(min_points=MIN_READINGS, alpha=1e-6, min_growth=MIN_RSS_GROWTH,
+                           min_slope=self.min_bytes_per_call)
+
     def heap_policy(self) -> TrendPolicy:
         # Heap blocks are exact after a collection; at ~64 B a block.
         per_call = self.min_bytes_per_call / kind.BLOCK_BYTES
@@ -144,6 +150,7 @@ class GuardResult:
     confirmed_after_calls: int | None
     bytes_per_call: float | None
     blocks_per_call: float | None
+    native_bytes_per_call: float | None
     finding: Finding | None
     diagnosis: Diagnosis = field(repr=False)
 
@@ -386,7 +393,7 @@ class _Check:
         run = RunInfo(id=1, started=self._t0, ended=time.time(), command="bilge guard %s" % self.name,
                       exit_code=None, hostname=socket.gethostname())
         return diagnose(RunData(run=run, processes=(self._process(),)), self.policy.rss_policy(),
-                        self.policy.heap_policy())
+                        self.policy.heap_policy(), self.policy.native_policy())
 
     def _result(self, d: Diagnosis, seconds: float) -> GuardResult:
         p = d.processes[0] if d.processes else None
@@ -398,20 +405,23 @@ class _Check:
             name=self.name, verdict=d.verdict, reason=p.reason if p else d.reason,
             confidence=p.confidence if p else 0.0, calls=self.done, seconds=round(seconds, 3),
             confirmed_after_calls=p.confirmed_after_tasks if p else None,
-            bytes_per_call=per_call[0], blocks_per_call=per_call[1], finding=finding, diagnosis=d)
+            bytes_per_call=per_call[0], blocks_per_call=per_call[1], native_bytes_per_call=per_call[2],
+            finding=finding, diagnosis=d)
 
-    def _per_call(self) -> tuple[float | None, float | None]:
-        """RSS bytes and heap blocks per call over the judged (second) half of the readings."""
+    def _per_call(self) -> tuple[float | None, float | None, float | None]:
+        """RSS bytes, heap blocks and glibc in-use bytes per call over the judged (second) half of the readings."""
         samples = self.readings.samples()
         half = samples[len(samples) // 2:]
         if len(half) < 2 or half[-1].tasks_done <= half[0].tasks_done:
-            return None, None
+            return None, None, None
         first, last = half[0], half[-1]
         calls = last.tasks_done - first.tasks_done
-        rss = (last.rss - first.rss) / calls if last.rss is not None and first.rss is not None else None
-        blocks = (last.heap_blocks - first.heap_blocks) / calls \
-            if last.heap_blocks is not None and first.heap_blocks is not None else None
-        return rss, blocks
+
+        def rate(field: str) -> float | None:
+            a, b = getattr(first, field), getattr(last, field)
+            return (b - a) / calls if a is not None and b is not None else None
+
+        return rate("rss"), rate("heap_blocks"), rate("malloc_used")
 
 
 class _Readings:
@@ -458,8 +468,10 @@ def describe(result: GuardResult) -> str:
         lines[0] += " (confidence %.4f)" % result.confidence
     f = result.finding
     if result.bytes_per_call is not None and result.blocks_per_call is not None:
-        lines.append("  growth per call: %+.0f bytes RSS, %+.1f Python heap blocks"
-                     % (result.bytes_per_call, result.blocks_per_call))
+        native = ", %+.0f bytes glibc in-use" % result.native_bytes_per_call \
+            if result.native_bytes_per_call is not None else ""
+        lines.append("  growth per call: %+.0f bytes RSS, %+.1f Python heap blocks%s"
+                     % (result.bytes_per_call, result.blocks_per_call, native))
     if result.confirmed_after_calls:
         lines.append("  confirmed after:  %d calls" % result.confirmed_after_calls)
     if f is not None:

@@ -62,15 +62,19 @@ class _Window:
     holders: tuple[Holder, ...]  # the process's, without static tables (see _plausible_holders)
 
 
-def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY, heap_policy: TrendPolicy = HEAP_POLICY) -> Diagnosis:
+def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY, heap_policy: TrendPolicy = HEAP_POLICY,
+             native_policy: TrendPolicy | None = None) -> Diagnosis:
     """Diagnose a whole run.
 
     Args:
         run: everything the store holds about the run.
         policy: thresholds of the per-process verdict (on RSS, bytes).
         heap_policy: thresholds of the same verdict on Python heap blocks.
+        native_policy: thresholds of the same verdict on glibc's in-use bytes,
+            if they are read often enough to judge (the in-process check reads
+            them with every reading; a worker's samples are too few yet).
     """
-    judged = [_judge(p, policy, heap_policy) for p in run.processes if p.samples or p.tasks]
+    judged = [_judge(p, policy, heap_policy, native_policy) for p in run.processes if p.samples or p.tasks]
     leaking = [(d, w) for d, w in judged if d.verdict == LEAK]
     growth = attribution.task_growth([w.tasks for _, w in leaking]) if leaking else ()
     findings = _pooled_findings(leaking, growth)
@@ -98,13 +102,14 @@ def _overall(processes: Sequence[ProcessDiagnosis]) -> tuple[str, str]:
     return INCONCLUSIVE, "pid %d: %s" % (undecided.pid, undecided.reason)
 
 
-def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy) -> tuple[ProcessDiagnosis, _Window]:
+def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
+           native_policy: TrendPolicy | None) -> tuple[ProcessDiagnosis, _Window]:
     p = replace(raw, tasks=own_activity.without_activity(raw.tasks, own_activity.activity(raw)))
     samples = [s for s in p.samples if s.rss is not None]
     by_task = len(p.tasks) >= policy.min_points or not samples
     rss_slope: float | None = None
     if by_task:
-        result, confirmed, rss_slope = _task_verdict(p, policy, heap_policy)
+        result, confirmed, rss_slope = _task_verdict(p, policy, heap_policy, native_policy)
         trend_start = p.tasks[min(result.window_start, len(p.tasks) - 1)].started if p.tasks else 0.0
         explain_start = p.tasks[len(p.tasks) // 4].started if p.tasks else 0.0
     else:
@@ -168,8 +173,10 @@ def _type_series(censuses: Sequence[Census], types: Sequence[TypeGrowth]) -> tup
     )
 
 
-def _task_verdict(p: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy) -> tuple[Trend, int | None, float]:
-    """The verdict on RSS after each task, or on the Python heap when RSS has not followed yet.
+def _task_verdict(p: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
+                  native_policy: TrendPolicy | None) -> tuple[Trend, int | None, float]:
+    """The verdict on RSS after each task, or on the Python heap (or glibc's in-use bytes) when RSS has not
+    followed yet.
 
     Returns (verdict, confirmed after tasks, RSS slope in bytes per task).
 
@@ -190,11 +197,28 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy)
         confirmed = [c for c in (_as_task_count(x, trend.confirmed_after(x, y, policy)), heap_confirmed) if c]
         return result, min(confirmed) if confirmed else None, result.slope
     if heap.verdict != LEAK:
+        native = _native_verdict(p, native_policy)
+        if native is not None:
+            return native
         return result, None, result.slope
     reason = ("the Python heap grows steadily after warm-up (%+.1f blocks per task, still growing at the end) "
               "while RSS has not followed yet: the leak is filling memory freed earlier, and RSS will grow once "
               "that is used up" % heap.slope)
     return replace(heap, reason=reason), heap_confirmed, result.slope
+
+
+def _native_verdict(p: ProcessData, policy: TrendPolicy | None) -> tuple[Trend, int | None, float] | None:
+    """A leak verdict on glibc's in-use bytes, when RSS and the heap have none (a native leak reusing freed memory)."""
+    if policy is None:
+        return None
+    mx, my = trend.evenly(*trend.as_arrays([(s.tasks_done, s.malloc_used) for s in p.samples if s.tasks_done]))
+    native = trend.assess(mx, my, policy, unit="task")
+    if native.verdict != LEAK:
+        return None
+    reason = ("glibc's in-use bytes grow steadily after warm-up (%+.0f bytes per task, still growing at the end) "
+              "while RSS and the Python heap have not: native allocations are reusing memory freed earlier, and "
+              "RSS will grow once that is used up" % native.slope)
+    return replace(native, reason=reason), _as_task_count(mx, trend.confirmed_after(mx, my, policy)), native.slope
 
 
 def _per_hour(tasks: Sequence[TaskRecord], per_task: float | None) -> float | None:

@@ -142,6 +142,7 @@ def _eager(app: Any, task_name: str, plan: list[Call], calls: int, min_bytes: fl
                                "reason": result.reason, "calls": result.calls, "seconds": result.seconds,
                                "confirmed_after_calls": result.confirmed_after_calls,
                                "bytes_per_call": result.bytes_per_call, "blocks_per_call": result.blocks_per_call,
+                               "native_bytes_per_call": result.native_bytes_per_call,
                                "report": to_dict(result.diagnosis)}, indent=2))
     else:
         click.echo(describe(result))

@@ -126,7 +126,22 @@ def test_native_growth_is_native_with_its_line() -> None:
     assert result.verdict == LEAK, describe(result)
     assert result.finding is not None and result.finding.kind == "native"
     assert result.finding.location is not None and result.finding.location.endswith(line_of("# never freed"))
-    assert result.bytes_per_call is not None and result.bytes_per_call > 12000
+    assert result.native_bytes_per_call is not None and result.native_bytes_per_call > 12000
+
+
+def test_a_native_leak_reusing_freed_memory_is_seen_by_glibc_before_rss() -> None:
+    # Plenty of freed glibc memory (as in a long test session): the leak's
+    # mallocs reuse it and RSS does not move; glibc's in-use bytes do.
+    freed = [_libc.malloc(16384) for _ in range(2000)]
+    for ptr in freed:
+        ctypes.memset(ptr, 1, 16384)
+    _libc.free.argtypes = [ctypes.c_void_p]
+    for ptr in freed:
+        _libc.free(ptr)
+    result = check(native_frame, policy=GuardPolicy(calls=200))
+    assert result.verdict == LEAK, describe(result)
+    assert result.finding is not None and result.finding.kind == "native"
+    assert result.native_bytes_per_call is not None and result.native_bytes_per_call > 12000
 
 
 class _Node:
