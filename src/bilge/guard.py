@@ -59,7 +59,7 @@ from bilge.model import (
 )
 from bilge.samplers import process as proc_sampler
 from bilge.samplers.census import Census as CensusTaker
-from bilge.samplers.holders import find_holders
+from bilge.samplers.holders import find_holders, registry_counts
 from bilge.samplers.native_sites import NativeWindow
 from bilge.samplers.sampled_allocations import SampledAllocations
 
@@ -202,12 +202,14 @@ class _Check:
         self._offset = [0, 0, 0, 0]  # the check's own memory in later readings (blocks, rss, malloc used/free)
         self._last_raw: tuple[int | None, ...] = (None, None, None, None)
         self._malloc = proc_sampler.MallocStats()
+        self._registries: dict[str, int] | None = None  # C-held registry sizes at the previous look
         self._t0 = time.time()
 
     # ------------------------------------------------------------- phases --
     def run(self) -> GuardResult:
         t0 = time.perf_counter()
         self.fn()  # the first call may import, compile and fill caches: not measured
+        self._registries = registry_counts()
         if self.policy.explain:
             # Counts before the growth: a container that holds far more than
             # its type grew by since then is a static table, not the holder.
@@ -317,7 +319,9 @@ class _Check:
 
     def _search_holders(self, types: list[str]) -> None:
         started = time.time()
-        search = find_holders(types, max_seconds=self.policy.holder_seconds, show_values=self.policy.show_values)
+        search = find_holders(types, max_seconds=self.policy.holder_seconds, show_values=self.policy.show_values,
+                              registries_before=self._registries)
+        self._registries = registry_counts()
         t = time.time()
         self.holders += [Holder(t=t, started=started, type=p.type_name, path=p.path, root_kind=p.root_kind,
                                 container_type=p.container_type, container_len=p.container_length,

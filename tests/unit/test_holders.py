@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from bilge.samplers import census
-from bilge.samplers.holders import HolderPath, HolderSearch, find_holders
+from bilge.samplers.holders import HolderPath, HolderSearch, find_holders, registry_counts
 
 MODULE = "bilge_holders_fixture.app"
 
@@ -261,8 +261,40 @@ def test_atexit_held_objects_have_no_visible_root(app: types.ModuleType) -> None
         (best, *_) = paths_of(find_holders([MODULE + ".Event"], max_seconds=5.0), MODULE + ".Event")
     finally:
         atexit.unregister(handler)
-    assert best.path == "<no gc-visible root> %s.register.<locals>.handler closure 'handlers'[...]" % MODULE
+    assert best.path == "<held from C> %s.register.<locals>.handler closure 'handlers'[...]" % MODULE
     assert (best.root_kind, best.container_type, best.container_length, best.targets) == ("unknown", "list", 10, 10)
+
+
+class _Exporter:
+    """Registers its flush with atexit, as code that wants "flush on exit" per object does."""
+
+    def __init__(self) -> None:
+        self.rows = [[n] for n in range(5)]
+        atexit.register(self.flush)
+
+    def flush(self) -> None:
+        self.rows.clear()
+
+
+def test_objects_held_by_atexit_callbacks_are_named_after_the_registry_that_grew() -> None:
+    """A bound method registered with atexit per object: no Python container refers to it, atexit's count grew
+    since the previous look, so the path starts at atexit's callbacks and its length is their count."""
+    name = census.type_name(_Exporter)
+    before = registry_counts()
+    made = [_Exporter() for _ in range(20)]
+    flushes = [m.flush for m in made]
+    del made
+    try:
+        (best, *_) = paths_of(find_holders([name], max_seconds=5.0, registries_before=before), name)
+        assert best.path == "<atexit callbacks>.__self__"
+        assert best.root_kind == "registry"
+        assert best.container_type == "atexit callbacks" and best.container_length >= 20
+        # Without an earlier count nothing says which registry: held from C, plainly.
+        (plain, *_) = paths_of(find_holders([name], max_seconds=5.0), name)
+        assert (plain.path, plain.root_kind) == ("<held from C>.__self__", "unknown")
+    finally:
+        for flush in flushes:
+            atexit.unregister(flush)
 
 
 def test_the_callers_own_locals_and_the_searchs_own_lists_are_never_on_a_path() -> None:
@@ -274,7 +306,7 @@ def test_the_callers_own_locals_and_the_searchs_own_lists_are_never_on_a_path() 
     held_here = [Stranded() for _ in range(30)]
     name = census.type_name(Stranded)
     (best,) = paths_of(find_holders([name], max_seconds=5.0), name)
-    assert best == HolderPath(name, "<no gc-visible root>[...]", "unknown", "list", 30, 30, 1)
+    assert best == HolderPath(name, "<held from C>[...]", "unknown", "list", 30, 30, 1)
     assert len(held_here) == 30
 
 

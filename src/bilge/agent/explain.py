@@ -144,6 +144,8 @@ class Explain:
         self.holder_searches = 0
         self._next_holder_search = 0
         self._holder_cpu = 0.1
+        # C-held registry sizes at the previous holder search (none before the first).
+        self._registries: dict[str, int] | None = None
         self._next_recount = 0.0
         self._recount_wait = RECOUNT_EVERY
         self._first_suspect: tuple[int, float, float, int | None] | None = None
@@ -474,7 +476,10 @@ class Explain:
         # Bounded well below the search's own defaults: it runs in the user's
         # worker, whose RSS keeps part of whatever peak the search reaches.
         search = holder_sampler.find_holders(wanted, max_seconds=HOLDER_SECONDS, max_index_bytes=HOLDER_INDEX_BYTES,
-                                             show_values=self._show_values)
+                                             show_values=self._show_values, registries_before=self._registries)
+        # A C-held registry (atexit's callbacks) that grew between two
+        # searches names what holds objects no Python container refers to.
+        self._registries = holder_sampler.registry_counts()
         # The search's bookkeeping is freed now; hand glibc's share back.
         self._watch.malloc.trim()
         if not search.complete:

@@ -304,8 +304,10 @@ def _holder_for(type_name: str | None, groups: Sequence[Sequence[Holder]]) -> Ho
     growing = _growing_holders(per_process)
     if not growing and any(len({h.started for h in group}) >= 2 for group in per_process):
         # Seen in two searches and held no more the second time: a static
-        # table of that type, not what keeps the growth alive.
-        return None
+        # table of that type, not what keeps the growth alive. Unless no
+        # Python container holds them at all: then say that (held from C).
+        from_c = [h for h in found if h.path.startswith("<")]
+        return max(from_c, key=lambda h: (h.targets, h.t)) if from_c else None
     pool = growing or found
     return max(pool, key=lambda h: (h.targets, h.t)) if pool else None
 
@@ -401,10 +403,26 @@ def _findings(
         # is beside the point, and the census ranking (specific types first) stands.
         steady = [t for t in types if t.steady]
     else:
+        # A weak reference keeps nothing alive: weakrefs that grow are the
+        # bookkeeping of what leaks (logging's list of every handler), never
+        # ahead of a type that is held.
         steady = sorted((t for t in types if t.steady), key=lambda t: (
-            t.type in inner, t.type not in held_growing, t.type not in held, t.type in GENERIC_TYPES,
-            -reach.get(t.type, 0)))
-    steady = steady[:MAX_FINDINGS] if leak_kind != kind.NATIVE else []
+            t.type in inner, _is_weak(t.type) and t.type in held_growing, t.type not in held_growing,
+            t.type not in held, t.type in GENERIC_TYPES, -reach.get(t.type, 0)))
+    if leak_kind == kind.NATIVE:
+        # Native bytes often have a Python owner (a connection, an image, an
+        # array, a parsed document): a specific type that grows with the
+        # calls in a holder seen growing is named as the owner; otherwise
+        # no type is (the census counts Python objects, not native bytes).
+        steady = [t for t in steady if t.type in held_growing and t.type not in GENERIC_TYPES
+                  and t.type not in inner and not _is_weak(t.type)][:1]
+    elif held_growing:
+        # Findings after the first clear the same bar: their holder was seen
+        # growing too (a static table of a type that happens to grow, say
+        # pygments' style lists, is not a second leak).
+        steady = steady[:1] + [t for t in steady[1:MAX_FINDINGS] if t.type in held_growing]
+    else:
+        steady = steady[:MAX_FINDINGS]
     # RSS can stall while a leak refills freed memory; heap blocks (at ~64 B
     # each) then give the better lower bound of what a call keeps.
     bytes_per_call = round(max(leaky.bytes_per_call, leaky.blocks_per_call * kind.BLOCK_BYTES), 1) if leaky else None
@@ -429,10 +447,16 @@ def _findings(
             # The user's line that made this type's window-born objects is
             # the most specific answer; else the top surviving bytes (user
             # code first), for the first finding.
-            location=sites.location(born) if born and (born.owner == "user" or where is None)
+            # A native leak's line is where the native bytes were allocated.
+            location=where if leak_kind == kind.NATIVE and where
+            else sites.location(born) if born and (born.owner == "user" or where is None)
             else (where if i == 0 else None),
             holder=holder.path if holder else None, values=holder.values if holder else ()))
     return tuple(out)
+
+
+def _is_weak(type_name: str) -> bool:
+    return type_name.startswith(("weakref.", "_weakref"))
 
 
 def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:

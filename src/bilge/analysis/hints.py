@@ -81,6 +81,24 @@ def _futures(e: Evidence) -> str | None:
     return None
 
 
+def _held_from_c(e: Evidence) -> str | None:
+    path = _path(e)
+    if path.startswith("<atexit callbacks>"):
+        return ("%s registers a callback with atexit (%s), and atexit keeps every callback, and the object it "
+                "is bound to, until the process exits (%s registered): register once per process, or call "
+                "atexit.unregister() when the object is done." % (
+                    e.where.capitalize(), path, e.holder.container_len if e.holder else "many"))
+    if path.startswith("<signal handlers>"):
+        return ("%s installs signal handlers that keep their objects alive (%s): install one handler per "
+                "process and restore the previous one when done." % (e.where.capitalize(), path))
+    if path.startswith("<"):
+        return ("%s leaves %s objects that no Python container refers to (%s): they are held from C code, by an "
+                "extension module or an interpreter registry (codecs, audit hooks, a C library's callback "
+                "table); release them through the API that registered them." % (
+                    e.where.capitalize(), e.type or "its", path))
+    return None
+
+
 def _dict_cache(e: Evidence) -> str | None:
     if e.holder and e.holder.container_type == "dict" and e.holder.root_kind in ("module-global", "class-attribute"):
         return ("%s adds to %s, a dict that is never evicted (an unbounded cache, %s entries): bound it "
@@ -98,8 +116,8 @@ def _long_lived_list(e: Evidence) -> str | None:
 
 
 PATTERNS: tuple[Callable[[Evidence], str | None], ...] = (
-    _lru_cache, _per_job_loggers, _stored_tracebacks, _listeners, _orm_sessions, _futures, _dict_cache,
-    _long_lived_list,
+    _held_from_c, _lru_cache, _per_job_loggers, _stored_tracebacks, _listeners, _orm_sessions, _futures,
+    _dict_cache, _long_lived_list,
 )
 
 
@@ -121,6 +139,11 @@ def hint(kind: str | None, task: str | None, type_name: str | None, count_per_ca
         return ("%s grows RSS while the memory in use stays flat: the allocator keeps freed memory it cannot "
                 "return. Try malloc_trim(0) after large jobs, MALLOC_ARENA_MAX=2, jemalloc, or recycling the "
                 "child." % where.capitalize())
+    if kind == NATIVE and type_name and holder is not None:
+        return ("%s keeps %s objects in %s (%s of them), and their memory is native (allocated outside "
+                "Python's allocator, by the library behind them): close or release each one when done "
+                "(its close()/free()/release() method, a `with` block), or don't keep them." % (
+                    where.capitalize(), type_name, holder.path, holder.container_len or "many"))
     if kind == NATIVE:
         return ("%s grows RSS while the Python heap stays flat: memory allocated outside Python's allocator "
                 "(a C extension, ctypes malloc, a native library handle) is not freed." % where.capitalize())

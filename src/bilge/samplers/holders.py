@@ -28,7 +28,13 @@ object visited once with ``gc.get_referents``, no heap scan per step:
 - a wanted type the walk did not reach (held below a sampled-out item, or by
   something outside the gc such as an ``atexit`` callback or a C extension)
   gets a bounded climb with ``gc.get_referrers`` from one instance until it
-  joins the walked tree, or it is reported with root kind ``unknown``.
+  joins the walked tree. A climb that ends at an object no Python container
+  refers to is held from C: if one of the interpreter's registries kept in C
+  that Python can count (``registry_counts``: exit callbacks, signal
+  handlers) grew since ``registries_before``, the path starts there
+  (``<atexit callbacks>.__self__``, root kind ``registry``, its count as the
+  container length); otherwise it starts ``<held from C>`` (root kind
+  ``unknown``): no Python container holds it.
 
 Why not a reverse index of the whole heap: in pure Python, ``gc.get_referents``
 of 1M objects alone costs about as much as the whole budget, and grouping
@@ -79,7 +85,7 @@ _REGISTRY_PREFIXES = ("sys.modules", "logging.Logger.manager", "logging.root.man
 _DATA_CONTAINERS = (list, tuple, set, frozenset, deque)
 MAX_VALUES = 3
 _ATOMS = (str, bytes, int, float, complex, bool, type(None), types.CodeType)
-_UNROOTED = "<no gc-visible root>"
+_UNROOTED = "<held from C>"
 _BYTES_PER_NODE = 130  # a set entry and its int, a list slot, a parent slot (measured on 3.11)
 _BYTES_PER_HOLDING = 200
 
@@ -119,8 +125,38 @@ class HolderSearch:
     duration: float
 
 
+def registry_counts() -> dict[str, int]:
+    """Sizes of the interpreter's registries that live in C but can be counted from Python."""
+    counts: dict[str, int] = {}
+    atexit = sys.modules.get("atexit")
+    count = getattr(atexit, "_ncallbacks", None)
+    if callable(count):
+        counts["atexit callbacks"] = int(count())
+    signal = sys.modules.get("signal")
+    if signal is not None:
+        handlers = 0
+        for number in getattr(signal, "valid_signals", lambda: ())():
+            try:
+                handler = signal.getsignal(number)
+            except (OSError, ValueError):
+                continue
+            handlers += callable(handler) and not isinstance(handler, int)
+        counts["signal handlers"] = handlers
+    return counts
+
+
+def _grown_registry(before: Mapping[str, int] | None) -> tuple[str, int] | None:
+    """The C-held registry that grew most since ``before`` (name, count now), if any grew."""
+    if not before:
+        return None
+    grown = [(now - before.get(name, now), name, now) for name, now in registry_counts().items()]
+    best = max(grown, default=(0, "", 0))
+    return (best[1], best[2]) if best[0] > 0 else None
+
+
 def find_holders(type_names: Sequence[str], max_targets_per_type: int = 50, max_paths_per_type: int = 3,
-                 max_seconds: float = 1.0, max_index_bytes: int = 64 << 20, show_values: bool = False) -> HolderSearch:
+                 max_seconds: float = 1.0, max_index_bytes: int = 64 << 20, show_values: bool = False,
+                 registries_before: Mapping[str, int] | None = None) -> HolderSearch:
     """Find the holder paths of the instances of the given types; never raises.
 
     Args:
@@ -132,6 +168,9 @@ def find_holders(type_names: Sequence[str], max_targets_per_type: int = 50, max_
         max_index_bytes: budget of the search's own bookkeeping.
         show_values: render a few held items per path (``--show-values``;
             off by default: memory holds secrets).
+        registries_before: ``registry_counts()`` at an earlier moment (the
+            previous search): one that grew since names what holds objects
+            no Python container refers to.
 
     Returns:
         A ``HolderSearch``; on error or over budget, what was found so far
@@ -140,7 +179,7 @@ def find_holders(type_names: Sequence[str], max_targets_per_type: int = 50, max_
     started = time.perf_counter()
     try:
         search = _Search(frozenset(type_names), max(1, max_targets_per_type), started + max_seconds,
-                         max_index_bytes, show_values)
+                         max_index_bytes, show_values, _grown_registry(registries_before))
         try:
             paths = search.run(max(1, max_paths_per_type))
             return HolderSearch(paths, search.reason == "", search.reason, len(search.nodes),
@@ -157,7 +196,8 @@ class _Search:
     """The walk's state; every reference it holds is dropped by ``release``."""
 
     def __init__(self, wanted: frozenset[str], fanout: int, deadline: float, max_bytes: int,
-                 show_values: bool = False) -> None:
+                 show_values: bool = False, registry: tuple[str, int] | None = None) -> None:
+        self.registry = registry
         self.show_values = show_values
         self.wanted = wanted
         self.fanout = fanout
@@ -353,8 +393,10 @@ class _Search:
             chain.append(candidates[0])
             candidates.clear()
         if joined < 0:
-            # No gc-visible root: the top of the chain is held from outside the gc.
-            self.roots[self._add_node(chain.pop(), -1)] = (_UNROOTED, UNKNOWN)
+            # No gc-visible root: the top of the chain is held from outside the gc,
+            # by the C-held registry that grew, when one did.
+            root = ("<%s>" % self.registry[0], REGISTRY) if self.registry else (_UNROOTED, UNKNOWN)
+            self.roots[self._add_node(chain.pop(), -1)] = root
             joined = len(self.nodes) - 1
         while len(chain) > 1:
             joined = self._add_node(chain.pop(), joined)
@@ -417,6 +459,9 @@ class _Search:
                     container, length = type_name(type(parent)), parent_length
                 namer.step(parent, child)
             path = namer.finish()
+            if namer.from_c and self.registry and kind == REGISTRY:
+                # Held by the registry itself: its size is what grows.
+                container, length = self.registry
             shown = (values.held_item(objects[-2], target),) if self.show_values and len(objects) > 1 else ()
         finally:
             objects.clear()
@@ -454,6 +499,10 @@ class _Namer:
     def __init__(self, text: str, kind: str, namespace: bool) -> None:
         self.text = text
         self.kind = kind
+        # Held from C (no Python container; a registry kept in C, or nothing
+        # named): every re-rooted name keeps saying so.
+        self.from_c = text.startswith("<")
+        self.c_root = (text, kind) if self.from_c else None
         self.namespace = namespace  # the current object maps attribute names to values
         self.closure: types.FunctionType | None = None
 
@@ -480,9 +529,9 @@ class _Namer:
 
     def _reroot(self, text: str, kind: str) -> str:
         """Start the text again from a name a developer knows (a class, a module, a function)."""
-        if self.kind == UNKNOWN:
-            text = "%s %s" % (_UNROOTED, text)  # still held from outside the gc: say so
-            kind = UNKNOWN
+        if self.c_root is not None:
+            text = "%s %s" % (self.c_root[0], text)  # still held from outside the gc: say so
+            kind = self.c_root[1]
         self.text, self.kind, self.namespace = text, kind, True
         return ""
 

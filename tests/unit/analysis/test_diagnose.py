@@ -13,6 +13,7 @@ from bilge.model import (
     LEAK,
     NO_LEAK,
     Census,
+    Holder,
     ProcessData,
     ProcessInfo,
     RunData,
@@ -205,3 +206,46 @@ def test_health_fails_a_process_over_the_hard_limit_whatever_its_trend() -> None
     flat = process(3, None)
     flat_run = RunData(run=live, processes=(replace(flat, info=replace(flat.info, ended=None)),))
     assert health.assess(flat_run, diagnose(flat_run), None).status == health.HEALTHY
+
+
+def _holders(type_name: str, path: str, lengths: tuple[int, ...]) -> tuple[Holder, ...]:
+    return tuple(Holder(t=t, started=t - 0.1, type=type_name, path=path, root_kind="module-global",
+                        container_type="dict", container_len=n, targets=n)
+                 for t, n in zip((6.0, 12.0), lengths))
+
+
+def test_native_growth_names_the_python_type_that_owns_it() -> None:
+    """RSS grows with the heap flat (native bytes), while one connection object per leaky call piles up in a
+    dict seen growing: the native finding names that type and holder and says to close them."""
+    from bilge.analysis.kind import NATIVE
+
+    leaking = process(2, "shop.search")
+    flat = tuple(replace(t, blocks_before=100_000, blocks_after=100_000) for t in leaking.tasks)
+    samples = tuple(replace(s, heap_blocks=100_000) for s in leaking.samples)
+    censuses = tuple(replace(c, types={"sqlite3.Connection": c.types["shop.Order"], "dict": c.types["dict"]})
+                     for c in leaking.censuses)
+    found = _holders("sqlite3.Connection", "app._OPEN[...]", (200, 400))
+    diagnosis = diagnose(RunData(run=RUN, processes=(
+        replace(leaking, tasks=flat, samples=samples, censuses=censuses, holders=found),)))
+    assert diagnosis.kind == NATIVE
+    top = diagnosis.findings[0]
+    assert (top.type, top.holder) == ("sqlite3.Connection", "app._OPEN[...]")
+    assert "native" in top.hint and "close" in top.hint
+    # Without a holder seen growing no type is named for native growth.
+    diagnosis = diagnose(RunData(run=RUN, processes=(
+        replace(leaking, tasks=flat, samples=samples, censuses=censuses),)))
+    assert diagnosis.findings[0].type is None
+
+
+def test_weak_references_and_static_tables_do_not_lead_or_follow() -> None:
+    """Weakrefs grow with the handlers they point to (logging's handler list): the held handlers lead; a type
+    whose only holder is a table that never grew is not shown as a second finding."""
+    leaking = process(2, "shop.search")
+    censuses = tuple(replace(c, types={**c.types, "weakref.ReferenceType": (2 * c.types["shop.Order"][0], 0),
+                                       "list": (c.types["shop.Order"][0] + 5, 0)})
+                     for c in leaking.censuses)
+    found = (_holders("weakref.ReferenceType", "logging._handlerList[...]", (300, 700))
+             + _holders("shop.Order", "app.log.handlers[...]", (150, 350))
+             + _holders("list", "pygments.Style._styles[...]", (80, 80)))
+    diagnosis = diagnose(RunData(run=RUN, processes=(replace(leaking, censuses=censuses, holders=found),)))
+    assert [f.type for f in diagnosis.findings] == ["shop.Order", "weakref.ReferenceType"]
