@@ -93,6 +93,7 @@ NATIVE_TRACED_SHARE = 0.5
 NATIVE_IN_USE_SHARE = 0.5
 NATIVE_SLOWDOWN = 4.0
 MAX_HOLDER_SEARCHES = 4
+HOLDER_GAP_TASKS = 150
 HOLDER_SECONDS = 0.5
 HOLDER_INDEX_BYTES = 24 << 20
 # Recounts asking "is a type growing steadily?" wait this long at first,
@@ -462,9 +463,13 @@ class Explain:
         if self._counts.baseline is None or not self._budget.affords(self._holder_cpu):
             return
         self.holder_searches += 1
-        # The next search comes after half as many tasks again: a container
-        # seen holding more the second time is the growing one.
-        self._next_holder_search = max(self._watch.tasks_done, 20) * 3 // 2
+        # The next search comes a quarter as many tasks again later (at least
+        # HOLDER_GAP_TASKS): a container seen holding more the second time is
+        # the growing one, and a holder is only confirmed by a second search,
+        # so it must come while the process still runs (at 1.5x the tasks, a
+        # child first searched at task 1000 of 1500 never had one).
+        tasks = self._watch.tasks_done
+        self._next_holder_search = tasks + max(HOLDER_GAP_TASKS, tasks // 4)
         with self._run(STAGE_HOLDER_SEARCH, reason) as meter:
             self._census.count_now()
             wanted = self._counts.growing_types()
