@@ -463,13 +463,17 @@ class Explain:
         if self._counts.baseline is None or not self._budget.affords(self._holder_cpu):
             return
         self.holder_searches += 1
-        # The next search comes a quarter as many tasks again later (at least
+        # The second search comes a quarter as many tasks later (at least
         # HOLDER_GAP_TASKS): a container seen holding more the second time is
         # the growing one, and a holder is only confirmed by a second search,
         # so it must come while the process still runs (at 1.5x the tasks, a
         # child first searched at task 1000 of 1500 never had one).
+        # Later searches come at half as many tasks again: each one leaves a
+        # step in the process's memory, and one near the end of a short run
+        # is hard to take out of its trend.
         tasks = self._watch.tasks_done
-        self._next_holder_search = tasks + max(HOLDER_GAP_TASKS, tasks // 4)
+        gap = max(HOLDER_GAP_TASKS, tasks // 4) if self.holder_searches == 1 else max(tasks, 20) // 2
+        self._next_holder_search = tasks + gap
         with self._run(STAGE_HOLDER_SEARCH, reason) as meter:
             self._census.count_now()
             wanted = self._counts.growing_types()

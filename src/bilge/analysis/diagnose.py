@@ -352,9 +352,15 @@ def _runs_through(path: str, other: str) -> bool:
 
 
 def _growing_holders(groups: Sequence[Sequence[Holder]]) -> list[Holder]:
-    """Holders whose path held more targets at a later search of the same process (one group per process)."""
+    """Holders whose path held more targets at a later search of the same process (one group per process).
+
+    A path rooted at a C-held registry (``<atexit callbacks>…``) grows by
+    construction: the search names a registry only when it grew since the
+    previous look.
+    """
     out = []
     for holders in groups:
+        out += [h for h in holders if h.root_kind == "registry" and h.path.startswith("<")]
         first_seen: dict[tuple[str, str], Holder] = {}
         for h in sorted(holders, key=lambda h: h.t):
             first_seen.setdefault((h.type, h.path), h)
@@ -384,7 +390,6 @@ def _findings(
     # A type whose holder was seen growing between searches leads: a big
     # static table of the same type (a library's constant list) is held too,
     # but never grows.
-    held = {h.type for group in holder_groups for h in group}
     held_growing = {h.type for h in _growing_holders(holder_groups)}
     # Then held types, specific ones (a class) before builtin containers,
     # the one whose holder reaches the most objects first.
@@ -397,6 +402,8 @@ def _findings(
     # is the inside of that leak: the objects the container holds lead.
     holder_of = {t.type: _holder_for(t.type, holder_groups) for t in types if t.steady}
     paths = {name: h.path for name, h in holder_of.items() if h}
+    # Held: a holder was named (a static table seen unchanged names none).
+    held = set(paths)
     inner = {name for name, path in paths.items() if any(_runs_through(path, other) for other in paths.values())}
     if leak_kind == kind.UNCOLLECTABLE:
         # Cycles nothing refers to have no holder: what the search found held
