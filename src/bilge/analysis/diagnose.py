@@ -306,7 +306,7 @@ def _holder_for(type_name: str | None, groups: Sequence[Sequence[Holder]]) -> Ho
         # Seen in two searches and held no more the second time: a static
         # table of that type, not what keeps the growth alive. Unless no
         # Python container holds them at all: then say that (held from C).
-        from_c = [h for h in found if h.path.startswith("<")]
+        from_c = [h for h in found if h.root_kind == "unknown" or (h.root_kind == "registry" and h.path.startswith("<"))]
         return max(from_c, key=lambda h: (h.targets, h.t)) if from_c else None
     pool = growing or found
     return max(pool, key=lambda h: (h.targets, h.t)) if pool else None
