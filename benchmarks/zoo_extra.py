@@ -10,6 +10,7 @@ the scoring is exactly the public one.
     python benchmarks/zoo_extra.py                                   # extra cases, bilge mode
     python benchmarks/zoo_extra.py --cases per_job_logger --tasks 1500
     python benchmarks/zoo_extra.py --with-public --modes bilge,plain  # all cases
+    python benchmarks/zoo_extra.py --with-public --repeat 5           # flake rate per cell
 
 Run it with the project's interpreter (``.venv/bin/python``): the harness
 starts workers with it, and ``bilge`` must be on PATH (the venv's bin is put
@@ -20,6 +21,7 @@ directory in the system temp dir).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -43,7 +45,11 @@ def main() -> int:
     parser.add_argument("--with-public", action="store_true", help="also run the public cases")
     parser.add_argument("--modes", default="bilge")
     parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every case this many times; writes flakes.md/flakes.json (cells that differ)")
     args = parser.parse_args()
+    if args.repeat > 1:
+        return repeat(args)
 
     if not (args.zoo / "run_all.py").is_file():
         print("zoo_extra: no zoo harness at %s (pass --zoo)" % args.zoo, file=sys.stderr)
@@ -68,6 +74,61 @@ def main() -> int:
         return subprocess.run(argv, env=env).returncode
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def repeat(args: argparse.Namespace) -> int:
+    """Run the whole selection ``--repeat`` times, each into its own results folder, and tabulate the flakes."""
+    root = Path(os.environ.get("ZOO_RESULTS_DIR", os.path.join(tempfile.gettempdir(), "bilge-zoo-extra")))
+    argv = [sys.executable, __file__, "--zoo", str(args.zoo), "--modes", args.modes, "--tasks", str(args.tasks)]
+    argv += (["--cases", args.cases] if args.cases else []) + (["--with-public"] if args.with_public else [])
+    for n in range(1, args.repeat + 1):
+        subprocess.run(argv, env=dict(os.environ, ZOO_RESULTS_DIR=str(root / ("repeat-%d" % n))))
+    runs = [json.loads((root / ("repeat-%d" % n) / "summary.json").read_text())
+            for n in range(1, args.repeat + 1) if (root / ("repeat-%d" % n) / "summary.json").is_file()]
+    table = flakes(runs)
+    (root / "flakes.json").write_text(json.dumps(table, indent=2))
+    lines = ["| case | mode | cell | right in | flake rate |", "|---|---|---|---|---|"]
+    lines += ["| %s | %s | %s | %d of %d | %.0f %% |" % (r["case"], r["mode"], r["cell"], r["right"], r["runs"],
+                                                      100 * r["flake_rate"])
+              for r in table["cells"] if r["right"] < r["runs"]]
+    lines.append("")
+    lines.append("%d runs; %d scored cells; %d always right; %d wrong in every run; %d flaky." % (
+        len(runs), table["scored"], table["always_right"], table["always_wrong"], table["flaky"]))
+    (root / "flakes.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+CELLS = ("verdict", "kind", "task", "type", "holder", "location")
+
+
+def flakes(runs: list[object]) -> dict[str, object]:
+    """Per (case, mode, cell): in how many runs it was right; flaky cells are right in some runs only."""
+    seen: dict[tuple[str, str, str], list[bool]] = {}
+    for summary in runs:
+        for row in _rows(summary):
+            for cell in CELLS:
+                score = (row.get("score") or {}).get(cell)
+                correct = score.get("correct") if isinstance(score, dict) else score
+                if correct is not None:
+                    seen.setdefault((row["case"], row["mode"], cell), []).append(bool(correct))
+    cells = [{"case": c, "mode": m, "cell": cell, "runs": len(v), "right": sum(v),
+              "flake_rate": min(sum(v), len(v) - sum(v)) / len(v)} for (c, m, cell), v in sorted(seen.items())]
+    return {"cells": cells, "scored": len(cells),
+            "always_right": sum(1 for r in cells if r["right"] == r["runs"]),
+            "always_wrong": sum(1 for r in cells if r["right"] == 0),
+            "flaky": sum(1 for r in cells if 0 < r["right"] < r["runs"])}
+
+
+def _rows(summary: object) -> list[dict[str, object]]:
+    """The per-run rows of a harness summary.json (a list, or a dict holding one)."""
+    if isinstance(summary, list):
+        return [r for r in summary if isinstance(r, dict) and "case" in r]
+    if isinstance(summary, dict):
+        for value in summary.values():
+            if isinstance(value, list) and value and isinstance(value[0], dict) and "case" in value[0]:
+                return value
+    return []
 
 
 if __name__ == "__main__":
