@@ -41,6 +41,8 @@ TIME_POLICY = TrendPolicy(min_points=600, min_slope=1.0)
 # one block per task and 4000 blocks (~250 KiB at ~64 B a block) over the
 # window, at a stricter significance.
 HEAP_POLICY = TrendPolicy(alpha=1e-6, min_growth=4000, min_slope=1.0)
+# Celery's MainProcess under prefork: it consumes and supervises, runs no task.
+POOL_PARENT = "celery-main"
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,11 @@ def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
     else:
         x, y = trend.as_arrays([(s.t, s.rss) for s in samples])
         result = trend.assess(x, y, TIME_POLICY, unit="sample")
+        if result.verdict == INCONCLUSIVE and result.needed and p.info.role == POOL_PARENT:
+            result = replace(result, reason=(
+                "the pool's parent runs no tasks and is judged on its memory over time: %d samples so far, "
+                "%d needed for a verdict (~%.0f more minutes at one sample every 0.5 s)"
+                % (result.points, TIME_POLICY.min_points, result.needed * 0.5 / 60)))
         confirmed = None
         trend_start = samples[min(result.window_start, len(samples) - 1)].t
         explain_start = samples[len(samples) // 4].t
@@ -306,7 +313,7 @@ def _holder_for(type_name: str | None, groups: Sequence[Sequence[Holder]]) -> Ho
         # Seen in two searches and held no more the second time: a static
         # table of that type, not what keeps the growth alive. Unless no
         # Python container holds them at all: then say that (held from C).
-        from_c = [h for h in found if h.root_kind == "unknown" or (h.root_kind == "registry" and h.path.startswith("<"))]
+        from_c = [h for h in found if _held_from_c(h)]
         return max(from_c, key=lambda h: (h.targets, h.t)) if from_c else None
     pool = growing or found
     return max(pool, key=lambda h: (h.targets, h.t)) if pool else None
@@ -346,6 +353,11 @@ def _plausible_holders(p: ProcessData) -> tuple[Holder, ...]:
     return tuple(out)
 
 
+def _held_from_c(h: Holder) -> bool:
+    """No Python container holds it: a path from a C-held registry, or from nothing gc-visible."""
+    return h.root_kind == "unknown" or (h.root_kind == "registry" and h.path.startswith("<"))
+
+
 def _runs_through(path: str, other: str) -> bool:
     """Whether holder ``path`` continues ``other`` (``a._X[...]->traceback`` runs through ``a._X[...]``)."""
     return len(path) > len(other) and path.startswith(other) and path[len(other)] in "[.-{ <"
@@ -360,7 +372,7 @@ def _growing_holders(groups: Sequence[Sequence[Holder]]) -> list[Holder]:
     """
     out = []
     for holders in groups:
-        out += [h for h in holders if h.root_kind == "registry" and h.path.startswith("<")]
+        out += [h for h in holders if _held_from_c(h) and h.root_kind == "registry"]
         first_seen: dict[tuple[str, str], Holder] = {}
         for h in sorted(holders, key=lambda h: h.t):
             first_seen.setdefault((h.type, h.path), h)

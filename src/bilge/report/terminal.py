@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from rich import box
@@ -100,12 +101,12 @@ class TerminalReporter:
         columns = ["#"] + (["task"] if show_task else []) + ["type"] + (["kind"] if show_kind else [])
         columns += ["bytes/call", "objects/call"] + (["holder", "location"] if explained else [])
         for col in columns:
-            table.add_column(col, overflow="fold", no_wrap=col in ("#", "bytes/call", "objects/call"))
+            table.add_column(col, overflow="fold", no_wrap=col in ("#", "bytes/call", "objects/call", "location"))
         for i, f in enumerate(d.findings, 1):
             cells = {"#": str(i), "task": f.task or "—", "type": f.type or "—", "kind": f.kind or "—",
                      "bytes/call": human_bytes(f.bytes_per_call),
                      "objects/call": "—" if f.count_per_call is None else "%.3g" % f.count_per_call,
-                     "holder": f.holder or "—", "location": f.location or "—"}
+                     "holder": f.holder or "—", "location": short_location(f.location) if f.location else "—"}
             table.add_row(*(cells[c] for c in columns))
             if f.values:
                 table.add_row(*("" if c != "type" else Text("values: " + "; ".join(f.values), style="yellow")
@@ -115,9 +116,12 @@ class TerminalReporter:
     def _processes(self, processes: Sequence[ProcessDiagnosis]) -> Group:
         lines: list[Text] = [Text("Processes", style="italic")]
         for p in processes:
+            # The pool's parent runs no tasks: too few samples yet is no news.
+            waiting = p.role == "celery-main" and p.verdict == INCONCLUSIVE and not p.tasks_observed
+            verdict, style = ("no verdict yet", "dim") if waiting else (p.verdict.upper(), _STYLE.get(p.verdict, ""))
+            role = "celery-main (pool parent)" if p.role == "celery-main" else p.role
             line = Text.assemble(
-                ("● ", _STYLE.get(p.verdict, "")), ("%d %s " % (p.pid, p.role), "bold"),
-                (p.verdict.upper(), _STYLE.get(p.verdict, "")),
+                ("● ", style), ("%d %s " % (p.pid, role), "bold"), (verdict, style),
                 "  %d tasks  RSS %s → %s" % (p.tasks_observed, human_bytes(p.rss_start), human_bytes(p.rss_end)),
             )
             # Outside a leak, a rate over a short window is noise dressed up
@@ -144,6 +148,25 @@ class TerminalReporter:
 
 OPENED = "opened: "
 EPISODE = "episode: "
+
+
+def short_location(location: str, cwd: str | None = None) -> str:
+    """``file:line`` as a developer would name it: below site-packages, or relative to the working directory,
+    or the last three path parts (the JSON report keeps the full path)."""
+    path, sep, line = location.rpartition(":")
+    if not sep or not line.isdigit():
+        path, line = location, ""
+    for marker in ("/site-packages/", "/dist-packages/"):
+        if marker in path:
+            path = path.rsplit(marker, 1)[1]
+            break
+    else:
+        base = (cwd or os.getcwd()).rstrip("/") + "/"
+        if path.startswith(base):
+            path = path[len(base):]
+        elif path.count("/") > 3:
+            path = "…/" + "/".join(path.split("/")[-3:])
+    return "%s:%s" % (path, line) if line else path
 
 
 def cost_line(cost: AgentCost) -> str:

@@ -249,3 +249,17 @@ def test_weak_references_and_static_tables_do_not_lead_or_follow() -> None:
              + _holders("list", "pygments.Style._styles[...]", (80, 80)))
     diagnosis = diagnose(RunData(run=RUN, processes=(replace(leaking, censuses=censuses, holders=found),)))
     assert [f.type for f in diagnosis.findings] == ["shop.Order", "weakref.ReferenceType"]
+
+
+def test_the_pool_parent_with_few_samples_says_when_it_will_be_judged() -> None:
+    """Celery's MainProcess runs no tasks: with 26 samples the report says how many more it needs, plainly."""
+    samples = tuple(Sample(t * 0.5, BASE, None, None, 100_000, 0, 12, 2, 0) for t in range(26))
+    info = ProcessInfo(id=1, pid=1000, ppid=1, parent_id=None, role="celery-main", started=0.0, ended=13.0,
+                       argv="celery worker")
+    diagnosis = diagnose(RunData(run=RUN, processes=(
+        ProcessData(info=info, samples=samples, tasks=(), censuses=()), process(2, None))))
+    parent = diagnosis.processes[0]
+    assert parent.verdict == INCONCLUSIVE
+    assert parent.reason.startswith("the pool's parent runs no tasks and is judged on its memory over time: "
+                                    "26 samples so far, 600 needed")
+    assert diagnosis.verdict == NO_LEAK
