@@ -263,3 +263,22 @@ def test_the_pool_parent_with_few_samples_says_when_it_will_be_judged() -> None:
     assert parent.reason.startswith("the pool's parent runs no tasks and is judged on its memory over time: "
                                     "26 samples so far, 600 needed")
     assert diagnosis.verdict == NO_LEAK
+
+
+def test_a_leak_nothing_explains_while_the_explain_stage_ran_is_inconclusive() -> None:
+    """RSS and heap drift up after every task whatever its name, no type grows, and holder searches ran in the
+    process meanwhile: not a leak to report but an inconclusive verdict saying what more is needed. The same
+    drift with no explain activity stays a leak (nothing bilge did can have caused it)."""
+    from bilge.model import AgentCost, StageRun
+
+    flat = process(2, None)
+    drifting = tuple(replace(t, rss_before=(t.rss_before or 0) + 1500 * t.seq, rss_after=(t.rss_after or 0)
+                             + 1500 * t.seq, blocks_before=(t.blocks_before or 0) + 20 * t.seq,
+                             blocks_after=(t.blocks_after or 0) + 20 * t.seq) for t in flat.tasks)
+    drifting_process = replace(flat, tasks=drifting)
+    assert diagnose(RunData(run=RUN, processes=(drifting_process,))).verdict == LEAK
+    searches = tuple(StageRun("holder-search", "suspect", t, t + 0.05, 0.05, 0.0, "done") for t in (6.0, 9.0))
+    diagnosis = diagnose(RunData(run=RUN, processes=(replace(drifting_process, cost=AgentCost(runs=searches)),)))
+    assert diagnosis.verdict == INCONCLUSIVE
+    assert diagnosis.findings == ()
+    assert "no task, object type or holder explains the growth" in diagnosis.processes[0].reason
