@@ -93,7 +93,6 @@ NATIVE_TRACED_SHARE = 0.5
 NATIVE_IN_USE_SHARE = 0.5
 NATIVE_SLOWDOWN = 4.0
 MAX_HOLDER_SEARCHES = 4
-HOLDER_GAP_TASKS = 150
 HOLDER_SECONDS = 0.5
 HOLDER_INDEX_BYTES = 24 << 20
 # Recounts asking "is a type growing steadily?" wait this long at first,
@@ -145,8 +144,10 @@ class Explain:
         self.holder_searches = 0
         self._next_holder_search = 0
         self._holder_cpu = 0.1
-        # C-held registry sizes at the previous holder search (none before the first).
-        self._registries: dict[str, int] | None = None
+        # C-held registry sizes at the previous holder search; before the
+        # first, at this process's start (a prefork child: after the fork,
+        # the app's imports done).
+        self._registries: dict[str, int] | None = holder_sampler.registry_counts()
         self._next_recount = 0.0
         self._recount_wait = RECOUNT_EVERY
         self._first_suspect: tuple[int, float, float, int | None] | None = None
@@ -463,17 +464,13 @@ class Explain:
         if self._counts.baseline is None or not self._budget.affords(self._holder_cpu):
             return
         self.holder_searches += 1
-        # The second search comes a quarter as many tasks later (at least
-        # HOLDER_GAP_TASKS): a container seen holding more the second time is
-        # the growing one, and a holder is only confirmed by a second search,
-        # so it must come while the process still runs (at 1.5x the tasks, a
-        # child first searched at task 1000 of 1500 never had one).
-        # Later searches come at half as many tasks again: each one leaves a
-        # step in the process's memory, and one near the end of a short run
-        # is hard to take out of its trend.
-        tasks = self._watch.tasks_done
-        gap = max(HOLDER_GAP_TASKS, tasks // 4) if self.holder_searches == 1 else max(tasks, 20) // 2
-        self._next_holder_search = tasks + gap
+        # The next search comes after half as many tasks again: a container
+        # seen holding more the second time is the growing one. (Sooner, at
+        # a quarter, was tried: it confirmed more holders in the zoo's short
+        # runs, but each search leaves a step of several MiB in RSS, and the
+        # extra one inside the trend window turned children's kind to
+        # `native` in 1 run of 3, the demo's included.)
+        self._next_holder_search = max(self._watch.tasks_done, 20) * 3 // 2
         with self._run(STAGE_HOLDER_SEARCH, reason) as meter:
             self._census.count_now()
             wanted = self._counts.growing_types()
