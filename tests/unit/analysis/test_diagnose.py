@@ -282,3 +282,26 @@ def test_a_leak_nothing_explains_while_the_explain_stage_ran_is_inconclusive() -
     assert diagnosis.verdict == INCONCLUSIVE
     assert diagnosis.findings == ()
     assert "no task, object type or holder explains the growth" in diagnosis.processes[0].reason
+
+
+def test_a_verdict_resting_on_the_heap_is_never_native() -> None:
+    """The heap grows with every leaky call; RSS after tasks climbed 24 MiB between a quarter and half of the
+    run (what explain-stage steps leave) and is flat after it, and traced episodes kept little: alone, the kind
+    test would say "outside Python". The verdict rests on the heap (RSS has not followed in the judged half),
+    so the kind is python-objects."""
+    from bilge.model import AllocationSite, AllocationWindow
+
+    leaking = process(2, "shop.search")
+    n = len(leaking.tasks)
+
+    def climbed(seq: int) -> int:
+        return BASE + int((24 << 20) * min(1.0, max(0.0, (seq - n / 4) / (n / 4))))
+
+    rss = tuple(replace(t, rss_before=climbed(t.seq - 1), rss_after=climbed(t.seq)) for t in leaking.tasks)
+    samples = tuple(replace(s, rss=climbed(s.tasks_done)) for s in leaking.samples)
+    traced = (AllocationWindow(started=8.0, ended=8.5, tasks=16, status="done", peak_memory=1 << 20,
+                               sites=(AllocationSite("app.py", 12, 16 * 600, 16 * 9, "user", ()),)),)
+    diagnosis = diagnose(RunData(run=RUN, processes=(replace(leaking, tasks=rss, samples=samples, windows=traced),)))
+    child = diagnosis.processes[0]
+    assert child.verdict == LEAK and child.reason.startswith("the Python heap grows steadily")
+    assert diagnosis.kind == PYTHON_OBJECTS
