@@ -328,3 +328,17 @@ def test_axis_ticks_are_round() -> None:
     assert nice_ticks(17, 17, integer=True) == [16.0, 17.0, 18.0]
     assert time_ticks(26, count=8) == [0, 5, 10, 15, 20, 25, 30]
     assert [clock(s) for s in (0, 65, 3725)] == ["0:00", "1:05", "1:02:05"]
+
+
+def test_growth_by_task_counts_what_a_call_keeps_like_the_findings() -> None:
+    """RSS stalled (1 B per call) while each call kept 70 heap blocks: the bar says ~4.4 KiB, as the finding
+    does, not 1 B."""
+    from bilge.model import Diagnosis, RunInfo, TaskGrowth
+    from bilge.report.html import growth_bars
+
+    run = RunInfo(id=1, started=0.0, ended=1.0, command="celery worker", exit_code=0, hostname="h")
+    growth = (TaskGrowth("shop.render_invoice", 500, 1.0, 70.0, 9.0), TaskGrowth("shop.geo_lookup", 500, 2.0, 0.0, 0.1))
+    bars = growth_bars(Diagnosis(run=run, verdict="leak", kind=None, confidence=1.0, findings=(), processes=(),
+                                 task_growth=growth))
+    assert [b.bytes_per_call for b in bars] == ["4.4 KiB", "2 B"]
+    assert bars[0].width == 100.0

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from bilge.analysis.kind import BLOCK_BYTES
 from bilge.model import TaskGrowth, TaskRecord
 
 MIN_T = 3.0
@@ -74,6 +75,14 @@ def task_growth(per_process: Sequence[Sequence[TaskRecord]], window: int = WINDO
                       support=float(exact_t[i]) if exact_t is not None else 0.0)
            for i, n in enumerate(names)]
     return tuple(sorted(out, key=lambda g: (-_significant(g), -g.bytes_per_call, -g.score)))
+
+
+def kept_per_call(g: TaskGrowth) -> float:
+    """Bytes one call keeps, at least: RSS can stall while a leak refills memory freed earlier, and heap blocks
+    (at ~64 B each) then give the better lower bound."""
+    if g.blocks_per_call <= 0:
+        return g.bytes_per_call  # the heap says nothing is kept: RSS's figure stands, negative or not
+    return max(g.bytes_per_call, g.blocks_per_call * BLOCK_BYTES)
 
 
 def leaking_task(growths: Sequence[TaskGrowth]) -> TaskGrowth | None:

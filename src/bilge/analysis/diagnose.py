@@ -478,9 +478,7 @@ def _findings(
         steady = steady[:1] + [t for t in steady[1:MAX_FINDINGS] if t.type in held_growing]
     else:
         steady = steady[:MAX_FINDINGS]
-    # RSS can stall while a leak refills freed memory; heap blocks (at ~64 B
-    # each) then give the better lower bound of what a call keeps.
-    bytes_per_call = round(max(leaky.bytes_per_call, leaky.blocks_per_call * kind.BLOCK_BYTES), 1) if leaky else None
+    bytes_per_call = round(attribution.kept_per_call(leaky), 1) if leaky else None
     if not steady:
         return (Finding(task=task, type=None, kind=leak_kind, bytes_per_call=bytes_per_call, count_per_call=None,
                         hint=hints.hint(leak_kind, task, None, None), pids=pids, evidence=evidence,

@@ -35,6 +35,7 @@ import jinja2
 import markupsafe
 
 from bilge import __version__
+from bilge.analysis.attribution import kept_per_call
 from bilge.model import Diagnosis, ProcessDiagnosis, Series, StageRun
 from bilge.report.json_report import to_dict
 from bilge.report.terminal import human_bytes
@@ -278,17 +279,19 @@ def growth_bars(d: Diagnosis) -> list[Bar]:
     """The growth-by-task rows: a diverging bar of bytes per call around zero."""
     if not d.task_growth:
         return []
-    reach = max(abs(g.bytes_per_call) for g in d.task_growth) or 1.0
-    has_negative = any(g.bytes_per_call < 0 for g in d.task_growth)
+    # What a call keeps, as the findings count it (RSS or heap blocks, whichever says more).
+    kept = {g.task: kept_per_call(g) for g in d.task_growth}
+    reach = max(abs(v) for v in kept.values()) or 1.0
+    has_negative = any(v < 0 for v in kept.values())
     zero, scale = (50.0, 50.0) if has_negative else (0.0, 100.0)
     reported = {f.task for f in d.findings}
     bars = []
     for g in d.task_growth:
-        width = abs(g.bytes_per_call) / reach * scale
-        bars.append(Bar(task=g.task, calls=count(g.calls), bytes_per_call=human_bytes(g.bytes_per_call),
+        width = abs(kept[g.task]) / reach * scale
+        bars.append(Bar(task=g.task, calls=count(g.calls), bytes_per_call=human_bytes(kept[g.task]),
                         blocks_per_call=count(g.blocks_per_call), score="%.1f" % g.score,
-                        offset=round(zero - width if g.bytes_per_call < 0 else zero, 2), width=round(width, 2),
-                        negative=g.bytes_per_call < 0, reported=g.task in reported))
+                        offset=round(zero - width if kept[g.task] < 0 else zero, 2), width=round(width, 2),
+                        negative=kept[g.task] < 0, reported=g.task in reported))
     return bars
 
 
