@@ -166,6 +166,32 @@ def test_thread_stack_local_is_named_by_thread_function_and_variable(app: types.
         "thread-stack", "list", 80, 80, 2)
 
 
+def test_a_thread_local_closure_is_named_from_its_function_not_from_the_thread(app: types.ModuleType) -> None:
+    """A closure held by another thread's local re-roots at its function, as from a module: only paths held
+    from C keep their root's text in front of a re-rooted name."""
+    release = threading.Event()
+    ready = threading.Event()
+
+    def worker() -> None:
+        handler = app.register()
+        for _ in range(12):
+            handler(app.Event())
+        ready.set()
+        release.wait(30)
+        del handler
+
+    thread = threading.Thread(target=worker, name="holders-test-closure", daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        (best, *_) = paths_of(find_holders([MODULE + ".Event"]), MODULE + ".Event")
+    finally:
+        release.set()
+        thread.join(10)
+    assert best.path == "%s.register.<locals>.handler closure 'handlers'[...]" % MODULE
+    assert best.root_kind == "closure"
+
+
 def test_values_and_data_keys_are_redacted(app: types.ModuleType) -> None:
     """Data-dict keys become ``[...]``; only identifier-like names of namespaces are shown."""
     app._SESSIONS["token-s3cr3t-value"] = app.Session()

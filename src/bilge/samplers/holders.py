@@ -501,7 +501,7 @@ class _Namer:
         self.kind = kind
         # Held from C (no Python container; a registry kept in C, or nothing
         # named): every re-rooted name keeps saying so.
-        self.from_c = text.startswith("<")
+        self.from_c = kind == UNKNOWN or (kind == REGISTRY and text.startswith("<"))
         self.c_root = (text, kind) if self.from_c else None
         self.namespace = namespace  # the current object maps attribute names to values
         self.closure: types.FunctionType | None = None
