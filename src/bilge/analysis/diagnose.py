@@ -41,8 +41,6 @@ TIME_POLICY = TrendPolicy(min_points=600, min_slope=1.0)
 # one block per task and 4000 blocks (~250 KiB at ~64 B a block) over the
 # window, at a stricter significance.
 HEAP_POLICY = TrendPolicy(alpha=1e-6, min_growth=4000, min_slope=1.0)
-# The verdict's reason when it rests on the Python heap (RSS has not followed).
-HEAP_REASON = "the Python heap grows steadily after warm-up"
 # Celery's MainProcess under prefork: it consumes and supervises, runs no task.
 POOL_PARENT = "celery-main"
 
@@ -140,8 +138,7 @@ def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
     rss_slope: float | None = None
     on_heap = False
     if by_task:
-        result, confirmed, rss_slope = _task_verdict(p, policy, heap_policy, native_policy)
-        on_heap = result.verdict == LEAK and result.reason.startswith(HEAP_REASON)
+        result, confirmed, rss_slope, on_heap = _task_verdict(p, policy, heap_policy, native_policy)
         trend_start = p.tasks[min(result.window_start, len(p.tasks) - 1)].started if p.tasks else 0.0
         explain_start = p.tasks[len(p.tasks) // 4].started if p.tasks else 0.0
     else:
@@ -211,11 +208,12 @@ def _type_series(censuses: Sequence[Census], types: Sequence[TypeGrowth]) -> tup
 
 
 def _task_verdict(p: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
-                  native_policy: TrendPolicy | None) -> tuple[Trend, int | None, float]:
+                  native_policy: TrendPolicy | None) -> tuple[Trend, int | None, float, bool]:
     """The verdict on RSS after each task, or on the Python heap (or glibc's in-use bytes) when RSS has not
     followed yet.
 
-    Returns (verdict, confirmed after tasks, RSS slope in bytes per task).
+    Returns (verdict, confirmed after tasks, RSS slope in bytes per task, whether the verdict rests on the
+    Python heap).
 
     A leak can fill memory that warm-up freed (pymalloc pools, glibc free
     lists) for a long time before RSS moves; heap blocks move with every
@@ -232,16 +230,16 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
         # Either series may confirm first: RSS stalls while a leak refills
         # memory freed earlier, heap blocks keep counting every object.
         confirmed = [c for c in (_as_task_count(x, trend.confirmed_after(x, y, policy)), heap_confirmed) if c]
-        return result, min(confirmed) if confirmed else None, result.slope
+        return result, min(confirmed) if confirmed else None, result.slope, False
     if heap.verdict != LEAK:
         native = _native_verdict(p, native_policy)
         if native is not None:
-            return native
-        return result, None, result.slope
-    reason = (HEAP_REASON + " (%+.1f blocks per task, still growing at the end) "
+            return (*native, False)
+        return result, None, result.slope, False
+    reason = ("the Python heap grows steadily after warm-up (%+.1f blocks per task, still growing at the end) "
               "while RSS has not followed yet: the leak is filling memory freed earlier, and RSS will grow once "
               "that is used up" % heap.slope)
-    return replace(heap, reason=reason), heap_confirmed, result.slope
+    return replace(heap, reason=reason), heap_confirmed, result.slope, True
 
 
 def _native_verdict(p: ProcessData, policy: TrendPolicy | None) -> tuple[Trend, int | None, float] | None:
@@ -389,9 +387,14 @@ def _plausible_holders(p: ProcessData) -> tuple[Holder, ...]:
     return tuple(out)
 
 
+def _held_by_c_registry(h: Holder) -> bool:
+    """Held by one of the interpreter's registries kept in C (``<atexit callbacks>…``)."""
+    return h.root_kind == "registry" and h.path.startswith("<")
+
+
 def _held_from_c(h: Holder) -> bool:
     """No Python container holds it: a path from a C-held registry, or from nothing gc-visible."""
-    return h.root_kind == "unknown" or (h.root_kind == "registry" and h.path.startswith("<"))
+    return h.root_kind == "unknown" or _held_by_c_registry(h)
 
 
 def _runs_through(path: str, other: str) -> bool:
@@ -408,7 +411,7 @@ def _growing_holders(groups: Sequence[Sequence[Holder]]) -> list[Holder]:
     """
     out = []
     for holders in groups:
-        out += [h for h in holders if _held_from_c(h) and h.root_kind == "registry"]
+        out += [h for h in holders if _held_by_c_registry(h)]
         first_seen: dict[tuple[str, str], Holder] = {}
         for h in sorted(holders, key=lambda h: h.t):
             first_seen.setdefault((h.type, h.path), h)
