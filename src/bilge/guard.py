@@ -244,17 +244,14 @@ class _Check:
         return self.measured < self.policy.max_calls and time.perf_counter() - t0 < self.policy.max_seconds
 
     def _measure(self, calls: int) -> None:
+        """Measured calls: memory read after every ``stride``-th."""
         stride = self.policy.stride
-        fn, started, ended = self.fn, self.started, self.ended
-        clock = time.time
-        for _ in range(calls):
-            i = self.done
-            started[i] = clock()
-            fn()
-            ended[i] = clock()
-            self.done = i + 1
-            if self.done % stride == 0:
+
+        def read(i: int) -> None:
+            if (i + 1) % stride == 0:
                 self._read()
+
+        self._calls(calls, on_end=read)
         self.measured = self.done
 
     def _read(self, rebase: bool = False) -> None:
@@ -281,19 +278,21 @@ class _Check:
 
     def _calls(self, n: int, on_start: Callable[[int], None] | None = None,
                on_end: Callable[[int], None] | None = None) -> None:
-        """Calls of the explain stage: recorded as calls (censuses count per call), memory not read."""
+        """Calls recorded as calls (censuses count per call); the hooks get the call's index, ``on_end`` once it
+        is counted in ``done``."""
+        fn, started, ended, clock = self.fn, self.started, self.ended, time.time
         for _ in range(n):
             i = self.done
-            if i >= len(self.started):
+            if i >= len(started):
                 return
             if on_start:
                 on_start(i)
-            self.started[i] = time.time()
-            self.fn()
-            self.ended[i] = time.time()
+            started[i] = clock()
+            fn()
+            ended[i] = clock()
+            self.done = i + 1
             if on_end:
                 on_end(i)
-            self.done = i + 1
 
     def _census(self, sized: bool) -> None:
         taken = self._census_taker.take(sized=sized)
