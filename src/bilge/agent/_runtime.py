@@ -180,7 +180,11 @@ class Agent:
             self._log_once("register", exc)
             return
         while not self._stop.wait(self._interval()):
-            self.tick()
+            proc_sampler.AGENT_BUSY[0] = 1
+            try:
+                self.tick()
+            finally:
+                proc_sampler.AGENT_BUSY[0] = 0
 
     def tick(self) -> None:
         """One round of every stage (the thread's loop body; tests call it directly)."""

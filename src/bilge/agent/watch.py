@@ -1,13 +1,13 @@
-"""The always-on watch: process readings, memory after every task, suspicion. Stdlib-only.
+"""The always-on watch: process readings, memory at task ends, suspicion. Stdlib-only.
 
 Cheap by construction: a sample every interval (RSS, heap blocks, gc
-counters, fds, glibc's arena, USS one time in ``USS_EVERY``) and, at a task's
-end, one RSS read and one ``sys.getallocatedblocks()`` (~25-60 µs in all in a
-real worker, where the caches are cold after the task). Every task is read
-during a process's first 3000 tasks; after, one task in N when a read costs
-more than 0.25 % of a task (see ``note_read_cost``), and the other tasks
-cost a dictionary entry and a row.
-The two suspicion rings (RSS and heap blocks after each task) are the
+counters, fds, glibc's arena, USS one time in ``USS_EVERY``) and, at a read
+task's end, one RSS read and one ``sys.getallocatedblocks()`` (~25-50 µs in
+all in a real worker, where the caches are cold after the task). Every task
+is read while that costs at most a small share of the task (1 % while a
+process is young, 0.25 % after); else one task in N, at both ends, and the
+other tasks cost a dictionary entry and a row.
+The two suspicion rings (RSS and heap blocks after each read task) are the
 agent's early, in-process signal; the real verdict is the analysis's.
 """
 
@@ -36,17 +36,25 @@ MAX_RUNNING = 10000
 FULL_TASKS = 50_000
 TASK_BURST = 2_000
 TASK_DUTY = 10
-# Memory (RSS and heap blocks) is read after every task during a process's
-# first FULL_READ_TASKS tasks (its first thousands of tasks are where a leak
-# is confirmed and attributed per call). After, while a read costs at most
-# READ_SHARE of the mean task's time it stays on every task; else one task in
-# about N is read, at both ends (its own delta stays exact), N chosen so the
-# average per task stays at that share, at most MAX_READ_EVERY. The gaps
+# Memory (RSS and heap blocks) is read after every task while a read costs
+# at most a share of a task: YOUNG_READ_SHARE during a process's first
+# FULL_READ_TASKS tasks (where a leak is confirmed and attributed per call),
+# READ_SHARE after. Past it, one task in about N is read, at both ends (its
+# own delta stays exact), N chosen so the average per task stays at that
+# share, at most MAX_READ_EVERY (MAX_YOUNG_READ_EVERY while young). The gaps
 # between read tasks are random, so a repeating task order cannot lock the
-# reads onto one name.
+# reads onto one name. A task's share is weighed against the larger of its
+# own duration and the process's CPU time per task (Celery's own work per
+# message included): what the reads take from throughput and from CPU.
+YOUNG_READ_SHARE = 0.01
 READ_SHARE = 0.0025
+MAX_YOUNG_READ_EVERY = 8
 MAX_READ_EVERY = 64
 FULL_READ_TASKS = 3000
+# One read in this many is timed where it happens (the task's thread, caches
+# cold after the task: two to three times what the same read costs in the
+# agent's own thread).
+READ_TIMING_EVERY = 16
 # One task hook in this many is timed (CPU of the task's thread: waiting for
 # the GIL is not the hook's cost), to account the hooks' own cost without
 # paying for a clock read on every task.
@@ -79,10 +87,14 @@ class Watch:
     """
 
     def __init__(self, outbox: Outbox, paused: Callable[[], bool] = lambda: False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 cpu_clock: Callable[[], float] = time.process_time,
+                 thread_clock: Callable[[], float] = time.thread_time) -> None:
         self._outbox = outbox
         self._paused = paused
         self._clock = clock
+        self._cpu_clock = cpu_clock
+        self._thread_clock = thread_clock
         self._rss = proc_sampler.RssReader()
         self.malloc = proc_sampler.MallocStats()
         self.rss_suspicion = Suspicion()
@@ -105,8 +117,12 @@ class Watch:
         # switch in the middle of one would count the switch as the read's).
         self._read_costs: deque[float] = deque(maxlen=5)
         self._random = Random(0x6B11)
-        # Mean task duration (moving), what the heap reads' cost is weighed against.
+        # Mean task duration (moving) and the process's CPU time per task
+        # (moving, from the samples): what the reads' cost is weighed against.
         self.task_seconds = 0.0
+        self.cpu_per_task = 0.0
+        self._cpu_at: tuple[float, int] | None = None
+        self._reads = 0
 
     # ----------------------------------------------------------- task thread --
     def task_started(self, key: Any, name: str) -> None:
@@ -133,15 +149,20 @@ class Watch:
         # Not the first task: its one-off costs (first reads, lazy set-up)
         # would be counted HOOK_TIMING_EVERY times over.
         timed = self.tasks_done % HOOK_TIMING_EVERY == HOOK_TIMING_EVERY - 1
-        t_hook = time.thread_time() if timed else 0.0
+        t_hook = self._thread_clock() if timed else 0.0
         name, t0, rss0, gc0, blocks0, read = started
         self.tasks_done += 1
         done = self.tasks_done
         blocks1: int | None = None
         rss1: int | None = None
         if read:
+            self._reads += 1
+            timed_read = self._reads % READ_TIMING_EVERY == 1
+            t_read = self._thread_clock() if timed_read else 0.0
             blocks1 = proc_sampler.heap_blocks()
             rss1 = self._rss.read()
+            if timed_read:
+                self.note_read_cost(self._thread_clock() - t_read)
             self.last_blocks, self.last_rss = blocks1, rss1
             if self._paused():
                 self.rss_suspicion.gap()
@@ -162,7 +183,7 @@ class Watch:
             # the young phase a read task's start hook read memory as well,
             # as much as this one (else the start hook's cost is noise).
             both_ends = 2 if read and self.read_every > 1 else 1
-            self.hook_seconds += (time.thread_time() - t_hook) * HOOK_TIMING_EVERY * both_ends
+            self.hook_seconds += (self._thread_clock() - t_hook) * HOOK_TIMING_EVERY * both_ends
         seconds = now - t0 if now > t0 else 0.0
         self.task_seconds += (seconds - self.task_seconds) * (0.01 if self.task_seconds else 1.0)
         return TaskReading(name, seconds, rss1, blocks1,
@@ -179,12 +200,8 @@ class Watch:
         malloc_used, malloc_free = self.malloc.read()
         rss = self._rss.read()
         self.last_fds = proc_sampler.count_fds()
-        # CPU time of this thread: on a busy machine the wall clock would
-        # count the time the OS ran something else as the read's cost.
-        t = time.thread_time()
         self.last_heap_blocks = proc_sampler.heap_blocks()
-        self._rss.read()
-        self.note_read_cost(time.thread_time() - t)
+        self._note_cpu()
         self._outbox.add_sample(
             (self._clock(), rss, uss, pss, self.last_heap_blocks, g0, g1, g2, collections, collected,
              self.last_fds, proc_sampler.thread_count(), self.tasks_done, malloc_used, malloc_free)
@@ -194,31 +211,40 @@ class Watch:
             self.rss_suspicion.add(rss)
         self.sampled_rss = rss
 
+    def _note_cpu(self) -> None:
+        """The process's CPU time per task since the previous sample (moving), when tasks ran."""
+        cpu, tasks = self._cpu_clock(), self.tasks_done
+        if self._cpu_at is not None and tasks > self._cpu_at[1]:
+            per_task = (cpu - self._cpu_at[0]) / (tasks - self._cpu_at[1])
+            self.cpu_per_task += (per_task - self.cpu_per_task) * (0.3 if self.cpu_per_task else 1.0)
+        self._cpu_at = (cpu, tasks)
+
     def note_read_cost(self, cost: float) -> None:
         """Read memory on every task while that is cheap; on one task in about N when it is not.
 
         A read is ``sys.getallocatedblocks()``, which visits every pymalloc
-        pool (~3 µs per 100,000 blocks: ~10-15 µs for a usual Celery child,
-        120 µs for one holding a million objects, and it evicts the task's
-        cache lines), and one RSS read (a system call). Past the first
-        FULL_READ_TASKS tasks the cost is weighed against the mean task's
-        duration: at most ``READ_SHARE`` of it on average.
+        pool (~3 µs per 100,000 blocks: ~10-25 µs for a usual Celery child
+        with cold caches, 120 µs for one holding a million objects, and it
+        evicts the task's cache lines), and one RSS read (a system call).
+        ``cost`` is one read's CPU time in the task's thread (its CPU clock:
+        on a busy machine the wall clock would count what the OS ran
+        meanwhile); the median of the latest five is the read's cost.
         """
         self._read_costs.append(cost)
         read_cost = sorted(self._read_costs)[len(self._read_costs) // 2]
-        if self.task_seconds <= 0 or self.tasks_done < FULL_READ_TASKS:
-            # No task has run yet (nothing to weigh the cost against), or a
-            # young process: its first thousands of tasks are where a leak
-            # is confirmed and attributed, per call (sampled reads there
-            # cost the zoo's benign cases false alarms and its leaks their task).
+        per_task = max(self.task_seconds, self.cpu_per_task)
+        if per_task <= 0:
+            # No task has run yet: nothing to weigh the cost against.
             self.read_every = 1
             return
-        allowed = READ_SHARE * self.task_seconds
+        young = self.tasks_done < FULL_READ_TASKS
+        allowed = (YOUNG_READ_SHARE if young else READ_SHARE) * per_task
         if read_cost <= allowed:
             self.read_every = 1
         else:
             # A read task reads at both ends.
-            every = min(MAX_READ_EVERY, max(2, math.ceil(2 * read_cost / allowed)))
+            every = min(MAX_YOUNG_READ_EVERY if young else MAX_READ_EVERY,
+                        max(2, math.ceil(2 * read_cost / allowed)))
             if self.read_every == 1:
                 self._next_read = self.tasks_done + self._random.randrange(1, 2 * every)
             self.read_every = every

@@ -11,7 +11,7 @@ the analysis's own test, on block medians) by a material amount.
 
 from __future__ import annotations
 
-from collections import deque
+from array import array
 
 from bilge import trendtest
 
@@ -20,8 +20,12 @@ from bilge import trendtest
 # 4th, … as the process ages.
 RING = 600
 BLOCKS = 20
-# Task readings (one per task) before the process can be suspect at all.
+# Tasks (or, for readings on a clock, readings) the ring must span before the
+# process can be suspect at all, and readings it must hold: a process whose
+# reads are sampled (one task in N, see bilge.agent.watch) holds fewer
+# readings over the same tasks.
 MIN_TASK_READINGS = 300
+MIN_READINGS = 100
 Z_SUSPECT = 3.3  # one-sided p ~ 5e-4
 Z_TAIL = 2.3  # the most recent quarter must still be rising (p ~ 0.01)
 MIN_GROWTH = 256 * 1024
@@ -31,15 +35,60 @@ MIN_GROWTH = 256 * 1024
 MIN_HEAP_GROWTH = 1024
 
 
+class _Ring:
+    """A fixed ring of doubles, preallocated: filling it allocates nothing.
+
+    A deque of floats allocates an object per reading until it is full: a
+    few thousand heap blocks over the process's first readings, which the
+    heap's own suspicion (and the analysis) then saw as the host's growth.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._data = array("d", bytes(8 * size))
+        self._size = size
+        self._start = 0
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def append(self, value: float) -> None:
+        """Add a value at the end; when full, the oldest goes."""
+        if self._len < self._size:
+            self._data[(self._start + self._len) % self._size] = value
+            self._len += 1
+        else:
+            self._data[self._start] = value
+            self._start = (self._start + 1) % self._size
+
+    def __getitem__(self, index: int) -> float:
+        if not -self._len <= index < self._len:
+            raise IndexError("ring index out of range")
+        return self._data[(self._start + index % self._len) % self._size]
+
+    def values(self) -> list[float]:
+        """The values, oldest first."""
+        end = self._start + self._len
+        if end <= self._size:
+            return self._data[self._start:end].tolist()
+        return self._data[self._start:].tolist() + self._data[:end - self._size].tolist()
+
+    def keep_every_other(self) -> None:
+        """Keep the 1st, 3rd, 5th ... values (in place)."""
+        kept = self.values()[::2]
+        self._data[:len(kept)] = array("d", kept)
+        self._start, self._len = 0, len(kept)
+
+
 class Suspicion:
     """A bounded ring of readings with a cheap upward-trend test."""
 
     def __init__(self, min_growth: float = MIN_GROWTH) -> None:
         self._min_growth = min_growth
-        self._ring: deque[float] = deque(maxlen=RING)
+        self._ring = _Ring(RING)
         # Where each kept reading was taken (the task it followed): past a
         # process's young phase only some tasks are read, at uneven gaps.
-        self._at: deque[float] = deque(maxlen=RING)
+        self._at = _Ring(RING)
         self._seen = 0
         self._stride = 1
         # The agent asks several times per loop (window, fleet state,
@@ -81,17 +130,21 @@ class Suspicion:
         if len(self._ring) == RING and x >= RING * self._stride * 2:
             # Halve the resolution so the ring spans the whole life again.
             self._stride *= 2
-            for ring in (self._ring, self._at):
-                kept = list(ring)[::2]
-                ring.clear()
-                ring.extend(kept)
+            self._ring.keep_every_other()
+            self._at.keep_every_other()
+
+    def _enough(self) -> bool:
+        ring = self._ring
+        if len(ring) < MIN_READINGS:
+            return False
+        return self._at[-1] - self._at[0] + 1 >= MIN_TASK_READINGS
 
     def growth_per_reading(self) -> float:
         """Bytes per reading (per task, for task readings) over the recent half, from block medians; 0 if unknown."""
-        if len(self._ring) < MIN_TASK_READINGS:
+        if not self._enough():
             return 0.0
         half = len(self._ring) // 2
-        values, at = list(self._ring)[half:], list(self._at)[half:]
+        values, at = self._ring.values()[half:], self._at.values()[half:]
         size = max(1, len(values) // BLOCKS)
         first, last = sorted(values[:size])[size // 2], sorted(values[-size:])[size // 2]
         # Between the middles of the first and the last block.
@@ -101,7 +154,7 @@ class Suspicion:
         """The median of the most recent block of readings (re-based across gaps); None before any."""
         if not self._ring:
             return None
-        values = list(self._ring)
+        values = self._ring.values()
         size = max(1, len(values) // (2 * BLOCKS))
         return sorted(values[-size:])[size // 2]
 
@@ -112,9 +165,9 @@ class Suspicion:
         return self._judged[1]
 
     def _judge(self) -> bool:
-        if len(self._ring) < MIN_TASK_READINGS:
+        if not self._enough():
             return False
-        values = list(self._ring)[len(self._ring) // 2:]
+        values = self._ring.values()[len(self._ring) // 2:]
         size = max(1, len(values) // BLOCKS)
         medians = [sorted(values[i:i + size])[len(values[i:i + size]) // 2] for i in range(0, len(values), size)]
         if medians[-1] - medians[0] < self._min_growth:

@@ -41,6 +41,12 @@ class StoreWriter:
             if not os.path.exists(self.path):
                 raise FileNotFoundError("bilge database %s is missing" % self.path)
             self._conn = schema.connect(self.path)
+            # SQLite's page cache fills lazily up to its size (2 MiB by
+            # default) as the store grows: the agent's own memory, rising in
+            # every child for minutes, which the watch then saw as the
+            # host's native growth. Appending needs only the right edge of
+            # each table and index.
+            self._conn.execute("PRAGMA cache_size=-%d" % WRITER_CACHE_KIB)
             self._cursor = self._conn.cursor()
         return self._cursor
 
@@ -244,9 +250,14 @@ def _write_cost(conn: sqlite3.Cursor, process_id: int, stage_costs: Sequence[Sta
 # string would add an entry to the connection's statement cache, and the
 # census would then see the agent's own objects grow.
 
-# Rows per multi-row INSERT, at most: powers of two down to 1, so a table
-# needs at most ~10 distinct statements (the connection caches 128).
+# Rows per multi-row INSERT: powers of ROWS_BASE up to MAX_ROWS_PER_INSERT
+# (512, 64, 8, 1), so a table needs at most four distinct statements, all
+# of them seen within a process's first flushes: each new statement is an
+# object in the connection's cache, and a steady trickle of them (one per
+# power of two as flush sizes varied) looked like a growing type to the census.
 MAX_ROWS_PER_INSERT = 512
+ROWS_BASE = 8
+WRITER_CACHE_KIB = 256
 # SQLite's bound-parameter limit before 3.32 (999); newer builds say theirs.
 _DEFAULT_MAX_VARIABLES = 999
 
@@ -270,7 +281,10 @@ def _insert(conn: sqlite3.Cursor, sql: str, rows: Sequence[Sequence[Any]]) -> No
     most = max(1, min(MAX_ROWS_PER_INSERT, limit))
     i = 0
     while i < len(rows):
-        n = 1 << (min(most, len(rows) - i).bit_length() - 1)
+        left = min(most, len(rows) - i)
+        n = 1
+        while n * ROWS_BASE <= left:
+            n *= ROWS_BASE
         chunk = rows[i:i + n]
         conn.execute(head + "VALUES " + ", ".join([one] * n), [v for row in chunk for v in row])
         i += n

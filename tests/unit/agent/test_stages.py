@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bilge.agent.census_stage import MIN_TYPE_GROWTH, Counts
 from bilge.agent.outbox import Outbox
-from bilge.agent.watch import FULL_READ_TASKS, MAX_READ_EVERY, FdScan, Watch
+from bilge.agent.watch import FULL_READ_TASKS, MAX_READ_EVERY, MAX_YOUNG_READ_EVERY, FdScan, Watch
 
 
 class FakeClock:
@@ -98,52 +100,91 @@ def test_the_fd_scan_runs_when_the_descriptor_count_moved_and_its_interval_passe
     assert scan.due()
 
 
-def _old_process(watch: Watch, read_cost: float, task_seconds: float = 1e-3) -> None:
-    watch.tasks_done = FULL_READ_TASKS
-    watch.task_seconds = task_seconds
-    for _ in range(30):
-        watch.note_read_cost(read_cost)
+class Steps:
+    """A clock that moves by ``step`` on every read."""
+
+    def __init__(self, step: float) -> None:
+        self.step, self.now = step, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def _tasks(watch: Watch, count: int, first: int = 0) -> None:
+    for i in range(first, first + count):
+        watch.task_started(i, "shop.a")
+        watch.task_finished(i)
 
 
 def test_past_the_young_phase_one_task_in_about_n_reads_memory_at_both_ends() -> None:
-    """Read tasks carry exact before/after RSS and blocks; the others only their name and times; all are rows."""
+    """Read tasks carry exact before/after RSS and blocks; the others only their name and times; all are rows.
+
+    A read costs 4.5 µs in the task's thread (timed there, one read in READ_TIMING_EVERY) and a task
+    lasts 1 ms: 2 x 4.5 µs against 0.25 % of 1 ms is one task in 4."""
     outbox = Outbox()
-    watch = Watch(outbox)
+    watch = Watch(outbox, clock=Steps(1e-3), thread_clock=Steps(4.5e-6))
     heap: list[tuple[float, float]] = []
     watch.heap_suspicion.add = lambda value, at=None: heap.append((value, at))  # type: ignore[method-assign]
-    _old_process(watch, 5e-6)  # 2 x 5 µs against 0.25 % of 1 ms: one task in 4
+    watch.tasks_done = FULL_READ_TASKS
+    _tasks(watch, 4000)
     assert watch.read_every == 4
-    for i in range(4000):
-        watch.task_started(i, "shop.a")
-        watch.task_finished(i)
     rows = list(outbox.tasks)
     assert [row[0] for row in rows] == list(range(FULL_READ_TASKS + 1, FULL_READ_TASKS + 4001))
+    # The first task is read at its end only: its timing is what sets N.
+    rows = rows[1:]
     read = [row[0] for row in rows if None not in (row[4], row[5], row[6], row[7])]
     assert all(row[4:8] == (None, None, None, None) for row in rows if row[0] not in set(read))
     assert 850 < len(read) < 1150  # one in 4, at random gaps
     gaps = {b - a for a, b in zip(read, read[1:])}
     assert min(gaps) == 1 and max(gaps) == 7  # 1 .. 2N-1: never in step with a repeating order
-    assert [at for _, at in heap] == read  # the ring knows which task each reading followed
+    assert [at for _, at in heap][-len(read):] == read  # the ring knows which task each reading followed
 
 
-def test_memory_is_read_on_every_task_while_young_then_weighed_against_the_task() -> None:
-    """The first FULL_READ_TASKS tasks are read whatever it costs; after, the sample's timing of a read
-    (heap blocks and RSS) against the mean task's duration (0.25 % of it) sets how often tasks are read."""
+def test_reads_are_weighed_against_the_task_one_percent_while_young_a_quarter_percent_after() -> None:
+    """What a read costs (the median of the latest timings) against a task's duration sets how often
+    tasks are read: every task while within the share, else one in N (capped lower while young)."""
     watch = Watch(Outbox())
     watch.task_seconds = 5e-3
-    for _ in range(30):
-        watch.note_read_cost(200e-6)
-    assert watch.read_every == 1  # young
-    _old_process(watch, 10e-6, 5e-3)
+    for _ in range(5):
+        watch.note_read_cost(40e-6)
+    assert watch.read_every == 1  # young: 40 µs is 0.8 % of 5 ms
+    for _ in range(5):
+        watch.note_read_cost(120e-6)
+    assert watch.read_every == 5  # 2 x 120 / 50 µs
+    for _ in range(5):
+        watch.note_read_cost(1e-3)
+    assert watch.read_every == MAX_YOUNG_READ_EVERY
+    watch.tasks_done = FULL_READ_TASKS
+    for _ in range(5):
+        watch.note_read_cost(10e-6)
     assert watch.read_every == 1  # 10 µs is 0.2 % of 5 ms
-    for _ in range(30):
+    for _ in range(5):
         watch.note_read_cost(40e-6)
     assert watch.read_every == 7  # 2 x 40 / 12.5 µs
     watch.note_read_cost(5e-3)  # a thread switch inside one timing is not the read's cost
     assert watch.read_every == 7
-    for _ in range(30):
+    for _ in range(5):
         watch.note_read_cost(1e-3)
     assert watch.read_every == MAX_READ_EVERY
+
+
+def test_a_short_task_in_a_busy_process_is_weighed_against_the_process_cpu_per_task() -> None:
+    """A task body of 0.1 ms whose process spends 5 ms of CPU per task (Celery's own work per message):
+    the reads are weighed against the 5 ms."""
+    cpu = Steps(0.0)
+    watch = Watch(Outbox(), cpu_clock=cpu)
+    watch.task_seconds = 1e-4
+    for _ in range(5):
+        watch.note_read_cost(40e-6)
+    assert watch.read_every == MAX_YOUNG_READ_EVERY
+    watch.sample()
+    watch.tasks_done += 10
+    cpu.now += 0.05
+    watch.sample()
+    assert watch.cpu_per_task == pytest.approx(5e-3)
+    watch.note_read_cost(40e-6)
+    assert watch.read_every == 1
 
 
 def test_the_agent_writes_rows_every_flush_interval_and_what_others_act_on_at_once() -> None:

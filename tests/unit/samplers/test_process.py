@@ -219,3 +219,25 @@ def test_statm_is_read_through_a_pread_that_keeps_the_gil(tmp_path: Path) -> Non
         os.close(fd)
     with pytest.raises(OSError):
         pread(fd)  # closed: the reader reopens on this
+
+
+def test_statm_keeps_the_gil_only_while_the_agent_thread_is_working(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the agent sleeps nobody waits for the GIL, and os.pread (a third of the ctypes call's cost with
+    cold caches) is used; during the agent's tick (AGENT_BUSY) the GIL-holding read is."""
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "statm").write_bytes(b"1000 250 30 1 0 200 0\n")
+    calls: list[int] = []
+    held = process.gil_held_pread()
+
+    def spy(fd: int) -> bytes:
+        calls.append(fd)
+        return held(fd)
+
+    reader = process.RssReader(proc_root=str(tmp_path), held_pread=spy)
+    assert reader.read() == 250 * process.PAGE_SIZE
+    assert calls == []
+    monkeypatch.setattr(process, "AGENT_BUSY", [1])
+    assert reader.read() == 250 * process.PAGE_SIZE
+    assert len(calls) == 1
+    reader.close()

@@ -2,7 +2,7 @@
 
 import random
 
-from bilge.samplers.suspicion import MIN_HEAP_GROWTH, MIN_TASK_READINGS, RING, Suspicion
+from bilge.samplers.suspicion import MIN_HEAP_GROWTH, MIN_READINGS, MIN_TASK_READINGS, RING, Suspicion
 
 BASE = 60 * 1024 * 1024
 
@@ -120,3 +120,41 @@ def test_a_leak_that_starts_late_is_suspect_soon_though_the_process_is_read_one_
         if s.suspect():
             first = task
     assert first is not None and 20000 < first < 26000
+
+
+def test_a_young_process_read_one_task_in_6_is_suspect_once_its_readings_span_enough_tasks() -> None:
+    """Short tasks are read one in ~6 from the start: the ring must span MIN_TASK_READINGS tasks and hold
+    MIN_READINGS readings, not hold MIN_TASK_READINGS readings (that would wait ~1,800 tasks)."""
+    rng = random.Random(7)
+    s = Suspicion()
+    task, first = 0, None
+    while task < 3000 and first is None:
+        task += rng.randrange(1, 12)
+        s.add(BASE + 2048 * task + rng.choice((0, 4096, 8192)), task)
+        if s.suspect():
+            first = task
+    assert first is not None and 6 * MIN_READINGS * 0.8 < first < 1000
+
+
+def test_few_readings_over_many_tasks_are_never_suspect() -> None:
+    """A ring spanning thousands of tasks with fewer than MIN_READINGS readings abstains."""
+    s = Suspicion()
+    for n in range(MIN_READINGS - 1):
+        s.add(BASE + 100_000 * n, 1 + 50 * n)
+    assert not s.suspect()
+
+
+def test_filling_the_ring_allocates_no_heap_blocks() -> None:
+    """The ring is preallocated: its first RING readings must not grow the heap (a deque of floats grew it by a
+    few thousand blocks over a process's first readings, and the heap's own suspicion saw that as a leak)."""
+    import sys
+
+    s = Suspicion(MIN_HEAP_GROWTH)
+    s.add(1.0, 1)
+    # Fill CPython's float free list first (up to 100 freed floats stay allocated blocks).
+    spare = [float(i) for i in range(300)]
+    del spare
+    before = sys.getallocatedblocks()
+    for task in range(2, 3 * RING):
+        s.add(100_000.0 + (task % 7), task)
+    assert sys.getallocatedblocks() - before < 20
