@@ -34,7 +34,6 @@ from typing import Any
 from bilge.agent import _current, celery_hooks
 from bilge.agent.budget import Budget, Ledger, Meter
 from bilge.agent.census_stage import CensusStage, Counts
-from bilge.agent.claim import ExplainClaim, lock_path
 from bilge.agent.explain import Explain
 from bilge.agent.outbox import Outbox, Store
 from bilge.agent.recycle_stage import Recycler
@@ -108,9 +107,7 @@ class Agent:
                                   config.census_min_interval, config.sizing_every, clock=monotonic)
         self.fds = FdScan(self.outbox, self.watch, config.census_min_interval, clock=clock, monotonic=monotonic)
         self.explain = Explain(self.outbox, self.watch, self.census, self.counts, self.budget, self.ledger,
-                               show_values=config.show_values,
-                               claim=ExplainClaim(lock_path(config.data_dir, config.run_id), monotonic, clock),
-                               clock=clock, monotonic=monotonic)
+                               show_values=config.show_values, clock=clock, monotonic=monotonic)
         self.recycler = Recycler(config.recycle, self.watch, self.counts, self.store, self._store_lock,
                                  lambda: (self.explain.last_sites, self.explain.last_paths), monotonic=monotonic)
 
@@ -139,7 +136,6 @@ class Agent:
             thread.join(timeout)
         self._guarded("window", self.explain.finish)
         self.flush(final=True)
-        self._guarded("claim", self.explain.claim.release)
 
     def set_role(self, role: str) -> None:
         """Name this process's role (e.g. ``celery-main``), stored on next flush."""
@@ -301,8 +297,6 @@ class Agent:
         child could inherit a held SQLite mutex, so it gets no agent.
         """
         self.store.abandon()
-        # The parent's claim stays the parent's: the child closes its copy of the descriptor.
-        self.explain.claim.release()
         if self.explain.window.tracing:
             # tracemalloc state is inherited: the child must not keep paying
             # for its parent's episode.

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 
 from bilge.agent.budget import Budget, Ledger, Meter
 from bilge.agent.census_stage import CensusStage, Counts
-from bilge.agent.claim import ExplainClaim
 from bilge.agent.outbox import Outbox
 from bilge.agent.watch import TaskReading, Watch
 from bilge.model import (
@@ -127,17 +126,14 @@ class Explain:
         budget: what the stage may spend.
         ledger: where it accounts what it spent.
         show_values: holder searches render a few held items.
-        claim: the run's one-explainer-at-a-time claim (default: uncontended).
         clock: wall clock; monotonic: for intervals.
     """
 
     def __init__(self, outbox: Outbox, watch: Watch, census: CensusStage, counts: Counts, budget: Budget,
-                 ledger: Ledger, show_values: bool = False, claim: ExplainClaim | None = None,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 ledger: Ledger, show_values: bool = False, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._outbox, self._watch, self._census, self._counts = outbox, watch, census, counts
         self._budget, self._ledger = budget, ledger
-        self.claim = claim or ExplainClaim(None, monotonic)
-        self._claim_noted = False
         self._show_values = show_values
         self._clock, self._monotonic = clock, monotonic
         self.window = SampledAllocations(clock=clock)
@@ -224,30 +220,15 @@ class Explain:
             self.find_holders("again, %d tasks on" % tasks)
         if self.windows_opened >= MAX_WINDOWS or self._monotonic() - self._last_window < WINDOW_REOPEN_AFTER:
             return
-        if tasks and not self.claim.may_try():
-            # A sibling explains this run: no recounts here meanwhile.
-            return
         reason = self.escalation()
         if reason is None:
             return
         if tasks:
-            if not self.claim.take():
-                self._note_claim_taken(reason)
-                return
             self._open_window(reason)
         elif not self.holder_searches:
             # A process that runs no tasks (a pool's parent, a daemon loop)
             # has no task to trace: its holders still help.
             self.find_holders(reason)
-
-    def _note_claim_taken(self, reason: str) -> None:
-        """Say once, in the report's list of runs, why this process did not explain its growth."""
-        if self._claim_noted:
-            return
-        self._claim_noted = True
-        t = self._clock()
-        self._ledger.record(StageRun(STAGE_ALLOCATION_WINDOW, "not opened (%s): %s" % (reason, self.claim.refused),
-                                     t, t, 0.0, 0.0, "skipped"))
 
     def finish(self) -> None:
         """The agent stops: keep what a window already has, stop tracing."""
@@ -348,7 +329,6 @@ class Explain:
         if not opened:
             # The host traces memory itself: no window, but holders still help.
             self.find_holders(reason)
-            self.claim.done()
 
     def _tend_window(self) -> None:
         with self._window_work():
@@ -443,7 +423,6 @@ class Explain:
             # worker does not keep the window's peak.
             self._watch.malloc.trim()
         self.find_holders("after the allocation window")
-        self.claim.done()
         self._follow_with_native(result)
 
     # ---------------------------------------------------------- native window --
