@@ -27,10 +27,6 @@ MAX_GROWING_TYPES = 5
 # busy machine, a CPU limit, a worker waiting for work) paid four times the
 # census's share of its own work.
 WALL_FLOOR = 0.02
-# CPU seconds a fresh process may spend at once: its first sizing census (a
-# 60k-object Celery child takes ~40 ms). Past it, the share: in a 20,000-task
-# run of 1 ms tasks a larger burst was most of the census's cost.
-CENSUS_BURST = 0.04
 
 
 class Counts:
@@ -99,7 +95,7 @@ class CensusStage:
         cpu_clock: the process's CPU seconds (all threads).
     """
 
-    def __init__(self, outbox: Outbox, counts: Counts, tasks_done: Callable[[], int], share: float = 0.0025,
+    def __init__(self, outbox: Outbox, counts: Counts, tasks_done: Callable[[], int], share: float = 0.005,
                  min_interval: float = 1.0, sizing_every: int = 5,
                  clock: Callable[[], float] = time.monotonic,
                  cpu_clock: Callable[[], float] = time.process_time) -> None:
@@ -112,8 +108,9 @@ class CensusStage:
         self._born = clock()
         self._census = census_sampler.Census()
         # A small burst lets a fresh process take its first sizing census at
-        # once without paying much more than its share even over a short run.
-        self._budget = CpuBudget(share, burst=CENSUS_BURST, clock=lambda: cpu_clock() + WALL_FLOOR * clock())
+        # once (a 60k-object Celery child takes ~40 ms) without paying much
+        # more than its share even over a run of a few seconds.
+        self._budget = CpuBudget(share, burst=0.08, clock=lambda: cpu_clock() + WALL_FLOOR * clock())
         self._cost = {True: 0.0, False: 0.0}
         self._since_sized = sizing_every  # the first census sizes
         self._next = clock() + min_interval
