@@ -363,9 +363,14 @@ class Explain:
             if count >= 1 and self._budget.affords(cost, cost) and (count >= enough or frames == FRAME_CHOICES[-1]):
                 self.window.arm(count, frames, admit=functools.partial(self._reserve, cost))
                 return
-        if self.window.done >= self.window.min_episodes:
+        if self.window.done >= self.window.min_episodes or (self._native_first and not self.window.done):
             # The budget buys no more for now: explain with what the window
             # has rather than wait (holders and a native window come after).
+            # Opened on RSS growth with the heap flat, a window whose native
+            # share leaves no episode affordable (slow tasks: each traced one
+            # costs seconds) goes to holders and the native window at once;
+            # waiting for the budget to refill left it open for hours, with
+            # no holder search and no native window meanwhile.
             result = self._close_window_now()
             if result is not None:
                 self._window_closed(result)
@@ -427,12 +432,19 @@ class Explain:
 
     # ---------------------------------------------------------- native window --
     def _follow_with_native(self, result: AllocationWindow) -> None:
-        """Open a native window when what the window traced explains too little of the RSS growth."""
-        if result.status != "done" or not result.tasks or not self._watch.tasks_done:
+        """Open a native window when what the window traced explains too little of the RSS growth.
+
+        A window with no episode at all (see ``_grant``) traced nothing: when
+        it opened on RSS growth with the heap flat, the native window follows.
+        """
+        if not self._watch.tasks_done:
             return
-        rss_per_task = self._watch.rss_suspicion.growth_per_reading()
-        traced_per_task = sum(s.size for s in result.sites) / result.tasks
-        if rss_per_task <= 0 or traced_per_task >= NATIVE_TRACED_SHARE * rss_per_task:
+        if result.status == "done" and result.tasks:
+            rss_per_task = self._watch.rss_suspicion.growth_per_reading()
+            traced_per_task = sum(s.size for s in result.sites) / result.tasks
+            if rss_per_task <= 0 or traced_per_task >= NATIVE_TRACED_SHARE * rss_per_task:
+                return
+        elif not (self._native_first and not result.tasks):
             return
         expected = self._native_cost()
         if self._budget.affords(expected, expected) and self.native.open():

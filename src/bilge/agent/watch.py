@@ -123,6 +123,9 @@ class Watch:
         self.cpu_per_task = 0.0
         self._cpu_at: tuple[float, int] | None = None
         self._reads = 0
+        # Tasks done when memory was last read at a task's end (0: the first
+        # task has no reading before it, as in a fresh process).
+        self._read_end_at = 0
 
     # ----------------------------------------------------------- task thread --
     def task_started(self, key: Any, name: str) -> None:
@@ -130,10 +133,15 @@ class Watch:
         running = self._running
         if len(running) >= MAX_RUNNING:
             running.pop(next(iter(running)))
-        if self.read_every == 1:
+        if self.read_every == 1 and self._read_end_at == self.tasks_done:
             # Memory is read once per task, at its end: what happens between
             # tasks is Celery's own bookkeeping, the same for every task name.
             running[key] = (name, self._clock(), self.last_rss, proc_sampler.GC_RUNS[0], self.last_blocks, True)
+        elif self.read_every == 1:
+            # Reads were sparse until now: the last reading is some tasks
+            # old, and the growth since would be charged to this task.
+            running[key] = (name, self._clock(), self._rss.read(), proc_sampler.GC_RUNS[0],
+                            proc_sampler.heap_blocks(), True)
         elif self.tasks_done + 1 >= self._next_read:  # this task is the one numbered _next_read
             running[key] = (name, self._clock(), self._rss.read(), proc_sampler.GC_RUNS[0],
                             proc_sampler.heap_blocks(), True)
@@ -164,6 +172,7 @@ class Watch:
             if timed_read:
                 self.note_read_cost(self._thread_clock() - t_read)
             self.last_blocks, self.last_rss = blocks1, rss1
+            self._read_end_at = done
             if self._paused():
                 self.rss_suspicion.gap()
                 self.heap_suspicion.gap()

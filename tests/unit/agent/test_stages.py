@@ -233,3 +233,32 @@ def test_the_census_budget_follows_the_process_cpu_time_not_the_wall_clock() -> 
 
     busy, idle = censuses(1.0), censuses(0.0)
     assert busy > 3 * idle >= 3  # the wall-time floor still counts an idle process now and then
+
+
+def test_a_task_read_after_unread_ones_reads_its_own_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads go from one task in N back to every task (tasks got longer): the first task read after unread
+    ones reads memory at its start too, so its delta is its own and not the growth of the unread tasks."""
+    from bilge.samplers import process as proc_sampler
+
+    heap = [1000]
+    monkeypatch.setattr(proc_sampler, "heap_blocks", lambda: heap[0])
+    outbox = Outbox()
+    thread_clock = Steps(4.5e-6)
+    watch = Watch(outbox, clock=Steps(1e-3), thread_clock=thread_clock)
+    watch.tasks_done = FULL_READ_TASKS
+    for phase in range(2):
+        for i in range(1000):
+            if phase == 0 and i >= 500 and outbox.tasks[-1][7] is None:
+                break  # the flip comes right after an unread task
+            key = phase * 1000 + i
+            watch.task_started(key, "shop.a")
+            heap[0] += 10  # each task keeps 10 blocks
+            watch.task_finished(key)
+        if phase == 0:
+            assert watch.read_every == 4
+            thread_clock.step = 1e-7  # reads became cheap: every task again
+            for _ in range(5):
+                watch.note_read_cost(1e-7)
+            assert watch.read_every == 1
+    deltas = [row[7] - row[6] for row in list(outbox.tasks)[1:] if row[6] is not None and row[7] is not None]
+    assert len(deltas) > 1000 and set(deltas) == {10}
