@@ -205,10 +205,8 @@ class Explain:
         self._native_slowed += slowed
         self._budget.charge(slowed, slowed)
         if self._budget.slowed_left() <= 0:
-            # Never overspend: the native window stops at the boundary, and
-            # what its traced tasks showed is kept and reported with why it
-            # stopped (it used to be dropped, with no trace in the report).
-            self.native.stop("stopped: the slowed-time budget ran out")
+            # Never overspend: the native window stops at the boundary.
+            self.native.abort()
 
     # ---------------------------------------------------------- agent thread --
     def tend(self) -> None:

@@ -71,7 +71,6 @@ class NativeWindow:
         self._reset()
 
     def _reset(self) -> None:
-        self._partial = False
         self._opened = 0.0
         self._limit = self.window_tasks
         self._tasks = -1  # -1: not armed yet; the first boundary arms
@@ -142,19 +141,6 @@ class NativeWindow:
                 self._finish(self._status or "aborted")
                 self._close()
 
-    def stop(self, status: str) -> None:
-        """Stop at this task boundary and keep what the traced tasks showed (the budget ran out).
-
-        Unlike :meth:`abort`, the result (its sites, its status) is kept and
-        :meth:`poll` returns it.
-        """
-        if self.active:
-            with self._lock:
-                if not self._done:
-                    self._stopped = True
-                    self._partial = True
-                    self._finish(status)
-
     def _finish(self, status: str) -> None:
         self._status = status
         self._done = True
@@ -163,7 +149,7 @@ class NativeWindow:
         self.active = False
         self._stopped = True
         sites: tuple[AllocationSite, ...] = ()
-        if self._status == "done" or (self._partial and self._tasks > 0):
+        if self._status == "done":
             ranked = sorted(((kept[0], kept[1], key) for key, kept in self._kept.items() if kept[0] > 0),
                             reverse=True)[:self.max_sites]
             sites = tuple(AllocationSite(file=file, line=line, size=size, count=count, owner=owner_of(file),

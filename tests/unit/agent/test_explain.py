@@ -13,13 +13,7 @@ import pytest
 
 from bilge.agent import Agent, AgentConfig
 from bilge.agent.census_stage import Counts
-from bilge.model import (
-    STAGE_ALLOCATION_EPISODE,
-    STAGE_ALLOCATION_WINDOW,
-    STAGE_HOLDER_SEARCH,
-    STAGE_NATIVE_WINDOW,
-    STAGE_RECOUNT,
-)
+from bilge.model import STAGE_ALLOCATION_EPISODE, STAGE_ALLOCATION_WINDOW, STAGE_HOLDER_SEARCH, STAGE_RECOUNT
 from bilge.store.memory import MemoryStore
 
 _INVOICES: dict[str, object] = {}
@@ -222,39 +216,6 @@ def test_native_growth_in_slow_tasks_goes_to_the_native_window_when_no_episode_i
     assert native.status == "done" and 8 <= native.tasks < 24, native
     assert (native.sites[0].file, native.sites[0].line) == (__file__, SLOW_NATIVE_LINE), native.sites
     assert not [r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_EPISODE]
-
-
-_LOOP = (0,) * 20000
-
-
-def _loopy_native_task(i: int) -> None:
-    for _ in _LOOP:  # no allocation (tracemalloc is cheap here); line tracing makes it tens of ms
-        pass
-    _FRAMES.append(_LIBC.malloc(16384))  # the native leak
-
-
-LOOPY_NATIVE_LINE = inspect.getsourcelines(_loopy_native_task)[1] + 3
-
-
-def test_a_native_window_the_budget_runs_out_on_stops_and_keeps_what_it_traced(
-    suspect_after: FakeSuspicion, drive: Drive
-) -> None:
-    """Line tracing slows this task far beyond the native window's estimate: the window stops at the
-    boundary where the slowed-time budget runs out, and its result (the line, and why it stopped) is
-    stored and accounted (an abort used to drop it)."""
-    try:
-        store = _explain(suspect_after, drive, task=_loopy_native_task, rss_per_task=16400.0, heap=False,
-                         native=True)
-    finally:
-        for pointer in _FRAMES:
-            _LIBC.free(pointer)
-        _FRAMES.clear()
-    native = next(w for w in store.windows if w.tracer == "malloc")
-    assert native.status == "stopped: the slowed-time budget ran out" and 0 < native.tasks < 24, native
-    assert (native.sites[0].file, native.sites[0].line) == (__file__, LOOPY_NATIVE_LINE), native.sites
-    (run,) = [r for r in store.stage_runs if r.stage == STAGE_NATIVE_WINDOW]
-    assert run.outcome == native.status and run.slowed_seconds > 0
-    assert store.budget is not None and store.budget.slowed_left <= 0.05
 
 
 def test_growth_that_slows_down_after_the_first_suspicion_opens_nothing(
