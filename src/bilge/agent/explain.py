@@ -92,8 +92,6 @@ NATIVE_TRACED_SHARE = 0.5
 # can be read) rose by at least this share of it.
 NATIVE_IN_USE_SHARE = 0.5
 NATIVE_SLOWDOWN = 4.0
-# Fewest tasks a native window traces (fewer name no line reliably).
-MIN_NATIVE_TASKS = 8
 MAX_HOLDER_SEARCHES = 4
 HOLDER_SECONDS = 0.5
 HOLDER_INDEX_BYTES = 24 << 20
@@ -448,15 +446,8 @@ class Explain:
                 return
         elif not (self._native_first and not result.tasks):
             return
-        # As many tasks as the slowed-time budget buys (slow tasks: fewer),
-        # at least MIN_NATIVE_TASKS: a window that cannot be bought whole
-        # gets less, not nothing.
-        per_task = self._native_cost() / self.native.window_tasks
-        tasks = self.native.window_tasks
-        if per_task > 0:
-            tasks = min(tasks, int(self._budget.slowed_left() // per_task))
-        expected = tasks * per_task
-        if tasks >= MIN_NATIVE_TASKS and self._budget.affords(expected, expected) and self.native.open(tasks=tasks):
+        expected = self._native_cost()
+        if self._budget.affords(expected, expected) and self.native.open():
             self._native_slowed = 0.0
             self._native_started = self._clock()
 

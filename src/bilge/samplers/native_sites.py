@@ -72,7 +72,6 @@ class NativeWindow:
 
     def _reset(self) -> None:
         self._opened = 0.0
-        self._limit = self.window_tasks
         self._tasks = -1  # -1: not armed yet; the first boundary arms
         self._thread: int | None = None
         self._stopped = False
@@ -87,15 +86,11 @@ class NativeWindow:
         self._user_code: dict[Any, bool] = {}
         self._frame: FrameType | None = None  # the frame of the last line event, until the next event
 
-    def open(self, began: float | None = None, tasks: int | None = None) -> bool:
-        """Prepare the window; it starts tracing at the next task boundary. False if it cannot run here.
-
-        ``tasks``: trace this many tasks instead of ``window_tasks`` (what the budget buys).
-        """
+    def open(self, began: float | None = None) -> bool:
+        """Prepare the window; it starts tracing at the next task boundary. False if it cannot run here."""
         if self._in_use is None or self.active or self._in_use() is None:
             return False
         self._reset()
-        self._limit = min(self.window_tasks, tasks) if tasks else self.window_tasks
         self._opened = time.time() if began is None else began
         self.active = True
         self.opened += 1
@@ -118,7 +113,7 @@ class NativeWindow:
             if threading.get_ident() != self._thread:
                 return  # a boundary in another thread (threads pool): the window traces one thread
             self._tasks += 1
-            if self._stopped or self._tasks >= self._limit:
+            if self._stopped or self._tasks >= self.window_tasks:
                 sys.settrace(None)
                 self._finish(self._status or "done")
 
