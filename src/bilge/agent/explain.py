@@ -444,7 +444,7 @@ class Explain:
             traced_per_task = sum(s.size for s in result.sites) / result.tasks
             if rss_per_task <= 0 or traced_per_task >= NATIVE_TRACED_SHARE * rss_per_task:
                 return
-        elif not (self._native_first and not result.tasks):
+        elif result.tasks or not self._native_first:
             return
         expected = self._native_cost()
         if self._budget.affords(expected, expected) and self.native.open():

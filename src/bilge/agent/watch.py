@@ -129,7 +129,7 @@ class Watch:
 
     # ----------------------------------------------------------- task thread --
     def task_started(self, key: Any, name: str) -> None:
-        """Remember the task's start; a read task sampled past the young phase reads memory now too."""
+        """Remember the task's start; a read task whose previous task was not read reads memory now too."""
         running = self._running
         if len(running) >= MAX_RUNNING:
             running.pop(next(iter(running)))
@@ -137,12 +137,10 @@ class Watch:
             # Memory is read once per task, at its end: what happens between
             # tasks is Celery's own bookkeeping, the same for every task name.
             running[key] = (name, self._clock(), self.last_rss, proc_sampler.GC_RUNS[0], self.last_blocks, True)
-        elif self.read_every == 1:
-            # Reads were sparse until now: the last reading is some tasks
-            # old, and the growth since would be charged to this task.
-            running[key] = (name, self._clock(), self._rss.read(), proc_sampler.GC_RUNS[0],
-                            proc_sampler.heap_blocks(), True)
-        elif self.tasks_done + 1 >= self._next_read:  # this task is the one numbered _next_read
+        elif self.read_every == 1 or self.tasks_done + 1 >= self._next_read:
+            # A sampled read task (the one numbered _next_read), or the first
+            # read after sparse reads: the last reading is some tasks old, and
+            # the growth since would be charged to this task.
             running[key] = (name, self._clock(), self._rss.read(), proc_sampler.GC_RUNS[0],
                             proc_sampler.heap_blocks(), True)
         else:
