@@ -161,6 +161,17 @@ _LIBC.free.argtypes = [ctypes.c_void_p]
 _FRAMES: list[int] = []
 
 
+def _explain_native(suspect_after: FakeSuspicion, drive: Drive, task: Callable[[int], None]) -> MemoryStore:
+    """``_explain`` of a task that leaks through malloc (RSS grows by it, the heap stays flat), freed after."""
+    try:
+        # RSS grows by what malloc takes per task; tracemalloc traces none of it
+        return _explain(suspect_after, drive, task=task, rss_per_task=16400.0, heap=False, native=True)
+    finally:
+        for pointer in _FRAMES:
+            _LIBC.free(pointer)
+        _FRAMES.clear()
+
+
 def _native_task(i: int) -> None:
     _FRAMES.append(_LIBC.malloc(16384))  # the native leak
 
@@ -171,13 +182,7 @@ NATIVE_LINE = inspect.getsourcelines(_native_task)[1] + 1
 def test_a_native_leak_gets_a_native_window_that_names_the_line(suspect_after: FakeSuspicion, drive: Drive) -> None:
     """tracemalloc cannot see ctypes' malloc: the window traces little, so a native window follows and charges
     glibc's in-use growth to the line that called malloc."""
-    try:
-        # RSS grows by what malloc takes per task; tracemalloc traces none of it
-        store = _explain(suspect_after, drive, task=_native_task, rss_per_task=16400.0, heap=False, native=True)
-    finally:
-        for pointer in _FRAMES:
-            _LIBC.free(pointer)
-        _FRAMES.clear()
+    store = _explain_native(suspect_after, drive, _native_task)
     tracers = {w.tracer: w for w in store.windows}
     assert set(tracers) == {"tracemalloc", "malloc"}, store.windows
     native = tracers["malloc"]
@@ -201,13 +206,7 @@ def test_native_growth_in_slow_tasks_goes_to_the_native_window_when_no_episode_i
     """RSS grows with the heap flat in 5 ms tasks: the native window's share of the slowed-time allowance
     leaves no traced episode affordable, so the allocation window closes with none at once and the holder
     search and the native window follow (the window used to wait for the budget to refill, for hours)."""
-    try:
-        store = _explain(suspect_after, drive, task=_slow_native_task, rss_per_task=16400.0, heap=False,
-                         native=True)
-    finally:
-        for pointer in _FRAMES:
-            _LIBC.free(pointer)
-        _FRAMES.clear()
+    store = _explain_native(suspect_after, drive, _slow_native_task)
     tracers = {w.tracer: w for w in store.windows}
     assert set(tracers) == {"tracemalloc", "malloc"}, store.windows
     assert tracers["tracemalloc"].tasks == 0 and tracers["tracemalloc"].status.startswith("0 of "), tracers
