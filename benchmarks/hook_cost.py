@@ -68,7 +68,7 @@ def measure(shape: str, block: int, cycles: int) -> dict:
                      "read_every": agent.watch.read_every})
     agent.stop()
     out: dict = {"shape": shape, "block": block, "cycles": cycles, "heap_blocks": sys.getallocatedblocks(),
-                 "agent_tasks": agent.tasks_done, "reported_hook_seconds": round(agent.watch.hook_seconds, 4)}
+                 "agent_tasks": agent.tasks_done, "reported_hook_seconds": round(agent.hook_seconds, 4)}
     for phase, keep in (("young", True), ("old", False)):
         sel = [r for r in rows if r["young"] is keep]
         if not sel:

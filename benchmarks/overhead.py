@@ -65,6 +65,9 @@ BIN = os.path.dirname(PY)
 BILGE = os.path.join(BIN, "bilge")
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 MODES = ("plain", "bilge", "tracemalloc", "memray")
+# Ablations of bilge (not in the default run): the always-on part alone
+# (``--no-explain``), and the watch alone (no explain stage, no census).
+ABLATIONS = ("bilge-noexplain", "bilge-watch")
 SHAPES = ("short", "alloc", "bigheap")
 LEAKS = ("none", "2048")
 TASK_NAMES = ("workload.a", "workload.b", "workload.c")
@@ -215,8 +218,12 @@ def build_command(mode: str, broker: str, work: str,
     celery = [PY, "-m", "celery"] + WORKER_ARGS
     if mode == "plain":
         return celery, env
-    if mode == "bilge":
-        return [BILGE, "run", "--data-dir", os.path.join(work, "bilge-data"), "--"] + celery, env
+    if mode in ("bilge",) + ABLATIONS:
+        options = [] if mode == "bilge" else ["--no-explain"]
+        if mode == "bilge-watch":
+            # The census never comes again after the first.
+            env["BILGE_CENSUS_MIN_INTERVAL"] = "1000000"
+        return [BILGE, "run", "--data-dir", os.path.join(work, "bilge-data")] + options + ["--"] + celery, env
     if mode == "tracemalloc":
         env["PYTHONTRACEMALLOC"] = "1"
         return celery, env
@@ -795,8 +802,9 @@ class Estimator:
         key = (shape, mode)
         if self.per_task.get(key):
             return statistics.median(self.fixed[key]) + n * statistics.median(self.per_task[key])
-        per_task = MODE_FACTOR[mode] / NOMINAL_TPS[shape]
-        return FIXED_S[mode] + (BIGHEAP_FIXED_S[mode] if shape == "bigheap" else 0.0) + n * per_task
+        known = mode if mode in MODE_FACTOR else "bilge"
+        per_task = MODE_FACTOR[known] / NOMINAL_TPS[shape]
+        return FIXED_S[known] + (BIGHEAP_FIXED_S[known] if shape == "bigheap" else 0.0) + n * per_task
 
     def total_s(self, plan: list[tuple]) -> float:
         return sum(self.run_s(shape, mode, n) for (shape, _leak, _rnd, mode, n) in plan)
@@ -861,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("unknown %s: %s" % (what, ", ".join(bad) or "(none)"))
         return items
 
-    modes = _list(args.modes, MODES, "modes")
+    modes = _list(args.modes, MODES + ABLATIONS, "modes")
     shapes = _list(args.shapes, SHAPES, "shapes")
     leaks = _list(args.leak, None, "leak")
     for label in leaks:

@@ -55,10 +55,6 @@ FULL_READ_TASKS = 3000
 # cold after the task: two to three times what the same read costs in the
 # agent's own thread).
 READ_TIMING_EVERY = 16
-# One task hook in this many is timed (CPU of the task's thread: waiting for
-# the GIL is not the hook's cost), to account the hooks' own cost without
-# paying for a clock read on every task.
-HOOK_TIMING_EVERY = 64
 
 
 class TaskReading(NamedTuple):
@@ -108,7 +104,6 @@ class Watch:
         self.last_heap_blocks: int | None = None
         self.sampled_rss: int | None = None
         self._samples_taken = 0
-        self.hook_seconds = 0.0
         # Memory is read on one task in about read_every (see note_read_cost);
         # the next read task is the one numbered _next_read.
         self.read_every = 1
@@ -152,10 +147,6 @@ class Watch:
         started = self._running.pop(key, None)
         if started is None:
             return None
-        # Not the first task: its one-off costs (first reads, lazy set-up)
-        # would be counted HOOK_TIMING_EVERY times over.
-        timed = self.tasks_done % HOOK_TIMING_EVERY == HOOK_TIMING_EVERY - 1
-        t_hook = self._thread_clock() if timed else 0.0
         name, t0, rss0, gc0, blocks0, read = started
         self.tasks_done += 1
         done = self.tasks_done
@@ -185,12 +176,6 @@ class Watch:
         if done <= FULL_TASKS or not (done // TASK_BURST) % TASK_DUTY:
             self._outbox.add_task((done, name, t0, now, rss0, rss1, blocks0, blocks1, int(failed),
                                    proc_sampler.GC_RUNS[0] - gc0))
-        if timed:
-            # Estimated from one timed end hook in HOOK_TIMING_EVERY; past
-            # the young phase a read task's start hook read memory as well,
-            # as much as this one (else the start hook's cost is noise).
-            both_ends = 2 if read and self.read_every > 1 else 1
-            self.hook_seconds += (self._thread_clock() - t_hook) * HOOK_TIMING_EVERY * both_ends
         seconds = now - t0 if now > t0 else 0.0
         self.task_seconds += (seconds - self.task_seconds) * (0.01 if self.task_seconds else 1.0)
         return TaskReading(name, seconds, rss1, blocks1,

@@ -253,3 +253,29 @@ def test_a_scheduled_census_and_the_explain_stages_counts_between_two_flushes_ar
     (proc,) = stored(store).processes
     assert [c.tasks_done for c in proc.censuses] == [0, 3]
     assert all(c.types for c in proc.censuses)
+
+
+def test_the_task_hooks_own_cost_is_estimated_from_both_hooks_whole(tmp_path: Path) -> None:
+    """One call of each hook in HOOK_TIMING_EVERY is timed whole (start and end alike), and counted that many times."""
+    from bilge.agent._runtime import HOOK_TIMING_EVERY
+    from bilge.store.memory import MemoryStore
+
+    cost = {"start": 3e-6, "end": 5e-6}
+    now = [0.0]
+    agent = Agent(AgentConfig(data_dir=str(tmp_path), run_id=1), store=MemoryStore(), thread_clock=lambda: now[0])
+    real_started, real_finished = agent.watch.task_started, agent.watch.task_finished
+
+    def started(key: object, name: str) -> None:
+        now[0] += cost["start"]
+        real_started(key, name)
+
+    def finished(key: object, failed: bool = False) -> object:
+        now[0] += cost["end"]
+        return real_finished(key, failed)
+
+    agent.watch.task_started, agent.watch.task_finished = started, finished  # type: ignore[method-assign]
+    tasks = 10 * HOOK_TIMING_EVERY
+    for k in range(tasks):
+        agent.task_started(k, "proj.task")
+        agent.task_finished(k)
+    assert agent.hook_seconds == pytest.approx(tasks * (cost["start"] + cost["end"]))
