@@ -225,9 +225,15 @@ class Agent:
             self._metered(STAGE_FLUSH, "flush", self.flush)
 
     def _flush_soon(self) -> bool:
-        """Rows the other processes act on (windows, holders, recycles, role, facts) are written at once."""
+        """Rows the other processes act on (windows, holders, recycles, role, facts) are written at once.
+
+        So is a census: its rows (hundreds of type names and counts) would
+        sit in the heap until the next flush, and the heap blocks read after
+        each task would rise by them and fall at the flush.
+        """
         outbox = self.outbox
-        return bool(outbox.windows or outbox.holders or outbox.role is not None or outbox.facts or outbox.errors)
+        return bool(outbox.windows or outbox.holders or outbox.role is not None or outbox.facts or outbox.errors
+                    or outbox.censuses)
 
     def register(self) -> None:
         role = self.role

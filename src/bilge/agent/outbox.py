@@ -7,8 +7,9 @@ bounded: what overflows is counted (``dropped_rows``), not kept.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,13 +37,103 @@ class Store(Protocol):
     def abandon(self) -> None: ...
 
 
+# Task names a process's rows may name; past it, "<other>" (a bounded table).
+MAX_TASK_NAMES = 1000
+OTHER_NAME = "<other>"
+# What a missing reading (a task whose memory was not read) is stored as in
+# the integer columns: a reading is never negative.
+_NONE = -1
+
+
+class TaskRows:
+    """Task rows in columns of machine numbers, reused from one flush to the next.
+
+    A task row is added after every task, in the host's task thread, and a
+    row of Python objects (a tuple, its floats and large ints: ~6 heap
+    blocks) stayed in the heap until the next flush: the heap-block series
+    the verdict reads then rose by a few blocks per task and fell at every
+    flush, a sawtooth bigger than a slow leak. Columns of machine numbers
+    allocate nothing once they reach their high-water mark (bounded by the
+    limit), and a row costs a few stores instead of eight objects.
+    Task names are kept once each, in a bounded table.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._n = 0
+        self._ints = tuple(array("q") for _ in range(7))  # seq, name, rss0, rss1, blocks0, blocks1, gc runs
+        self._times = (array("d"), array("d"))  # started, ended
+        self._failed = array("b")
+        self._names: list[str] = []
+        self._ids: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, seq: int, name: str, started: float, ended: float, rss0: int | None, rss1: int | None,
+            blocks0: int | None, blocks1: int | None, failed: bool, gc_runs: int) -> bool:
+        """Add one row; False (nothing added) when the buffer is full."""
+        n = self._n
+        if n >= self.limit:
+            return False
+        name_id = self._ids.get(name)
+        if name_id is None:
+            name_id = self._name_id(name)
+        values = (seq, name_id, _NONE if rss0 is None else rss0, _NONE if rss1 is None else rss1,
+                  _NONE if blocks0 is None else blocks0, _NONE if blocks1 is None else blocks1, gc_runs)
+        ints, times = self._ints, self._times
+        if n < len(self._failed):
+            for column, value in zip(ints, values):
+                column[n] = value
+            times[0][n], times[1][n], self._failed[n] = started, ended, failed
+        else:
+            for column, value in zip(ints, values):
+                column.append(value)
+            times[0].append(started)
+            times[1].append(ended)
+            self._failed.append(failed)
+        self._n = n + 1
+        return True
+
+    def _name_id(self, name: str) -> int:
+        if len(self._names) >= MAX_TASK_NAMES:
+            name = OTHER_NAME
+            if name in self._ids:
+                return self._ids[name]
+        self._ids[name] = len(self._names)
+        self._names.append(name)
+        return self._ids[name]
+
+    def row(self, i: int) -> tuple[Any, ...]:
+        """Row ``i`` as the store takes it (seq, name, started, ended, rss0, rss1, blocks0, blocks1, failed, gc)."""
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        i %= self._n
+        seq, name_id, rss0, rss1, blocks0, blocks1, gc_runs = (column[i] for column in self._ints)
+        return (seq, self._names[name_id], self._times[0][i], self._times[1][i],
+                None if rss0 == _NONE else rss0, None if rss1 == _NONE else rss1,
+                None if blocks0 == _NONE else blocks0, None if blocks1 == _NONE else blocks1,
+                self._failed[i], gc_runs)
+
+    __getitem__ = row
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return (self.row(i) for i in range(self._n))
+
+    def drain(self) -> list[tuple[Any, ...]]:
+        """Every row, oldest first; the buffer is left empty (its columns are kept for reuse)."""
+        out = list(self)
+        self._n = 0
+        return out
+
+
 @dataclass
 class Outbox:
     """Rows waiting for the next flush, one bounded buffer per kind."""
 
     limit: int = 20000
     samples: deque[tuple[Any, ...]] = field(default_factory=deque)
-    tasks: deque[tuple[Any, ...]] = field(default_factory=deque)
+    tasks: TaskRows = field(init=False)
     # (t, tasks done, objects, duration, types): a scheduled census and the
     # explain stage's own counts may both come between two flushes.
     censuses: deque[tuple[Any, ...]] = field(default_factory=lambda: deque(maxlen=8))
@@ -55,13 +146,18 @@ class Outbox:
     role: str | None = None
     dropped_rows: int = 0
 
+    def __post_init__(self) -> None:
+        self.tasks = TaskRows(self.limit)
+
     def add_sample(self, row: tuple[Any, ...]) -> None:
         """Buffer one process sample (dropped and counted past the limit)."""
         self._bounded(self.samples, row)
 
-    def add_task(self, row: tuple[Any, ...]) -> None:
+    def add_task(self, seq: int, name: str, started: float, ended: float, rss0: int | None, rss1: int | None,
+                 blocks0: int | None, blocks1: int | None, failed: bool, gc_runs: int) -> None:
         """Buffer one task row (dropped and counted past the limit)."""
-        self._bounded(self.tasks, row)
+        if not self.tasks.add(seq, name, started, ended, rss0, rss1, blocks0, blocks1, failed, gc_runs):
+            self.dropped_rows += 1
 
     def add_error(self, t: float, source: str, message: str) -> None:
         """Buffer an error record (at most 100 between flushes)."""
@@ -77,7 +173,7 @@ class Outbox:
     def drain(self) -> dict[str, Any]:
         """Everything buffered, as keyword arguments of ``Store.flush``; the buffers are left empty."""
         out: dict[str, Any] = {
-            "samples": _drain(self.samples), "tasks": _drain(self.tasks), "censuses": _drain(self.censuses),
+            "samples": _drain(self.samples), "tasks": self.tasks.drain(), "censuses": _drain(self.censuses),
             "windows": self.windows, "holders": _drain(self.holders), "fd_targets": _drain(self.fd_targets),
             "errors": self.errors, "facts": self.facts, "role": self.role,
         }

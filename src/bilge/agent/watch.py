@@ -174,8 +174,8 @@ class Watch:
                 self._next_read = done + self._random.randrange(1, 2 * every)
         now = self._clock()
         if done <= FULL_TASKS or not (done // TASK_BURST) % TASK_DUTY:
-            self._outbox.add_task((done, name, t0, now, rss0, rss1, blocks0, blocks1, int(failed),
-                                   proc_sampler.GC_RUNS[0] - gc0))
+            self._outbox.add_task(done, name, t0, now, rss0, rss1, blocks0, blocks1, failed,
+                                  proc_sampler.GC_RUNS[0] - gc0)
         seconds = now - t0 if now > t0 else 0.0
         self.task_seconds += (seconds - self.task_seconds) * (0.01 if self.task_seconds else 1.0)
         return TaskReading(name, seconds, rss1, blocks1,

@@ -64,7 +64,8 @@ def test_agent_records_process_samples_tasks_and_a_census(
 
     def recorded() -> bool:
         processes = stored(store).processes
-        return bool(processes) and len(processes[0].samples) >= 3 and bool(processes[0].censuses)
+        return (bool(processes) and len(processes[0].samples) >= 3 and bool(processes[0].censuses)
+                and processes[0].samples[-1].tasks_done == 300)
 
     assert wait_for(recorded), stored(store).processes
     agent.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bilge.agent.census_stage import MIN_TYPE_GROWTH, Counts
-from bilge.agent.outbox import Outbox
+from bilge.agent.outbox import MAX_TASK_NAMES, OTHER_NAME, Outbox
 from bilge.agent.watch import FULL_READ_TASKS, MAX_READ_EVERY, MAX_YOUNG_READ_EVERY, FdScan, Watch
 
 
@@ -34,6 +34,35 @@ def test_the_watch_stores_one_row_per_finished_task_with_its_duration_and_memory
     assert watch.tasks_done == 1
 
 
+def test_task_rows_leave_nothing_in_the_heap_between_flushes() -> None:
+    """Buffered task rows allocate no heap blocks once the columns reached their size, and read back exactly."""
+    import sys
+
+    outbox = Outbox()
+    rows = [(i, "shop.%d" % (i % 3), 1000.0 + i, 1000.5 + i, 50_000_000 + i, None if i % 2 else 7 * i,
+             300_000 + i, 300_100 + i, i % 5 == 0, i % 4) for i in range(2000)]
+    for row in rows:
+        outbox.add_task(*row)
+    assert outbox.drain()["tasks"] == [row[:8] + (int(row[8]), row[9]) for row in rows]
+    before = sys.getallocatedblocks()
+    for row in rows:
+        outbox.add_task(*row)
+    grown = sys.getallocatedblocks() - before
+    # A tuple of Python objects per row kept ~6 blocks each: 12,000 here.
+    assert grown < 20, grown
+    assert len(outbox.tasks) == 2000 and outbox.tasks[-1][0] == 1999
+
+
+def test_task_names_past_the_table_are_stored_as_other() -> None:
+    """The name table is bounded: names past it are stored as one shared name."""
+    outbox = Outbox()
+    for i in range(MAX_TASK_NAMES + 5):
+        outbox.add_task(i, "task.%d" % i, 0.0, 1.0, None, None, None, None, False, 0)
+    names = [row[1] for row in outbox.drain()["tasks"]]
+    assert names[MAX_TASK_NAMES - 2] == "task.%d" % (MAX_TASK_NAMES - 2)
+    assert names[-5:] == [OTHER_NAME] * 5
+
+
 def test_readings_taken_while_the_agent_works_are_gaps_in_the_suspicion() -> None:
     """While the explain stage works in the process, task readings re-base the rings instead of adding to them."""
     outbox = Outbox()
@@ -53,9 +82,9 @@ def test_outbox_buffers_are_bounded_and_count_what_they_drop() -> None:
     """Past its limit the outbox drops new rows and counts them; a drain empties it."""
     outbox = Outbox(limit=2)
     for i in range(5):
-        outbox.add_task((i,))
+        outbox.add_task(i, "shop.a", 1.0, 2.0, None, 10, None, 20, False, 0)
     assert len(outbox.tasks) == 2 and outbox.dropped_rows == 3
-    assert outbox.drain()["tasks"] == [(0,), (1,)]
+    assert outbox.drain()["tasks"] == [(i, "shop.a", 1.0, 2.0, None, 10, None, 20, 0, 0) for i in (0, 1)]
     assert not outbox.tasks
 
 
@@ -195,7 +224,8 @@ def test_the_agent_writes_rows_every_flush_interval_and_what_others_act_on_at_on
 
     clock = FakeClock()
     store = MemoryStore()
-    agent = Agent(AgentConfig(data_dir="unused", run_id=1, explain=False), store=store, monotonic=clock)
+    agent = Agent(AgentConfig(data_dir="unused", run_id=1, explain=False, census_min_interval=1e6), store=store,
+                  monotonic=clock)
     agent.register()
     agent.tick()
     flushes = store.flushes
@@ -212,6 +242,24 @@ def test_the_agent_writes_rows_every_flush_interval_and_what_others_act_on_at_on
     clock.now += FLUSH_INTERVAL
     agent.tick()
     assert len(store.tasks) == 2
+
+
+def test_a_census_is_written_at_once() -> None:
+    """A census's rows do not wait for the flush interval (they would sit in the heap the tasks are read against)."""
+    from bilge.agent import Agent, AgentConfig
+    from bilge.agent._runtime import FLUSH_INTERVAL
+    from bilge.store.memory import MemoryStore
+
+    clock = FakeClock()
+    store = MemoryStore()
+    agent = Agent(AgentConfig(data_dir="unused", run_id=1, explain=False, census_min_interval=0.5), store=store,
+                  monotonic=clock)
+    agent.register()
+    agent.tick()
+    flushes = store.flushes
+    clock.now += FLUSH_INTERVAL / 2
+    agent.tick()
+    assert store.flushes == flushes + 1 and len(store.censuses) == 1 and not agent.outbox.censuses
 
 
 def test_the_census_budget_follows_the_process_cpu_time_not_the_wall_clock() -> None:
