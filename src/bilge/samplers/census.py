@@ -49,6 +49,9 @@ def type_name(cls: type) -> str:
     return "%s.%s" % (module, qualname)
 
 
+# Distinct type names remembered for reuse (bounded: cleared past it).
+MAX_NAMES = 4096
+
 _OWN = "bilge."
 _DEMO = "bilge.demo."
 
@@ -68,6 +71,11 @@ class Census:
         self.max_types = max_types
         self.size_sample = size_sample
         self._mean_size: dict[str, float] = {}
+        # One string per type name across censuses: the counts the agent
+        # keeps (a baseline and the latest two) would otherwise each hold
+        # their own copy of every name, hundreds of heap blocks a census,
+        # which the heap-block series read after tasks sees as growth.
+        self._names: dict[str, str] = {}
 
     def take(self, sized: bool) -> CensusResult:
         """Count gc-tracked objects by type; size them too when ``sized``."""
@@ -91,8 +99,12 @@ class Census:
             # Drop the only strong list of every object before anything else.
             del objects
         rows = []
+        names = self._names
+        if len(names) > MAX_NAMES:
+            names.clear()
         for cls, count in counts.items():
             name = type_name(cls)
+            name = names.setdefault(name, name)
             if name.startswith(_OWN) and not name.startswith(_DEMO):
                 continue  # bilge's own records (sites, results) are never the host's growth
             if sampled_count is not None:

@@ -118,3 +118,11 @@ def test_keep_largest_merges_names_and_keeps_top_by_count_and_bytes() -> None:
     rows = [("a", 1, 1000), ("b", 100, 1), ("c", 50, 50), ("a", 2, 3), ("d", 3, 3)]
     assert sorted(_keep_largest(rows, limit=10)) == [("a", 3, 1003), ("b", 100, 1), ("c", 50, 50), ("d", 3, 3)]
     assert sorted(_keep_largest(rows, limit=2)) == [("a", 3, 1003), ("b", 100, 1)]
+
+
+def test_censuses_reuse_one_string_per_type_name() -> None:
+    """Two censuses name a type with the same string object (the agent keeps several censuses' counts)."""
+    census = Census()
+    first = {name: name for name, _, _ in census.take(sized=False).types}
+    second = census.take(sized=False).types
+    assert second and all(first[name] is name for name, _, _ in second if name in first)
