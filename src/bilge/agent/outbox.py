@@ -7,6 +7,7 @@ bounded: what overflows is counted (``dropped_rows``), not kept.
 
 from __future__ import annotations
 
+import threading
 from array import array
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,30 @@ OTHER_NAME = "<other>"
 _NONE = -1
 
 
+class _Columns:
+    """One buffer of task rows: columns of machine numbers, reused once drained."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.ints = tuple(array("q") for _ in range(7))  # seq, name, rss0, rss1, blocks0, blocks1, gc runs
+        self.times = (array("d"), array("d"))  # started, ended
+        self.failed = array("b")
+
+    def add(self, ints: tuple[int, ...], started: float, ended: float, failed: bool) -> None:
+        n = self.n
+        if n < len(self.failed):
+            for column, value in zip(self.ints, ints):
+                column[n] = value
+            self.times[0][n], self.times[1][n], self.failed[n] = started, ended, failed
+        else:
+            for column, value in zip(self.ints, ints):
+                column.append(value)
+            self.times[0].append(started)
+            self.times[1].append(ended)
+            self.failed.append(failed)
+        self.n = n + 1
+
+
 class TaskRows:
     """Task rows in columns of machine numbers, reused from one flush to the next.
 
@@ -56,43 +81,37 @@ class TaskRows:
     allocate nothing once they reach their high-water mark (bounded by the
     limit), and a row costs a few stores instead of eight objects.
     Task names are kept once each, in a bounded table.
+
+    Rows come from any task thread (a threads pool has several) and are
+    drained by the agent's thread: two buffers, swapped under a lock that is
+    only ever held for one row's stores or for the swap, never while rows are
+    read out (a task thread never waits for a flush).
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._n = 0
-        self._ints = tuple(array("q") for _ in range(7))  # seq, name, rss0, rss1, blocks0, blocks1, gc runs
-        self._times = (array("d"), array("d"))  # started, ended
-        self._failed = array("b")
+        self._lock = threading.Lock()
+        self._active = _Columns()
+        self._spare = _Columns()
         self._names: list[str] = []
         self._ids: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return self._n
+        return self._active.n
 
     def add(self, seq: int, name: str, started: float, ended: float, rss0: int | None, rss1: int | None,
             blocks0: int | None, blocks1: int | None, failed: bool, gc_runs: int) -> bool:
         """Add one row; False (nothing added) when the buffer is full."""
-        n = self._n
-        if n >= self.limit:
-            return False
-        name_id = self._ids.get(name)
-        if name_id is None:
-            name_id = self._name_id(name)
-        values = (seq, name_id, _NONE if rss0 is None else rss0, _NONE if rss1 is None else rss1,
-                  _NONE if blocks0 is None else blocks0, _NONE if blocks1 is None else blocks1, gc_runs)
-        ints, times = self._ints, self._times
-        if n < len(self._failed):
-            for column, value in zip(ints, values):
-                column[n] = value
-            times[0][n], times[1][n], self._failed[n] = started, ended, failed
-        else:
-            for column, value in zip(ints, values):
-                column.append(value)
-            times[0].append(started)
-            times[1].append(ended)
-            self._failed.append(failed)
-        self._n = n + 1
+        ints = (seq, 0, _NONE if rss0 is None else rss0, _NONE if rss1 is None else rss1,
+                _NONE if blocks0 is None else blocks0, _NONE if blocks1 is None else blocks1, gc_runs)
+        with self._lock:
+            active = self._active
+            if active.n >= self.limit:
+                return False
+            name_id = self._ids.get(name)
+            if name_id is None:
+                name_id = self._name_id(name)
+            active.add((seq, name_id) + ints[2:], started, ended, failed)
         return True
 
     def _name_id(self, name: str) -> int:
@@ -104,26 +123,32 @@ class TaskRows:
         self._names.append(name)
         return self._ids[name]
 
-    def row(self, i: int) -> tuple[Any, ...]:
-        """Row ``i`` as the store takes it (seq, name, started, ended, rss0, rss1, blocks0, blocks1, failed, gc)."""
-        if not -self._n <= i < self._n:
-            raise IndexError(i)
-        i %= self._n
-        seq, name_id, rss0, rss1, blocks0, blocks1, gc_runs = (column[i] for column in self._ints)
-        return (seq, self._names[name_id], self._times[0][i], self._times[1][i],
+    def _row(self, columns: _Columns, i: int) -> tuple[Any, ...]:
+        seq, name_id, rss0, rss1, blocks0, blocks1, gc_runs = (column[i] for column in columns.ints)
+        return (seq, self._names[name_id], columns.times[0][i], columns.times[1][i],
                 None if rss0 == _NONE else rss0, None if rss1 == _NONE else rss1,
                 None if blocks0 == _NONE else blocks0, None if blocks1 == _NONE else blocks1,
-                self._failed[i], gc_runs)
+                columns.failed[i], gc_runs)
 
-    __getitem__ = row
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        """Row ``i`` of those waiting, as the store takes it (seq, name, started, ended, rss0, rss1, blocks0,
+        blocks1, failed, gc runs)."""
+        columns = self._active
+        if not -columns.n <= i < columns.n:
+            raise IndexError(i)
+        return self._row(columns, i % columns.n)
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        return (self.row(i) for i in range(self._n))
+        columns = self._active
+        return (self._row(columns, i) for i in range(columns.n))
 
     def drain(self) -> list[tuple[Any, ...]]:
         """Every row, oldest first; the buffer is left empty (its columns are kept for reuse)."""
-        out = list(self)
-        self._n = 0
+        with self._lock:
+            full, self._active = self._active, self._spare
+        out = [self._row(full, i) for i in range(full.n)]
+        full.n = 0
+        self._spare = full
         return out
 
 

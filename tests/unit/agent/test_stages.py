@@ -53,6 +53,37 @@ def test_task_rows_leave_nothing_in_the_heap_between_flushes() -> None:
     assert len(outbox.tasks) == 2000 and outbox.tasks[-1][0] == 1999
 
 
+def test_no_task_row_is_lost_while_threads_add_and_the_agent_drains() -> None:
+    """Task threads add rows while the agent's thread drains: every row comes out exactly once."""
+    import threading
+
+    outbox = Outbox(limit=100_000)
+    per_thread, threads = 20_000, 3
+    drained: list[tuple[object, ...]] = []
+    done = threading.Event()
+
+    def add(first: int) -> None:
+        for seq in range(first, first + per_thread):
+            outbox.add_task(seq, "shop.a", 0.0, 1.0, None, seq, None, seq, False, 0)
+
+    def drain() -> None:
+        while not done.is_set():
+            drained.extend(outbox.drain()["tasks"])
+        drained.extend(outbox.drain()["tasks"])
+
+    drainer = threading.Thread(target=drain)
+    drainer.start()
+    adders = [threading.Thread(target=add, args=(k * per_thread,)) for k in range(threads)]
+    for t in adders:
+        t.start()
+    for t in adders:
+        t.join()
+    done.set()
+    drainer.join()
+    assert sorted(row[0] for row in drained) == list(range(threads * per_thread))
+    assert all(row[5] == row[0] for row in drained)
+
+
 def test_task_names_past_the_table_are_stored_as_other() -> None:
     """The name table is bounded: names past it are stored as one shared name."""
     outbox = Outbox()
