@@ -37,10 +37,16 @@ MIN_CENSUSES = 3
 # A process without tasks is judged on time: one sample every 0.5 s by
 # default, so this asks for about five minutes of samples.
 TIME_POLICY = TrendPolicy(min_points=600, min_slope=1.0)
-# The same test on Python heap blocks (units: blocks, not bytes): at least
-# one block per task and 4000 blocks (~250 KiB at ~64 B a block) over the
-# window, at a stricter significance.
-HEAP_POLICY = TrendPolicy(alpha=1e-6, min_growth=4000, min_slope=1.0)
+# The same test on Python heap blocks (units: blocks, not bytes), at a
+# stricter significance. Heap blocks are an exact count of live objects'
+# memory (no pages, no allocator slack), so a small steady trend is certain
+# long before it shows in RSS: a slow leak (a short key remembered per call,
+# ~0.3 blocks a task) is judged by what it costs in a day at the process's
+# task rate (~64 B a block; 16 MiB a day is 1 GiB in two months), not by
+# what it added over a short window. A visible trend (128 blocks over the
+# window) is still required.
+HEAP_POLICY = TrendPolicy(alpha=1e-6, min_growth=128, min_slope=0.05, min_per_day=(16 << 20) / 64,
+                          unit_bytes=64)
 # Celery's MainProcess under prefork: it consumes and supervises, runs no task.
 POOL_PARENT = "celery-main"
 
@@ -224,8 +230,10 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
     x, y = trend.evenly(*trend.as_arrays([(t.seq, t.rss_after) for t in p.tasks]))
     result = trend.assess(x, y, policy, unit="task")
     bx, by = trend.evenly(*trend.as_arrays([(t.seq, t.blocks_after) for t in p.tasks]))
-    heap = trend.assess(bx, by, heap_policy, unit="task")
-    heap_confirmed = _as_task_count(bx, trend.confirmed_after(bx, by, heap_policy)) if heap.verdict == LEAK else None
+    rate = _task_rate(p.tasks[len(p.tasks) // 2:])
+    heap = trend.assess(bx, by, heap_policy, unit="task", rate=rate)
+    heap_confirmed = _as_task_count(bx, trend.confirmed_after(bx, by, heap_policy, rate=rate)) \
+        if heap.verdict == LEAK else None
     if result.verdict == LEAK:
         # Either series may confirm first: RSS stalls while a leak refills
         # memory freed earlier, heap blocks keep counting every object.
@@ -236,9 +244,9 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
         if native is not None:
             return (*native, False)
         return result, None, result.slope, False
-    reason = ("the Python heap grows steadily after warm-up (%+.1f blocks per task, still growing at the end) "
+    reason = ("the Python heap grows steadily after warm-up (%+.2f blocks per task, still growing at the end%s) "
               "while RSS has not followed yet: the leak is filling memory freed earlier, and RSS will grow once "
-              "that is used up" % heap.slope)
+              "that is used up" % (heap.slope, _per_day_text(heap.slope, rate, heap_policy)))
     return replace(heap, reason=reason), heap_confirmed, result.slope, True
 
 
@@ -254,6 +262,20 @@ def _native_verdict(p: ProcessData, policy: TrendPolicy | None) -> tuple[Trend, 
               "while RSS and the Python heap have not: native allocations are reusing memory freed earlier, and "
               "RSS will grow once that is used up" % native.slope)
     return replace(native, reason=reason), _as_task_count(mx, trend.confirmed_after(mx, my, policy)), native.slope
+
+
+def _task_rate(tasks: Sequence[TaskRecord]) -> float | None:
+    """Tasks per second over these tasks (None for fewer than two)."""
+    if len(tasks) < 2 or tasks[-1].ended <= tasks[0].started:
+        return None
+    return len(tasks) / (tasks[-1].ended - tasks[0].started)
+
+
+def _per_day_text(slope: float, rate: float | None, policy: TrendPolicy) -> str:
+    if not rate:
+        return ""
+    return ", ~%.1f MiB a day at %.3g tasks per second" % (slope * policy.unit_bytes * rate * trend.DAY / (1 << 20),
+                                                          rate)
 
 
 def _per_hour(tasks: Sequence[TaskRecord], per_task: float | None) -> float | None:

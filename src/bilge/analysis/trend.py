@@ -30,6 +30,14 @@ class TrendPolicy:
             window's slope, or growth is judged to be levelling off.
         min_growth: bytes the window must grow by to be called a leak.
         min_slope: bytes per x-unit below which growth is ignored.
+        min_per_day: when set and the caller knows the rate (x-units per
+            second), growth matters when it would reach this much in a day at
+            that rate: a slow leak that is statistically certain is not
+            dismissed for being small over a short window, and a worker that
+            runs few tasks is not called leaking for a trend that costs it
+            little. ``min_growth``/``min_slope`` then only ask for a visible
+            trend.
+        unit_bytes: bytes one y-unit stands for (for the reason text).
     """
 
     min_points: int = 60
@@ -39,12 +47,18 @@ class TrendPolicy:
     tail_ratio: float = 0.25
     min_growth: float = 192 * 1024
     min_slope: float = 16.0
+    min_per_day: float | None = None
+    unit_bytes: float = 1.0
 
 
 DEFAULT_POLICY = TrendPolicy()
 
 
-def assess(x: Sequence[float], y: Sequence[float], policy: TrendPolicy = DEFAULT_POLICY, unit: str = "task") -> Trend:
+DAY = 86400.0
+
+
+def assess(x: Sequence[float], y: Sequence[float], policy: TrendPolicy = DEFAULT_POLICY, unit: str = "task",
+           rate: float | None = None) -> Trend:
     """Judge one series (x increasing: task ordinal or seconds; y: bytes).
 
     Args:
@@ -52,6 +66,8 @@ def assess(x: Sequence[float], y: Sequence[float], policy: TrendPolicy = DEFAULT
         y: memory at those points.
         policy: thresholds.
         unit: what x counts, for the reason text.
+        rate: x-units per second over the judged window (tasks per second), for
+            ``policy.min_per_day``.
 
     Returns:
         The verdict with slope (bytes per x-unit) over the post-warm-up window.
@@ -69,8 +85,11 @@ def assess(x: Sequence[float], y: Sequence[float], policy: TrendPolicy = DEFAULT
     _, p = mann_kendall(wy)
     confidence = 1.0 - p
     growth = slope * float(wx[-1] - wx[0])
-    if p >= policy.alpha or slope < policy.min_slope or growth < policy.min_growth:
-        why = _flat_reason(p, slope, growth, policy, unit)
+    per_day = slope * rate * DAY if policy.min_per_day is not None and rate else None
+    small = slope < policy.min_slope or growth < policy.min_growth or (
+        per_day is not None and policy.min_per_day is not None and per_day < policy.min_per_day)
+    if p >= policy.alpha or small:
+        why = _flat_reason(p, slope, growth, policy, unit, per_day, rate)
         return Trend(NO_LEAK, slope, p, 1.0 - _no_leak_doubt(p, growth, policy), window_start, n, why)
     quarter = len(wx) // 2
     tx, ty = wx[quarter:], wy[quarter:]
@@ -78,8 +97,8 @@ def assess(x: Sequence[float], y: Sequence[float], policy: TrendPolicy = DEFAULT
     _, tail_p = mann_kendall(ty)
     if tail_slope >= policy.tail_ratio * slope and tail_p < policy.tail_alpha:
         return Trend(LEAK, slope, p, confidence, window_start, n,
-                     "memory grows steadily after warm-up: %+.0f bytes per %s, still growing at the end"
-                     % (slope, unit))
+                     "memory grows steadily after warm-up: %+.0f bytes per %s, still growing at the end%s"
+                     % (slope, unit, _projection(per_day, rate, policy, unit)))
     if tail_slope < policy.tail_ratio * slope and tail_p >= policy.tail_alpha:
         return Trend(NO_LEAK, slope, p, 1.0 - tail_p, window_start, n,
                      "memory grew after warm-up, then levelled off (a plateau, e.g. a bounded cache filling)")
@@ -89,11 +108,31 @@ def assess(x: Sequence[float], y: Sequence[float], policy: TrendPolicy = DEFAULT
                  "cache still filling" % (more, unit), needed=more)
 
 
-def _flat_reason(p: float, slope: float, growth: float, policy: TrendPolicy, unit: str) -> str:
+def _flat_reason(p: float, slope: float, growth: float, policy: TrendPolicy, unit: str,
+                 per_day: float | None = None, rate: float | None = None) -> str:
     if p >= policy.alpha:
         return "no sustained growth after warm-up (trend test p=%.2g)" % p
+    if per_day is not None and policy.min_per_day is not None and per_day < policy.min_per_day \
+            and slope >= policy.min_slope and growth >= policy.min_growth:
+        return ("growth after warm-up is too small to matter: %s, under %s a day"
+                % (_projection(per_day, rate, policy, unit).lstrip(": "),
+                   _size(policy.min_per_day * policy.unit_bytes)))
     return "growth after warm-up is too small to matter (%+.0f bytes per %s, %+.0f KiB over the window)" % (
-        slope, unit, growth / 1024)
+        slope * policy.unit_bytes, unit, growth * policy.unit_bytes / 1024)
+
+
+def _projection(per_day: float | None, rate: float | None, policy: TrendPolicy, unit: str) -> str:
+    """What the growth comes to in a day at the observed rate ("" when the rate is not known)."""
+    if per_day is None or not rate:
+        return ""
+    return ": ~%s a day at the observed %.3g %ss per second" % (_size(per_day * policy.unit_bytes), rate, unit)
+
+
+def _size(n: float) -> str:
+    for factor, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if abs(n) >= factor:
+            return "%.1f %s" % (n / factor, suffix)
+    return "%.0f bytes" % n
 
 
 def _no_leak_doubt(p: float, growth: float, policy: TrendPolicy) -> float:
@@ -104,7 +143,8 @@ def _no_leak_doubt(p: float, growth: float, policy: TrendPolicy) -> float:
 
 
 def confirmed_after(
-    x: Sequence[float], y: Sequence[float], policy: TrendPolicy = DEFAULT_POLICY, checkpoints: int = 60
+    x: Sequence[float], y: Sequence[float], policy: TrendPolicy = DEFAULT_POLICY, checkpoints: int = 60,
+    rate: float | None = None,
 ) -> int | None:
     """The smallest prefix length from which every later prefix is judged a leak.
 
@@ -116,7 +156,7 @@ def confirmed_after(
     marks = list(range(policy.min_points, n, step)) + [n]
     confirmed: int | None = None
     for m in marks:
-        if assess(x[:m], y[:m], policy).verdict == LEAK:
+        if assess(x[:m], y[:m], policy, rate=rate).verdict == LEAK:
             if confirmed is None:
                 confirmed = m
         else:

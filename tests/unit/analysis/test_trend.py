@@ -213,3 +213,23 @@ def test_a_leak_read_one_task_in_n_is_still_a_leak_and_an_even_series_is_unchang
     even_x = [float(t) for t in range(1, 2001)]
     even_y = [float(t) for t in range(2000)]
     assert evenly(even_x, even_y) == (even_x, even_y)
+
+
+def test_a_slow_heap_trend_is_judged_by_what_it_costs_in_a_day_at_the_task_rate() -> None:
+    """0.3 heap blocks per task (a short key kept per call): a leak at 300 tasks/s, too small at 0.5 tasks/s."""
+    from bilge.analysis.diagnose import HEAP_POLICY
+
+    rng = np.random.default_rng(3)
+    x = np.arange(1, 1501, dtype=float)
+    # Heap blocks: exact counts, a few blocks of jitter from the task's own transients.
+    y = 180_000 + np.floor(0.3 * x) + rng.integers(-3, 4, 1500)
+    busy = assess(x, y, HEAP_POLICY, rate=300.0)
+    assert busy.verdict == LEAK, busy.reason
+    assert "a day at the observed 300 tasks per second" in busy.reason
+    idle = assess(x, y, HEAP_POLICY, rate=0.5)
+    assert idle.verdict == NO_LEAK
+    assert idle.reason.startswith("growth after warm-up is too small to matter: ~")
+    assert "under 16.0 MiB a day" in idle.reason
+    # A flat heap with the same jitter is no leak at any rate.
+    flat = 180_000 + rng.integers(-3, 4, 1500)
+    assert assess(x, flat, HEAP_POLICY, rate=300.0).verdict == NO_LEAK
