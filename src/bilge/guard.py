@@ -396,7 +396,7 @@ class _Check:
         run = RunInfo(id=1, started=self._t0, ended=time.time(), command="bilge guard %s" % self.name,
                       exit_code=None, hostname=socket.gethostname())
         return diagnose(RunData(run=run, processes=(self._process(),)), self.policy.rss_policy(),
-                        self.policy.heap_policy(), self.policy.native_policy())
+                        self.policy.heap_policy(), self.policy.native_policy(), census_steps=False)
 
     def _result(self, d: Diagnosis, seconds: float) -> GuardResult:
         p = d.processes[0] if d.processes else None

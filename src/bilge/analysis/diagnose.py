@@ -60,8 +60,8 @@ class _Window:
     only need the first lazy imports and cache fills out of the way.
     """
 
-    data: ProcessData
-    tasks: tuple[TaskRecord, ...]
+    data: ProcessData  # as stored: every task (calls between censuses count them all)
+    tasks: tuple[TaskRecord, ...]  # re-based: the agent's own memory taken out
     samples: tuple[Sample, ...]
     censuses: tuple[Census, ...]
     kind: str | None
@@ -71,7 +71,7 @@ class _Window:
 
 
 def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY, heap_policy: TrendPolicy = HEAP_POLICY,
-             native_policy: TrendPolicy | None = None) -> Diagnosis:
+             native_policy: TrendPolicy | None = None, census_steps: bool = True) -> Diagnosis:
     """Diagnose a whole run.
 
     Args:
@@ -81,8 +81,12 @@ def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY, heap_policy: Tr
         native_policy: thresholds of the same verdict on glibc's in-use bytes,
             if they are read often enough to judge (the in-process check reads
             them with every reading; a worker's samples are too few yet).
+        census_steps: take the memory each census left out of the task series
+            (an agent's censuses run among the tasks; ``bilge.guard`` counts
+            between its measured calls, and re-bases its readings itself).
     """
-    judged = [_judge(p, policy, heap_policy, native_policy) for p in run.processes if p.samples or p.tasks]
+    judged = [_judge(p, policy, heap_policy, native_policy, census_steps)
+              for p in run.processes if p.samples or p.tasks]
     leaking = [(d, w) for d, w in judged if d.verdict == LEAK]
     growth = attribution.task_growth([w.tasks for _, w in leaking]) if leaking else ()
     findings = _pooled_findings(leaking, growth)
@@ -137,8 +141,9 @@ def _overall(processes: Sequence[ProcessDiagnosis]) -> tuple[str, str]:
 
 
 def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
-           native_policy: TrendPolicy | None) -> tuple[ProcessDiagnosis, _Window]:
-    p = replace(raw, tasks=own_activity.without_activity(raw.tasks, own_activity.activity(raw)))
+           native_policy: TrendPolicy | None, census_steps: bool = True) -> tuple[ProcessDiagnosis, _Window]:
+    spans = own_activity.agent_work(raw) if census_steps else own_activity.activity(raw)
+    p = replace(raw, tasks=own_activity.without_activity(raw.tasks, spans))
     samples = [s for s in p.samples if s.rss is not None]
     by_task = len(p.tasks) >= policy.min_points or not samples
     rss_slope: float | None = None
@@ -158,7 +163,7 @@ def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
         confirmed = None
         trend_start = samples[min(result.window_start, len(samples) - 1)].t
         explain_start = samples[len(samples) // 4].t
-    window = _explain_window(p, explain_start, result.verdict == LEAK, on_heap)
+    window = replace(_explain_window(p, explain_start, result.verdict == LEAK, on_heap), data=raw)
     late = [s for s in samples if s.t >= trend_start]
     line = trend.fitted_line([s.t for s in late], [float(s.rss or 0) for s in late])
     per_hour = _per_hour(p.tasks[result.window_start:], rss_slope) if by_task else None
