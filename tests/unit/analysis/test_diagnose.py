@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import accumulate
 
 import numpy as np
 
@@ -305,3 +306,24 @@ def test_a_verdict_resting_on_the_heap_is_never_native() -> None:
     child = diagnosis.processes[0]
     assert child.verdict == LEAK and child.reason.startswith("the Python heap grows steadily")
     assert diagnosis.kind == PYTHON_OBJECTS
+
+
+def test_a_slow_heap_trend_is_a_leak_when_a_task_explains_it_and_inconclusive_when_nothing_does() -> None:
+    """RSS flat; the heap grows 12 blocks per call of shop.search (4 a task, ~3,000 over the judged half: under
+    the old 4000-block floor; ~2 GiB a day at this process's ~100 tasks a second). A task whose calls grow
+    explains it: a leak. The same creep after every task whatever its name, with no type or holder, is a
+    library cache filling as readily as a leak: inconclusive."""
+    base = process(2, None)
+    per_call = tuple(accumulate(12 if t.name == "shop.search" else 0 for t in base.tasks))
+    slow = tuple(replace(t, blocks_before=(t.blocks_before or 0) + (per_call[i - 1] if i else 0),
+                         blocks_after=(t.blocks_after or 0) + per_call[i]) for i, t in enumerate(base.tasks))
+    diagnosis = diagnose(RunData(run=RUN, processes=(replace(base, tasks=slow),)))
+    child = diagnosis.processes[0]
+    assert child.verdict == LEAK, child.reason
+    assert "a day at" in child.reason
+    assert diagnosis.findings[0].task == "shop.search"
+    creep = tuple(replace(t, blocks_before=(t.blocks_before or 0) + 2 * (t.seq - 1),
+                          blocks_after=(t.blocks_after or 0) + 2 * t.seq) for t in base.tasks)
+    diagnosis = diagnose(RunData(run=RUN, processes=(replace(base, tasks=creep),)))
+    assert diagnosis.verdict == INCONCLUSIVE
+    assert "no task, object type or holder explains the growth" in diagnosis.processes[0].reason
