@@ -216,17 +216,18 @@ def test_a_leak_read_one_task_in_n_is_still_a_leak_and_an_even_series_is_unchang
 
 
 def test_a_slow_heap_trend_is_judged_by_what_it_costs_in_a_day_at_the_task_rate() -> None:
-    """0.3 heap blocks per task (a short key kept per call): a leak at 300 tasks/s, too small at 0.5 tasks/s."""
+    """3 heap blocks per task, ~2,250 over the judged half (under the old 4000-block floor): a leak at 300 tasks
+    per second (~79 MiB a day), too small to matter at 0.05 tasks per second (~0.8 MiB a day)."""
     from bilge.analysis.diagnose import HEAP_POLICY
 
     rng = np.random.default_rng(3)
     x = np.arange(1, 1501, dtype=float)
     # Heap blocks: exact counts, a few blocks of jitter from the task's own transients.
-    y = 180_000 + np.floor(0.3 * x) + rng.integers(-3, 4, 1500)
+    y = 180_000 + 3 * x + rng.integers(-3, 4, 1500)
     busy = assess(x, y, HEAP_POLICY, rate=300.0)
     assert busy.verdict == LEAK, busy.reason
     assert "a day at the observed 300 tasks per second" in busy.reason
-    idle = assess(x, y, HEAP_POLICY, rate=0.5)
+    idle = assess(x, y, HEAP_POLICY, rate=0.05)
     assert idle.verdict == NO_LEAK
     assert idle.reason.startswith("growth after warm-up is too small to matter: ~")
     assert "under 16.0 MiB a day" in idle.reason
