@@ -135,7 +135,7 @@ class AgentConfig:
     data_dir: str
     run_id: int
     sample_interval: float = 0.5
-    census_budget: float = 0.0025
+    census_budget: float = 0.005
     census_min_interval: float = 1.0
     sizing_every: int = 5
     buffer_limit: int = 20000

@@ -95,7 +95,7 @@ class CensusStage:
         cpu_clock: the process's CPU seconds (all threads).
     """
 
-    def __init__(self, outbox: Outbox, counts: Counts, tasks_done: Callable[[], int], share: float = 0.0025,
+    def __init__(self, outbox: Outbox, counts: Counts, tasks_done: Callable[[], int], share: float = 0.005,
                  min_interval: float = 1.0, sizing_every: int = 5,
                  clock: Callable[[], float] = time.monotonic,
                  cpu_clock: Callable[[], float] = time.process_time) -> None:
