@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from bilge.agent.census_stage import MIN_TYPE_GROWTH, Counts
@@ -247,18 +249,25 @@ def test_a_short_task_in_a_busy_process_is_weighed_against_the_process_cpu_per_t
     assert watch.read_every == 1
 
 
-def test_the_agent_writes_rows_every_flush_interval_and_what_others_act_on_at_once() -> None:
-    """Task rows wait up to FLUSH_INTERVAL between transactions (each is a few GIL releases); a role does not."""
+def _ticked_agent(census_min_interval: float) -> tuple[Any, Any, FakeClock]:
+    """A registered agent without explain stage on an in-memory store and a fake clock, after its first tick."""
     from bilge.agent import Agent, AgentConfig
-    from bilge.agent._runtime import FLUSH_INTERVAL
     from bilge.store.memory import MemoryStore
 
     clock = FakeClock()
     store = MemoryStore()
-    agent = Agent(AgentConfig(data_dir="unused", run_id=1, explain=False, census_min_interval=1e6), store=store,
-                  monotonic=clock)
+    agent = Agent(AgentConfig(data_dir="unused", run_id=1, explain=False, census_min_interval=census_min_interval),
+                  store=store, monotonic=clock)
     agent.register()
     agent.tick()
+    return agent, store, clock
+
+
+def test_the_agent_writes_rows_every_flush_interval_and_what_others_act_on_at_once() -> None:
+    """Task rows wait up to FLUSH_INTERVAL between transactions (each is a few GIL releases); a role does not."""
+    from bilge.agent._runtime import FLUSH_INTERVAL
+
+    agent, store, clock = _ticked_agent(census_min_interval=1e6)
     flushes = store.flushes
     agent.task_started(1, "shop.a")
     agent.task_finished(1)
@@ -277,16 +286,9 @@ def test_the_agent_writes_rows_every_flush_interval_and_what_others_act_on_at_on
 
 def test_a_census_is_written_at_once() -> None:
     """A census's rows do not wait for the flush interval (they would sit in the heap the tasks are read against)."""
-    from bilge.agent import Agent, AgentConfig
     from bilge.agent._runtime import FLUSH_INTERVAL
-    from bilge.store.memory import MemoryStore
 
-    clock = FakeClock()
-    store = MemoryStore()
-    agent = Agent(AgentConfig(data_dir="unused", run_id=1, explain=False, census_min_interval=0.5), store=store,
-                  monotonic=clock)
-    agent.register()
-    agent.tick()
+    agent, store, clock = _ticked_agent(census_min_interval=0.5)
     flushes = store.flushes
     clock.now += FLUSH_INTERVAL / 2
     agent.tick()
