@@ -161,6 +161,8 @@ class Explain:
         # The window opened on RSS growth with the heap flat: a native window
         # is the likely answer, so episodes leave its share of the allowance.
         self._native_first = False
+        # RSS growth per task when a window opened on RSS with the heap flat.
+        self._opened_rss_per_task = 0.0
         self.last_sites: list[tuple[str, int, int]] = []
         self.last_paths: list[tuple[str, str]] = []
 
@@ -280,6 +282,7 @@ class Explain:
                 # window can name.
                 return None
             self._native_first = True
+            self._opened_rss_per_task = (rss - rss0) / max(1, tasks - t0)
             return ("RSS kept growing for %d tasks after the process first looked suspect (%+.0f KiB) while the "
                     "Python heap stayed flat" % (tasks - t0, (rss - rss0) / 1024))
         steady = self._steady_types()
@@ -441,6 +444,11 @@ class Explain:
             return
         if result.status == "done" and result.tasks:
             rss_per_task = self._watch.rss_suspicion.growth_per_reading()
+            if self._native_first:
+                # The growth the window opened on: the rings re-base across
+                # the window's own work and may not hold enough readings
+                # after it to say (the zoo's native leak got no native window).
+                rss_per_task = max(rss_per_task, self._opened_rss_per_task)
             traced_per_task = sum(s.size for s in result.sites) / result.tasks
             if rss_per_task <= 0 or traced_per_task >= NATIVE_TRACED_SHARE * rss_per_task:
                 return
