@@ -81,6 +81,8 @@ GRANT = 16
 # Frames tried, deepest first, until the budget buys PREFERRED_EPISODES.
 FRAME_CHOICES = (6, 4, 3, 2)
 PREFERRED_EPISODES = 8
+# Episodes of a window opened on RSS growth with the heap flat (before its native window).
+NATIVE_FIRST_EPISODES = 4
 # tracemalloc's slowdown of an allocation-heavy task by traceback depth,
 # measured on the overhead benchmark's JSON task (7.6x at 1 frame, 20x at
 # 6); corrected by what the episodes measure.
@@ -352,6 +354,16 @@ class Explain:
         wanted = self.window.wanted
         if not wanted or self.window.state != "idle":
             return
+        if self._native_first:
+            # Opened on RSS growth with the heap flat: a few episodes tell
+            # whether Python code allocates what grows; the native window is
+            # the likely answer, and sixteen episodes left it no allowance.
+            if self.window.done >= NATIVE_FIRST_EPISODES:
+                result = self._close_window_now()
+                if result is not None:
+                    self._window_closed(result)
+                return
+            wanted = min(wanted, NATIVE_FIRST_EPISODES - self.window.done)
         left = self._budget.slowed_left()
         if self._native_first:
             # Episodes bought as deep as the allowance lets spent all of it
