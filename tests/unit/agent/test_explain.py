@@ -192,6 +192,26 @@ def test_a_native_leak_gets_a_native_window_that_names_the_line(suspect_after: F
     assert top.count >= 20 and top.size >= 20 * 16384
 
 
+def test_a_window_opened_on_rss_with_the_heap_flat_runs_few_episodes_then_the_native_window(
+    suspect_after: FakeSuspicion, drive: Drive
+) -> None:
+    """Opened on RSS growth with the heap flat, the window runs at most NATIVE_FIRST_EPISODES episodes (sixteen
+    left the native window no allowance), and the native window follows even when the RSS ring, re-based across
+    the window's own work, says nothing about the growth afterwards (it opened on that growth)."""
+    from bilge.agent.explain import NATIVE_FIRST_EPISODES
+
+    class ReBased(suspect_after):  # type: ignore[misc, valid-type]
+        def growth_per_reading(self) -> float:
+            return 0.0
+
+    store = _explain_native(ReBased, drive, _native_task)
+    tracers = {w.tracer: w for w in store.windows}
+    assert set(tracers) == {"tracemalloc", "malloc"}, store.windows
+    assert 1 <= tracers["tracemalloc"].tasks <= NATIVE_FIRST_EPISODES, tracers["tracemalloc"]
+    assert len([r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_EPISODE]) <= NATIVE_FIRST_EPISODES
+    assert (tracers["malloc"].sites[0].file, tracers["malloc"].sites[0].line) == (__file__, NATIVE_LINE)
+
+
 def _slow_native_task(i: int) -> None:
     time.sleep(0.005)
     _FRAMES.append(_LIBC.malloc(16384))  # the native leak, in a task slow enough that episodes cost much
