@@ -364,11 +364,11 @@ class Explain:
                     self._window_closed(result)
                 return
             wanted = min(wanted, NATIVE_FIRST_EPISODES - self.window.done)
-        left = self._budget.slowed_left()
-        if self._native_first:
             # Episodes bought as deep as the allowance lets spent all of it
             # and left nothing for the native window that follows them.
-            left -= self._native_cost()
+            left = self._budget.slowed_left() - self._native_cost()
+        else:
+            left = self._budget.slowed_left()
         # The deepest tracebacks that still buy enough episodes; else as many
         # episodes as the shallowest buy.
         enough = min(wanted, PREFERRED_EPISODES)

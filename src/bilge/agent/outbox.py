@@ -102,8 +102,6 @@ class TaskRows:
     def add(self, seq: int, name: str, started: float, ended: float, rss0: int | None, rss1: int | None,
             blocks0: int | None, blocks1: int | None, failed: bool, gc_runs: int) -> bool:
         """Add one row; False (nothing added) when the buffer is full."""
-        ints = (seq, 0, _NONE if rss0 is None else rss0, _NONE if rss1 is None else rss1,
-                _NONE if blocks0 is None else blocks0, _NONE if blocks1 is None else blocks1, gc_runs)
         with self._lock:
             active = self._active
             if active.n >= self.limit:
@@ -111,7 +109,9 @@ class TaskRows:
             name_id = self._ids.get(name)
             if name_id is None:
                 name_id = self._name_id(name)
-            active.add((seq, name_id) + ints[2:], started, ended, failed)
+            active.add((seq, name_id, _NONE if rss0 is None else rss0, _NONE if rss1 is None else rss1,
+                        _NONE if blocks0 is None else blocks0, _NONE if blocks1 is None else blocks1, gc_runs),
+                       started, ended, failed)
         return True
 
     def _name_id(self, name: str) -> int:

@@ -256,9 +256,10 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
         if native is not None:
             return (*native, False)
         return result, None, result.slope, False
+    per_day = ", " + trend.per_day_text(heap.slope, rate, heap_policy) if rate else ""
     reason = ("the Python heap grows steadily after warm-up (%+.2f blocks per task, still growing at the end%s) "
               "while RSS has not followed yet: the leak is filling memory freed earlier, and RSS will grow once "
-              "that is used up" % (heap.slope, _per_day_text(heap.slope, rate, heap_policy)))
+              "that is used up" % (heap.slope, per_day))
     return replace(heap, reason=reason), heap_confirmed, result.slope, True
 
 
@@ -281,13 +282,6 @@ def _task_rate(tasks: Sequence[TaskRecord]) -> float | None:
     if len(tasks) < 2 or tasks[-1].ended <= tasks[0].started:
         return None
     return len(tasks) / (tasks[-1].ended - tasks[0].started)
-
-
-def _per_day_text(slope: float, rate: float | None, policy: TrendPolicy) -> str:
-    if not rate:
-        return ""
-    return ", ~%.1f MiB a day at %.3g tasks per second" % (slope * policy.unit_bytes * rate * trend.DAY / (1 << 20),
-                                                          rate)
 
 
 def _per_hour(tasks: Sequence[TaskRecord], per_task: float | None) -> float | None:

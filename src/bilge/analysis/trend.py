@@ -98,7 +98,7 @@ def assess(x: Sequence[float], y: Sequence[float], policy: TrendPolicy = DEFAULT
     if tail_slope >= policy.tail_ratio * slope and tail_p < policy.tail_alpha:
         return Trend(LEAK, slope, p, confidence, window_start, n,
                      "memory grows steadily after warm-up: %+.0f bytes per %s, still growing at the end%s"
-                     % (slope, unit, _projection(per_day, rate, policy, unit)))
+                     % (slope, unit, ": " + per_day_text(slope, rate, policy, unit) if per_day is not None else ""))
     if tail_slope < policy.tail_ratio * slope and tail_p >= policy.tail_alpha:
         return Trend(NO_LEAK, slope, p, 1.0 - tail_p, window_start, n,
                      "memory grew after warm-up, then levelled off (a plateau, e.g. a bounded cache filling)")
@@ -115,17 +115,18 @@ def _flat_reason(p: float, slope: float, growth: float, policy: TrendPolicy, uni
     if per_day is not None and policy.min_per_day is not None and per_day < policy.min_per_day \
             and slope >= policy.min_slope and growth >= policy.min_growth:
         return ("growth after warm-up is too small to matter: %s, under %s a day"
-                % (_projection(per_day, rate, policy, unit).lstrip(": "),
+                % (per_day_text(slope, rate, policy, unit),
                    _size(policy.min_per_day * policy.unit_bytes)))
     return "growth after warm-up is too small to matter (%+.0f bytes per %s, %+.0f KiB over the window)" % (
         slope * policy.unit_bytes, unit, growth * policy.unit_bytes / 1024)
 
 
-def _projection(per_day: float | None, rate: float | None, policy: TrendPolicy, unit: str) -> str:
-    """What the growth comes to in a day at the observed rate ("" when the rate is not known)."""
-    if per_day is None or not rate:
+def per_day_text(slope: float, rate: float | None, policy: TrendPolicy, unit: str = "task") -> str:
+    """What a slope (y-units per x-unit) comes to in a day at the observed rate ("" when the rate is not known)."""
+    if not rate:
         return ""
-    return ": ~%s a day at the observed %.3g %ss per second" % (_size(per_day * policy.unit_bytes), rate, unit)
+    return "~%s a day at the observed %.3g %ss per second" % (_size(slope * rate * DAY * policy.unit_bytes), rate,
+                                                               unit)
 
 
 def _size(n: float) -> str:
