@@ -183,6 +183,19 @@ class FdSnapshot:
     targets: tuple[tuple[str, int], ...]
 
 
+@dataclass(frozen=True)
+class ContainerScan:
+    """The lengths of the sizeable containers modules kept at one moment (names and numbers only).
+
+    ``lengths`` holds (path, container type, length, newest element's type),
+    e.g. ``("myapp.tasks._SEEN", "set", 1200, "str")``.
+    """
+
+    t: float
+    tasks_done: int
+    lengths: tuple[tuple[str, str, int, str], ...]
+
+
 # bilge's own cost. Stages beyond the always-on watch spend from one
 # per-process budget (see agent/budget.py); each is accounted by name.
 STAGE_WATCH = "watch"  # /proc and gc readings every sample interval
@@ -273,6 +286,7 @@ class ProcessData:
     windows: tuple[AllocationWindow, ...] = ()
     holders: tuple[Holder, ...] = ()
     fd_snapshots: tuple[FdSnapshot, ...] = ()
+    container_scans: tuple[ContainerScan, ...] = ()
     recycles: tuple[Recycle, ...] = ()
     cost: AgentCost = AgentCost()
 
@@ -332,6 +346,23 @@ class TypeGrowth:
     count_per_call: float | None
     bytes_per_call: float | None
     steady: bool
+
+
+@dataclass(frozen=True)
+class ContainerGrowth:
+    """A module-level container whose length grew steadily through a process's judged window."""
+
+    path: str  # e.g. ``myapp.tasks._SEEN``
+    container_type: str
+    element_type: str  # the newest element's type ("?" when unknown)
+    first: int  # length at the window's first scan
+    last: int
+    tasks: int  # tasks between those two scans
+    scans: int
+
+    @property
+    def per_task(self) -> float:
+        return (self.last - self.first) / self.tasks if self.tasks else 0.0
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from bilge.agent.outbox import Outbox
 from bilge.samplers import census as census_sampler
 from bilge.samplers.budget import CpuBudget
+from bilge.samplers.containers import ContainerScanner
 
 # Census counts from after this many tasks are the baseline that growing
 # types are measured against.
@@ -107,6 +109,7 @@ class CensusStage:
         self._clock = clock
         self._born = clock()
         self._census = census_sampler.Census()
+        self._containers = ContainerScanner()
         # A small burst lets a fresh process take its first sizing census at
         # once (a 60k-object Celery child takes ~40 ms) without paying much
         # more than its share even over a run of a few seconds.
@@ -137,12 +140,20 @@ class CensusStage:
         else:
             return
         result = self._census.take(sized)
+        # The containers' lengths go with every scheduled census: what the
+        # census cannot count (untracked keys, numbers, strings piling up
+        # in one container) shows there. Its cost and its span (which the
+        # analysis takes out of the task series) are the census's.
+        scan_seconds, lengths = self._containers.scan()
+        count_seconds = result.duration
+        result = replace(result, t=time.time(), duration=count_seconds + scan_seconds)
+        self._outbox.containers.append((result.t, self._tasks_done(), lengths))
         self.remember(result)
         self._budget.spend(result.duration)
         # Remember the last cost of each flavour: heaps change slowly.
         self._cost[sized] = result.duration
         if not sized:
-            self.last_count_seconds = result.duration
+            self.last_count_seconds = count_seconds
         self._since_sized = 0 if sized else self._since_sized + 1
 
     def count_now(self) -> census_sampler.CensusResult:

@@ -28,7 +28,8 @@ class Store(Protocol):
               role: str | None, errors: Sequence[tuple[float, str, str]], ended: float | None = None,
               windows: Sequence[Any] = (), fd_targets: Sequence[Any] = (), facts: dict[str, int] | None = None,
               holders: Sequence[Any] = (), stage_costs: Sequence[StageCost] = (),
-              stage_runs: Sequence[StageRun] = (), budget: BudgetState | None = None) -> None: ...
+              stage_runs: Sequence[StageRun] = (), budget: BudgetState | None = None,
+              containers: Sequence[Any] = ()) -> None: ...
 
     def claim_recycle(self, process_id: int, t: float, reason: str, rss: int | None, tasks_done: int,
                       snapshot: str, min_interval: float, urgent: bool = False) -> bool: ...
@@ -166,6 +167,9 @@ class Outbox:
     holders: deque[HolderRow] = field(default_factory=lambda: deque(maxlen=200))
     fd_targets: deque[tuple[float, int, tuple[tuple[str, int], ...]]] = field(
         default_factory=lambda: deque(maxlen=100))
+    # (t, tasks done, (path, container type, length, element type) …): one per census.
+    containers: deque[tuple[float, int, tuple[tuple[str, str, int, str], ...]]] = field(
+        default_factory=lambda: deque(maxlen=8))
     errors: list[tuple[float, str, str]] = field(default_factory=list)
     facts: dict[str, int] = field(default_factory=dict)
     role: str | None = None
@@ -200,6 +204,7 @@ class Outbox:
         out: dict[str, Any] = {
             "samples": _drain(self.samples), "tasks": self.tasks.drain(), "censuses": _drain(self.censuses),
             "windows": self.windows, "holders": _drain(self.holders), "fd_targets": _drain(self.fd_targets),
+            "containers": _drain(self.containers),
             "errors": self.errors, "facts": self.facts, "role": self.role,
         }
         self.windows, self.errors, self.facts, self.role = [], [], {}, None

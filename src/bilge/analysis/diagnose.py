@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from bilge.analysis import attribution, census_diff, hints, kind, own_activity, recycling, sites, trend
+from bilge.analysis import attribution, census_diff, containers, hints, kind, own_activity, recycling, sites, trend
 from bilge.analysis.trend import DEFAULT_POLICY, TrendPolicy
 from bilge.model import (
     INCONCLUSIVE,
@@ -17,6 +17,7 @@ from bilge.model import (
     NO_LEAK,
     AllocationWindow,
     Census,
+    ContainerGrowth,
     Diagnosis,
     Finding,
     Holder,
@@ -49,6 +50,12 @@ TIME_POLICY = TrendPolicy(min_points=600, min_slope=1.0)
 # task and ~1,000-block steps before; the floor was 4000 blocks then).
 HEAP_POLICY = TrendPolicy(alpha=1e-6, min_growth=1500, min_slope=0.05, min_per_day=(16 << 20) / 64,
                           unit_bytes=64)
+# The block floor tells a slow leak from a library's cache still filling by
+# size alone. A module-level container that grew steadily through the
+# window (see analysis/containers.py) tells them apart by what grows: with
+# one, a heap trend under the floor is a leak when it is as certain and
+# costs as much a day.
+CORROBORATED_HEAP_POLICY = replace(HEAP_POLICY, min_growth=1)
 # Celery's MainProcess under prefork: it consumes and supervises, runs no task.
 POOL_PARENT = "celery-main"
 
@@ -71,6 +78,7 @@ class _Window:
     leaky: TaskGrowth | None
     holders: tuple[Holder, ...]  # the process's, without static tables (see _plausible_holders)
     on_heap: bool = False  # the verdict rests on the Python heap alone (RSS has not followed)
+    containers: tuple[ContainerGrowth, ...] = ()  # module-level containers still growing in the window
 
 
 def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY, heap_policy: TrendPolicy = HEAP_POLICY,
@@ -252,6 +260,9 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
         confirmed = [c for c in (_as_task_count(x, trend.confirmed_after(x, y, policy)), heap_confirmed) if c]
         return result, min(confirmed) if confirmed else None, result.slope, False
     if heap.verdict != LEAK:
+        corroborated = _corroborated_heap_verdict(p, bx, by, heap_policy, rate)
+        if corroborated is not None:
+            return (*corroborated, result.slope, True)
         native = _native_verdict(p, native_policy)
         if native is not None:
             return (*native, False)
@@ -261,6 +272,27 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
               "while RSS has not followed yet: the leak is filling memory freed earlier, and RSS will grow once "
               "that is used up" % (heap.slope, per_day))
     return replace(heap, reason=reason), heap_confirmed, result.slope, True
+
+
+def _corroborated_heap_verdict(p: ProcessData, bx: Sequence[float], by: Sequence[float], heap_policy: TrendPolicy,
+                               rate: float | None) -> tuple[Trend, int | None] | None:
+    """A heap trend under the block floor that a steadily growing module-level container corroborates."""
+    if not p.container_scans or heap_policy.min_growth <= CORROBORATED_HEAP_POLICY.min_growth:
+        return None
+    policy = replace(heap_policy, min_growth=CORROBORATED_HEAP_POLICY.min_growth)
+    heap = trend.assess(bx, by, policy, unit="task", rate=rate)
+    if heap.verdict != LEAK:
+        return None
+    grown = containers.growing(p.container_scans, int(bx[heap.window_start]))
+    if not grown:
+        return None
+    g = grown[0]
+    per_day = ", " + trend.per_day_text(heap.slope, rate, policy) if rate else ""
+    reason = ("the Python heap grows steadily after warm-up (%+.2f blocks per task, still growing at the end%s), "
+              "and %s (a %s of %s) grew from %d to %d entries over %d tasks without shrinking: a slow leak that "
+              "RSS has not shown yet" % (heap.slope, per_day, g.path, g.container_type, g.element_type, g.first,
+                                         g.last, g.tasks))
+    return replace(heap, reason=reason), _as_task_count(bx, trend.confirmed_after(bx, by, policy, rate=rate))
 
 
 def _native_verdict(p: ProcessData, policy: TrendPolicy | None) -> tuple[Trend, int | None, float] | None:
@@ -315,7 +347,9 @@ def _explain_window(p: ProcessData, start: float, leaking: bool, on_heap: bool =
     leaky = attribution.leaking_task(attribution.task_growth([tasks])) if leaking else None
     return _Window(data=p, tasks=tasks, samples=samples, censuses=_window_censuses(p.censuses, start),
                    kind=leak_kind, evidence=evidence, leaky=leaky,
-                   holders=_plausible_holders(p) if leaking else (), on_heap=on_heap)
+                   holders=_plausible_holders(p) if leaking else (), on_heap=on_heap,
+                   containers=containers.growing(p.container_scans, tasks[0].seq if tasks else 0) if leaking
+                   else ())
 
 
 def _window_censuses(censuses: Sequence[Census], start: float) -> tuple[Census, ...]:
@@ -453,7 +487,7 @@ def _growing_holders(groups: Sequence[Sequence[Holder]]) -> list[Holder]:
 def _findings(
     leaky: TaskGrowth | None, types: Sequence[TypeGrowth], leak_kind: str, pids: tuple[int, ...],
     evidence: tuple[str, ...], windows: Sequence[AllocationWindow] = (),
-    holder_groups: Sequence[Sequence[Holder]] = (),
+    holder_groups: Sequence[Sequence[Holder]] = (), grown: Sequence[ContainerGrowth] = (),
 ) -> tuple[Finding, ...]:
     task = leaky.task if leaky else None
     # tracemalloc sees only Python's allocators: a native leak is located by
@@ -510,6 +544,8 @@ def _findings(
     else:
         steady = steady[:MAX_FINDINGS]
     bytes_per_call = round(attribution.kept_per_call(leaky), 1) if leaky else None
+    if not steady and grown and leak_kind == kind.PYTHON_OBJECTS:
+        return (_container_finding(grown[0], task, leaky, bytes_per_call, pids, evidence, where),)
     if not steady:
         return (Finding(task=task, type=None, kind=leak_kind, bytes_per_call=bytes_per_call, count_per_call=None,
                         hint=hints.hint(leak_kind, task, None, None), pids=pids, evidence=evidence,
@@ -539,6 +575,29 @@ def _findings(
     return tuple(out)
 
 
+def _container_finding(g: ContainerGrowth, task: str | None, leaky: TaskGrowth | None, bytes_per_call: float | None,
+                       pids: tuple[int, ...], evidence: tuple[str, ...], where: str | None) -> Finding:
+    """A leak no counted type explains, named by the module-level container that keeps growing.
+
+    Its elements are untracked objects (strings, numbers, bytes) or a type
+    the census cut: the newest element's type names them, the container's
+    path holds them.
+    """
+    type_name = g.element_type if g.element_type != "?" else g.container_type
+    per_call = g.per_task * g.tasks / leaky.calls if leaky and leaky.calls else None
+    # Found by reading module namespaces (not by a search from the objects):
+    # "module-global" covers a class attribute or an object's attribute too.
+    holder = Holder(t=0.0, started=0.0, type=type_name, path=g.path, root_kind="module-global",
+                    container_type=g.container_type, container_len=g.last, targets=g.last - g.first)
+    return Finding(
+        task=task, type=type_name, kind=kind.PYTHON_OBJECTS, bytes_per_call=bytes_per_call,
+        count_per_call=round(per_call, 3) if per_call is not None else None,
+        hint=hints.hint(kind.PYTHON_OBJECTS, task, type_name, per_call, holder),
+        pids=pids, location=where, holder=g.path,
+        evidence=evidence + ("%s (a %s of %s) grew from %d to %d entries over %d tasks, never shrinking"
+                             % (g.path, g.container_type, g.element_type, g.first, g.last, g.tasks),))
+
+
 def _is_weak(type_name: str) -> bool:
     return type_name.startswith(("weakref.", "_weakref"))
 
@@ -547,7 +606,7 @@ def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:
     leaky = window.leaky
     types, _, _ = _types(window, leaky.task if leaky else None)
     findings = _findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence, window.data.windows,
-                         [window.holders])
+                         [window.holders], window.containers)
     reported = [t for t in types if any(f.type == t.type for f in findings)]
     return replace(d, findings=findings, type_series=_type_series(window.data.censuses, reported))
 
@@ -577,4 +636,4 @@ def _pooled_findings(
     evidence = next(w.evidence for _, w in leaking if (w.kind or kind.NATIVE) == leak_kind)
     pids = tuple(d.pid for d, _ in leaking)
     return _findings(leaky, types, leak_kind, pids, evidence, [x for _, w in leaking for x in w.data.windows],
-                     [w.holders for _, w in leaking])
+                     [w.holders for _, w in leaking], containers.merged([w.containers for _, w in leaking]))

@@ -26,6 +26,7 @@ class MemoryStore:
     windows: list[Any] = field(default_factory=list)
     holders: list[Any] = field(default_factory=list)
     fd_targets: list[Any] = field(default_factory=list)
+    containers: list[Any] = field(default_factory=list)
     errors: list[tuple[float, str, str]] = field(default_factory=list)
     facts: dict[str, int] = field(default_factory=dict)
     roles: list[str] = field(default_factory=list)
@@ -47,7 +48,8 @@ class MemoryStore:
               role: str | None, errors: Sequence[tuple[float, str, str]], ended: float | None = None,
               windows: Sequence[Any] = (), fd_targets: Sequence[Any] = (), facts: dict[str, int] | None = None,
               holders: Sequence[Any] = (), stage_costs: Sequence[StageCost] = (),
-              stage_runs: Sequence[StageRun] = (), budget: BudgetState | None = None) -> None:
+              stage_runs: Sequence[StageRun] = (), budget: BudgetState | None = None,
+              containers: Sequence[Any] = ()) -> None:
         """Keep one flush's rows."""
         self.flushes += 1
         self.samples.extend(samples)
@@ -56,6 +58,7 @@ class MemoryStore:
         self.windows.extend(windows)
         self.holders.extend(holders)
         self.fd_targets.extend(fd_targets)
+        self.containers.extend(containers)
         self.errors.extend(errors)
         self.facts.update(facts or {})
         if role:

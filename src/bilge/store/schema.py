@@ -132,6 +132,15 @@ CREATE TABLE IF NOT EXISTS fd_targets (
     target TEXT NOT NULL,
     count INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS container_lengths (
+    process_id INTEGER NOT NULL,
+    t REAL NOT NULL,
+    tasks_done INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    container_type TEXT NOT NULL,
+    length INTEGER NOT NULL,
+    element_type TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS recycles (
     process_id INTEGER NOT NULL,
     t REAL NOT NULL,
