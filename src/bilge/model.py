@@ -185,7 +185,10 @@ class FdSnapshot:
 
 @dataclass(frozen=True)
 class ContainerScan:
-    """The lengths of the sizeable containers modules kept at one moment (names and numbers only).
+    """The lengths of the module-level containers followed at one moment (names and numbers only).
+
+    A container is followed from the scan after its length first moved
+    (static tables never are); a scan that found none moving stores nothing.
 
     ``lengths`` holds (path, container type, length, newest element's type),
     e.g. ``("myapp.tasks._SEEN", "set", 1200, "str")``.
@@ -194,6 +197,7 @@ class ContainerScan:
     t: float
     tasks_done: int
     lengths: tuple[tuple[str, str, int, str], ...]
+    duration: float = 0.0  # wall seconds the scan took (it ended at ``t``)
 
 
 # bilge's own cost. Stages beyond the always-on watch spend from one

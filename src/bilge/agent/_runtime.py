@@ -33,7 +33,7 @@ from typing import Any
 
 from bilge.agent import _current, celery_hooks
 from bilge.agent.budget import Budget, Ledger, Meter
-from bilge.agent.census_stage import CensusStage, Counts
+from bilge.agent.census_stage import CensusStage, ContainerStage, Counts
 from bilge.agent.explain import Explain
 from bilge.agent.outbox import Outbox, Store
 from bilge.agent.recycle_stage import Recycler
@@ -116,6 +116,9 @@ class Agent:
         self.watch = Watch(self.outbox, paused=self._explaining, clock=clock)
         self.census = CensusStage(self.outbox, self.counts, lambda: self.watch.tasks_done, config.census_budget,
                                   config.census_min_interval, config.sizing_every, clock=monotonic)
+        # Twice as often as the census may run (a scan costs a tenth of a count).
+        self.containers = ContainerStage(self.outbox, lambda: self.watch.tasks_done,
+                                         min_interval=config.census_min_interval / 2, clock=monotonic)
         self.fds = FdScan(self.outbox, self.watch, config.census_min_interval, clock=clock, monotonic=monotonic)
         self.explain = Explain(self.outbox, self.watch, self.census, self.counts, self.budget, self.ledger,
                                show_values=config.show_values, clock=clock, monotonic=monotonic)
@@ -215,6 +218,8 @@ class Agent:
             self._metered(STAGE_FD_SCAN, "fds", self.fds.run, budgeted=True)
         if self.census.due():
             self._metered(STAGE_CENSUS, "census", self.census.run)
+        if self.containers.due():
+            self._metered(STAGE_CENSUS, "containers", self.containers.run)
         if self.config.recycle.enabled and self.role == "celery-child" and not self.recycler.off:
             self._guarded("recycle", lambda: self.recycler.consider(self.process_id, self.role))
         if self.config.explain:
@@ -233,7 +238,7 @@ class Agent:
         """
         outbox = self.outbox
         return bool(outbox.windows or outbox.holders or outbox.role is not None or outbox.facts or outbox.errors
-                    or outbox.censuses)
+                    or outbox.censuses or outbox.containers)
 
     def register(self) -> None:
         role = self.role

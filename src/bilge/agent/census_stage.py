@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from bilge.agent.outbox import Outbox
 from bilge.samplers import census as census_sampler
@@ -109,7 +108,6 @@ class CensusStage:
         self._clock = clock
         self._born = clock()
         self._census = census_sampler.Census()
-        self._containers = ContainerScanner()
         # A small burst lets a fresh process take its first sizing census at
         # once (a 60k-object Celery child takes ~40 ms) without paying much
         # more than its share even over a run of a few seconds.
@@ -140,20 +138,12 @@ class CensusStage:
         else:
             return
         result = self._census.take(sized)
-        # The containers' lengths go with every scheduled census: what the
-        # census cannot count (untracked keys, numbers, strings piling up
-        # in one container) shows there. Its cost and its span (which the
-        # analysis takes out of the task series) are the census's.
-        scan_seconds, lengths = self._containers.scan()
-        count_seconds = result.duration
-        result = replace(result, t=time.time(), duration=count_seconds + scan_seconds)
-        self._outbox.containers.append((result.t, self._tasks_done(), lengths))
         self.remember(result)
         self._budget.spend(result.duration)
         # Remember the last cost of each flavour: heaps change slowly.
         self._cost[sized] = result.duration
         if not sized:
-            self.last_count_seconds = count_seconds
+            self.last_count_seconds = result.duration
         self._since_sized = 0 if sized else self._since_sized + 1
 
     def count_now(self) -> census_sampler.CensusResult:
@@ -173,3 +163,52 @@ class CensusStage:
         tasks_done = self._tasks_done()
         self._outbox.censuses.append((result.t, tasks_done, result.objects, result.duration, result.types))
         self._counts.add({name: count for name, count, _ in result.types}, tasks_done)
+
+
+class ContainerStage:
+    """Reads the lengths of module-level containers on its own schedule, within its own share of CPU.
+
+    A census cannot count untracked objects (keys, numbers, strings piling
+    up in one set or dict); their container's length shows them. A scan
+    reads tens of thousands of module names (~2-10 ms), so it runs more often
+    than a census (a slow leak needs several readings within a short
+    child's life) but on a smaller share.
+
+    Args:
+        outbox: where the readings go.
+        tasks_done: the process's finished tasks so far.
+        share: the share of the process's CPU time the scans may use.
+        min_interval: seconds; never more often.
+        clock: monotonic seconds.
+        cpu_clock: the process's CPU seconds (all threads).
+    """
+
+    def __init__(self, outbox: Outbox, tasks_done: Callable[[], int], share: float = 0.0025,
+                 min_interval: float = 0.5, clock: Callable[[], float] = time.monotonic,
+                 cpu_clock: Callable[[], float] = time.process_time) -> None:
+        self._outbox = outbox
+        self._tasks_done = tasks_done
+        self._min_interval = min_interval
+        self._clock = clock
+        self._born = clock()
+        self._scanner = ContainerScanner()
+        self._budget = CpuBudget(share, burst=0.02, clock=lambda: cpu_clock() + WALL_FLOOR * clock())
+        self._next = clock() + min_interval
+        self.last_seconds = 0.005
+
+    def due(self) -> bool:
+        """True when the schedule says scan now."""
+        return self._clock() >= self._next
+
+    def run(self) -> None:
+        """Scan if the budget allows; the interval stretches with age (~age/120)."""
+        age = self._clock() - self._born
+        self._next = self._clock() + min(max(self._min_interval, age / 120.0), 300.0)
+        if not self._budget.can_spend(self.last_seconds):
+            return
+        started = time.time()
+        seconds, readings = self._scanner.scan()
+        self._budget.spend(seconds)
+        self.last_seconds = seconds
+        if readings:  # none until a container's length has moved
+            self._outbox.containers.append((time.time(), self._tasks_done(), time.time() - started, readings))

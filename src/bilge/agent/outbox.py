@@ -167,8 +167,8 @@ class Outbox:
     holders: deque[HolderRow] = field(default_factory=lambda: deque(maxlen=200))
     fd_targets: deque[tuple[float, int, tuple[tuple[str, int], ...]]] = field(
         default_factory=lambda: deque(maxlen=100))
-    # (t, tasks done, (path, container type, length, element type) …): one per census.
-    containers: deque[tuple[float, int, tuple[tuple[str, str, int, str], ...]]] = field(
+    # (t, tasks done, seconds, ((path, container type, length, element type) …)): one per scan.
+    containers: deque[tuple[float, int, float, tuple[tuple[str, str, int, str], ...]]] = field(
         default_factory=lambda: deque(maxlen=8))
     errors: list[tuple[float, str, str]] = field(default_factory=list)
     facts: dict[str, int] = field(default_factory=dict)

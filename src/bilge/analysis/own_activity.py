@@ -74,7 +74,8 @@ CENSUS_AFTER = 0.02
 
 def agent_work(p: ProcessData) -> list[tuple[float, float]]:
     """Every span in which the agent changed the process's memory: its explain activity and its censuses."""
-    spans = activity(p) + [(c.t - CENSUS_BEFORE * c.duration - 0.002, c.t + CENSUS_AFTER) for c in p.censuses]
+    spans = activity(p) + [(c.t - CENSUS_BEFORE * c.duration - 0.002, c.t + CENSUS_AFTER) for c in p.censuses] \
+        + [(s.t - CENSUS_BEFORE * s.duration - 0.002, s.t + CENSUS_AFTER) for s in p.container_scans]
     return _merged(spans)
 
 

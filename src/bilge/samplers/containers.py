@@ -23,8 +23,6 @@ from bilge.samplers.census import type_name
 # Containers shorter than this are not read: every program has thousands of
 # small ones, and a leak passes this length within its first calls.
 MIN_LENGTH = 64
-# At most this many readings a scan, the longest first (bounded memory).
-MAX_CONTAINERS = 256
 # Objects with more attributes than this are not looked into.
 MAX_ATTRIBUTES = 200
 
@@ -42,43 +40,61 @@ _GETSET = type(_TYPE_DICT)
 Reading = tuple[str, str, int, str]  # path, container type, length, newest element's type
 
 
-# Distinct names remembered for reuse (bounded: cleared past it).
+# Distinct names remembered for reuse, and containers followed (bounded).
 MAX_NAMES = 4096
+MAX_FOLLOWED = 256
 
 
 class ContainerScanner:
-    """Scans module-level containers and keeps one string per path across scans.
+    """Scans module-level containers; reports the ones whose length has moved.
 
-    The readings wait in the agent's outbox until a flush; as fresh strings
-    each scan they would be hundreds of heap blocks that the heap-block
-    series read after tasks sees as the process's growth.
+    Most sizeable containers are tables that never change (encodings,
+    opcode names, a library's constants): a container is reported from the
+    scan after its length first moved, and in every scan after that, so its
+    series is whole from then on. One string per path is kept across scans:
+    fresh strings each scan would be heap blocks waiting for the flush,
+    which the heap-block series read after tasks sees as the process's growth.
     """
 
-    def __init__(self, min_length: int = MIN_LENGTH, limit: int = MAX_CONTAINERS) -> None:
+    def __init__(self, min_length: int = MIN_LENGTH, max_followed: int = MAX_FOLLOWED) -> None:
         self.min_length = min_length
-        self.limit = limit
+        self.max_followed = max_followed
         self._names: dict[str, str] = {}
+        self._lengths: dict[str, int] = {}
+        self._followed: set[str] = set()
 
     def scan(self) -> tuple[float, tuple[Reading, ...]]:
         """Read every sizeable module-level container's length.
 
         Returns:
-            (CPU seconds the scan took, readings, longest first).
+            (CPU seconds the scan took, readings of the containers followed, longest first).
         """
         started = time.thread_time()
         found = _scan_modules(self.min_length)
-        found.sort(key=lambda r: -r[2])
-        names = self._names
+        names, lengths, followed = self._names, self._lengths, self._followed
         if len(names) > MAX_NAMES:
             names.clear()
         keep = names.setdefault
-        readings = tuple((keep(path, path), keep(container, container), length, keep(element, element))
-                         for path, container, length, element in found[: self.limit])
+        readings = []
+        current: dict[str, int] = {}
+        for path, container, length, element in found:
+            path = keep(path, path)
+            if len(current) < MAX_NAMES:
+                current[path] = length
+            before = lengths.get(path)
+            if path not in followed and before is not None and before != length \
+                    and len(followed) < self.max_followed:
+                followed.add(path)
+            if path in followed:
+                readings.append((path, keep(container, container), length, keep(element, element)))
         del found
-        return time.thread_time() - started, readings
+        self._lengths = current
+        readings.sort(key=lambda r: -r[2])
+        return time.thread_time() - started, tuple(readings)
 
 
 def _scan_modules(min_length: int) -> list[Reading]:
+    """(path, container type, length, newest element's type) of every container at least ``min_length`` long."""
     found: list[Reading] = []
     # What each type seen in this scan is (a container, an object or class
     # to look into, or neither); dropped with the scan: no type is kept.

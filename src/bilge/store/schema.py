@@ -136,6 +136,7 @@ CREATE TABLE IF NOT EXISTS container_lengths (
     process_id INTEGER NOT NULL,
     t REAL NOT NULL,
     tasks_done INTEGER NOT NULL,
+    duration REAL NOT NULL,
     path TEXT NOT NULL,
     container_type TEXT NOT NULL,
     length INTEGER NOT NULL,

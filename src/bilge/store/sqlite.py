@@ -216,13 +216,13 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
         "ON p.id = f.process_id WHERE p.run_id = ? ORDER BY f.t, f.rowid", (run.id,)
     ):
         fd_rows[pid].setdefault((t, done), []).append((target, count))
-    container_rows: dict[int, dict[tuple[float, int], list[tuple[str, str, int, str]]]] = defaultdict(dict)
-    for pid, t, done, path, container, length, element in conn.execute(
-        "SELECT c.process_id, c.t, c.tasks_done, c.path, c.container_type, c.length, c.element_type "
+    container_rows: dict[int, dict[tuple[float, int, float], list[tuple[str, str, int, str]]]] = defaultdict(dict)
+    for pid, t, done, seconds, path, container, length, element in conn.execute(
+        "SELECT c.process_id, c.t, c.tasks_done, c.duration, c.path, c.container_type, c.length, c.element_type "
         "FROM container_lengths c JOIN processes p ON p.id = c.process_id WHERE p.run_id = ? "
         "ORDER BY c.t, c.rowid", (run.id,)
     ):
-        container_rows[pid].setdefault((t, done), []).append((path, container, length, element))
+        container_rows[pid].setdefault((t, done, seconds), []).append((path, container, length, element))
     recycles: dict[int, list[Recycle]] = defaultdict(list)
     for row in conn.execute(
         "SELECT r.process_id, p.pid, r.t, r.reason, r.rss, r.tasks_done, r.status, r.snapshot FROM recycles r "
@@ -242,8 +242,8 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
                     windows=tuple(windows.get(p.id, ())), holders=tuple(holders[p.id]),
                     recycles=tuple(recycles[p.id]), cost=costs.get(p.id, AgentCost()),
                     fd_snapshots=tuple(FdSnapshot(t, done, tuple(rows)) for (t, done), rows in fd_rows[p.id].items()),
-                    container_scans=tuple(ContainerScan(t, done, tuple(rows))
-                                          for (t, done), rows in container_rows[p.id].items()))
+                    container_scans=tuple(ContainerScan(t, done, tuple(rows), seconds)
+                                          for (t, done, seconds), rows in container_rows[p.id].items()))
         for p in procs
     ))
 

@@ -108,7 +108,7 @@ class StoreWriter:
         stage_costs: Sequence[StageCost] = (),
         stage_runs: Sequence[StageRun] = (),
         budget: BudgetState | None = None,
-        containers: Sequence[tuple[float, int, Sequence[tuple[str, str, int, str]]]] = (),
+        containers: Sequence[tuple[float, int, float, Sequence[tuple[str, str, int, str]]]] = (),
     ) -> None:
         """Write everything buffered since the last flush in one transaction.
 
@@ -187,9 +187,9 @@ class StoreWriter:
                 )
             if containers:
                 _insert(conn,
-                    "INSERT INTO container_lengths (process_id, t, tasks_done, path, container_type, length, "
-                    "element_type) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(process_id, t, done) + row for t, done, rows in containers for row in rows],
+                    "INSERT INTO container_lengths (process_id, t, tasks_done, duration, path, container_type, "
+                    "length, element_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(process_id, t, done, seconds) + row for t, done, seconds, rows in containers for row in rows],
                 )
             _write_cost(conn, process_id, stage_costs, stage_runs, budget)
             if ended is not None:

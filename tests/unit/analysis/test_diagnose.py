@@ -14,6 +14,7 @@ from bilge.model import (
     LEAK,
     NO_LEAK,
     Census,
+    ContainerScan,
     Holder,
     ProcessData,
     ProcessInfo,
@@ -327,3 +328,47 @@ def test_a_slow_heap_trend_is_a_leak_when_a_task_explains_it_and_inconclusive_wh
     diagnosis = diagnose(RunData(run=RUN, processes=(replace(base, tasks=creep),)))
     assert diagnosis.verdict == INCONCLUSIVE
     assert "no task, object type or holder explains the growth" in diagnosis.processes[0].reason
+
+
+def _seen_keys(base: ProcessData, per_call: int, scans_of: str | None) -> ProcessData:
+    """``base`` with one block a call of shop.search kept (a short str key in a set: ~0.33 blocks a task,
+    ~250 over the judged half, far under the heap's 1500-block floor), and a container scan every 100 tasks:
+    ``myapp.tasks._SEEN`` grows by ``per_call`` per call of ``scans_of`` (None: no scans at all)."""
+    kept = tuple(accumulate(1 if t.name == "shop.search" else 0 for t in base.tasks))
+    tasks = tuple(replace(t, blocks_before=(t.blocks_before or 0) + (kept[i - 1] if i else 0),
+                          blocks_after=(t.blocks_after or 0) + kept[i]) for i, t in enumerate(base.tasks))
+    scans = ()
+    if scans_of is not None:
+        calls = tuple(accumulate(per_call if t.name == scans_of else 0 for t in base.tasks))
+        scans = tuple(ContainerScan(t.ended + 0.001, t.seq, (
+            ("myapp.tasks._SEEN", "set", 64 + calls[i], "str"), ("myapp.tables.COUNTRIES", "dict", 250, "str")))
+            for i, t in enumerate(base.tasks) if t.seq % 100 == 0)
+    return replace(base, tasks=tasks, container_scans=scans)
+
+
+def test_a_slow_heap_trend_under_the_floor_is_a_leak_when_a_module_level_container_keeps_growing() -> None:
+    """A key per call kept in a module-level set: no counted type grows (str is untracked), the heap trend is
+    under the block floor. The growing set corroborates it: a leak, with task, the set's element type and
+    the set as holder. Without the scans it stays dismissed as too small (what bilge said before)."""
+    base = process(2, None)
+    diagnosis = diagnose(RunData(run=RUN, processes=(_seen_keys(base, 1, "shop.search"),)))
+    child = diagnosis.processes[0]
+    assert child.verdict == LEAK, child.reason
+    assert "myapp.tasks._SEEN (a set of str)" in child.reason
+    top = diagnosis.findings[0]
+    assert (top.task, top.type, top.holder, top.kind) == ("shop.search", "str", "myapp.tasks._SEEN", PYTHON_OBJECTS)
+    assert top.count_per_call is not None and 0.8 <= top.count_per_call <= 1.2
+    assert "myapp.tasks._SEEN" in top.hint
+    diagnosis = diagnose(RunData(run=RUN, processes=(_seen_keys(base, 1, None),)))
+    assert diagnosis.processes[0].verdict == NO_LEAK
+
+
+def test_a_container_that_stopped_growing_corroborates_nothing() -> None:
+    """The same heap trend, but the set filled during the first part of the window and stayed flat (a bounded
+    cache): no leak is confirmed from it."""
+    base = process(2, None)
+    filled = _seen_keys(base, 1, "shop.search")
+    scans = tuple(replace(s, lengths=((s.lengths[0][0], "set", min(s.lengths[0][2], 300), "str"),) + s.lengths[1:])
+                  for s in filled.container_scans)
+    diagnosis = diagnose(RunData(run=RUN, processes=(replace(filled, container_scans=scans),)))
+    assert diagnosis.processes[0].verdict == NO_LEAK
