@@ -3,11 +3,16 @@
 An object census counts gc-tracked objects only. A slow leak of short
 strings, numbers or bytes (a key remembered per call in a set, a timestamp
 per client in a dict) adds no tracked object: it shows only as one
-container growing. This sampler reads the length of every sizeable
-container a module keeps at its top level, in a class attribute of a
-module-level class, or in an attribute of a module-level object, and the
-type of its newest element. Only names, type names and numbers leave this
-module; no reference to an inspected object is kept.
+container growing. This sampler follows the length of every container
+(dict, list, set, deque) a module keeps at its top level, in a class
+attribute of a class it defines, or in an attribute of a module-level
+object, and the type of its newest element. Only names, type names and
+numbers leave this module; no reference to an inspected object is kept:
+containers are found again by their path each time.
+
+Finding them means reading every name of every module (~25,000 in a
+Celery child, 5-15 ms); that *discovery* runs now and then, and in between
+only the containers it found are read again by path (~1 µs each).
 """
 
 from __future__ import annotations
@@ -20,84 +25,109 @@ from typing import Any
 
 from bilge.samplers.census import type_name
 
-# Containers shorter than this are not read: every program has thousands of
-# small ones, and a leak passes this length within its first calls.
+# A container is followed once it has moved while at least this long:
+# every program has thousands of small ones, many moving by one item per
+# task (a pool's active requests), and a leak passes this length soon.
 MIN_LENGTH = 64
 # Objects with more attributes than this are not looked into.
 MAX_ATTRIBUTES = 200
+# Containers found by a discovery, containers followed, distinct names kept (bounds).
+MAX_ROUTES = 4096
+MAX_FOLLOWED = 256
+MAX_NAMES = 4096
+# A discovery runs on the first scan, again every REDISCOVER_EVERY scans,
+# and after REDISCOVER_IMPORTED scans when modules were imported since the
+# last one (lazy imports come in bursts during warm-up).
+REDISCOVER_EVERY = 10
+REDISCOVER_IMPORTED = 3
 
 _CONTAINERS = (dict, list, set, collections.deque)
 _OWN = "bilge."
 _DEMO = "bilge.demo."
 # Tables every program has and that only grow with imports: not a task's growth.
 _SKIP = frozenset({"sys.modules", "sys.path_importer_cache", "linecache.cache", "builtins.__dict__"})
-
 _INSTALLED = "-packages/"  # site-packages, dist-packages
 _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ())) - {"__main__"}
 _TYPE_DICT = type.__dict__["__dict__"]
 _GETSET = type(_TYPE_DICT)
 
 Reading = tuple[str, str, int, str]  # path, container type, length, newest element's type
-
-
-# Distinct names remembered for reuse, and containers followed (bounded).
-MAX_NAMES = 4096
-MAX_FOLLOWED = 256
+Route = tuple[str, ...]  # module name, then one or two attribute names
 
 
 class ContainerScanner:
-    """Scans module-level containers; reports the ones whose length has moved.
+    """Follows module-level containers; reports the ones whose length has moved.
 
-    Most sizeable containers are tables that never change (encodings,
-    opcode names, a library's constants): a container is reported from the
-    scan after its length first moved, and in every scan after that, so its
-    series is whole from then on. One string per path is kept across scans:
-    fresh strings each scan would be heap blocks waiting for the flush,
-    which the heap-block series read after tasks sees as the process's growth.
+    Most containers are tables that never change (encodings, opcode names,
+    a library's constants): a container is reported from the scan after its
+    length first moved while at least ``min_length`` long, and in every scan
+    after that, so its series is whole from then on. One string per path is
+    kept across scans: fresh strings each scan would be heap blocks waiting
+    for the flush, which the heap-block series read after tasks sees as the
+    process's growth.
     """
 
     def __init__(self, min_length: int = MIN_LENGTH, max_followed: int = MAX_FOLLOWED) -> None:
         self.min_length = min_length
         self.max_followed = max_followed
+        self._routes: list[Route] = []
+        self._since_discovery = REDISCOVER_EVERY
+        self._modules = -1
         self._names: dict[str, str] = {}
-        self._lengths: dict[str, int] = {}
-        self._followed: set[str] = set()
+        self._lengths: dict[Route, int] = {}
+        self._followed: set[Route] = set()
 
     def scan(self) -> tuple[float, tuple[Reading, ...]]:
-        """Read every sizeable module-level container's length.
+        """Read the containers' lengths (after a discovery when one is due).
 
         Returns:
             (CPU seconds the scan took, readings of the containers followed, longest first).
         """
         started = time.thread_time()
-        found = _scan_modules(self.min_length)
+        since = self._since_discovery
+        if since >= REDISCOVER_EVERY or (since >= REDISCOVER_IMPORTED and len(sys.modules) != self._modules):
+            self._modules = len(sys.modules)
+            self._routes = _discover()
+            since = 0
+        self._since_discovery = since + 1
         names, lengths, followed = self._names, self._lengths, self._followed
         if len(names) > MAX_NAMES:
             names.clear()
         keep = names.setdefault
         readings = []
-        current: dict[str, int] = {}
-        for path, container, length, element in found:
-            path = keep(path, path)
-            if len(current) < MAX_NAMES:
-                current[path] = length
-            before = lengths.get(path)
-            if path not in followed and before is not None and before != length \
-                    and len(followed) < self.max_followed:
-                followed.add(path)
-            if path in followed:
-                readings.append((path, keep(container, container), length, keep(element, element)))
-        del found
+        current: dict[Route, int] = {}
+        kinds: dict[type, tuple[int, Any]] = {}
+        found: tuple[Any, Any] | None = None
+        try:
+            for route in self._routes:
+                found = _find(route, kinds)
+                if found is None:
+                    continue
+                length = found[1].__len__(found[0])  # the builtin's own: a subclass's __len__ is user code
+                current[route] = length
+                if route not in followed:
+                    before = lengths.get(route)
+                    if before is None or before == length or length < self.min_length \
+                            or len(followed) >= self.max_followed:
+                        continue
+                    followed.add(route)
+                path = ".".join(route)
+                if path not in _SKIP:
+                    container, element = type_name(type(found[0])), _newest_type(*found)
+                    readings.append((keep(path, path), keep(container, container), length, keep(element, element)))
+        finally:
+            found = None  # no reference to the last container outlives the scan
+            kinds.clear()
         self._lengths = current
         readings.sort(key=lambda r: -r[2])
         return time.thread_time() - started, tuple(readings)
 
 
-def _scan_modules(min_length: int) -> list[Reading]:
-    """(path, container type, length, newest element's type) of every container at least ``min_length`` long."""
-    found: list[Reading] = []
-    # What each type seen in this scan is (a container, an object or class
-    # to look into, or neither); dropped with the scan: no type is kept.
+def _discover() -> list[Route]:
+    """The routes of every container modules keep (bounded)."""
+    routes: list[Route] = []
+    # What each type seen is (a container, an object or class to look into,
+    # or neither); dropped with the discovery: no type is kept.
     kinds: dict[type, tuple[int, Any]] = {}
     seen: set[int] = set()
     try:
@@ -114,11 +144,12 @@ def _scan_modules(min_length: int) -> list[Reading]:
                 # their class attributes only in the program's own modules.
                 depth = 0 if module_name.partition(".")[0] in _STDLIB else 1
                 installed = _INSTALLED in str(namespace.get("__file__") or "")
-                _scan_namespace(module_name, module_name, namespace, min_length, found, kinds, depth,
-                                classes=not installed)
+                _discover_in(namespace, (module_name,), routes, kinds, depth, classes=not installed)
+            if len(routes) >= MAX_ROUTES:
+                break
     finally:
         kinds.clear()
-    return found
+    return routes[:MAX_ROUTES]
 
 
 _SKIP_KIND, _CONTAINER, _OBJECT, _CLASS = 0, 1, 2, 3
@@ -128,9 +159,9 @@ _HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class written in Python
 def _kind(cls: type) -> tuple[int, Any]:
     """What a value of this type is to the scan, and its builtin base (containers) or the slot its
     ``__dict__`` is read through (objects)."""
-    base = _container_base(cls)
-    if base is not None:
-        return _CONTAINER, base
+    for base in _CONTAINERS:
+        if issubclass(cls, base):
+            return _CONTAINER, base
     if issubclass(cls, type):
         return _CLASS, None
     if cls.__flags__ & _HEAP_TYPE and not issubclass(cls, ModuleType):
@@ -143,8 +174,15 @@ def _kind(cls: type) -> tuple[int, Any]:
     return _SKIP_KIND, None
 
 
-def _scan_namespace(prefix: str, module_name: str, namespace: Any, min_length: int, found: list[Reading],
-                    kinds: dict[type, tuple[int, Any]], depth: int, classes: bool = True) -> None:
+def _known(cls: type, kinds: dict[type, tuple[int, Any]]) -> tuple[int, Any]:
+    known = kinds.get(cls)
+    if known is None:
+        known = kinds[cls] = _kind(cls)
+    return known
+
+
+def _discover_in(namespace: Any, route: Route, routes: list[Route], kinds: dict[type, tuple[int, Any]],
+                 depth: int, classes: bool = True) -> None:
     try:
         items = list(namespace.items())
     except Exception:  # a namespace changing size under us, or an odd mapping
@@ -153,32 +191,18 @@ def _scan_namespace(prefix: str, module_name: str, namespace: Any, min_length: i
         # Types only, never isinstance(): a proxy (Celery's current_app,
         # werkzeug's LocalProxy) answers isinstance() by evaluating itself.
         cls = type(value)
-        known = kinds.get(cls)
-        if known is None:
-            known = kinds[cls] = _kind(cls)
+        known = _known(cls, kinds)
         kind = known[0]
         if not kind or type(name) is not str:
             continue
         if kind == _CONTAINER:
-            base: Any = known[1]
-            length = base.__len__(value)  # the builtin's own: a subclass's __len__ is user code
-            if length >= min_length:
-                path = prefix + "." + name
-                if path not in _SKIP:
-                    found.append((path, type_name(cls), length, _newest_type(value, base)))
+            routes.append(route + (name,))
         elif depth and (classes or kind != _CLASS):
             # One level into module-level classes and objects: ``Registry._items``,
             # ``EXPORTS._metrics``.
-            inner = _attributes(value, cls, known, module_name)
+            inner = _attributes(value, cls, known, route[0])
             if inner is not None and len(inner) <= MAX_ATTRIBUTES:
-                _scan_namespace(prefix + "." + name, module_name, inner, min_length, found, kinds, depth - 1)
-
-
-def _container_base(cls: type) -> type | None:
-    for base in _CONTAINERS:
-        if issubclass(cls, base):
-            return base
-    return None
+                _discover_in(inner, route + (name,), routes, kinds, depth - 1)
 
 
 def _attributes(value: Any, cls: type, known: tuple[int, Any], module_name: str) -> Any:
@@ -187,8 +211,26 @@ def _attributes(value: Any, cls: type, known: tuple[int, Any], module_name: str)
     if kind == _CLASS:
         namespace = _TYPE_DICT.__get__(value, cls)
         return namespace if namespace.get("__module__") == module_name else None
+    if kind != _OBJECT:
+        return None
     inner = descriptor.__get__(value, cls)
     return inner if type(inner) is dict else None
+
+
+def _find(route: Route, kinds: dict[type, tuple[int, Any]]) -> tuple[Any, Any] | None:
+    """(the container at ``route``, its builtin base), if it is still there."""
+    module = sys.modules.get(route[0])
+    if type(module) is not ModuleType:
+        return None
+    value = module.__dict__.get(route[1])
+    for name in route[2:]:
+        cls = type(value)
+        inner = _attributes(value, cls, _known(cls, kinds), route[0])
+        if inner is None:
+            return None
+        value = inner.get(name)
+    kind, base = _known(type(value), kinds)
+    return (value, base) if kind == _CONTAINER else None
 
 
 def _newest_type(container: Any, base: Any) -> str:
@@ -199,5 +241,5 @@ def _newest_type(container: Any, base: Any) -> str:
         if base is set:
             return type_name(type(next(set.__iter__(container))))
         return type_name(type(base.__getitem__(container, -1)))
-    except Exception:  # emptied or changed size meanwhile
+    except Exception:  # empty, or changed size meanwhile
         return "?"
