@@ -77,6 +77,11 @@ class ContainerScanner:
         self._lengths: dict[Route, int] = {}
         self._followed: set[Route] = set()
 
+    def discovery_due(self) -> bool:
+        """Whether the next scan reads every module's names first (it costs several times a plain scan)."""
+        since = self._since_discovery
+        return since >= REDISCOVER_EVERY or (since >= REDISCOVER_IMPORTED and len(sys.modules) != self._modules)
+
     def scan(self) -> tuple[float, tuple[Reading, ...]]:
         """Read the containers' lengths (after a discovery when one is due).
 
@@ -84,11 +89,12 @@ class ContainerScanner:
             (CPU seconds the scan took, readings of the containers followed, longest first).
         """
         started = time.thread_time()
-        since = self._since_discovery
-        if since >= REDISCOVER_EVERY or (since >= REDISCOVER_IMPORTED and len(sys.modules) != self._modules):
+        since = 0
+        if self.discovery_due():
             self._modules = len(sys.modules)
             self._routes = _discover()
-            since = 0
+        else:
+            since = self._since_discovery
         self._since_discovery = since + 1
         names, lengths, followed = self._names, self._lengths, self._followed
         if len(names) > MAX_NAMES:
@@ -193,7 +199,9 @@ def _discover_in(namespace: Any, route: Route, routes: list[Route], kinds: dict[
         cls = type(value)
         known = _known(cls, kinds)
         kind = known[0]
-        if not kind or type(name) is not str:
+        # Dunder names are the interpreter's bookkeeping (every module's
+        # __builtins__, __spec__, __loader__, __all__), never a program's data.
+        if not kind or type(name) is not str or name.startswith("__"):
             continue
         if kind == _CONTAINER:
             routes.append(route + (name,))
