@@ -207,11 +207,16 @@ class ContainerStage:
         """Scan if the budget allows; the interval stretches with age (~age/120)."""
         age = self._clock() - self._born
         self._next = self._clock() + min(max(self._min_interval, age / 120.0), 300.0)
-        discovery = self._scanner.discovery_due()
-        if not self._budget.can_spend(self._cost[discovery]):
+        # A discovery the budget cannot pay for yet waits; the containers
+        # already found are read meanwhile.
+        if self._scanner.discovery_due() and self._budget.can_spend(self._cost[True]):
+            discovery = True
+        elif self._budget.can_spend(self._cost[False]):
+            discovery = False
+        else:
             return
         started = time.time()
-        seconds, readings = self._scanner.scan()
+        seconds, readings = self._scanner.scan(discovery)
         self._budget.spend(seconds)
         self._cost[discovery] = seconds
         if readings:  # none until a container's length has moved

@@ -82,15 +82,15 @@ class ContainerScanner:
         since = self._since_discovery
         return since >= REDISCOVER_EVERY or (since >= REDISCOVER_IMPORTED and len(sys.modules) != self._modules)
 
-    def scan(self) -> tuple[float, tuple[Reading, ...]]:
-        """Read the containers' lengths (after a discovery when one is due).
+    def scan(self, discover: bool | None = None) -> tuple[float, tuple[Reading, ...]]:
+        """Read the containers' lengths, after a discovery if ``discover`` (None: when one is due).
 
         Returns:
             (CPU seconds the scan took, readings of the containers followed, longest first).
         """
         started = time.thread_time()
         since = 0
-        if self.discovery_due():
+        if self.discovery_due() if discover is None else discover:
             self._modules = len(sys.modules)
             self._routes = _discover()
         else:
