@@ -85,7 +85,9 @@ class TaskRecord:
     """One task execution with the process's memory before and after it.
 
     ``gc_runs`` counts garbage collections during the task (None if unknown):
-    a heap-block delta is exact only for calls without one.
+    a heap-block delta is exact only for calls without one. ``items_*`` are
+    the lengths of the module-level containers the agent saw growing, summed,
+    when it was counting them (see ``samplers/containers.py``).
     """
 
     seq: int
@@ -98,6 +100,8 @@ class TaskRecord:
     blocks_after: int | None
     failed: bool
     gc_runs: int | None = None
+    items_before: int | None = None
+    items_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -338,6 +342,11 @@ class TaskGrowth:
     blocks_per_call: float
     score: float
     support: float = 0.0
+    # Items each call adds to the module-level containers seen growing
+    # (exact: a container's length does not wait for a garbage collection),
+    # and its t statistic against the other tasks'.
+    items_per_call: float = 0.0
+    items_score: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ class Agent:
         self.census = CensusStage(self.outbox, self.counts, lambda: self.watch.tasks_done, config.census_budget,
                                   config.census_min_interval, config.sizing_every, clock=monotonic)
         # Twice as often as the census may run (a scan costs a tenth of a count).
-        self.containers = ContainerStage(self.outbox, lambda: self.watch.tasks_done,
+        self.containers = ContainerStage(self.outbox, lambda: self.watch.tasks_done, self._count_items,
                                          min_interval=config.census_min_interval / 2, clock=monotonic)
         self.fds = FdScan(self.outbox, self.watch, config.census_min_interval, clock=clock, monotonic=monotonic)
         self.explain = Explain(self.outbox, self.watch, self.census, self.counts, self.budget, self.ledger,
@@ -228,6 +228,10 @@ class Agent:
         if now - self._flushed >= FLUSH_INTERVAL or len(self.outbox.tasks) >= FLUSH_ROWS or self._flush_soon():
             self._flushed = now
             self._metered(STAGE_FLUSH, "flush", self.flush)
+
+    def _count_items(self, routes: tuple[Any, ...]) -> None:
+        # One assignment: task threads read the tuple once per task.
+        self.watch.counted = routes
 
     def _flush_soon(self) -> bool:
         """Rows the other processes act on (windows, holders, recycles, role, facts) are written at once.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from bilge.agent.outbox import Outbox
 from bilge.samplers import census as census_sampler
@@ -178,17 +179,21 @@ class ContainerStage:
     Args:
         outbox: where the readings go.
         tasks_done: the process's finished tasks so far.
+        on_counted: told the containers seen growing whenever they change
+            (the watch counts their items around each read task).
         share: the share of the process's CPU time the scans may use.
         min_interval: seconds; never more often.
         clock: monotonic seconds.
         cpu_clock: the process's CPU seconds (all threads).
     """
 
-    def __init__(self, outbox: Outbox, tasks_done: Callable[[], int], share: float = 0.0025,
+    def __init__(self, outbox: Outbox, tasks_done: Callable[[], int], on_counted: Callable[[tuple[Any, ...]], None],
+                 share: float = 0.0025,
                  min_interval: float = 0.5, clock: Callable[[], float] = time.monotonic,
                  cpu_clock: Callable[[], float] = time.process_time) -> None:
         self._outbox = outbox
         self._tasks_done = tasks_done
+        self._on_counted = on_counted
         self._min_interval = min_interval
         self._clock = clock
         self._born = clock()
@@ -216,7 +221,10 @@ class ContainerStage:
         else:
             return
         started = time.time()
+        counted = self._scanner.counted
         seconds, readings = self._scanner.scan(discovery)
+        if self._scanner.counted is not counted:
+            self._on_counted(self._scanner.counted)
         self._budget.spend(seconds)
         self._cost[discovery] = seconds
         if readings:  # none until a container's length has moved

@@ -52,7 +52,8 @@ class _Columns:
 
     def __init__(self) -> None:
         self.n = 0
-        self.ints = tuple(array("q") for _ in range(7))  # seq, name, rss0, rss1, blocks0, blocks1, gc runs
+        # seq, name, rss0, rss1, blocks0, blocks1, gc runs, items0, items1
+        self.ints = tuple(array("q") for _ in range(9))
         self.times = (array("d"), array("d"))  # started, ended
         self.failed = array("b")
 
@@ -101,7 +102,8 @@ class TaskRows:
         return self._active.n
 
     def add(self, seq: int, name: str, started: float, ended: float, rss0: int | None, rss1: int | None,
-            blocks0: int | None, blocks1: int | None, failed: bool, gc_runs: int) -> bool:
+            blocks0: int | None, blocks1: int | None, failed: bool, gc_runs: int, items0: int | None = None,
+            items1: int | None = None) -> bool:
         """Add one row; False (nothing added) when the buffer is full."""
         with self._lock:
             active = self._active
@@ -111,7 +113,8 @@ class TaskRows:
             if name_id is None:
                 name_id = self._name_id(name)
             active.add((seq, name_id, _NONE if rss0 is None else rss0, _NONE if rss1 is None else rss1,
-                        _NONE if blocks0 is None else blocks0, _NONE if blocks1 is None else blocks1, gc_runs),
+                        _NONE if blocks0 is None else blocks0, _NONE if blocks1 is None else blocks1, gc_runs,
+                        _NONE if items0 is None else items0, _NONE if items1 is None else items1),
                        started, ended, failed)
         return True
 
@@ -125,15 +128,15 @@ class TaskRows:
         return self._ids[name]
 
     def _row(self, columns: _Columns, i: int) -> tuple[Any, ...]:
-        seq, name_id, rss0, rss1, blocks0, blocks1, gc_runs = (column[i] for column in columns.ints)
+        seq, name_id, rss0, rss1, blocks0, blocks1, gc_runs, items0, items1 = (column[i] for column in columns.ints)
         return (seq, self._names[name_id], columns.times[0][i], columns.times[1][i],
                 None if rss0 == _NONE else rss0, None if rss1 == _NONE else rss1,
                 None if blocks0 == _NONE else blocks0, None if blocks1 == _NONE else blocks1,
-                columns.failed[i], gc_runs)
+                columns.failed[i], gc_runs, None if items0 == _NONE else items0, None if items1 == _NONE else items1)
 
     def __getitem__(self, i: int) -> tuple[Any, ...]:
         """Row ``i`` of those waiting, as the store takes it (seq, name, started, ended, rss0, rss1, blocks0,
-        blocks1, failed, gc runs)."""
+        blocks1, failed, gc runs, items0, items1)."""
         columns = self._active
         if not -columns.n <= i < columns.n:
             raise IndexError(i)
@@ -183,9 +186,11 @@ class Outbox:
         self._bounded(self.samples, row)
 
     def add_task(self, seq: int, name: str, started: float, ended: float, rss0: int | None, rss1: int | None,
-                 blocks0: int | None, blocks1: int | None, failed: bool, gc_runs: int) -> None:
+                 blocks0: int | None, blocks1: int | None, failed: bool, gc_runs: int, items0: int | None = None,
+                 items1: int | None = None) -> None:
         """Buffer one task row (dropped and counted past the limit)."""
-        if not self.tasks.add(seq, name, started, ended, rss0, rss1, blocks0, blocks1, failed, gc_runs):
+        if not self.tasks.add(seq, name, started, ended, rss0, rss1, blocks0, blocks1, failed, gc_runs, items0,
+                              items1):
             self.dropped_rows += 1
 
     def add_error(self, t: float, source: str, message: str) -> None:

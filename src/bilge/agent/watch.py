@@ -21,6 +21,7 @@ from random import Random
 from typing import Any, NamedTuple
 
 from bilge.agent.outbox import Outbox
+from bilge.samplers import containers as container_sampler
 from bilge.samplers import process as proc_sampler
 from bilge.samplers.suspicion import MIN_HEAP_GROWTH, Suspicion
 
@@ -96,7 +97,11 @@ class Watch:
         self.rss_suspicion = Suspicion()
         # Opens windows only: recycling and fleet state judge memory (RSS).
         self.heap_suspicion = Suspicion(MIN_HEAP_GROWTH)
-        self._running: dict[Any, tuple[str, float, int | None, int, int | None, bool]] = {}
+        self._running: dict[Any, tuple[str, float, int | None, int, int | None, bool,
+                                       tuple[tuple[str, ...], ...], int | None]] = {}
+        # Module-level containers seen growing (set by the container stage):
+        # their items are counted around each read task.
+        self.counted: tuple[tuple[str, ...], ...] = ()
         self.tasks_done = 0
         self.last_rss: int | None = None
         self.last_blocks: int | None = None
@@ -128,36 +133,43 @@ class Watch:
         running = self._running
         if len(running) >= MAX_RUNNING:
             running.pop(next(iter(running)))
+        counted = self.counted
         if self.read_every == 1 and self._read_end_at == self.tasks_done:
             # Memory is read once per task, at its end: what happens between
             # tasks is Celery's own bookkeeping, the same for every task name.
-            running[key] = (name, self._clock(), self.last_rss, proc_sampler.GC_RUNS[0], self.last_blocks, True)
+            running[key] = (name, self._clock(), self.last_rss, proc_sampler.GC_RUNS[0], self.last_blocks, True,
+                            counted, container_sampler.count(counted) if counted else None)
         elif self.read_every == 1 or self.tasks_done + 1 >= self._next_read:
             # A sampled read task (the one numbered _next_read), or the first
             # read after sparse reads: the last reading is some tasks old, and
             # the growth since would be charged to this task.
             running[key] = (name, self._clock(), self._rss.read(), proc_sampler.GC_RUNS[0],
-                            proc_sampler.heap_blocks(), True)
+                            proc_sampler.heap_blocks(), True, counted,
+                            container_sampler.count(counted) if counted else None)
         else:
             # Most tasks of an old process: the name and the times only.
-            running[key] = (name, self._clock(), None, proc_sampler.GC_RUNS[0], None, False)
+            running[key] = (name, self._clock(), None, proc_sampler.GC_RUNS[0], None, False, (), None)
 
     def task_finished(self, key: Any, failed: bool = False) -> TaskReading | None:
         """Read memory after a read task, keep every task's row and feed the suspicion rings."""
         started = self._running.pop(key, None)
         if started is None:
             return None
-        name, t0, rss0, gc0, blocks0, read = started
+        name, t0, rss0, gc0, blocks0, read, counted, items0 = started
         self.tasks_done += 1
         done = self.tasks_done
         blocks1: int | None = None
         rss1: int | None = None
+        items1: int | None = None
         if read:
             self._reads += 1
             timed_read = self._reads % READ_TIMING_EVERY == 1
             t_read = self._thread_clock() if timed_read else 0.0
             blocks1 = proc_sampler.heap_blocks()
             rss1 = self._rss.read()
+            # The same containers as at the start, else the delta means nothing.
+            if items0 is not None and counted is self.counted:
+                items1 = container_sampler.count(counted)
             if timed_read:
                 self.note_read_cost(self._thread_clock() - t_read)
             self.last_blocks, self.last_rss = blocks1, rss1
@@ -175,7 +187,7 @@ class Watch:
         now = self._clock()
         if done <= FULL_TASKS or not (done // TASK_BURST) % TASK_DUTY:
             self._outbox.add_task(done, name, t0, now, rss0, rss1, blocks0, blocks1, failed,
-                                  proc_sampler.GC_RUNS[0] - gc0)
+                                  proc_sampler.GC_RUNS[0] - gc0, items0 if items1 is not None else None, items1)
         seconds = now - t0 if now > t0 else 0.0
         self.task_seconds += (seconds - self.task_seconds) * (0.01 if self.task_seconds else 1.0)
         return TaskReading(name, seconds, rss1, blocks1,

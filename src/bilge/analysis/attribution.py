@@ -15,7 +15,11 @@ Python heap blocks right before and after the task):
   one row per call and the RSS/heap change across that call.
 
 A task is named when its window-regression effect stands out from the
-other tasks' average by a t statistic of at least ``MIN_T``. Small leaks
+other tasks' average by a t statistic of at least ``MIN_T``. When the agent
+counted the items of a module-level container seen growing around each
+task, the items each call adds are regressed the same way: exact counts
+(no allocator, no garbage collector in between), they name the task that
+adds to the container when the memory series are too coarse for a slow leak. Small leaks
 need more windows than a short run has; there, a third estimator may
 decide: the Python heap blocks each call leaves behind, over calls during
 which no garbage collection ran (so the delta is exact), regressed the same
@@ -38,6 +42,9 @@ from bilge.model import TaskGrowth, TaskRecord
 MIN_T = 3.0
 MIN_SUPPORT_T = 1.5
 MIN_CALLS = 10
+# A task adds to a growing container when it adds at least one item in
+# this many calls (a leak of one key per call adds one).
+MIN_ITEMS_PER_CALL = 0.5
 WINDOW = 20
 HUBER_K = 1.345
 
@@ -68,11 +75,14 @@ def task_growth(per_process: Sequence[Sequence[TaskRecord]], window: int = WINDO
     else:
         blocks_beta, blocks_t = np.zeros(len(names)), np.zeros(len(names))
     exact_beta, exact_t = _exact_blocks(per_process, names)
+    items_beta, items_t = _items(per_process, names)
     calls = x.sum(axis=0)
     out = [TaskGrowth(task=n, calls=int(calls[i]), bytes_per_call=float(rss_beta[i]),
                       blocks_per_call=float(exact_beta[i] if exact_beta is not None else blocks_beta[i]),
                       score=float(max(rss_t[i], blocks_t[i])),
-                      support=float(exact_t[i]) if exact_t is not None else 0.0)
+                      support=float(exact_t[i]) if exact_t is not None else 0.0,
+                      items_per_call=float(items_beta[i]) if items_beta is not None else 0.0,
+                      items_score=float(items_t[i]) if items_t is not None else 0.0)
            for i, n in enumerate(names)]
     return tuple(sorted(out, key=lambda g: (-_significant(g), -g.bytes_per_call, -g.score)))
 
@@ -93,7 +103,9 @@ def leaking_task(growths: Sequence[TaskGrowth]) -> TaskGrowth | None:
     ranked = sorted(growths, key=lambda g: -g.bytes_per_call)
     if ranked and ranked[0].calls >= MIN_CALLS and ranked[0].support >= MIN_T and ranked[0].score >= MIN_SUPPORT_T:
         return ranked[0]
-    return None
+    adds = [g for g in growths if g.items_score >= MIN_T
+            and g.items_per_call >= MIN_ITEMS_PER_CALL]
+    return max(adds, key=lambda g: g.items_per_call) if adds else None
 
 
 def _exact_blocks(
@@ -105,6 +117,29 @@ def _exact_blocks(
     if len(rows) < 3 * len(names) + 5:
         return None, None
     return _robust_regress(np.asarray(rows, dtype=float), np.asarray(blocks_y, dtype=float))
+
+
+def _items(
+    per_process: Sequence[Sequence[TaskRecord]], names: list[str]
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-call items added to the containers counted around each task."""
+    index = {n: i for i, n in enumerate(names)}
+    rows: list[list[int]] = []
+    y: list[float] = []
+    for tasks in per_process:
+        for t in tasks:
+            if t.items_before is None or t.items_after is None:
+                continue
+            counts = [0] * len(names)
+            counts[index[t.name]] = 1
+            rows.append(counts)
+            y.append(float(t.items_after - t.items_before))
+    if len(rows) < 3 * len(names) + 5:
+        return None, None
+    x = np.asarray(rows, dtype=float)
+    if (x.sum(axis=0) < MIN_CALLS).any():
+        return None, None
+    return _robust_regress(x, np.asarray(y, dtype=float))
 
 
 def _significant(g: TaskGrowth) -> bool:

@@ -35,6 +35,8 @@ MAX_ATTRIBUTES = 200
 MAX_ROUTES = 4096
 MAX_FOLLOWED = 256
 MAX_NAMES = 4096
+# Containers whose lengths the task hooks count around each read task, at most.
+MAX_COUNTED = 2
 # A discovery runs on the first scan, again every REDISCOVER_EVERY scans,
 # and after REDISCOVER_IMPORTED scans when modules were imported since the
 # last one (lazy imports come in bursts during warm-up).
@@ -76,6 +78,10 @@ class ContainerScanner:
         self._names: dict[str, str] = {}
         self._lengths: dict[Route, int] = {}
         self._followed: set[Route] = set()
+        # The followed containers that grew at the latest scan, most first:
+        # the task hooks count their items around each read task, which
+        # names the task that adds to them exactly (see ``count``).
+        self.counted: tuple[Route, ...] = ()
 
     def discovery_due(self) -> bool:
         """Whether the next scan reads every module's names first (it costs several times a plain scan)."""
@@ -101,6 +107,7 @@ class ContainerScanner:
             names.clear()
         keep = names.setdefault
         readings = []
+        grew: list[tuple[int, Route]] = []
         current: dict[Route, int] = {}
         kinds: dict[type, tuple[int, Any]] = {}
         found: tuple[Any, Any] | None = None
@@ -118,6 +125,9 @@ class ContainerScanner:
                         continue
                     followed.add(route)
                 path = ".".join(route)
+                before = lengths.get(route)
+                if before is not None and length > before:
+                    grew.append((length - before, route))
                 if path not in _SKIP:
                     container, element = type_name(type(found[0])), _newest_type(*found)
                     readings.append((keep(path, path), keep(container, container), length, keep(element, element)))
@@ -125,6 +135,9 @@ class ContainerScanner:
             found = None  # no reference to the last container outlives the scan
             kinds.clear()
         self._lengths = current
+        counted = tuple(route for _, route in sorted(grew, reverse=True)[:MAX_COUNTED])
+        if counted != self.counted:
+            self.counted = counted
         readings.sort(key=lambda r: -r[2])
         return time.thread_time() - started, tuple(readings)
 
@@ -239,6 +252,27 @@ def _find(route: Route, kinds: dict[type, tuple[int, Any]]) -> tuple[Any, Any] |
         value = inner.get(name)
     kind, base = _known(type(value), kinds)
     return (value, base) if kind == _CONTAINER else None
+
+
+def count(routes: tuple[Route, ...]) -> int | None:
+    """The containers' lengths, summed (None when one is gone): what a task hook reads, in ~1 µs a container."""
+    total = 0
+    for route in routes:
+        module = sys.modules.get(route[0])
+        if type(module) is not ModuleType:
+            return None
+        value = module.__dict__.get(route[1])
+        for name in route[2:]:
+            cls = type(value)
+            inner = _attributes(value, cls, _kind(cls), route[0])
+            if inner is None:
+                return None
+            value = inner.get(name)
+        kind, base = _kind(type(value))
+        if kind != _CONTAINER:
+            return None
+        total += base.__len__(value)
+    return total
 
 
 def _newest_type(container: Any, base: Any) -> str:

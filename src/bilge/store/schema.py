@@ -78,7 +78,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     blocks_before INTEGER,
     blocks_after INTEGER,
     failed INTEGER NOT NULL DEFAULT 0,
-    gc_runs INTEGER
+    gc_runs INTEGER,
+    items_before INTEGER,
+    items_after INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_by_process ON tasks (process_id, seq);
 CREATE TABLE IF NOT EXISTS censuses (

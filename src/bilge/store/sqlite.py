@@ -195,10 +195,11 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
     tasks: dict[int, list[TaskRecord]] = defaultdict(list)
     for r in conn.execute(
         "SELECT t.process_id, t.seq, t.name, t.started, t.ended, t.rss_before, t.rss_after, t.blocks_before, "
-        "t.blocks_after, t.failed, t.gc_runs FROM tasks t JOIN processes p ON p.id = t.process_id WHERE p.run_id = ? "
+        "t.blocks_after, t.failed, t.gc_runs, t.items_before, t.items_after FROM tasks t JOIN processes p "
+        "ON p.id = t.process_id WHERE p.run_id = ? "
         "ORDER BY t.process_id, t.seq", (run.id,)
     ):
-        tasks[r[0]].append(TaskRecord(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]), r[10]))
+        tasks[r[0]].append(TaskRecord(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]), r[10], r[11], r[12]))
     censuses = _read_censuses(conn, run.id)
     windows = _read_windows(conn, run.id)
     holders: dict[int, list[Holder]] = defaultdict(list)

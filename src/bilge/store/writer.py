@@ -131,7 +131,8 @@ class StoreWriter:
             if tasks:
                 _insert(conn,
                     "INSERT INTO tasks (process_id, seq, name, started, ended, rss_before, rss_after, "
-                    "blocks_before, blocks_after, failed, gc_runs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "blocks_before, blocks_after, failed, gc_runs, items_before, items_after) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(process_id,) + row for row in tasks],
                 )
             for t, tasks_done, objects, duration, types in censuses:

@@ -42,10 +42,11 @@ def test_task_rows_leave_nothing_in_the_heap_between_flushes() -> None:
 
     outbox = Outbox()
     rows = [(i, "shop.%d" % (i % 3), 1000.0 + i, 1000.5 + i, 50_000_000 + i, None if i % 2 else 7 * i,
-             300_000 + i, 300_100 + i, i % 5 == 0, i % 4) for i in range(2000)]
+             300_000 + i, 300_100 + i, i % 5 == 0, i % 4, None if i % 3 else i, None if i % 3 else i + 1)
+            for i in range(2000)]
     for row in rows:
         outbox.add_task(*row)
-    assert outbox.drain()["tasks"] == [row[:8] + (int(row[8]), row[9]) for row in rows]
+    assert outbox.drain()["tasks"] == [row[:8] + (int(row[8]),) + row[9:] for row in rows]
     before = sys.getallocatedblocks()
     for row in rows:
         outbox.add_task(*row)
@@ -117,7 +118,8 @@ def test_outbox_buffers_are_bounded_and_count_what_they_drop() -> None:
     for i in range(5):
         outbox.add_task(i, "shop.a", 1.0, 2.0, None, 10, None, 20, False, 0)
     assert len(outbox.tasks) == 2 and outbox.dropped_rows == 3
-    assert outbox.drain()["tasks"] == [(i, "shop.a", 1.0, 2.0, None, 10, None, 20, 0, 0) for i in (0, 1)]
+    assert outbox.drain()["tasks"] == [(i, "shop.a", 1.0, 2.0, None, 10, None, 20, 0, 0, None, None)
+                                       for i in (0, 1)]
     assert not outbox.tasks
 
 

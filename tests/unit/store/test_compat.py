@@ -74,7 +74,8 @@ def test_new_run_into_a_0_1_0_data_dir_can_write_or_is_refused(store_0_1_0: str)
     writer = StoreWriter(store_0_1_0, run_id)
     try:
         process_id = writer.register_process(77, 1, None, "main", "celery")
-        writer.flush(process_id, [], [(1, "shop.search", 1.0, 1.5, 4096, 8192, 100, 164, 0, 0)], [], None, [])
+        row = (1, "shop.search", 1.0, 1.5, 4096, 8192, 100, 164, 0, 0, None, None)
+        writer.flush(process_id, [], [row], [], None, [])
     finally:
         writer.close()
     (proc,) = load_run(store_0_1_0).processes
