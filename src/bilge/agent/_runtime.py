@@ -121,7 +121,8 @@ class Agent:
                                          min_interval=config.census_min_interval / 2, clock=monotonic)
         self.fds = FdScan(self.outbox, self.watch, config.census_min_interval, clock=clock, monotonic=monotonic)
         self.explain = Explain(self.outbox, self.watch, self.census, self.counts, self.budget, self.ledger,
-                               show_values=config.show_values, clock=clock, monotonic=monotonic)
+                               show_values=config.show_values, growing_containers=self.containers.steadily_growing,
+                               clock=clock, monotonic=monotonic)
         self.recycler = Recycler(config.recycle, self.watch, self.counts, self.store, self._store_lock,
                                  lambda: (self.explain.last_sites, self.explain.last_paths), monotonic=monotonic)
 

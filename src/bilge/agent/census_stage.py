@@ -10,6 +10,7 @@ the latest two counts, from which "types still growing" is computed.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -166,6 +167,12 @@ class CensusStage:
         self._counts.add({name: count for name, count, _ in result.types}, tasks_done)
 
 
+# A container is steadily growing when it grew at each of this many scans
+# in a row; the histories kept are bounded like the containers followed.
+STEADY_SCANS = 4
+MAX_HISTORIES = 256
+
+
 class ContainerStage:
     """Reads the lengths of module-level containers on its own schedule, within its own share of CPU.
 
@@ -201,6 +208,8 @@ class ContainerStage:
         # The burst pays for the first discovery at once (~5-25 ms in a Celery child).
         self._budget = CpuBudget(share, burst=0.03, clock=lambda: cpu_clock() + WALL_FLOOR * clock())
         self._next = clock() + min_interval
+        # The latest (tasks done, length) of each container followed.
+        self._history: dict[str, deque[tuple[int, int]]] = {}
         # What each flavour cost last time (a discovery, a plain re-read).
         self._cost = {True: 0.01, False: 0.001}
 
@@ -228,4 +237,23 @@ class ContainerStage:
         self._budget.spend(seconds)
         self._cost[discovery] = seconds
         if readings:  # none until a container's length has moved
-            self._outbox.containers.append((time.time(), self._tasks_done(), time.time() - started, readings))
+            tasks = self._tasks_done()
+            self._outbox.containers.append((time.time(), tasks, time.time() - started, readings))
+            history = self._history
+            for path, _, length, _ in readings:
+                if path in history or len(history) < MAX_HISTORIES:
+                    history.setdefault(path, deque(maxlen=STEADY_SCANS)).append((tasks, length))
+
+    def steadily_growing(self) -> list[str]:
+        """Containers that grew at every one of the latest STEADY_SCANS scans, at a pace that keeps up (the
+        last step at least a quarter of the first, per task): evidence that survives warm-up, where a cache
+        filling up grows ever slower and a bounded one stops."""
+        out = []
+        for path, points in self._history.items():
+            if len(points) < STEADY_SCANS:
+                continue
+            steps = [(b[1] - a[1], b[0] - a[0]) for a, b in zip(points, list(points)[1:])]
+            if all(grown > 0 and tasks > 0 for grown, tasks in steps) \
+                    and steps[-1][0] / steps[-1][1] >= 0.25 * steps[0][0] / steps[0][1]:
+                out.append(path)
+        return out

@@ -584,7 +584,10 @@ def _container_finding(g: ContainerGrowth, task: str | None, leaky: TaskGrowth |
     path holds them.
     """
     type_name = g.element_type if g.element_type != "?" else g.container_type
-    per_call = g.per_task * g.tasks / leaky.calls if leaky and leaky.calls else None
+    # Items per call as the task hooks counted them (exact), else the
+    # container's growth over the leaking task's calls.
+    per_call = (leaky.items_per_call if leaky.items_per_call > 0 else g.per_task * g.tasks / leaky.calls) \
+        if leaky and leaky.calls else None
     # Found by reading module namespaces (not by a search from the objects):
     # "module-global" covers a class attribute or an object's attribute too.
     holder = Holder(t=0.0, started=0.0, type=type_name, path=g.path, root_kind="module-global",

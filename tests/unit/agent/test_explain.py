@@ -45,6 +45,9 @@ def _agent(show_values: bool = False, explain: bool = True) -> tuple[Agent, Memo
     agent = Agent(AgentConfig(data_dir="unused", run_id=1, census_min_interval=0.0, census_budget=1.0,
                               show_values=show_values, explain=explain), store=store)
     agent.register()
+    # Escalation in these tests is the fake rings' alone (_INVOICES grows at
+    # every container scan too: that evidence has a test of its own).
+    agent.explain.growing_containers = lambda: []
     return agent, store
 
 
@@ -290,3 +293,31 @@ def test_rss_growing_while_glibc_hands_out_nothing_more_opens_nothing(
     agent.stop()
     assert store.windows == [] and store.holders == []
     assert not [r for r in store.stage_runs if r.stage in (STAGE_ALLOCATION_WINDOW, STAGE_ALLOCATION_EPISODE)]
+
+
+_SEEN_KEYS: set[str] = set()
+
+
+def _remember_key(i: int) -> None:
+    _SEEN_KEYS.add("carrier:%06d" % i)  # the slow leak: a short key per call, no tracked object
+
+
+SEEN_LINE = inspect.getsourcelines(_remember_key)[1] + 1
+
+
+def test_a_module_level_container_growing_at_every_scan_opens_a_window_without_suspicion(drive: Drive) -> None:
+    """A key per call kept in a set: far under the rings' thresholds (real rings, nothing faked), no type grows
+    in a count; the set grows at every scan, at its pace: a window opens, says why, and finds the line."""
+    store = MemoryStore()
+    agent = Agent(AgentConfig(data_dir="unused", run_id=1, census_min_interval=0.0, census_budget=1.0),
+                  store=store)
+    agent.register()
+    try:
+        drive(agent, _remember_key, 20000, until=lambda: bool(store.windows))
+    finally:
+        agent.stop()
+        _SEEN_KEYS.clear()
+    opened = [r for r in store.stage_runs if r.stage == STAGE_ALLOCATION_WINDOW]
+    assert opened and opened[0].reason.startswith("opened: %s._SEEN_KEYS grew at each of the latest" % __name__), \
+        opened
+    assert (store.windows[0].sites[0].file, store.windows[0].sites[0].line) == (__file__, SEEN_LINE)

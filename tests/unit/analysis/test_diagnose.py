@@ -343,6 +343,9 @@ def _seen_keys(base: ProcessData, per_call: int, scans_of: str | None) -> Proces
         scans = tuple(ContainerScan(t.ended + 0.001, t.seq, (
             ("myapp.tasks._SEEN", "set", 64 + calls[i], "str"), ("myapp.tables.COUNTRIES", "dict", 250, "str")))
             for i, t in enumerate(base.tasks) if t.seq % 100 == 0)
+        # The task hooks count the set's items around each task once the scans saw it grow.
+        tasks = tuple(replace(t, items_before=64 + (calls[i - 1] if i else 0), items_after=64 + calls[i])
+                      if t.seq > 300 else t for i, t in enumerate(tasks))
     return replace(base, tasks=tasks, container_scans=scans)
 
 
