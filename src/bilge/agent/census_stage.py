@@ -181,7 +181,7 @@ class ContainerStage:
     mostly reads the containers a discovery found (~0.5-1 ms; a discovery,
     now and then, reads every module's names: ~5-25 ms), so it runs more
     often than a census (a slow leak needs several readings within a short
-    child's life) on a smaller share.
+    child.s life), on a share of its own.
 
     Args:
         outbox: where the readings go.
@@ -195,7 +195,7 @@ class ContainerStage:
     """
 
     def __init__(self, outbox: Outbox, tasks_done: Callable[[], int], on_counted: Callable[[tuple[Any, ...]], None],
-                 share: float = 0.0025,
+                 share: float = 0.005,
                  min_interval: float = 0.5, clock: Callable[[], float] = time.monotonic,
                  cpu_clock: Callable[[], float] = time.process_time) -> None:
         self._outbox = outbox

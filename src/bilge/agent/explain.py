@@ -250,18 +250,25 @@ class Explain:
     def escalation(self) -> str | None:
         """Why the process deserves explaining now, or None (see the module docstring)."""
         watch = self._watch
+        reason = self._ring_escalation()
+        if reason is None and watch.tasks_done:
+            # A slow leak of untracked objects (a key per call kept in a
+            # set) stays under the rings' thresholds; the container it
+            # fills grows at every scan, at a pace a warm-up cache cannot keep.
+            growing = self.growing_containers()
+            if growing:
+                self._native_first = False
+                return "%s grew at each of the latest %d scans, keeping its pace" % (
+                    ", ".join(growing[:3]), STEADY_SCANS)
+        return reason
+
+    def _ring_escalation(self) -> str | None:
+        """Why the suspicion rings say the process deserves explaining now, or None."""
+        watch = self._watch
         rss_suspect, heap_suspect = watch.rss_suspicion.suspect(), watch.heap_suspicion.suspect()
         if not (rss_suspect or heap_suspect):
             self._first_suspect = None
             self._levels.clear()
-            # A slow leak of untracked objects (a key per call kept in a
-            # set) is far under the rings' thresholds; the container it
-            # fills grows at every scan, at a pace a warm-up cache cannot keep.
-            growing = self.growing_containers()
-            if growing and watch.tasks_done:
-                self._native_first = False
-                return "%s grew at each of the latest %d scans, keeping its pace" % (
-                    ", ".join(growing[:3]), STEADY_SCANS)
             return None
         rss, heap = watch.rss_suspicion.level() or 0.0, watch.heap_suspicion.level() or 0.0
         tasks = watch.tasks_done
