@@ -169,7 +169,7 @@ class CensusStage:
 
 # A container is steadily growing when it grew at each of this many scans
 # in a row; the histories kept are bounded like the containers followed.
-STEADY_SCANS = 4
+STEADY_SCANS = 3
 MAX_HISTORIES = 256
 
 
@@ -181,7 +181,7 @@ class ContainerStage:
     mostly reads the containers a discovery found (~0.5-1 ms; a discovery,
     now and then, reads every module's names: ~5-25 ms), so it runs more
     often than a census (a slow leak needs several readings within a short
-    child.s life), on a share of its own.
+    child's life), on a share of its own.
 
     Args:
         outbox: where the readings go.
@@ -206,7 +206,7 @@ class ContainerStage:
         self._born = clock()
         self._scanner = ContainerScanner()
         # The burst pays for the first discovery at once (~5-25 ms in a Celery child).
-        self._budget = CpuBudget(share, burst=0.03, clock=lambda: cpu_clock() + WALL_FLOOR * clock())
+        self._budget = CpuBudget(share, burst=0.04, clock=lambda: cpu_clock() + WALL_FLOOR * clock())
         self._next = clock() + min_interval
         # The latest (tasks done, length) of each container followed.
         self._history: dict[str, deque[tuple[int, int]]] = {}

@@ -41,7 +41,7 @@ MAX_COUNTED = 2
 # and after REDISCOVER_IMPORTED scans when modules were imported since the
 # last one (lazy imports come in bursts during warm-up).
 REDISCOVER_EVERY = 10
-REDISCOVER_IMPORTED = 3
+REDISCOVER_IMPORTED = 5
 
 _CONTAINERS = (dict, list, set, collections.deque)
 _OWN = "bilge."
