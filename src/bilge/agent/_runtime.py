@@ -2,6 +2,7 @@
 
 Stdlib-only. The stages each own their state and constants
 (``watch``: readings and suspicion; ``census_stage``: object counts;
+``container_stage``: the lengths of module-level containers;
 ``explain``: windows and holder searches within the budget;
 ``recycle_stage``: leaving at a task boundary); the scheduler only calls
 them in turn, meters what each costs (:class:`~bilge.agent.budget.Ledger`),
@@ -33,7 +34,8 @@ from typing import Any
 
 from bilge.agent import _current, celery_hooks
 from bilge.agent.budget import Budget, Ledger, Meter
-from bilge.agent.census_stage import CensusStage, ContainerStage, Counts
+from bilge.agent.census_stage import CensusStage, Counts
+from bilge.agent.container_stage import ContainerStage
 from bilge.agent.explain import Explain
 from bilge.agent.outbox import Outbox, Store
 from bilge.agent.recycle_stage import Recycler

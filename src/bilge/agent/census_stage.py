@@ -10,14 +10,11 @@ the latest two counts, from which "types still growing" is computed.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from bilge.agent.outbox import Outbox
 from bilge.samplers import census as census_sampler
 from bilge.samplers.budget import CpuBudget
-from bilge.samplers.containers import ContainerScanner
 
 # Census counts from after this many tasks are the baseline that growing
 # types are measured against.
@@ -165,95 +162,3 @@ class CensusStage:
         tasks_done = self._tasks_done()
         self._outbox.censuses.append((result.t, tasks_done, result.objects, result.duration, result.types))
         self._counts.add({name: count for name, count, _ in result.types}, tasks_done)
-
-
-# A container is steadily growing when it grew at each of this many scans
-# in a row; the histories kept are bounded like the containers followed.
-STEADY_SCANS = 3
-MAX_HISTORIES = 256
-
-
-class ContainerStage:
-    """Reads the lengths of module-level containers on its own schedule, within its own share of CPU.
-
-    A census cannot count untracked objects (keys, numbers, strings piling
-    up in one set or dict); their container's length shows them. A scan
-    mostly reads the containers a discovery found (~0.5-1 ms; a discovery,
-    now and then, reads every module's names: ~5-25 ms), so it runs more
-    often than a census (a slow leak needs several readings within a short
-    child's life), on a share of its own.
-
-    Args:
-        outbox: where the readings go.
-        tasks_done: the process's finished tasks so far.
-        on_counted: told the containers seen growing whenever they change
-            (the watch counts their items around each read task).
-        share: the share of the process's CPU time the scans may use.
-        min_interval: seconds; never more often.
-        clock: monotonic seconds.
-        cpu_clock: the process's CPU seconds (all threads).
-    """
-
-    def __init__(self, outbox: Outbox, tasks_done: Callable[[], int], on_counted: Callable[[tuple[Any, ...]], None],
-                 share: float = 0.005,
-                 min_interval: float = 0.5, clock: Callable[[], float] = time.monotonic,
-                 cpu_clock: Callable[[], float] = time.process_time) -> None:
-        self._outbox = outbox
-        self._tasks_done = tasks_done
-        self._on_counted = on_counted
-        self._min_interval = min_interval
-        self._clock = clock
-        self._born = clock()
-        self._scanner = ContainerScanner()
-        # The burst pays for the first discovery at once (~5-25 ms in a Celery child).
-        self._budget = CpuBudget(share, burst=0.04, clock=lambda: cpu_clock() + WALL_FLOOR * clock())
-        self._next = clock() + min_interval
-        # The latest (tasks done, length) of each container followed.
-        self._history: dict[str, deque[tuple[int, int]]] = {}
-        # What each flavour cost last time (a discovery, a plain re-read).
-        self._cost = {True: 0.01, False: 0.001}
-
-    def due(self) -> bool:
-        """True when the schedule says scan now."""
-        return self._clock() >= self._next
-
-    def run(self) -> None:
-        """Scan if the budget allows; the interval stretches with age (~age/120)."""
-        age = self._clock() - self._born
-        self._next = self._clock() + min(max(self._min_interval, age / 120.0), 300.0)
-        # A discovery the budget cannot pay for yet waits; the containers
-        # already found are read meanwhile.
-        if self._scanner.discovery_due() and self._budget.can_spend(self._cost[True]):
-            discovery = True
-        elif self._budget.can_spend(self._cost[False]):
-            discovery = False
-        else:
-            return
-        started = time.time()
-        counted = self._scanner.counted
-        seconds, readings = self._scanner.scan(discovery)
-        if self._scanner.counted is not counted:
-            self._on_counted(self._scanner.counted)
-        self._budget.spend(seconds)
-        self._cost[discovery] = seconds
-        if readings:  # none until a container's length has moved
-            tasks = self._tasks_done()
-            self._outbox.containers.append((time.time(), tasks, time.time() - started, readings))
-            history = self._history
-            for path, _, length, _ in readings:
-                if path in history or len(history) < MAX_HISTORIES:
-                    history.setdefault(path, deque(maxlen=STEADY_SCANS)).append((tasks, length))
-
-    def steadily_growing(self) -> list[str]:
-        """Containers that grew at every one of the latest STEADY_SCANS scans, at a pace that keeps up (the
-        last step at least a quarter of the first, per task): evidence that survives warm-up, where a cache
-        filling up grows ever slower and a bounded one stops."""
-        out = []
-        for path, points in self._history.items():
-            if len(points) < STEADY_SCANS:
-                continue
-            steps = [(b[1] - a[1], b[0] - a[0]) for a, b in zip(points, list(points)[1:])]
-            if all(grown > 0 and tasks > 0 for grown, tasks in steps) \
-                    and steps[-1][0] / steps[-1][1] >= 0.25 * steps[0][0] / steps[0][1]:
-                out.append(path)
-        return out

@@ -42,7 +42,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from bilge.agent.budget import Budget, Ledger, Meter
-from bilge.agent.census_stage import STEADY_SCANS, CensusStage, Counts
+from bilge.agent.census_stage import CensusStage, Counts
+from bilge.agent.container_stage import STEADY_SCANS
 from bilge.agent.outbox import Outbox
 from bilge.agent.watch import TaskReading, Watch
 from bilge.model import (

@@ -42,8 +42,8 @@ from bilge.model import TaskGrowth, TaskRecord
 MIN_T = 3.0
 MIN_SUPPORT_T = 1.5
 MIN_CALLS = 10
-# A task adds to a growing container when it adds at least one item in
-# this many calls (a leak of one key per call adds one).
+# A task adds to a growing container when each call adds at least this many
+# items more than the other tasks' calls on average (a key per call: one).
 MIN_ITEMS_PER_CALL = 0.5
 WINDOW = 20
 HUBER_K = 1.345
@@ -103,9 +103,16 @@ def leaking_task(growths: Sequence[TaskGrowth]) -> TaskGrowth | None:
     ranked = sorted(growths, key=lambda g: -g.bytes_per_call)
     if ranked and ranked[0].calls >= MIN_CALLS and ranked[0].support >= MIN_T and ranked[0].score >= MIN_SUPPORT_T:
         return ranked[0]
+    # Exact counts make the t statistic of equal effects noise over nothing
+    # (every task adding one item): the effect must also stand out in items.
     adds = [g for g in growths if g.items_score >= MIN_T
-            and g.items_per_call >= MIN_ITEMS_PER_CALL]
+            and g.items_per_call - _others_mean(growths, g) >= MIN_ITEMS_PER_CALL]
     return max(adds, key=lambda g: g.items_per_call) if adds else None
+
+
+def _others_mean(growths: Sequence[TaskGrowth], g: TaskGrowth) -> float:
+    others = [o.items_per_call for o in growths if o is not g]
+    return sum(others) / len(others) if others else 0.0
 
 
 def _exact_blocks(

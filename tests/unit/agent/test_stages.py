@@ -345,3 +345,39 @@ def test_a_task_read_after_unread_ones_reads_its_own_start(monkeypatch: pytest.M
             assert watch.read_every == 1
     deltas = [row[7] - row[6] for row in list(outbox.tasks)[1:] if row[6] is not None and row[7] is not None]
     assert len(deltas) > 1000 and set(deltas) == {10}
+
+
+def test_a_container_growing_at_each_scan_at_its_pace_is_steady_one_filling_up_is_not() -> None:
+    """The container stage follows module-level containers: one that grows by the same step at every scan is
+    steadily growing (and its items are handed to the watch to count around tasks); a cache that fills and
+    slows to a crawl is not."""
+    import sys
+    import types
+
+    from bilge.agent.container_stage import STEADY_SCANS, ContainerStage
+
+    mod = types.ModuleType("stage_app")
+    mod._SEEN = set()  # type: ignore[attr-defined]
+    mod._CACHE = {}  # type: ignore[attr-defined]
+    sys.modules["stage_app"] = mod
+    clock, tasks, counted = FakeClock(), [0], []
+    outbox = Outbox()
+    stage = ContainerStage(outbox, lambda: tasks[0], counted.append, share=1.0, min_interval=0.5, clock=clock)
+    try:
+        # The cache fills ever slower: +100, +40, +8, +1, then not at all.
+        for scan, filled in enumerate((100, 40, 8, 1, 0, 0)[: STEADY_SCANS + 3]):
+            for i in range(100):
+                mod._SEEN.add("k-%d-%d" % (scan, i))
+            for i in range(filled):
+                mod._CACHE[(scan, i)] = i
+            tasks[0] += 300
+            clock.now += 0.5
+            assert stage.due()
+            stage.run()
+    finally:
+        del sys.modules["stage_app"]
+    assert stage.steadily_growing() == ["stage_app._SEEN"]
+    assert counted and counted[-1][0] == ("stage_app", "_SEEN")
+    scans = list(outbox.containers)
+    assert scans and all(seconds >= 0 for _, _, seconds, _ in scans)
+    assert [n for _, _, _, rows in scans for path, _, n, _ in rows if path == "stage_app._SEEN"][-1] == 600

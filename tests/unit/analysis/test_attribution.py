@@ -165,3 +165,31 @@ def test_the_leaking_task_is_named_when_heap_blocks_were_read_on_one_task_in_eig
              for t in task_records(3000, seed=7, leaker="shop.search", leak_blocks=0)]
     found = leaking_task(task_growth([tasks]))
     assert found is not None and found.task == "shop.search"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_items_counted_around_each_task_name_the_task_that_adds_to_a_growing_container(seed: int) -> None:
+    """A key per call of shop.search kept in a set: one heap block, ~60 bytes, invisible in RSS and in the
+    noisy blocks. The agent counted the set's items around each task: that names the task, with one item a
+    call; without the counts no task is named (what bilge said before)."""
+    from dataclasses import replace
+
+    base = task_records(1500, seed, leaker="shop.search", leak_bytes=0, leak_blocks=1)
+    assert leaking_task(task_growth([base])) is None
+    items, counted = 500, []
+    for t in base:
+        before = items
+        items += t.name == "shop.search"
+        counted.append(replace(t, items_before=before, items_after=items) if t.seq > 300 else t)
+    leaky = leaking_task(task_growth([counted]))
+    assert leaky is not None and leaky.task == "shop.search"
+    assert leaky.items_per_call == pytest.approx(1.0)
+
+
+def test_a_container_every_task_adds_to_names_no_task() -> None:
+    """Every task adds an item (a log of every task): no task stands out."""
+    from dataclasses import replace
+
+    base = task_records(1500, 0)
+    counted = [replace(t, items_before=t.seq, items_after=t.seq + 1) for t in base]
+    assert leaking_task(task_growth([counted])) is None
