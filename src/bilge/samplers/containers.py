@@ -279,7 +279,9 @@ def _newest_type(container: Any, base: Any) -> str:
     """The type of the newest element (a dict's newest value, a list's last item, any item of a set)."""
     try:
         if base is dict:
-            return type_name(type(dict.__getitem__(container, next(dict.__reversed__(container)))))
+            # The values' own reversed view: a lookup by key would hash the
+            # key, and a key's __hash__ may be user code.
+            return type_name(type(next(reversed(dict.values(container)))))
         if base is set:
             return type_name(type(next(set.__iter__(container))))
         return type_name(type(base.__getitem__(container, -1)))
