@@ -544,8 +544,19 @@ def _findings(
     else:
         steady = steady[:MAX_FINDINGS]
     bytes_per_call = round(attribution.kept_per_call(leaky), 1) if leaky else None
-    if not steady and grown and leak_kind == kind.PYTHON_OBJECTS:
+    if grown and leak_kind == kind.PYTHON_OBJECTS and (not steady or (
+            steady[0].type in GENERIC_TYPES and holder_of[steady[0].type] is None)):
+        # No counted type, or only a builtin one nothing was seen holding (a
+        # tuple count that bilge's own window moved): the container that
+        # grows through the window names the leak better.
         return (_container_finding(grown[0], task, leaky, bytes_per_call, pids, evidence, where),)
+    for t in steady:
+        if holder_of[t.type] is None:
+            # A type the holder search missed (it ran late, or sampled):
+            # a growing container of that type holds it.
+            g = next((g for g in grown if g.element_type == t.type), None)
+            if g is not None:
+                holder_of[t.type] = _container_holder(g, t.type)
     if not steady:
         return (Finding(task=task, type=None, kind=leak_kind, bytes_per_call=bytes_per_call, count_per_call=None,
                         hint=hints.hint(leak_kind, task, None, None), pids=pids, evidence=evidence,
@@ -588,10 +599,7 @@ def _container_finding(g: ContainerGrowth, task: str | None, leaky: TaskGrowth |
     # container's growth over the leaking task's calls.
     per_call = (leaky.items_per_call if leaky.items_per_call > 0 else g.per_task * g.tasks / leaky.calls) \
         if leaky and leaky.calls else None
-    # Found by reading module namespaces (not by a search from the objects):
-    # "module-global" covers a class attribute or an object's attribute too.
-    holder = Holder(t=0.0, started=0.0, type=type_name, path=g.path, root_kind="module-global",
-                    container_type=g.container_type, container_len=g.last, targets=g.last - g.first)
+    holder = _container_holder(g, type_name)
     return Finding(
         task=task, type=type_name, kind=kind.PYTHON_OBJECTS, bytes_per_call=bytes_per_call,
         count_per_call=round(per_call, 3) if per_call is not None else None,
@@ -599,6 +607,13 @@ def _container_finding(g: ContainerGrowth, task: str | None, leaky: TaskGrowth |
         pids=pids, location=where, holder=g.path,
         evidence=evidence + ("%s (a %s of %s) grew from %d to %d entries over %d tasks, never shrinking"
                              % (g.path, g.container_type, g.element_type, g.first, g.last, g.tasks),))
+
+
+def _container_holder(g: ContainerGrowth, type_name: str) -> Holder:
+    # Found by reading module namespaces (not by a search from the objects):
+    # "module-global" covers a class attribute or an object's attribute too.
+    return Holder(t=0.0, started=0.0, type=type_name, path=g.path, root_kind="module-global",
+                  container_type=g.container_type, container_len=g.last, targets=g.last - g.first)
 
 
 def _is_weak(type_name: str) -> bool:
