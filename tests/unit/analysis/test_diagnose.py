@@ -375,3 +375,18 @@ def test_a_container_that_stopped_growing_corroborates_nothing() -> None:
                   for s in filled.container_scans)
     diagnosis = diagnose(RunData(run=RUN, processes=(replace(filled, container_scans=scans),)))
     assert diagnosis.processes[0].verdict == NO_LEAK
+
+
+def test_a_growing_container_names_the_leak_before_a_builtin_type_nothing_holds() -> None:
+    """A clear leak of shop.search whose only counted growth is tuples (bilge's own window left some, say) that
+    no holder search found: the set that grows through the window is the better answer. Without the scans the
+    finding is the bare tuple."""
+    leaking = process(2, "shop.search")
+    scanned = _seen_keys(leaking, 1, "shop.search")
+    counted = tuple(replace(c, types={"dict": c.types["dict"],
+                                      "tuple": (9000 + c.tasks_done, 64 * (9000 + c.tasks_done))})
+                    for c in leaking.censuses)
+    top = diagnose(RunData(run=RUN, processes=(replace(scanned, censuses=counted),))).findings[0]
+    assert (top.task, top.type, top.holder) == ("shop.search", "str", "myapp.tasks._SEEN")
+    bare = diagnose(RunData(run=RUN, processes=(replace(leaking, censuses=counted),))).findings[0]
+    assert (bare.type, bare.holder) == ("tuple", None)
