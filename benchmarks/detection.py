@@ -8,6 +8,7 @@ reads ``confirmed_after_tasks``/``confirmed_after_calls`` per child from
 leak).
 
     .venv/bin/python benchmarks/detection.py --sizes 0,256,1024,4096 --tasks 3000
+    .venv/bin/python benchmarks/detection.py --sizes 0,200,1024,4096 --repeat 5   # repeatability
 """
 
 import argparse
@@ -88,17 +89,22 @@ def main():
     ap.add_argument("--sizes", default="0,256,1024,4096")
     ap.add_argument("--tasks", type=int, default=3000)
     ap.add_argument("--broker", default="redis://127.0.0.1:6379/14")
+    ap.add_argument("--repeat", type=int, default=1, help="run every size this many times (sizes interleaved)")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "detection.json"))
     args = ap.parse_args()
-    rows = [run_one(int(s), args.tasks, args.broker) for s in args.sizes.split(",")]
-    print("| leak B/call | verdict | task | type | per child: confirmed after tasks (leaky calls) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
+    rows = []
+    for run in range(1, args.repeat + 1):
+        for s in args.sizes.split(","):
+            rows.append(dict(run_one(int(s), args.tasks, args.broker), run=run))
+    print("| run | leak B/call | verdict | task | type | per child: confirmed after tasks (leaky calls) |")
+    print("|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["leak_bytes_per_call"], r["run"])):
         kids = "; ".join("%s (%s)" % (c["confirmed_after_tasks"], c["confirmed_after_calls"]) for c in r["children"])
-        print("| %d | %s | %s | %s | %s |" % (r["leak_bytes_per_call"], r["verdict"], r["task"], r["type"], kids))
+        print("| %d | %d | %s | %s | %s | %s |" % (r["run"], r["leak_bytes_per_call"], r["verdict"], r["task"],
+                                                  r["type"], kids))
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as fh:
-        json.dump({"tasks": args.tasks, "rows": rows}, fh, indent=1)
+        json.dump({"tasks": args.tasks, "repeat": args.repeat, "rows": rows}, fh, indent=1)
     return 0
 
 
