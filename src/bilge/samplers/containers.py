@@ -193,7 +193,9 @@ def _kind(cls: type) -> tuple[int, Any]:
     return _SKIP_KIND, None
 
 
-def _known(cls: type, kinds: dict[type, tuple[int, Any]]) -> tuple[int, Any]:
+def _known(cls: type, kinds: dict[type, tuple[int, Any]] | None) -> tuple[int, Any]:
+    if kinds is None:
+        return _kind(cls)  # a task hook: no cache (nothing allocated)
     known = kinds.get(cls)
     if known is None:
         known = kinds[cls] = _kind(cls)
@@ -238,8 +240,8 @@ def _attributes(value: Any, cls: type, known: tuple[int, Any], module_name: str)
     return inner if type(inner) is dict else None
 
 
-def _find(route: Route, kinds: dict[type, tuple[int, Any]]) -> tuple[Any, Any] | None:
-    """(the container at ``route``, its builtin base), if it is still there."""
+def _find(route: Route, kinds: dict[type, tuple[int, Any]] | None = None) -> tuple[Any, Any] | None:
+    """(the container at ``route``, its builtin base), if it is still there (``kinds``: a scan's cache)."""
     module = sys.modules.get(route[0])
     if type(module) is not ModuleType:
         return None
@@ -258,20 +260,10 @@ def count(routes: tuple[Route, ...]) -> int | None:
     """The containers' lengths, summed (None when one is gone): what a task hook reads, in ~1 µs a container."""
     total = 0
     for route in routes:
-        module = sys.modules.get(route[0])
-        if type(module) is not ModuleType:
+        found = _find(route)
+        if found is None:
             return None
-        value = module.__dict__.get(route[1])
-        for name in route[2:]:
-            cls = type(value)
-            inner = _attributes(value, cls, _kind(cls), route[0])
-            if inner is None:
-                return None
-            value = inner.get(name)
-        kind, base = _kind(type(value))
-        if kind != _CONTAINER:
-            return None
-        total += base.__len__(value)
+        total += found[1].__len__(found[0])
     return total
 
 
