@@ -504,6 +504,10 @@ def _findings(
     # static table of the same type (a library's constant list) is held too,
     # but never grows.
     held_growing = {h.type for h in _growing_holders(holder_groups)}
+    # A holder path inside a module-level container seen growing at every
+    # scan is growing too, though one search saw it once.
+    held_growing |= {h.type for group in holder_groups for h in group
+                     if any(h.path == g.path or _runs_through(h.path, g.path) for g in grown)}
     # Then held types, specific ones (a class) before builtin containers,
     # the one whose holder reaches the most objects first.
     reach: dict[str, int] = {}
@@ -529,6 +533,7 @@ def _findings(
         steady = sorted((t for t in types if t.steady), key=lambda t: (
             t.type in inner, _is_weak(t.type) and t.type in held_growing, t.type not in held_growing,
             t.type not in held, t.type in GENERIC_TYPES, -reach.get(t.type, 0)))
+    owner: ContainerGrowth | None = None
     if leak_kind == kind.NATIVE:
         # Native bytes often have a Python owner (a connection, an image, an
         # array, a parsed document): a specific type that grows with the
@@ -536,6 +541,11 @@ def _findings(
         # no type is (the census counts Python objects, not native bytes).
         steady = [t for t in steady if t.type in held_growing and t.type not in GENERIC_TYPES
                   and t.type not in inner and not _is_weak(t.type)][:1]
+        # Or the objects of one type a module-level container gains at
+        # every scan (the census may not count it: a C type's objects
+        # without gc support).
+        owner = None if steady else next((g for g in grown if g.element_type not in GENERIC_TYPES | _SCALARS),
+                                         None)
     elif held_growing:
         # Findings after the first clear the same bar: their holder was seen
         # growing too (a static table of a type that happens to grow, say
@@ -544,6 +554,8 @@ def _findings(
     else:
         steady = steady[:MAX_FINDINGS]
     bytes_per_call = round(attribution.kept_per_call(leaky), 1) if leaky else None
+    if owner is not None:
+        return (_container_finding(owner, task, leaky, bytes_per_call, pids, evidence, where, leak_kind),)
     if grown and leak_kind == kind.PYTHON_OBJECTS and (not steady or (
             steady[0].type in GENERIC_TYPES and holder_of[steady[0].type] is None)):
         # No counted type, or only a builtin one nothing was seen holding (a
@@ -586,8 +598,13 @@ def _findings(
     return tuple(out)
 
 
+# Element types that own no native memory: never named as a native leak's owner.
+_SCALARS = frozenset({"str", "bytes", "int", "float", "bool", "NoneType", "?"})
+
+
 def _container_finding(g: ContainerGrowth, task: str | None, leaky: TaskGrowth | None, bytes_per_call: float | None,
-                       pids: tuple[int, ...], evidence: tuple[str, ...], where: str | None) -> Finding:
+                       pids: tuple[int, ...], evidence: tuple[str, ...], where: str | None,
+                       leak_kind: str = kind.PYTHON_OBJECTS) -> Finding:
     """A leak no counted type explains, named by the module-level container that keeps growing.
 
     Its elements are untracked objects (strings, numbers, bytes) or a type
@@ -601,9 +618,9 @@ def _container_finding(g: ContainerGrowth, task: str | None, leaky: TaskGrowth |
         if leaky and leaky.calls else None
     holder = _container_holder(g, type_name)
     return Finding(
-        task=task, type=type_name, kind=kind.PYTHON_OBJECTS, bytes_per_call=bytes_per_call,
+        task=task, type=type_name, kind=leak_kind, bytes_per_call=bytes_per_call,
         count_per_call=round(per_call, 3) if per_call is not None else None,
-        hint=hints.hint(kind.PYTHON_OBJECTS, task, type_name, per_call, holder),
+        hint=hints.hint(leak_kind, task, type_name, per_call, holder),
         pids=pids, location=where, holder=g.path,
         evidence=evidence + ("%s (a %s of %s) grew from %d to %d entries over %d tasks, never shrinking"
                              % (g.path, g.container_type, g.element_type, g.first, g.last, g.tasks),))

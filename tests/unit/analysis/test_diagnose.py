@@ -237,6 +237,20 @@ def test_native_growth_names_the_python_type_that_owns_it() -> None:
     diagnosis = diagnose(RunData(run=RUN, processes=(
         replace(leaking, tasks=flat, samples=samples, censuses=censuses),)))
     assert diagnosis.findings[0].type is None
+    # Seen once by the holder search, in a module-level dict that grew at
+    # every scan: that is a holder seen growing.
+    scans = tuple(ContainerScan(c.t, c.tasks_done, (("app._OPEN", "dict", c.types["sqlite3.Connection"][0],
+                                                     "sqlite3.Connection"),)) for c in censuses)
+    diagnosis = diagnose(RunData(run=RUN, processes=(replace(
+        leaking, tasks=flat, samples=samples, censuses=censuses, holders=found[-1:], container_scans=scans),)))
+    assert (diagnosis.findings[0].type, diagnosis.findings[0].holder) == ("sqlite3.Connection", "app._OPEN[...]")
+    # No holder search at all, and the census cut the type: the container names both.
+    counted = tuple(replace(c, types={"dict": c.types["dict"]}) for c in censuses)
+    diagnosis = diagnose(RunData(run=RUN, processes=(replace(
+        leaking, tasks=flat, samples=samples, censuses=counted, container_scans=scans),)))
+    top = diagnosis.findings[0]
+    assert (top.kind, top.type, top.holder) == (NATIVE, "sqlite3.Connection", "app._OPEN")
+    assert "native" in top.hint and "close" in top.hint
 
 
 def test_weak_references_and_static_tables_do_not_lead_or_follow() -> None:
@@ -251,6 +265,15 @@ def test_weak_references_and_static_tables_do_not_lead_or_follow() -> None:
              + _holders("list", "pygments.Style._styles[...]", (80, 80)))
     diagnosis = diagnose(RunData(run=RUN, processes=(replace(leaking, censuses=censuses, holders=found),)))
     assert [f.type for f in diagnosis.findings] == ["shop.Order", "weakref.ReferenceType"]
+    # One holder search saw each once (no growth between searches to go by);
+    # both containers grew at every scan: the held handlers still lead.
+    once = found[1::2]
+    scans = tuple(ContainerScan(c.t, c.tasks_done, (
+        ("logging._handlerList", "list", 2 * c.types["shop.Order"][0], "weakref.ReferenceType"),
+        ("app.log.handlers", "list", c.types["shop.Order"][0], "shop.Order"))) for c in censuses)
+    diagnosis = diagnose(RunData(run=RUN, processes=(
+        replace(leaking, censuses=censuses, holders=once, container_scans=scans),)))
+    assert [(f.type, f.holder) for f in diagnosis.findings][:1] == [("shop.Order", "app.log.handlers[...]")]
 
 
 def test_the_pool_parent_with_few_samples_says_when_it_will_be_judged() -> None:
