@@ -71,9 +71,9 @@ class ContainerStage:
         return self._clock() >= self._next
 
     def run(self) -> None:
-        """Scan if the budget allows; the interval stretches with age (~age/120)."""
+        """Scan if the budget allows; the interval stretches with age (~age/60, as the census's)."""
         age = self._clock() - self._born
-        self._next = self._clock() + min(max(self._min_interval, age / 120.0), 300.0)
+        self._next = self._clock() + min(max(self._min_interval, age / 60.0), 300.0)
         # A discovery the budget cannot pay for yet waits; the containers
         # already found are read meanwhile.
         if self._scanner.discovery_due() and self._budget.can_spend(self._cost[True]):

@@ -161,10 +161,14 @@ def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
     p = replace(raw, tasks=own_activity.without_activity(raw.tasks, spans))
     samples = [s for s in p.samples if s.rss is not None]
     by_task = len(p.tasks) >= policy.min_points or not samples
-    rss_slope: float | None = None
+    growth: float | None = None
     on_heap = False
     if by_task:
-        result, confirmed, rss_slope, on_heap = _task_verdict(p, policy, heap_policy, native_policy)
+        result, confirmed, growth, on_heap = _task_verdict(p, policy, heap_policy, native_policy)
+        if on_heap and result.verdict == LEAK:
+            # RSS has not followed (its slope is ~0): the growth is the
+            # heap's, at ~64 bytes a block (an estimate; the reason gives blocks).
+            growth = result.slope * kind.BLOCK_BYTES
         trend_start = p.tasks[min(result.window_start, len(p.tasks) - 1)].started if p.tasks else 0.0
         explain_start = p.tasks[len(p.tasks) // 4].started if p.tasks else 0.0
     else:
@@ -181,7 +185,7 @@ def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
     window = replace(_explain_window(p, explain_start, result.verdict == LEAK, on_heap), data=raw)
     late = [s for s in samples if s.t >= trend_start]
     line = trend.fitted_line([s.t for s in late], [float(s.rss or 0) for s in late])
-    per_hour = _per_hour(p.tasks[result.window_start:], rss_slope) if by_task else None
+    per_hour = _per_hour(p.tasks[result.window_start:], growth) if by_task else None
     if per_hour is None:
         per_hour = (line[1][1] - line[0][1]) / (line[1][0] - line[0][0]) * 3600 \
             if line and line[1][0] > line[0][0] else None
@@ -190,7 +194,7 @@ def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
     diag = ProcessDiagnosis(
         pid=p.info.pid, role=p.info.role, verdict=result.verdict, kind=window.kind,
         confidence=round(result.confidence, 6),
-        growth_bytes_per_task=rss_slope if p.tasks else None,
+        growth_bytes_per_task=growth if p.tasks else None,
         growth_bytes_per_hour=per_hour, tasks_observed=len(raw.tasks), confirmed_after_tasks=confirmed,
         tasks_excluded=len(raw.tasks) - len(p.tasks),
         confirmed_after_calls=_calls([t for t in raw.tasks if t.seq <= confirmed], leaky.task)

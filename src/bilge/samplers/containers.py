@@ -50,6 +50,10 @@ _DEMO = "bilge.demo."
 _SKIP = frozenset({"sys.modules", "sys.path_importer_cache", "linecache.cache", "builtins.__dict__"})
 _INSTALLED = "-packages/"  # site-packages, dist-packages
 _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ())) - {"__main__"}
+# Standard-library modules whose module-level containers grow with what a
+# program does (handlers, filters, threads, pickling registrations).
+_STDLIB_REGISTRIES = frozenset({"logging", "warnings", "threading", "copyreg", "weakref", "functools", "abc",
+                                "re", "encodings", "mimetypes", "socket", "ssl", "asyncio.events"})
 _TYPE_DICT = type.__dict__["__dict__"]
 _GETSET = type(_TYPE_DICT)
 
@@ -156,12 +160,16 @@ def _discover() -> list[Route]:
             seen.add(id(module))  # __main__ is __mp_main__ too in a prefork child
             namespace = getattr(module, "__dict__", None) if type(module) is ModuleType else None
             if type(namespace) is dict:
-                # The standard library's classes and objects hold tables, not
-                # a program's data: its modules are read at their top level.
+                # The standard library's modules hold tables, not a
+                # program's data (11,000 names in a Celery child): only its
+                # registries a program adds to are read, at their top level.
                 # Installed packages' classes are mostly methods (tens of
                 # thousands of names): their module-level objects are read,
                 # their class attributes only in the program's own modules.
-                depth = 0 if module_name.partition(".")[0] in _STDLIB else 1
+                top = module_name.partition(".")[0]
+                if top in _STDLIB and module_name not in _STDLIB_REGISTRIES:
+                    continue
+                depth = 0 if top in _STDLIB else 1
                 installed = _INSTALLED in str(namespace.get("__file__") or "")
                 _discover_in(namespace, (module_name,), routes, kinds, depth, classes=not installed)
             if len(routes) >= MAX_ROUTES:
@@ -204,28 +212,34 @@ def _known(cls: type, kinds: dict[type, tuple[int, Any]] | None) -> tuple[int, A
 
 def _discover_in(namespace: Any, route: Route, routes: list[Route], kinds: dict[type, tuple[int, Any]],
                  depth: int, classes: bool = True) -> None:
+    found: list[tuple[str, Any, Any]] = []
     try:
-        items = list(namespace.items())
-    except Exception:  # a namespace changing size under us, or an odd mapping
+        # Iterated in place, not copied: a copy is a tuple per name, tens of
+        # thousands a discovery, garbage the host's collector then pays for.
+        # A namespace changing size meanwhile (another thread importing) is
+        # skipped this time.
+        for name, value in namespace.items():
+            # Types only, never isinstance(): a proxy (Celery's current_app,
+            # werkzeug's LocalProxy) answers isinstance() by evaluating itself.
+            cls = type(value)
+            known = _known(cls, kinds)
+            kind = known[0]
+            # Dunder names are the interpreter's bookkeeping (every module's
+            # __builtins__, __spec__, __loader__, __all__), never a program's data.
+            if not kind or type(name) is not str or name.startswith("__"):
+                continue
+            if kind == _CONTAINER:
+                routes.append(route + (name,))
+            elif depth and (classes or kind != _CLASS):
+                found.append((name, value, known))
+    except Exception:  # changed size under us, or an odd mapping
         return
-    for name, value in items:
-        # Types only, never isinstance(): a proxy (Celery's current_app,
-        # werkzeug's LocalProxy) answers isinstance() by evaluating itself.
-        cls = type(value)
-        known = _known(cls, kinds)
-        kind = known[0]
-        # Dunder names are the interpreter's bookkeeping (every module's
-        # __builtins__, __spec__, __loader__, __all__), never a program's data.
-        if not kind or type(name) is not str or name.startswith("__"):
-            continue
-        if kind == _CONTAINER:
-            routes.append(route + (name,))
-        elif depth and (classes or kind != _CLASS):
-            # One level into module-level classes and objects: ``Registry._items``,
-            # ``EXPORTS._metrics``.
-            inner = _attributes(value, cls, known, route[0])
-            if inner is not None and len(inner) <= MAX_ATTRIBUTES:
-                _discover_in(inner, route + (name,), routes, kinds, depth - 1)
+    for name, value, known in found:
+        # One level into module-level classes and objects: ``Registry._items``,
+        # ``EXPORTS._metrics``.
+        inner = _attributes(value, type(value), known, route[0])
+        if inner is not None and len(inner) <= MAX_ATTRIBUTES:
+            _discover_in(inner, route + (name,), routes, kinds, depth - 1)
 
 
 def _attributes(value: Any, cls: type, known: tuple[int, Any], module_name: str) -> Any:

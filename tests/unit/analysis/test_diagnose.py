@@ -346,6 +346,8 @@ def test_a_slow_heap_trend_is_a_leak_when_a_task_explains_it_and_inconclusive_wh
     assert child.verdict == LEAK, child.reason
     assert "a day at" in child.reason
     assert diagnosis.findings[0].task == "shop.search"
+    # RSS has not moved: the growth per task shown is the heap's (4 blocks at ~64 B), not RSS's ~0.
+    assert child.growth_bytes_per_task is not None and 200 <= child.growth_bytes_per_task <= 320
     creep = tuple(replace(t, blocks_before=(t.blocks_before or 0) + 2 * (t.seq - 1),
                           blocks_after=(t.blocks_after or 0) + 2 * t.seq) for t in base.tasks)
     diagnosis = diagnose(RunData(run=RUN, processes=(replace(base, tasks=creep),)))
