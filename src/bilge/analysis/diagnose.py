@@ -512,6 +512,8 @@ def _findings(
     # scan is growing too, though one search saw it once.
     held_growing |= {h.type for group in holder_groups for h in group
                      if any(h.path == g.path or _runs_through(h.path, g.path) for g in grown)}
+    # So is the type such a container gains (its newest element's).
+    held_growing |= {g.element_type for g in grown}
     # Then held types, specific ones (a class) before builtin containers,
     # the one whose holder reaches the most objects first.
     reach: dict[str, int] = {}
@@ -560,16 +562,20 @@ def _findings(
     bytes_per_call = round(attribution.kept_per_call(leaky), 1) if leaky else None
     if owner is not None:
         return (_container_finding(owner, task, leaky, bytes_per_call, pids, evidence, where, leak_kind),)
-    if grown and leak_kind == kind.PYTHON_OBJECTS and (not steady or (
+    # A container of weak references is bookkeeping of what leaks (logging's
+    # list of every handler), never what keeps it alive.
+    strong = [g for g in grown if not _is_weak(g.element_type)]
+    if strong and leak_kind == kind.PYTHON_OBJECTS and (not steady or (
             steady[0].type in GENERIC_TYPES and holder_of[steady[0].type] is None)):
         # No counted type, or only a builtin one nothing was seen holding (a
         # tuple count that bilge's own window moved): the container that
         # grows through the window names the leak better.
-        return (_container_finding(grown[0], task, leaky, bytes_per_call, pids, evidence, where),)
+        return (_container_finding(strong[0], task, leaky, bytes_per_call, pids, evidence, where),)
     for t in steady:
-        if holder_of[t.type] is None:
-            # A type the holder search missed (it ran late, or sampled):
-            # a growing container of that type holds it.
+        if holder_of[t.type] is None or t.type not in held_growing:
+            # A type the holder search missed (it ran late, or sampled), or
+            # found only in a place never seen growing: a container of that
+            # type growing at every scan holds it.
             g = next((g for g in grown if g.element_type == t.type), None)
             if g is not None:
                 holder_of[t.type] = _container_holder(g, t.type)

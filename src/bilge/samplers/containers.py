@@ -161,15 +161,16 @@ def _discover() -> list[Route]:
             namespace = getattr(module, "__dict__", None) if type(module) is ModuleType else None
             if type(namespace) is dict:
                 # The standard library's modules hold tables, not a
-                # program's data (11,000 names in a Celery child): only its
-                # registries a program adds to are read, at their top level.
-                # Installed packages' classes are mostly methods (tens of
-                # thousands of names): their module-level objects are read,
-                # their class attributes only in the program's own modules.
+                # program's data (11,000 names in a Celery child): only the
+                # registries a program adds to are read, two levels in
+                # (``logging.Logger.manager.loggerDict``). Other modules are
+                # read one level into their classes and objects; installed
+                # packages' classes are mostly methods (tens of thousands of
+                # names): only the program's own modules' are read.
                 top = module_name.partition(".")[0]
                 if top in _STDLIB and module_name not in _STDLIB_REGISTRIES:
                     continue
-                depth = 0 if top in _STDLIB else 1
+                depth = 2 if module_name in _STDLIB_REGISTRIES else 1
                 installed = _INSTALLED in str(namespace.get("__file__") or "")
                 _discover_in(namespace, (module_name,), routes, kinds, depth, classes=not installed)
             if len(routes) >= MAX_ROUTES:

@@ -274,6 +274,13 @@ def test_weak_references_and_static_tables_do_not_lead_or_follow() -> None:
     diagnosis = diagnose(RunData(run=RUN, processes=(
         replace(leaking, censuses=censuses, holders=once, container_scans=scans),)))
     assert [(f.type, f.holder) for f in diagnosis.findings][:1] == [("shop.Order", "app.log.handlers[...]")]
+    # No holder search ran at all, and the weak references weigh more bytes:
+    # the growing containers alone still put the held handlers first.
+    heavy = tuple(replace(c, types={**c.types, "weakref.ReferenceType": (2 * c.types["shop.Order"][0],
+                                                                         10**6 * c.types["shop.Order"][0])})
+                  for c in censuses)
+    diagnosis = diagnose(RunData(run=RUN, processes=(replace(leaking, censuses=heavy, container_scans=scans),)))
+    assert [(f.type, f.holder) for f in diagnosis.findings][:1] == [("shop.Order", "app.log.handlers")]
 
 
 def test_the_pool_parent_with_few_samples_says_when_it_will_be_judged() -> None:
