@@ -63,6 +63,7 @@ class ContainerStage:
         # The latest (tasks done, length) of each container followed.
         self._history: dict[str, deque[tuple[int, int]]] = {}
         self._latest = -1  # tasks done at the latest scan that read any
+        self._previous: tuple[float, int] | None = None  # (time, tasks done) of the latest scan
         # What each flavour cost last time (a discovery, a plain re-read).
         self._cost = {True: 0.01, False: 0.001}
 
@@ -89,14 +90,22 @@ class ContainerStage:
             self._on_counted(self._scanner.counted)
         self._budget.spend(seconds)
         self._cost[discovery] = seconds
+        tasks = self._tasks_done()
+        previous, self._previous = self._previous, (started, tasks)
+        if self._scanner.starting and previous is not None:
+            # A container just followed starts its series at the scan before
+            # (its length then is known): one reading sooner to judge it by.
+            self._keep(*previous, 0.0, self._scanner.starting)
         if readings:  # none until a container's length has moved
-            tasks = self._tasks_done()
-            self._outbox.containers.append((time.time(), tasks, time.time() - started, readings))
-            self._latest = tasks
-            history = self._history
-            for path, _, length, _ in readings:
-                if path in history or len(history) < MAX_HISTORIES:
-                    history.setdefault(path, deque(maxlen=STEADY_SCANS)).append((tasks, length))
+            self._keep(time.time(), tasks, time.time() - started, readings)
+
+    def _keep(self, t: float, tasks: int, seconds: float, readings: tuple[tuple[str, str, int, str], ...]) -> None:
+        self._latest = max(self._latest, tasks)
+        self._outbox.containers.append((t, tasks, seconds, readings))
+        history = self._history
+        for path, _, length, _ in readings:
+            if path in history or len(history) < MAX_HISTORIES:
+                history.setdefault(path, deque(maxlen=STEADY_SCANS)).append((tasks, length))
 
     def steadily_growing(self) -> list[str]:
         """Containers that grew at every one of the latest STEADY_SCANS scans, at a pace that keeps up (the

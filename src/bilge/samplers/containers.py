@@ -86,6 +86,9 @@ class ContainerScanner:
         # the task hooks count their items around each read task, which
         # names the task that adds to them exactly (see ``count``).
         self.counted: tuple[Route, ...] = ()
+        # The containers the latest scan began to follow, with their length
+        # at the scan before (path, container type, length, element type).
+        self.starting: tuple[Reading, ...] = ()
 
     def discovery_due(self) -> bool:
         """Whether the next scan reads every module's names first (it costs several times a plain scan)."""
@@ -111,6 +114,9 @@ class ContainerScanner:
             names.clear()
         keep = names.setdefault
         readings = []
+        # Containers followed from this scan, at their length of the
+        # previous one: their series starts a scan earlier.
+        starting = []
         grew: list[tuple[int, Route]] = []
         current: dict[Route, int] = {}
         kinds: dict[type, tuple[int, Any]] = {}
@@ -122,19 +128,22 @@ class ContainerScanner:
                     continue
                 length = found[1].__len__(found[0])  # the builtin's own: a subclass's __len__ is user code
                 current[route] = length
-                if route not in followed:
-                    before = lengths.get(route)
+                before = lengths.get(route)
+                new = route not in followed
+                if new:
                     if before is None or before == length or length < self.min_length \
                             or len(followed) >= self.max_followed:
                         continue
                     followed.add(route)
                 path = ".".join(route)
-                before = lengths.get(route)
                 if before is not None and length > before:
                     grew.append((length - before, route))
                 if path not in _SKIP:
                     container, element = type_name(type(found[0])), _newest_type(*found)
-                    readings.append((keep(path, path), keep(container, container), length, keep(element, element)))
+                    reading = (keep(path, path), keep(container, container), length, keep(element, element))
+                    readings.append(reading)
+                    if new and before is not None:
+                        starting.append(reading[:2] + (before,) + reading[3:])
         finally:
             found = None  # no reference to the last container outlives the scan
             kinds.clear()
@@ -143,6 +152,7 @@ class ContainerScanner:
         if counted != self.counted:
             self.counted = counted
         readings.sort(key=lambda r: -r[2])
+        self.starting = tuple(starting)
         return time.thread_time() - started, tuple(readings)
 
 
