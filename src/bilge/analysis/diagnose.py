@@ -566,9 +566,10 @@ def _findings(
     # list of every handler), never what keeps it alive.
     strong = [g for g in grown if not _is_weak(g.element_type)]
     if strong and leak_kind == kind.PYTHON_OBJECTS and (not steady or (
-            steady[0].type in GENERIC_TYPES and holder_of[steady[0].type] is None)):
-        # No counted type, or only a builtin one nothing was seen holding (a
-        # tuple count that bilge's own window moved): the container that
+            steady[0].type in GENERIC_TYPES and steady[0].type not in held_growing)):
+        # No counted type, or only a builtin one nothing was seen holding as
+        # it grew (a tuple count that bilge's own window moved, "held" by a
+        # constant table such as ssl's error codes): the container that
         # grows through the window names the leak better.
         return (_container_finding(strong[0], task, leaky, bytes_per_call, pids, evidence, where),)
     for t in steady:
