@@ -422,3 +422,7 @@ def test_a_growing_container_names_the_leak_before_a_builtin_type_nothing_holds(
     assert (top.task, top.type, top.holder) == ("shop.search", "str", "myapp.tasks._SEEN")
     bare = diagnose(RunData(run=RUN, processes=(replace(leaking, censuses=counted),))).findings[0]
     assert (bare.type, bare.holder) == ("tuple", None)
+    # A holder search found tuples only in a constant table (the same count at both searches): still the set.
+    static = _holders("tuple", "_ssl.err_codes_to_names[...]", (1682, 1682))
+    top = diagnose(RunData(run=RUN, processes=(replace(scanned, censuses=counted, holders=static),))).findings[0]
+    assert (top.type, top.holder) == ("str", "myapp.tasks._SEEN")
