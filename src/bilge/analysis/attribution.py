@@ -100,14 +100,19 @@ def leaking_task(growths: Sequence[TaskGrowth]) -> TaskGrowth | None:
     for g in growths:
         if _significant(g) and (g.bytes_per_call > 0 or g.blocks_per_call > 0):
             return g
+    # Items counted around each task are exact (a container's length waits
+    # for no collector and counts no return value still in flight), so they
+    # come before the heap blocks' in-task deltas. Exact counts make the t
+    # statistic of equal effects noise over nothing (every task adding one
+    # item): the effect must also stand out in items.
+    adds = [g for g in growths if g.items_score >= MIN_T
+            and g.items_per_call - _others_mean(growths, g) >= MIN_ITEMS_PER_CALL]
+    if adds:
+        return max(adds, key=lambda g: g.items_per_call)
     ranked = sorted(growths, key=lambda g: -g.bytes_per_call)
     if ranked and ranked[0].calls >= MIN_CALLS and ranked[0].support >= MIN_T and ranked[0].score >= MIN_SUPPORT_T:
         return ranked[0]
-    # Exact counts make the t statistic of equal effects noise over nothing
-    # (every task adding one item): the effect must also stand out in items.
-    adds = [g for g in growths if g.items_score >= MIN_T
-            and g.items_per_call - _others_mean(growths, g) >= MIN_ITEMS_PER_CALL]
-    return max(adds, key=lambda g: g.items_per_call) if adds else None
+    return None
 
 
 def _others_mean(growths: Sequence[TaskGrowth], g: TaskGrowth) -> float:

@@ -193,3 +193,17 @@ def test_a_container_every_task_adds_to_names_no_task() -> None:
     base = task_records(1500, 0)
     counted = [replace(t, items_before=t.seq, items_after=t.seq + 1) for t in base]
     assert leaking_task(task_growth([counted])) is None
+
+
+def test_items_counted_around_tasks_come_before_the_heap_blocks_in_task_deltas() -> None:
+    """The in-task heap-block deltas also count a return value still in flight at the task's end (a task that
+    returns a list looks like it keeps a block): they must not name a task the exact item counts contradict
+    (the zoo's seen_ids_set once named tag_order so)."""
+    returns_a_list = TaskGrowth(task="shop.tag", calls=181, bytes_per_call=2e-4, blocks_per_call=5.0, score=1.55,
+                                support=7.0)
+    keeps_a_key = TaskGrowth(task="shop.webhook", calls=219, bytes_per_call=-8e-5, blocks_per_call=5.0,
+                             score=0.0, support=7.5, items_per_call=2.0, items_score=float("inf"))
+    other = TaskGrowth(task="shop.price", calls=229, bytes_per_call=-3e-5, blocks_per_call=4.0, score=0.0,
+                       support=-15.0)
+    leaky = leaking_task((returns_a_list, other, keeps_a_key))
+    assert leaky is not None and leaky.task == "shop.webhook"
