@@ -42,9 +42,10 @@ from bilge.model import TaskGrowth, TaskRecord
 MIN_T = 3.0
 MIN_SUPPORT_T = 1.5
 MIN_CALLS = 10
-# A task adds to a growing container when each call adds at least this many
-# items more than the other tasks' calls on average (a key per call: one).
-MIN_ITEMS_PER_CALL = 0.5
+# A task adds to a growing container when its calls add at least this many
+# items more than the other tasks' calls on average (a key per call: one; a
+# key per call that misses a cache: the miss rate). Its t must pass MIN_T too.
+MIN_ITEMS_PER_CALL = 0.2
 WINDOW = 20
 HUBER_K = 1.345
 
@@ -134,24 +135,26 @@ def _exact_blocks(
 def _items(
     per_process: Sequence[Sequence[TaskRecord]], names: list[str]
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Per-call items added to the containers counted around each task."""
-    index = {n: i for i, n in enumerate(names)}
-    rows: list[list[int]] = []
-    y: list[float] = []
+    """Per task name, the items its calls added to the containers counted around them (the mean: counts are
+    exact, no outlier to weigh down), and the t statistic of that mean against the other names' calls."""
+    added: dict[str, list[float]] = {n: [] for n in names}
     for tasks in per_process:
-        for t in tasks:
-            if t.items_before is None or t.items_after is None:
-                continue
-            counts = [0] * len(names)
-            counts[index[t.name]] = 1
-            rows.append(counts)
-            y.append(float(t.items_after - t.items_before))
-    if len(rows) < 3 * len(names) + 5:
+        for record in tasks:
+            if record.items_before is not None and record.items_after is not None:
+                added[record.name].append(float(record.items_after - record.items_before))
+    if any(len(v) < MIN_CALLS for v in added.values()):
         return None, None
-    x = np.asarray(rows, dtype=float)
-    if (x.sum(axis=0) < MIN_CALLS).any():
-        return None, None
-    return _robust_regress(x, np.asarray(y, dtype=float))
+    beta = np.array([float(np.mean(added[n])) for n in names])
+    t = np.zeros(len(names))
+    for i, n in enumerate(names):
+        own = np.asarray(added[n])
+        others = np.asarray([v for m in names if m != n for v in added[m]])
+        if not len(others):
+            continue
+        diff = float(own.mean() - others.mean())
+        var = float(own.var(ddof=1) / len(own) + others.var(ddof=1) / len(others))
+        t[i] = diff / math.sqrt(var) if var > 0 else (math.inf if diff > 0 else -math.inf if diff < 0 else 0.0)
+    return beta, t
 
 
 def _significant(g: TaskGrowth) -> bool:
