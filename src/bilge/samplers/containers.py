@@ -46,8 +46,6 @@ REDISCOVER_IMPORTED = 5
 _CONTAINERS = (dict, list, set, collections.deque)
 _OWN = "bilge."
 _DEMO = "bilge.demo."
-# Tables every program has and that only grow with imports: not a task's growth.
-_SKIP = frozenset({"sys.modules", "sys.path_importer_cache", "linecache.cache", "builtins.__dict__"})
 _INSTALLED = "-packages/"  # site-packages, dist-packages
 _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ())) - {"__main__"}
 # Standard-library modules whose module-level containers grow with what a
@@ -138,12 +136,11 @@ class ContainerScanner:
                 path = ".".join(route)
                 if before is not None and length > before:
                     grew.append((length - before, route))
-                if path not in _SKIP:
-                    container, element = type_name(type(found[0])), _newest_type(*found)
-                    reading = (keep(path, path), keep(container, container), length, keep(element, element))
-                    readings.append(reading)
-                    if new and before is not None:
-                        starting.append(reading[:2] + (before,) + reading[3:])
+                container, element = type_name(type(found[0])), _newest_type(*found)
+                reading = (keep(path, path), keep(container, container), length, keep(element, element))
+                readings.append(reading)
+                if new and before is not None:
+                    starting.append(reading[:2] + (before,) + reading[3:])
         finally:
             found = None  # no reference to the last container outlives the scan
             kinds.clear()
