@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 from bilge.agent.census_stage import WALL_FLOOR
@@ -97,7 +98,8 @@ class ContainerStage:
             # (its length then is known): one reading sooner to judge it by.
             self._keep(*previous, 0.0, self._scanner.starting)
         if readings:  # none until a container's length has moved
-            self._keep(time.time(), tasks, time.time() - started, readings)
+            ended = time.time()
+            self._keep(ended, tasks, ended - started, readings)
 
     def _keep(self, t: float, tasks: int, seconds: float, readings: tuple[tuple[str, str, int, str], ...]) -> None:
         self._latest = max(self._latest, tasks)
@@ -115,7 +117,7 @@ class ContainerStage:
         for path, points in self._history.items():
             if len(points) < STEADY_SCANS or points[-1][0] != self._latest:
                 continue  # too few readings, or not read at the latest scan (gone)
-            steps = [(b[1] - a[1], b[0] - a[0]) for a, b in zip(points, list(points)[1:])]
+            steps = [(b[1] - a[1], b[0] - a[0]) for a, b in pairwise(points)]
             if all(grown > 0 and tasks > 0 for grown, tasks in steps) \
                     and steps[-1][0] / steps[-1][1] >= 0.25 * steps[0][0] / steps[0][1]:
                 out.append(path)
