@@ -639,8 +639,12 @@ def _container_finding(g: ContainerGrowth, task: str | None, leaky: TaskGrowth |
 
 def _container_holder(g: ContainerGrowth, type_name: str) -> Holder:
     # Found by reading module namespaces (not by a search from the objects):
-    # "module-global" covers a class attribute or an object's attribute too.
-    return Holder(t=0.0, started=0.0, type=type_name, path=g.path, root_kind="module-global",
+    # "module-global" covers a class attribute or an object's attribute too;
+    # a thread's local and the exit callbacks are named as the holder search
+    # names them.
+    root_kind = "thread-stack" if g.path.startswith("<thread ") else \
+        "registry" if g.path.startswith("<") else "module-global"
+    return Holder(t=0.0, started=0.0, type=type_name, path=g.path, root_kind=root_kind,
                   container_type=g.container_type, container_len=g.last, targets=g.last - g.first)
 
 

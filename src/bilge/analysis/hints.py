@@ -34,9 +34,12 @@ def _path(e: Evidence) -> str:
 
 
 def _lru_cache(e: Evidence) -> str | None:
-    if "_lru_cache_wrapper" in _path(e) or (e.holder and e.holder.container_type == "functools._lru_cache_wrapper"):
+    path = _path(e)
+    if "<lru_cache>" in path or "_lru_cache_wrapper" in path or (
+            e.holder and e.holder.container_type == "functools._lru_cache_wrapper"):
         return ("%s grows a functools.lru_cache without a bound (%s): give it a maxsize, or cache on a key "
-                "that repeats." % (e.where.capitalize(), _path(e)))
+                "that repeats. On a method, its keys include self, so it keeps every instance alive: cache a "
+                "function of the arguments, or one cache per instance." % (e.where.capitalize(), path))
     return None
 
 

@@ -10,6 +10,24 @@ object, and the type of its newest element. Only names, type names and
 numbers leave this module; no reference to an inspected object is kept:
 containers are found again by their path each time.
 
+Some holders are outside any Python container a module keeps, yet can be
+counted from Python without running user code (issue 9, item 3):
+
+- a ``functools.lru_cache``/``functools.cache`` (a C object) on a module-level
+  function or a class's method: its cache is a dict inside the wrapper, read
+  through ``gc.get_referents`` (path ``app.tax_table<lru_cache>``, as the
+  holder search names it);
+- a local variable of a long-lived function running in another thread (a
+  flusher's or reporter's loop): ``<thread audit-flusher> frame _flusher()
+  local 'pending'``. Only the program's own functions are read (not the
+  standard library's, installed packages' or bilge's), never the main thread
+  (it runs the tasks, whose frames come and go) nor the scanning one; a frame
+  a debugger traces is left alone. Reading ``f_locals`` before Python 3.13
+  leaves a snapshot of those locals on the frame until it returns or is read
+  again (the holder search does the same);
+- the interpreter's exit callbacks (``atexit._ncallbacks()``): bound methods
+  registered per call are held from C.
+
 Finding them means reading every name of every module (~25,000 in a
 Celery child, 5-15 ms); that *discovery* runs now and then, and in between
 only the containers it found are read again by path (~1 µs each).
@@ -17,7 +35,11 @@ only the containers it found are read again by path (~1 µs each).
 
 from __future__ import annotations
 
+import _thread
 import collections
+import functools
+import gc
+import os
 import sys
 import time
 from types import ModuleType
@@ -54,9 +76,34 @@ _STDLIB_REGISTRIES = frozenset({"logging", "warnings", "threading", "copyreg", "
                                 "re", "encodings", "mimetypes", "socket", "ssl", "asyncio.events"})
 _TYPE_DICT = type.__dict__["__dict__"]
 _GETSET = type(_TYPE_DICT)
+_LRU_WRAPPER: Any = functools._lru_cache_wrapper  # the C type
+_LRU_DICT = _LRU_WRAPPER.__dict__["__dict__"]
+_CO_OPTIMIZED = 0x1  # a function's frame (a module's or class body's f_locals is its namespace)
+# Frames of a thread's stack read, from the innermost.
+MAX_FRAMES = 32
+_STDLIB_DIR = os.path.dirname(os.__file__) + os.sep
+_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_DEMO_DIR = _OWN_DIR + "demo" + os.sep
+
+# Route heads that are no module's name (a module name never starts with "<").
+_THREAD = "<thread>"
+_EXIT_CALLBACKS = "<atexit callbacks>"
+_LRU = "<lru_cache>"
 
 Reading = tuple[str, str, int, str]  # path, container type, length, newest element's type
-Route = tuple[str, ...]  # module name, then one or two attribute names
+# A module name, then one or two attribute names (and _LRU after a cached
+# function); (_THREAD, thread name, function, local); or (_EXIT_CALLBACKS,).
+Route = tuple[str, ...]
+
+
+class _ExitCallbacks:
+    """The exit-callback registry as a container: its length is ``atexit._ncallbacks()``."""
+
+    def __len__(self) -> int:  # called unbound, with the atexit module
+        return int(self._ncallbacks())  # type: ignore[attr-defined]
+
+
+_BASE_NAMES = {_ExitCallbacks: "callbacks"}
 
 
 class ContainerScanner:
@@ -133,10 +180,11 @@ class ContainerScanner:
                             or len(followed) >= self.max_followed:
                         continue
                     followed.add(route)
-                path = ".".join(route)
+                path = _path(route)
                 if before is not None and length > before:
                     grew.append((length - before, route))
-                container, element = type_name(type(found[0])), _newest_type(*found)
+                container = _BASE_NAMES.get(found[1]) or type_name(type(found[0]))
+                element = _newest_type(*found)
                 reading = (keep(path, path), keep(container, container), length, keep(element, element))
                 readings.append(reading)
                 if new and before is not None:
@@ -182,12 +230,88 @@ def _discover() -> list[Route]:
                 _discover_in(namespace, (module_name,), routes, kinds, depth, classes=not installed)
             if len(routes) >= MAX_ROUTES:
                 break
+        _discover_threads(routes, kinds)
+        if callable(getattr(sys.modules.get("atexit"), "_ncallbacks", None)):
+            routes.append((_EXIT_CALLBACKS,))
     finally:
         kinds.clear()
     return routes[:MAX_ROUTES]
 
 
-_SKIP_KIND, _CONTAINER, _OBJECT, _CLASS = 0, 1, 2, 3
+def _path(route: Route) -> str:
+    """The text a developer reads, as the holder search spells the same holder."""
+    head = route[0]
+    if head == _THREAD:
+        return "<thread %s> frame %s() local '%s'" % route[1:]
+    if route[-1] == _LRU:
+        return ".".join(route[:-1]) + _LRU
+    return ".".join(route)
+
+
+def _discover_threads(routes: list[Route], kinds: dict[type, tuple[int, Any]]) -> None:
+    """The containers that the program's own long-lived functions keep in locals, in threads other than the
+    main one and this one."""
+    main, own = _main_ident(), _thread.get_ident()
+    frames = sys._current_frames()
+    try:
+        for ident, top in frames.items():
+            if ident == main or ident == own:
+                continue
+            name = _thread_name(ident, kinds)
+            frame: Any = top
+            for _ in range(MAX_FRAMES):
+                if frame is None:
+                    break
+                if _readable(frame):
+                    function = _function_name(frame.f_code)
+                    for local, value in frame.f_locals.items():
+                        if _known(type(value), kinds)[0] == _CONTAINER and type(local) is str:
+                            routes.append((_THREAD, name, function, local))
+                frame = frame.f_back
+    finally:
+        frames.clear()
+        del frames
+
+
+def _main_ident() -> int | None:
+    main = getattr(sys.modules.get("threading"), "main_thread", None)
+    try:
+        return main().ident if main is not None else None
+    except Exception:  # threading half torn down at exit
+        return None
+
+
+def _thread_name(ident: int, kinds: dict[type, tuple[int, Any]] | None) -> str:
+    """The thread's name as its ``Thread`` object keeps it (read from its ``__dict__``, no property run)."""
+    active = getattr(sys.modules.get("threading"), "_active", None)
+    thread = active.get(ident) if type(active) is dict else None
+    if thread is not None:
+        cls = type(thread)
+        attributes = _attributes(thread, cls, _known(cls, kinds), "")
+        name = attributes.get("_name") if attributes is not None else None
+        if type(name) is str:
+            return name
+    return str(ident)
+
+
+def _readable(frame: Any) -> bool:
+    """A function of the program's own (not the standard library's, an installed package's or bilge's) that no
+    debugger traces."""
+    code = frame.f_code
+    if not code.co_flags & _CO_OPTIMIZED or frame.f_trace is not None:
+        return False
+    filename = code.co_filename
+    if type(filename) is not str or filename.startswith("<") or filename.startswith(_STDLIB_DIR) \
+            or _INSTALLED in filename:
+        return False
+    return not filename.startswith(_OWN_DIR) or filename.startswith(_DEMO_DIR)
+
+
+def _function_name(code: Any) -> str:
+    return str(getattr(code, "co_qualname", code.co_name))
+
+
+_SKIP_KIND, _CONTAINER, _OBJECT, _CLASS, _CACHE = 0, 1, 2, 3, 4
 _HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class written in Python
 
 
@@ -199,6 +323,8 @@ def _kind(cls: type) -> tuple[int, Any]:
             return _CONTAINER, base
     if issubclass(cls, type):
         return _CLASS, None
+    if cls is _LRU_WRAPPER:
+        return _CACHE, None
     if cls.__flags__ & _HEAP_TYPE and not issubclass(cls, ModuleType):
         for klass in cls.__mro__:
             descriptor = _TYPE_DICT.__get__(klass, type(klass)).get("__dict__")
@@ -238,6 +364,8 @@ def _discover_in(namespace: Any, route: Route, routes: list[Route], kinds: dict[
                 continue
             if kind == _CONTAINER:
                 routes.append(route + (name,))
+            elif kind == _CACHE:
+                routes.append(route + (name, _LRU))
             elif depth and (classes or kind != _CLASS):
                 found.append((name, value, known))
     except Exception:  # changed size under us, or an odd mapping
@@ -264,18 +392,61 @@ def _attributes(value: Any, cls: type, known: tuple[int, Any], module_name: str)
 
 def _find(route: Route, kinds: dict[type, tuple[int, Any]] | None = None) -> tuple[Any, Any] | None:
     """(the container at ``route``, its builtin base), if it is still there (``kinds``: a scan's cache)."""
-    module = sys.modules.get(route[0])
+    head = route[0]
+    if head == _THREAD:
+        return _find_local(route, kinds)
+    module = sys.modules.get("atexit" if head == _EXIT_CALLBACKS else head)
     if type(module) is not ModuleType:
         return None
+    if head == _EXIT_CALLBACKS:
+        return module, _ExitCallbacks
+    cached = route[-1] == _LRU
     value = module.__dict__.get(route[1])
-    for name in route[2:]:
+    for name in route[2:-1] if cached else route[2:]:
         cls = type(value)
-        inner = _attributes(value, cls, _known(cls, kinds), route[0])
+        inner = _attributes(value, cls, _known(cls, kinds), head)
         if inner is None:
             return None
         value = inner.get(name)
+    if cached:
+        return _lru_cache(value)
     kind, base = _known(type(value), kinds)
     return (value, base) if kind == _CONTAINER else None
+
+
+def _lru_cache(wrapper: Any) -> tuple[Any, Any] | None:
+    """The cache dict inside a C ``lru_cache`` wrapper: the dict among its referents that is not its ``__dict__``."""
+    if type(wrapper) is not _LRU_WRAPPER:
+        return None
+    attributes = _LRU_DICT.__get__(wrapper, _LRU_WRAPPER)
+    for referent in gc.get_referents(wrapper):
+        if type(referent) is dict and referent is not attributes:
+            return referent, dict
+    return None
+
+
+def _find_local(route: Route, kinds: dict[type, tuple[int, Any]] | None) -> tuple[Any, Any] | None:
+    """The container a function running in a named thread keeps in a local."""
+    _, thread, function, local = route
+    own = _thread.get_ident()
+    frames = sys._current_frames()
+    try:
+        for ident, top in frames.items():
+            if ident == own or _thread_name(ident, kinds) != thread:
+                continue
+            frame: Any = top
+            for _ in range(MAX_FRAMES):
+                if frame is None:
+                    break
+                if _readable(frame) and _function_name(frame.f_code) == function:
+                    value = frame.f_locals.get(local)
+                    kind, base = _known(type(value), kinds)
+                    return (value, base) if kind == _CONTAINER else None
+                frame = frame.f_back
+        return None
+    finally:
+        frames.clear()
+        del frames
 
 
 def count(routes: tuple[Route, ...]) -> int | None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import gc
+import queue
 import sys
+import threading
+import time
 import types
 import weakref
 from collections.abc import Iterator
@@ -116,3 +121,98 @@ def test_followed_containers_are_bounded(module: types.ModuleType) -> None:
     scanner.scan()
     grow(module, 30, 70)
     assert len(scanner.scan()[1]) == 1
+
+
+def scanned(scanner: ContainerScanner, prefix: str) -> dict[str, tuple[str, int, str]]:
+    return {path: (container, length, element) for path, container, length, element in scanner.scan()[1]
+            if path.startswith(prefix)}
+
+
+def test_an_lru_cache_is_followed_through_the_dict_inside_it(module: types.ModuleType) -> None:
+    exec(compile(
+        "import functools\n"
+        "@functools.lru_cache(maxsize=None)\n"
+        "def tax_table(order): return {'order': order}\n"
+        "class RepoClient:\n"
+        "    @functools.lru_cache(maxsize=None)\n"
+        "    def read_file(self, path): return [path]\n",
+        "/srv/leaky_app.py", "exec"), module.__dict__)
+    scanner = ContainerScanner()
+
+    def call(n: int, start: int) -> None:
+        for i in range(start, start + n):
+            module.tax_table(i)
+            module.RepoClient().read_file("f%d" % i)
+
+    call(70, 0)
+    scanner.scan()
+    call(30, 70)
+    assert scanned(scanner, "leaky_app.") == {
+        "leaky_app.tax_table<lru_cache>": ("dict", 100, "dict"),
+        # Its keys hold every client (self): the classic method-cache leak.
+        "leaky_app.RepoClient.read_file<lru_cache>": ("dict", 100, "list"),
+    }
+    module.tax_table.cache_clear()
+    call(1, 200)
+    assert scanned(scanner, "leaky_app.")["leaky_app.tax_table<lru_cache>"][1] == 1
+
+
+def _flusher(inbox: queue.Queue[object]) -> None:
+    pending = []
+    while True:
+        item = inbox.get()
+        if item is None:
+            return
+        pending.append(item)
+
+
+def test_a_local_of_a_long_lived_function_in_another_thread_is_followed() -> None:
+    inbox: queue.Queue[object] = queue.Queue()
+    thread = threading.Thread(target=_flusher, args=(inbox,), name="audit-flusher", daemon=True)
+    thread.start()
+    scanner = ContainerScanner()
+    mine: list[int] = []  # the main thread's locals are never read (its frames are tasks that come and go)
+
+    def feed(n: int) -> None:
+        for i in range(n):
+            inbox.put({"i": i})
+            mine.append(i)
+        while inbox.qsize():
+            time.sleep(0.01)
+        time.sleep(0.05)
+
+    try:
+        feed(70)
+        scanner.scan(discover=True)
+        feed(30)
+        assert scanned(scanner, "<thread ") == {
+            "<thread audit-flusher> frame _flusher() local 'pending'": ("list", 100, "dict")}
+        frames = sys._current_frames()
+        frame = frames[thread.ident]  # type: ignore[index]
+        del frames
+        while frame is not None and frame.f_code.co_name != "_flusher":
+            frame = frame.f_back
+        assert frame is not None
+        frame.f_trace = lambda *_: None  # a debugger traces it: left alone
+        del frame
+        feed(10)
+        assert scanned(ContainerScanner(), "<thread ") == {}  # a fresh discovery skips it
+    finally:
+        inbox.put(None)
+        thread.join(5)
+
+
+def test_the_exit_callbacks_are_counted() -> None:
+    registered = []
+    scanner = ContainerScanner()
+    try:
+        for step in (70, 30):
+            for i in range(step):
+                callback = functools.partial(print, i)
+                atexit.register(callback)
+                registered.append(callback)
+            found = scanned(scanner, "<atexit")
+        assert found["<atexit callbacks>"][:2] == ("callbacks", atexit._ncallbacks())  # type: ignore[attr-defined]
+    finally:
+        for callback in registered:
+            atexit.unregister(callback)
