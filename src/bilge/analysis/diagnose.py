@@ -9,7 +9,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from bilge.analysis import attribution, census_diff, containers, hints, kind, own_activity, recycling, sites, trend
+from bilge.analysis import (
+    attribution,
+    census_diff,
+    containers,
+    hints,
+    holders,
+    kind,
+    own_activity,
+    recycling,
+    sites,
+    trend,
+)
 from bilge.analysis.trend import DEFAULT_POLICY, TrendPolicy
 from bilge.model import (
     INCONCLUSIVE,
@@ -76,7 +87,7 @@ class _Window:
     kind: str | None
     evidence: tuple[str, ...]
     leaky: TaskGrowth | None
-    holders: tuple[Holder, ...]  # the process's, without static tables (see _plausible_holders)
+    holders: tuple[Holder, ...]  # the process's, without static tables (see holders.plausible)
     on_heap: bool = False  # the verdict rests on the Python heap alone (RSS has not followed)
     containers: tuple[ContainerGrowth, ...] = ()  # module-level containers still growing in the window
 
@@ -287,7 +298,13 @@ def _corroborated_heap_verdict(p: ProcessData, bx: Sequence[float], by: Sequence
     heap = trend.assess(bx, by, policy, unit="task", rate=rate)
     if heap.verdict != LEAK:
         return None
-    grown = containers.growing(p.container_scans, int(bx[heap.window_start]))
+    # The containers' series from the explain window's start (a quarter in),
+    # or the heap trend's if that is earlier: the trend looks at the second
+    # half, where a short, busy child gets two or three scans within the
+    # container stage's budget; a container growing at every scan since a
+    # quarter in, and still at the latest, corroborates the heap trend.
+    since = min(int(bx[heap.window_start]), p.tasks[len(p.tasks) // 4].seq) if p.tasks else 0
+    grown = containers.growing(p.container_scans, since)
     if not grown:
         return None
     g = grown[0]
@@ -351,7 +368,7 @@ def _explain_window(p: ProcessData, start: float, leaking: bool, on_heap: bool =
     leaky = attribution.leaking_task(attribution.task_growth([tasks])) if leaking else None
     return _Window(data=p, tasks=tasks, samples=samples, censuses=_window_censuses(p.censuses, start),
                    kind=leak_kind, evidence=evidence, leaky=leaky,
-                   holders=_plausible_holders(p) if leaking else (), on_heap=on_heap,
+                   holders=holders.plausible(p) if leaking else (), on_heap=on_heap,
                    containers=containers.growing(p.container_scans, tasks[0].seq if tasks else 0) if leaking
                    else ())
 
@@ -398,96 +415,6 @@ def _types(window: _Window, task: str | None) -> tuple[tuple[TypeGrowth, ...], i
 KIND_PREFERENCE = (kind.FILE_DESCRIPTORS, kind.UNCOLLECTABLE, kind.PYTHON_OBJECTS, kind.FRAGMENTATION, kind.NATIVE)
 
 
-def _holder_for(type_name: str | None, groups: Sequence[Sequence[Holder]]) -> Holder | None:
-    """The holder of a type's objects: a path whose count grew between searches, else the most-sampled one
-    (when only one search found paths).
-
-    A container that held more of the type at a later search is the one
-    growing; a big static table of the same type (say, a module's constant
-    dict) only ever has the most targets.
-    """
-    per_process = [[h for h in group if h.type == type_name] for group in groups]
-    found = [h for group in per_process for h in group]
-    growing = _growing_holders(per_process)
-    if not growing and any(len({h.started for h in group}) >= 2 for group in per_process):
-        # Seen in two searches and held no more the second time: a static
-        # table of that type, not what keeps the growth alive. Unless no
-        # Python container holds them at all: then say that (held from C).
-        from_c = [h for h in found if _held_from_c(h)]
-        return max(from_c, key=lambda h: (h.targets, h.t)) if from_c else None
-    pool = growing or found
-    return max(pool, key=lambda h: (h.targets, h.t)) if pool else None
-
-
-# A container holding many more objects of a type than the type grew by
-# (from the process's first census to the search) held them before the
-# growth began: a library's constant table (ssl's error codes, a digraph
-# map), not what keeps the leak alive.
-STATIC_TARGETS = 2.0
-STATIC_SLACK = 100
-
-
-def _plausible_holders(p: ProcessData) -> tuple[Holder, ...]:
-    """The process's holders, without those that held more than the type's whole growth.
-
-    A path seen holding more at a later search is kept whatever it held
-    before the first census: a constant table does not grow (and a leak
-    that began before the censuses, say in an earlier test of the same
-    process, has a holder that does).
-    """
-    if not p.censuses:
-        return p.holders
-    first = p.censuses[0].types
-    growing = {(h.type, h.path) for h in _growing_holders([p.holders])}
-    out = []
-    for h in p.holders:
-        if (h.type, h.path) in growing:
-            out.append(h)
-            continue
-        before = [c for c in p.censuses if c.t <= h.t]
-        if before and h.type in before[-1].types:
-            grown = before[-1].types[h.type][0] - first.get(h.type, (0, 0))[0]
-            if h.targets > STATIC_TARGETS * max(grown, 0) + STATIC_SLACK:
-                continue
-        out.append(h)
-    return tuple(out)
-
-
-def _held_by_c_registry(h: Holder) -> bool:
-    """Held by one of the interpreter's registries kept in C (``<atexit callbacks>…``)."""
-    return h.root_kind == "registry" and h.path.startswith("<")
-
-
-def _held_from_c(h: Holder) -> bool:
-    """No Python container holds it: a path from a C-held registry, or from nothing gc-visible."""
-    return h.root_kind == "unknown" or _held_by_c_registry(h)
-
-
-def _runs_through(path: str, other: str) -> bool:
-    """Whether holder ``path`` continues ``other`` (``a._X[...]->traceback`` runs through ``a._X[...]``)."""
-    return len(path) > len(other) and path.startswith(other) and path[len(other)] in "[.-{ <"
-
-
-def _growing_holders(groups: Sequence[Sequence[Holder]]) -> list[Holder]:
-    """Holders whose path held more targets at a later search of the same process (one group per process).
-
-    A path rooted at a C-held registry (``<atexit callbacks>…``) grows by
-    construction: the search names a registry only when it grew since the
-    previous look.
-    """
-    out = []
-    for holders in groups:
-        out += [h for h in holders if _held_by_c_registry(h)]
-        first_seen: dict[tuple[str, str], Holder] = {}
-        for h in sorted(holders, key=lambda h: h.t):
-            first_seen.setdefault((h.type, h.path), h)
-        # Targets are a lower bound (bulk containers are sampled), so the
-        # growing container's own length counts too.
-        out += [h for h in holders if h.targets > first_seen[(h.type, h.path)].targets
-                or (h.container_len or 0) > (first_seen[(h.type, h.path)].container_len or 0)]
-    return out
-
-
 def _findings(
     leaky: TaskGrowth | None, types: Sequence[TypeGrowth], leak_kind: str, pids: tuple[int, ...],
     evidence: tuple[str, ...], windows: Sequence[AllocationWindow] = (),
@@ -507,11 +434,11 @@ def _findings(
     # A type whose holder was seen growing between searches leads: a big
     # static table of the same type (a library's constant list) is held too,
     # but never grows.
-    held_growing = {h.type for h in _growing_holders(holder_groups)}
+    held_growing = {h.type for h in holders.growing(holder_groups)}
     # A holder path inside a module-level container seen growing at every
     # scan is growing too, though one search saw it once.
     held_growing |= {h.type for group in holder_groups for h in group
-                     if any(h.path == g.path or _runs_through(h.path, g.path) for g in grown)}
+                     if any(h.path == g.path or holders.runs_through(h.path, g.path) for g in grown)}
     # So is the type such a container gains (its newest element's).
     held_growing |= {g.element_type for g in grown}
     # Then held types, specific ones (a class) before builtin containers,
@@ -523,11 +450,11 @@ def _findings(
     # A type whose holder path runs through another type's (a traceback
     # below the exception a list keeps, a closure's cell below the callback)
     # is the inside of that leak: the objects the container holds lead.
-    holder_of = {t.type: _holder_for(t.type, holder_groups) for t in types if t.steady}
+    holder_of = {t.type: holders.holder_for(t.type, holder_groups) for t in types if t.steady}
     paths = {name: h.path for name, h in holder_of.items() if h}
     # Held: a holder was named (a static table seen unchanged names none).
     held = set(paths)
-    inner = {name for name, path in paths.items() if any(_runs_through(path, other) for other in paths.values())}
+    inner = {name for name, path in paths.items() if any(holders.runs_through(path, other) for other in paths.values())}
     if leak_kind == kind.UNCOLLECTABLE:
         # Cycles nothing refers to have no holder: what the search found held
         # is beside the point, and the census ranking (specific types first) stands.
@@ -537,7 +464,7 @@ def _findings(
         # bookkeeping of what leaks (logging's list of every handler), never
         # ahead of a type that is held.
         steady = sorted((t for t in types if t.steady), key=lambda t: (
-            t.type in inner, _is_weak(t.type) and t.type in held_growing, t.type not in held_growing,
+            t.type in inner, holders.is_weak(t.type) and t.type in held_growing, t.type not in held_growing,
             t.type not in held, t.type in GENERIC_TYPES, -reach.get(t.type, 0)))
     owner: ContainerGrowth | None = None
     if leak_kind == kind.NATIVE:
@@ -546,7 +473,7 @@ def _findings(
         # calls in a holder seen growing is named as the owner; otherwise
         # no type is (the census counts Python objects, not native bytes).
         steady = [t for t in steady if t.type in held_growing and t.type not in GENERIC_TYPES
-                  and t.type not in inner and not _is_weak(t.type)][:1]
+                  and t.type not in inner and not holders.is_weak(t.type)][:1]
         # Or the objects of one type a module-level container gains at
         # every scan (the census may not count it: a C type's objects
         # without gc support).
@@ -564,7 +491,7 @@ def _findings(
         return (_container_finding(owner, task, leaky, bytes_per_call, pids, evidence, where, leak_kind),)
     # A container of weak references is bookkeeping of what leaks (logging's
     # list of every handler), never what keeps it alive.
-    strong = [g for g in grown if not _is_weak(g.element_type)]
+    strong = [g for g in grown if not holders.is_weak(g.element_type)]
     if strong and leak_kind == kind.PYTHON_OBJECTS and (not steady or (
             steady[0].type in GENERIC_TYPES and steady[0].type not in held_growing)):
         # No counted type, or only a builtin one nothing was seen holding as
@@ -579,7 +506,7 @@ def _findings(
             # type growing at every scan holds it.
             g = next((g for g in grown if g.element_type == t.type), None)
             if g is not None:
-                holder_of[t.type] = _container_holder(g, t.type)
+                holder_of[t.type] = holders.from_container(g, t.type)
     if not steady:
         return (Finding(task=task, type=None, kind=leak_kind, bytes_per_call=bytes_per_call, count_per_call=None,
                         hint=hints.hint(leak_kind, task, None, None), pids=pids, evidence=evidence,
@@ -627,7 +554,7 @@ def _container_finding(g: ContainerGrowth, task: str | None, leaky: TaskGrowth |
     # container's growth over the leaking task's calls.
     per_call = (leaky.items_per_call if leaky.items_per_call > 0 else g.per_task * g.tasks / leaky.calls) \
         if leaky and leaky.calls else None
-    holder = _container_holder(g, type_name)
+    holder = holders.from_container(g, type_name)
     return Finding(
         task=task, type=type_name, kind=leak_kind, bytes_per_call=bytes_per_call,
         count_per_call=round(per_call, 3) if per_call is not None else None,
@@ -635,21 +562,6 @@ def _container_finding(g: ContainerGrowth, task: str | None, leaky: TaskGrowth |
         pids=pids, location=where, holder=g.path,
         evidence=evidence + ("%s (a %s of %s) grew from %d to %d entries over %d tasks, never shrinking"
                              % (g.path, g.container_type, g.element_type, g.first, g.last, g.tasks),))
-
-
-def _container_holder(g: ContainerGrowth, type_name: str) -> Holder:
-    # Found by reading module namespaces (not by a search from the objects):
-    # "module-global" covers a class attribute or an object's attribute too;
-    # a thread's local and the exit callbacks are named as the holder search
-    # names them.
-    root_kind = "thread-stack" if g.path.startswith("<thread ") else \
-        "registry" if g.path.startswith("<") else "module-global"
-    return Holder(t=0.0, started=0.0, type=type_name, path=g.path, root_kind=root_kind,
-                  container_type=g.container_type, container_len=g.last, targets=g.last - g.first)
-
-
-def _is_weak(type_name: str) -> bool:
-    return type_name.startswith(("weakref.", "_weakref"))
 
 
 def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:

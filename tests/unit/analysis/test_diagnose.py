@@ -109,27 +109,6 @@ def test_run_without_samples_is_inconclusive() -> None:
     assert diagnosis.reason.startswith("no process recorded any sample")
 
 
-def test_holder_is_the_container_that_grew_not_a_static_table() -> None:
-    """Per process, a path that held more (targets, or container length when targets are sampled) at a later
-    search is the holder; a table seen twice unchanged is not; paths of different processes are not compared."""
-    from bilge.analysis.diagnose import _holder_for
-    from bilge.model import Holder
-
-    def h(t: float, path: str, targets: int, length: int) -> Holder:
-        return Holder(t=t, started=t - 0.1, type="list", path=path, root_kind="module-global",
-                      container_type="list", container_len=length, targets=targets)
-
-    first = [h(1.0, "lib.TABLE[...]", 80, 80), h(1.0, "app._BATCH[...]", 46, 120)]
-    later = [h(2.0, "lib.TABLE[...]", 80, 80), h(2.0, "app._BATCH[...]", 46, 400)]
-    holder = _holder_for("list", [first + later])
-    assert holder is not None and holder.path == "app._BATCH[...]"
-    assert _holder_for("list", [[h(1.0, "lib.TABLE[...]", 80, 80), h(2.0, "lib.TABLE[...]", 80, 80)]]) is None
-    # One search in each of two processes: nothing to compare, the most-sampled path stands.
-    other = [h(1.5, "app._BATCH[...]", 40, 100)]
-    holder = _holder_for("list", [[h(1.0, "app._BATCH[...]", 46, 120)], other])
-    assert holder is not None and holder.path == "app._BATCH[...]"
-
-
 def test_a_table_holding_more_than_the_type_ever_grew_is_not_the_holder() -> None:
     """One search found shop.Order in a 5000-entry library table and in the app's dict: the type grew by ~330
     objects by then, so the table held them before the leak; the app's dict is the holder."""
@@ -396,6 +375,20 @@ def test_a_slow_heap_trend_under_the_floor_is_a_leak_when_a_module_level_contain
     assert "myapp.tasks._SEEN" in top.hint
     diagnosis = diagnose(RunData(run=RUN, processes=(_seen_keys(base, 1, None),)))
     assert diagnosis.processes[0].verdict == NO_LEAK
+
+
+def test_scans_since_a_quarter_in_corroborate_a_heap_trend_the_second_half_has_few_scans_of() -> None:
+    """A short, busy child: its container stage's budget paid for scans in the first part of the run only (two
+    in the judged second half). The set grew at every scan from a quarter in, at the same pace, and still at
+    the latest: that corroborates the heap trend."""
+    base = process(2, None)
+    scanned = _seen_keys(base, 1, "shop.search")
+    last = len(base.tasks)
+    early = tuple(s for s in scanned.container_scans if s.tasks_done <= 0.6 * last)
+    assert len([s for s in early if s.tasks_done >= last // 2]) < 3  # too few for the second half alone
+    diagnosis = diagnose(RunData(run=RUN, processes=(replace(scanned, container_scans=early),)))
+    assert diagnosis.processes[0].verdict == LEAK, diagnosis.processes[0].reason
+    assert diagnosis.findings[0].holder == "myapp.tasks._SEEN"
 
 
 def test_a_container_that_stopped_growing_corroborates_nothing() -> None:

@@ -1,0 +1,38 @@
+"""Tests for bilge.analysis.holders: which path keeps a leak alive."""
+
+from __future__ import annotations
+
+from bilge.analysis.holders import from_container, holder_for
+from bilge.model import ContainerGrowth, Holder
+
+
+def test_holder_is_the_container_that_grew_not_a_static_table() -> None:
+    """Per process, a path that held more (targets, or container length when targets are sampled) at a later
+    search is the holder; a table seen twice unchanged is not; paths of different processes are not compared."""
+    def h(t: float, path: str, targets: int, length: int) -> Holder:
+        return Holder(t=t, started=t - 0.1, type="list", path=path, root_kind="module-global",
+                      container_type="list", container_len=length, targets=targets)
+
+    first = [h(1.0, "lib.TABLE[...]", 80, 80), h(1.0, "app._BATCH[...]", 46, 120)]
+    later = [h(2.0, "lib.TABLE[...]", 80, 80), h(2.0, "app._BATCH[...]", 46, 400)]
+    holder = holder_for("list", [first + later])
+    assert holder is not None and holder.path == "app._BATCH[...]"
+    assert holder_for("list", [[h(1.0, "lib.TABLE[...]", 80, 80), h(2.0, "lib.TABLE[...]", 80, 80)]]) is None
+    # One search in each of two processes: nothing to compare, the most-sampled path stands.
+    other = [h(1.5, "app._BATCH[...]", 40, 100)]
+    holder = holder_for("list", [[h(1.0, "app._BATCH[...]", 46, 120)], other])
+    assert holder is not None and holder.path == "app._BATCH[...]"
+
+
+def test_a_container_holder_is_named_with_its_root_kind() -> None:
+    """A container the scans followed names the holder as the holder search would: a thread's local is on a
+    thread's stack, the exit callbacks a registry kept in C, anything else reached from a module."""
+    def g(path: str) -> ContainerGrowth:
+        return ContainerGrowth(path=path, container_type="list", element_type="dict", first=100, last=400, tasks=900,
+                               scans=5)
+
+    assert from_container(g("<thread metrics-reporter> frame MetricsReporter.run() local 'samples'"),
+                          "dict").root_kind == "thread-stack"
+    assert from_container(g("<atexit callbacks>"), "method").root_kind == "registry"
+    held = from_container(g("app.tax_table<lru_cache>"), "dict")
+    assert (held.root_kind, held.container_len, held.targets) == ("module-global", 400, 300)
