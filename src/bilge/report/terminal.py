@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from rich import box
 from rich.console import Console, Group
 from rich.panel import Panel
-from rich.table import Table
 from rich.text import Text
 
 from bilge.model import INCONCLUSIVE, LEAK, NO_LEAK, AgentCost, Diagnosis, ProcessDiagnosis, RecyclingSummary
@@ -91,27 +89,32 @@ class TerminalReporter:
             lines.append(Text(d.reason))
         return Panel(Group(*lines), title="bilge report — run %d" % d.run.id, expand=False)
 
-    def _findings(self, d: Diagnosis) -> Table:
+    def _findings(self, d: Diagnosis) -> Group:
+        """One block per finding: its numbers on the first line, then what holds it and where it was allocated,
+        each on a line of its own, so a path wraps whole (before it, never inside it) at 80 columns."""
         # Columns shared by every finding (usually the task and kind) are in
-        # the headline already; repeating them per row only eats the width.
+        # the headline already; repeating them per finding only eats the width.
         show_task = len({f.task for f in d.findings}) > 1
         show_kind = len({f.kind for f in d.findings}) > 1
-        explained = any(f.holder or f.location for f in d.findings)
-        table = Table(title="Findings (most important first)", title_justify="left", box=box.SIMPLE_HEAD)
-        columns = ["#"] + (["task"] if show_task else []) + ["type"] + (["kind"] if show_kind else [])
-        columns += ["bytes/call", "objects/call"] + (["holder", "location"] if explained else [])
-        for col in columns:
-            table.add_column(col, overflow="fold", no_wrap=col in ("#", "bytes/call", "objects/call", "location"))
+        lines: list[Text] = [Text("Findings (most important first)", style="italic")]
         for i, f in enumerate(d.findings, 1):
-            cells = {"#": str(i), "task": f.task or "—", "type": f.type or "—", "kind": f.kind or "—",
-                     "bytes/call": human_bytes(f.bytes_per_call),
-                     "objects/call": "—" if f.count_per_call is None else "%.3g" % f.count_per_call,
-                     "holder": f.holder or "—", "location": short_location(f.location) if f.location else "—"}
-            table.add_row(*(cells[c] for c in columns))
+            head = Text.assemble(("%2d. " % i, "bold"), (f.type or "—", "bold"))
+            if show_task:
+                head.append("  task %s" % (f.task or "—"))
+            if show_kind:
+                head.append("  kind %s" % (f.kind or "—"))
+            if f.bytes_per_call is not None:
+                head.append("  %s/call" % human_bytes(f.bytes_per_call))
+            if f.count_per_call is not None:
+                head.append("  %.3g objects/call" % f.count_per_call)
+            lines.append(head)
+            if f.holder:
+                lines.append(_detail("held by      ", f.holder))
+            if f.location:
+                lines.append(_detail("allocated at ", short_location(f.location)))
             if f.values:
-                table.add_row(*("" if c != "type" else Text("values: " + "; ".join(f.values), style="yellow")
-                                for c in columns))
-        return table
+                lines.append(_detail("values       ", "; ".join(f.values), style="yellow"))
+        return Group(*lines)
 
     def _processes(self, processes: Sequence[ProcessDiagnosis]) -> Group:
         lines: list[Text] = [Text("Processes", style="italic")]
@@ -144,6 +147,12 @@ class TerminalReporter:
             if cost:
                 lines.append(Text("  " + cost, style="dim"))
         return Group(*lines)
+
+
+def _detail(label: str, value: str, style: str = "") -> Text:
+    # The value wraps only where it has spaces (a thread holder's), and is
+    # folded only when a single name is wider than the console.
+    return Text.assemble(("    " + label, "dim"), (value, style), overflow="fold")
 
 
 OPENED = "opened: "

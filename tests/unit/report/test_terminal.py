@@ -167,3 +167,19 @@ def test_process_shows_its_cost_wrapped_to_80_columns() -> None:
 def test_process_without_cost_has_no_cost_line() -> None:
     """The leak report of a process with no stored cost says nothing about bilge's cost."""
     assert "bilge cost" not in render(leak())
+
+
+def test_finding_paths_are_never_broken_at_80_columns() -> None:
+    """The holder and the location each have a line of their own: at 80 columns both read whole, as the demo's
+    do (a table column once folded them mid-name: ``/tmp/x/src/bi`` / ``lge/demo/app.py:6`` / ``8``)."""
+    holder = "bilge.demo.app.OrderEnricher._recent_orders_by_customer[...]"
+    finding = replace(leak().findings[0], type="dict", holder=holder, location="/venv/lib/python3.11/site-packages/"
+                      "bilge/demo/app.py:68", values=("'order-17'",))
+    text = render(replace(leak(), findings=(finding,)), width=80)
+    assert " 1. dict  4.0 KiB/call  1 objects/call" in text
+    assert "held by      " + holder in text
+    assert "allocated at bilge/demo/app.py:68" in text
+    assert "values       'order-17'" in text
+    two = (finding, replace(finding, task="shop.other", type="list", holder=None, location=None, values=()))
+    text = render(replace(leak(), findings=two), width=80)
+    assert " 1. dict  task shop.search  4.0 KiB/call" in text and " 2. list  task shop.other" in text
