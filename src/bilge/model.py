@@ -8,12 +8,36 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final, Literal
 
 SCHEMA_VERSION = 1
 
-LEAK = "leak"
-NO_LEAK = "no-leak"
-INCONCLUSIVE = "inconclusive"
+# The shared vocabulary: verdicts, kinds of leak, allocation tracers and
+# the builtin container types. Every layer spells them from here.
+LEAK: Final = "leak"
+NO_LEAK: Final = "no-leak"
+INCONCLUSIVE: Final = "inconclusive"
+Verdict = Literal["leak", "no-leak", "inconclusive"]
+
+# What the leaking memory is.
+FILE_DESCRIPTORS: Final = "file-descriptors"
+PYTHON_OBJECTS: Final = "python-objects"
+NATIVE: Final = "native"
+FRAGMENTATION: Final = "fragmentation"
+UNCOLLECTABLE: Final = "uncollectable"
+LeakKind = Literal["file-descriptors", "python-objects", "native", "fragmentation", "uncollectable"]
+
+# Who recorded an allocation window's sites: Python's tracemalloc, or the
+# native window's malloc sampling.
+TRACEMALLOC: Final = "tracemalloc"
+MALLOC: Final = "malloc"
+Tracer = Literal["tracemalloc", "malloc"]
+
+# Builtin containers: every program has thousands, so when a specific type
+# grows as steadily it names a leak better (the containers are usually its
+# parts); a leak of plain dicts still shows as dicts.
+GENERIC_TYPES: Final = frozenset({"dict", "list", "tuple", "set", "frozenset", "collections.deque",
+                                  "collections.OrderedDict", "collections.defaultdict"})
 
 
 # ------------------------------------------------------------- stored data --

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from bilge.agent.outbox import Outbox
+from bilge.model import GENERIC_TYPES
 from bilge.samplers import census as census_sampler
 from bilge.samplers.budget import CpuBudget
 
@@ -73,7 +74,7 @@ class Counts:
                   if self.latest[name] > previous.get(name, 0) >= baseline.get(name, 0)]
         # Specific types first (a class that piles up names the leak), then
         # the builtin containers, each by growth.
-        growth.sort(key=lambda item: (item[1] in census_sampler.GENERIC_TYPES, -item[0]))
+        growth.sort(key=lambda item: (item[1] in GENERIC_TYPES, -item[0]))
         return [name for _, name in growth[:MAX_GROWING_TYPES]]
 
     def steadily_growing(self, counts_in_a_row: int = 2) -> list[str]:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from itertools import pairwise
 from typing import Any
 
 from bilge.agent.census_stage import WALL_FLOOR
 from bilge.agent.outbox import Outbox
 from bilge.samplers.budget import CpuBudget
-from bilge.samplers.containers import ContainerScanner
+from bilge.samplers.containers import ContainerScanner, keeps_pace
 
 # A container is steadily growing when it grew at each of this many scans
 # in a row; the histories kept are bounded like the containers followed.
@@ -117,8 +116,6 @@ class ContainerStage:
         for path, points in self._history.items():
             if len(points) < STEADY_SCANS or points[-1][0] != self._latest:
                 continue  # too few readings, or not read at the latest scan (gone)
-            steps = [(b[1] - a[1], b[0] - a[0]) for a, b in pairwise(points)]
-            if all(grown > 0 and tasks > 0 for grown, tasks in steps) \
-                    and steps[-1][0] / steps[-1][1] >= 0.25 * steps[0][0] / steps[0][1]:
+            if keeps_pace(tuple(points), every_step=True):
                 out.append(path)
         return out

@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from bilge.model import Census, TypeGrowth
-from bilge.samplers.census import GENERIC_TYPES
+from bilge.model import GENERIC_TYPES, Census, TypeGrowth
 
 GENERIC = GENERIC_TYPES
 

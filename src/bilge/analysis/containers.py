@@ -14,11 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bilge.model import ContainerGrowth, ContainerScan
+from bilge.samplers.containers import keeps_pace
 
 MIN_SCANS = 3
 MIN_ELEMENTS = 16
-# The second half's growth rate against the first half's, at least.
-MIN_LATE_SHARE = 0.25
 
 
 def growing(scans: Sequence[ContainerScan], since_tasks: int = 0) -> tuple[ContainerGrowth, ...]:
@@ -40,27 +39,13 @@ def growing(scans: Sequence[ContainerScan], since_tasks: int = 0) -> tuple[Conta
     for path, points in series.items():
         if len(points) < MIN_SCANS or points[-1][0] != last_scan:
             continue  # not read throughout (too short at first, or cut from a scan): no steady series
-        if not _steady(points):
+        if not keeps_pace(points, min_growth=MIN_ELEMENTS):
             continue
         (t0, n0), (t1, n1) = points[0], points[-1]
         container, element = kinds[path]
         out.append(ContainerGrowth(path=path, container_type=container, element_type=element, first=n0, last=n1,
                                    tasks=t1 - t0, scans=len(points)))
     return tuple(sorted(out, key=lambda g: -g.per_task))
-
-
-def _steady(points: Sequence[tuple[int, int]]) -> bool:
-    lengths = [n for _, n in points]
-    if any(b < a for a, b in zip(lengths, lengths[1:])) or lengths[-1] - lengths[0] < MIN_ELEMENTS:
-        return False
-    (t0, n0), (t1, n1) = points[0], points[-1]
-    middle = t0 + (t1 - t0) / 2
-    # The reading nearest the middle of the window, in tasks.
-    tm, nm = min(points[1:-1], key=lambda p: abs(p[0] - middle))
-    if tm <= t0 or t1 <= tm:
-        return False
-    early, late = (nm - n0) / (tm - t0), (n1 - nm) / (t1 - tm)
-    return late > 0 and late >= MIN_LATE_SHARE * early
 
 
 def merged(groups: Sequence[Sequence[ContainerGrowth]]) -> tuple[ContainerGrowth, ...]:

@@ -13,7 +13,7 @@ from bilge.analysis import (
     attribution,
     census_diff,
     containers,
-    hints,
+    findings,
     holders,
     kind,
     own_activity,
@@ -21,12 +21,14 @@ from bilge.analysis import (
     sites,
     trend,
 )
+from bilge.analysis.findings import Leak
 from bilge.analysis.trend import DEFAULT_POLICY, TrendPolicy
 from bilge.model import (
     INCONCLUSIVE,
     LEAK,
+    MALLOC,
     NO_LEAK,
-    AllocationWindow,
+    TRACEMALLOC,
     Census,
     ContainerGrowth,
     Diagnosis,
@@ -42,9 +44,7 @@ from bilge.model import (
     Trend,
     TypeGrowth,
 )
-from bilge.samplers.census import GENERIC_TYPES
 
-MAX_FINDINGS = 5
 MIN_CENSUSES = 3
 # A process without tasks is judged on time: one sample every 0.5 s by
 # default, so this asks for about five minutes of samples.
@@ -214,7 +214,7 @@ def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
         reason=result.reason, rss_series=tuple((s.t, int(s.rss or 0)) for s in samples),
         fds_start=fds[0] if fds else None, fds_end=fds[-1] if fds else None,
         series=_process_series(samples), trend_line=line if result.verdict == LEAK else None,
-        sites=sites.leak_sites(p.windows, sites.MALLOC if window.kind == kind.NATIVE else sites.TRACEMALLOC),
+        sites=sites.leak_sites(p.windows, MALLOC if window.kind == kind.NATIVE else TRACEMALLOC),
         cost=raw.cost,
     )
     return diag, window
@@ -415,162 +415,14 @@ def _types(window: _Window, task: str | None) -> tuple[tuple[TypeGrowth, ...], i
 KIND_PREFERENCE = (kind.FILE_DESCRIPTORS, kind.UNCOLLECTABLE, kind.PYTHON_OBJECTS, kind.FRAGMENTATION, kind.NATIVE)
 
 
-def _findings(
-    leaky: TaskGrowth | None, types: Sequence[TypeGrowth], leak_kind: str, pids: tuple[int, ...],
-    evidence: tuple[str, ...], windows: Sequence[AllocationWindow] = (),
-    holder_groups: Sequence[Sequence[Holder]] = (), grown: Sequence[ContainerGrowth] = (),
-) -> tuple[Finding, ...]:
-    task = leaky.task if leaky else None
-    # tracemalloc sees only Python's allocators: a native leak is located by
-    # the native window alone (or not at all, rather than invented).
-    tracer = sites.MALLOC if leak_kind == kind.NATIVE else sites.TRACEMALLOC
-    found = sites.leak_sites(windows, tracer)
-    where = sites.location(found[0]) if found else None
-    if found:
-        evidence = evidence + (sites.describe(found[0], windows, tracer),)
-    # Types the agent saw still growing in the live process (it only searches
-    # holders for those) and for which it named a holder are confirmed twice:
-    # they lead, in the census ranking's order.
-    # A type whose holder was seen growing between searches leads: a big
-    # static table of the same type (a library's constant list) is held too,
-    # but never grows.
-    held_growing = {h.type for h in holders.growing(holder_groups)}
-    # A holder path inside a module-level container seen growing at every
-    # scan is growing too, though one search saw it once.
-    held_growing |= {h.type for group in holder_groups for h in group
-                     if any(h.path == g.path or holders.runs_through(h.path, g.path) for g in grown)}
-    # So is the type such a container gains (its newest element's).
-    held_growing |= {g.element_type for g in grown}
-    # Then held types, specific ones (a class) before builtin containers,
-    # the one whose holder reaches the most objects first.
-    reach: dict[str, int] = {}
-    for group in holder_groups:
-        for h in group:
-            reach[h.type] = max(reach.get(h.type, 0), h.targets)
-    # A type whose holder path runs through another type's (a traceback
-    # below the exception a list keeps, a closure's cell below the callback)
-    # is the inside of that leak: the objects the container holds lead.
-    holder_of = {t.type: holders.holder_for(t.type, holder_groups) for t in types if t.steady}
-    paths = {name: h.path for name, h in holder_of.items() if h}
-    # Held: a holder was named (a static table seen unchanged names none).
-    held = set(paths)
-    inner = {name for name, path in paths.items() if any(holders.runs_through(path, other) for other in paths.values())}
-    if leak_kind == kind.UNCOLLECTABLE:
-        # Cycles nothing refers to have no holder: what the search found held
-        # is beside the point, and the census ranking (specific types first) stands.
-        steady = [t for t in types if t.steady]
-    else:
-        # A weak reference keeps nothing alive: weakrefs that grow are the
-        # bookkeeping of what leaks (logging's list of every handler), never
-        # ahead of a type that is held.
-        steady = sorted((t for t in types if t.steady), key=lambda t: (
-            t.type in inner, holders.is_weak(t.type) and t.type in held_growing, t.type not in held_growing,
-            t.type not in held, t.type in GENERIC_TYPES, -reach.get(t.type, 0)))
-    owner: ContainerGrowth | None = None
-    if leak_kind == kind.NATIVE:
-        # Native bytes often have a Python owner (a connection, an image, an
-        # array, a parsed document): a specific type that grows with the
-        # calls in a holder seen growing is named as the owner; otherwise
-        # no type is (the census counts Python objects, not native bytes).
-        steady = [t for t in steady if t.type in held_growing and t.type not in GENERIC_TYPES
-                  and t.type not in inner and not holders.is_weak(t.type)][:1]
-        # Or the objects of one type a module-level container gains at
-        # every scan (the census may not count it: a C type's objects
-        # without gc support).
-        owner = None if steady else next((g for g in grown if g.element_type not in GENERIC_TYPES | _SCALARS),
-                                         None)
-    elif held_growing:
-        # Findings after the first clear the same bar: their holder was seen
-        # growing too (a static table of a type that happens to grow, say
-        # pygments' style lists, is not a second leak).
-        steady = steady[:1] + [t for t in steady[1:MAX_FINDINGS] if t.type in held_growing]
-    else:
-        steady = steady[:MAX_FINDINGS]
-    bytes_per_call = round(attribution.kept_per_call(leaky), 1) if leaky else None
-    if owner is not None:
-        return (_container_finding(owner, task, leaky, bytes_per_call, pids, evidence, where, leak_kind),)
-    # A container of weak references is bookkeeping of what leaks (logging's
-    # list of every handler), never what keeps it alive.
-    strong = [g for g in grown if not holders.is_weak(g.element_type)]
-    if strong and leak_kind == kind.PYTHON_OBJECTS and (not steady or (
-            steady[0].type in GENERIC_TYPES and steady[0].type not in held_growing)):
-        # No counted type, or only a builtin one nothing was seen holding as
-        # it grew (a tuple count that bilge's own window moved, "held" by a
-        # constant table such as ssl's error codes): the container that
-        # grows through the window names the leak better.
-        return (_container_finding(strong[0], task, leaky, bytes_per_call, pids, evidence, where),)
-    for t in steady:
-        if holder_of[t.type] is None or t.type not in held_growing:
-            # A type the holder search missed (it ran late, or sampled), or
-            # found only in a place never seen growing: a container of that
-            # type growing at every scan holds it.
-            g = next((g for g in grown if g.element_type == t.type), None)
-            if g is not None:
-                holder_of[t.type] = holders.from_container(g, t.type)
-    if not steady:
-        return (Finding(task=task, type=None, kind=leak_kind, bytes_per_call=bytes_per_call, count_per_call=None,
-                        hint=hints.hint(leak_kind, task, None, None), pids=pids, evidence=evidence,
-                        location=where),)
-    out = []
-    for i, t in enumerate(steady):
-        holder = holder_of[t.type]
-        born = sites.type_site(t.type, windows)
-        out.append(Finding(
-            task=task, type=t.type, kind=leak_kind,
-            bytes_per_call=bytes_per_call if i == 0 else (
-                round(t.bytes_per_call, 1) if t.bytes_per_call is not None else None),
-            count_per_call=round(t.count_per_call, 3) if t.count_per_call is not None else None,
-            hint=hints.hint(leak_kind, task, t.type, t.count_per_call, holder), pids=pids,
-            evidence=evidence + ("%s: +%d objects, +%d bytes over the window" % (t.type, t.count_delta, t.bytes_delta),)
-            + (("held by %s (%s, %s of %s)" % (holder.path, holder.root_kind, holder.container_len,
-                                                 holder.container_type),) if holder else ())
-            + ((sites.describe_type_site(born),) if born else ()),
-            # The user's line that made this type's window-born objects is
-            # the most specific answer; else the top surviving bytes (user
-            # code first), for the first finding.
-            # A native leak's line is where the native bytes were allocated.
-            location=where if leak_kind == kind.NATIVE and where
-            else sites.location(born) if born and (born.owner == "user" or where is None)
-            else (where if i == 0 else None),
-            holder=holder.path if holder else None, values=holder.values if holder else ()))
-    return tuple(out)
-
-
-# Element types that own no native memory: never named as a native leak's owner.
-_SCALARS = frozenset({"str", "bytes", "int", "float", "bool", "NoneType", "?"})
-
-
-def _container_finding(g: ContainerGrowth, task: str | None, leaky: TaskGrowth | None, bytes_per_call: float | None,
-                       pids: tuple[int, ...], evidence: tuple[str, ...], where: str | None,
-                       leak_kind: str = kind.PYTHON_OBJECTS) -> Finding:
-    """A leak no counted type explains, named by the module-level container that keeps growing.
-
-    Its elements are untracked objects (strings, numbers, bytes) or a type
-    the census cut: the newest element's type names them, the container's
-    path holds them.
-    """
-    type_name = g.element_type if g.element_type != "?" else g.container_type
-    # Items per call as the task hooks counted them (exact), else the
-    # container's growth over the leaking task's calls.
-    per_call = (leaky.items_per_call if leaky.items_per_call > 0 else g.per_task * g.tasks / leaky.calls) \
-        if leaky and leaky.calls else None
-    holder = holders.from_container(g, type_name)
-    return Finding(
-        task=task, type=type_name, kind=leak_kind, bytes_per_call=bytes_per_call,
-        count_per_call=round(per_call, 3) if per_call is not None else None,
-        hint=hints.hint(leak_kind, task, type_name, per_call, holder),
-        pids=pids, location=where, holder=g.path,
-        evidence=evidence + ("%s (a %s of %s) grew from %d to %d entries over %d tasks, never shrinking"
-                             % (g.path, g.container_type, g.element_type, g.first, g.last, g.tasks),))
-
-
 def _with_findings(d: ProcessDiagnosis, window: _Window) -> ProcessDiagnosis:
     leaky = window.leaky
     types, _, _ = _types(window, leaky.task if leaky else None)
-    findings = _findings(leaky, types, window.kind or kind.NATIVE, (d.pid,), window.evidence, window.data.windows,
-                         [window.holders], window.containers)
-    reported = [t for t in types if any(f.type == t.type for f in findings)]
-    return replace(d, findings=findings, type_series=_type_series(window.data.censuses, reported))
+    found = findings.findings(Leak(
+        leaky=leaky, types=tuple(types), kind=window.kind or kind.NATIVE, pids=(d.pid,), evidence=window.evidence,
+        windows=tuple(window.data.windows), holder_groups=(window.holders,), grown=window.containers))
+    reported = [t for t in types if any(f.type == t.type for f in found)]
+    return replace(d, findings=found, type_series=_type_series(window.data.censuses, reported))
 
 
 def _pooled_findings(
@@ -597,5 +449,8 @@ def _pooled_findings(
                                                if k in KIND_PREFERENCE else -len(KIND_PREFERENCE)))
     evidence = next(w.evidence for _, w in leaking if (w.kind or kind.NATIVE) == leak_kind)
     pids = tuple(d.pid for d, _ in leaking)
-    return _findings(leaky, types, leak_kind, pids, evidence, [x for _, w in leaking for x in w.data.windows],
-                     [w.holders for _, w in leaking], containers.merged([w.containers for _, w in leaking]))
+    return findings.findings(Leak(
+        leaky=leaky, types=tuple(types), kind=leak_kind, pids=pids, evidence=evidence,
+        windows=tuple(x for _, w in leaking for x in w.data.windows),
+        holder_groups=tuple(w.holders for _, w in leaking),
+        grown=containers.merged([w.containers for _, w in leaking])))

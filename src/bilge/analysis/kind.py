@@ -24,13 +24,20 @@ from collections.abc import Sequence
 
 from bilge.analysis import trend
 from bilge.analysis.stats import block_medians, mann_kendall, theil_sen
-from bilge.model import AllocationWindow, FdSnapshot, Sample, TaskRecord
+from bilge.model import (
+    FILE_DESCRIPTORS,
+    FRAGMENTATION,
+    NATIVE,
+    PYTHON_OBJECTS,
+    TRACEMALLOC,
+    UNCOLLECTABLE,
+    AllocationWindow,
+    FdSnapshot,
+    Sample,
+    TaskRecord,
+)
 
-FILE_DESCRIPTORS = "file-descriptors"
-PYTHON_OBJECTS = "python-objects"
-NATIVE = "native"
-FRAGMENTATION = "fragmentation"
-UNCOLLECTABLE = "uncollectable"
+__all__ = ["FILE_DESCRIPTORS", "FRAGMENTATION", "NATIVE", "PYTHON_OBJECTS", "UNCOLLECTABLE", "classify"]
 MIN_GARBAGE_GROWTH = 10
 # Below this share of the RSS growth, what tracemalloc saw survive is not the
 # leak: the memory is allocated outside Python's allocators (a worker keeps
@@ -135,7 +142,7 @@ def classify(
 
 def _traced_share(windows: Sequence[AllocationWindow], tasks: Sequence[TaskRecord]) -> tuple[float, str] | None:
     """Share of the RSS growth per task that allocations traced by tracemalloc explain."""
-    done = [w for w in windows if w.status == "done" and w.tasks and w.tracer == "tracemalloc"]
+    done = [w for w in windows if w.status == "done" and w.tasks and w.tracer == TRACEMALLOC]
     usable = [t for t in tasks if t.rss_after is not None]
     if not done or len(usable) < 2:
         return None

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from bilge.model import AllocationSite, AllocationWindow, TypeSite
+from bilge.model import MALLOC, TRACEMALLOC, AllocationSite, AllocationWindow, TypeSite
 from bilge.samplers.allocations import merge_sites
 
 DONE = "done"
@@ -23,8 +23,6 @@ MIN_TYPE_SHARE = 0.3
 
 
 MIN_NATIVE_RISES = 3
-TRACEMALLOC = "tracemalloc"
-MALLOC = "malloc"
 
 
 def done(windows: Sequence[AllocationWindow], tracer: str = TRACEMALLOC) -> list[AllocationWindow]:

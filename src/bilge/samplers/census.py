@@ -22,12 +22,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-# Builtin containers: every program has thousands, so when a specific type
-# grows as steadily it names a leak better (the containers are usually its
-# parts); a leak of plain dicts still shows as dicts.
-GENERIC_TYPES = frozenset({"dict", "list", "tuple", "set", "frozenset", "collections.deque",
-                           "collections.OrderedDict", "collections.defaultdict"})
-
 
 @dataclass(frozen=True)
 class CensusResult:

@@ -42,6 +42,7 @@ import gc
 import os
 import sys
 import time
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -447,6 +448,36 @@ def _find_local(route: Route, kinds: dict[type, tuple[int, Any]] | None) -> tupl
     finally:
         frames.clear()
         del frames
+
+
+# The second half's growth rate against the first half's, at least: a cache
+# filling in warm-up grows ever slower, a deque at its maxlen or an evicting
+# cache stops; a leak keeps its pace.
+MIN_LATE_SHARE = 0.25
+
+
+def keeps_pace(points: Sequence[tuple[int, int]], min_growth: int = 1, every_step: bool = False) -> bool:
+    """Whether a container's lengths, as (tasks done, length) readings in order, grow steadily: never shrinking,
+    by ``min_growth`` or more, and in the second half (from the reading nearest the middle, in tasks) at
+    ``MIN_LATE_SHARE`` of the first half's rate or more; with ``every_step``, growing at every reading too.
+
+    The one test of steadiness, for the agent (which escalates on it) and the analysis (which names a holder by
+    it); stdlib-only, so the agent can use it.
+    """
+    if len(points) < 3:
+        return False
+    lengths = [n for _, n in points]
+    steps = [b - a for a, b in zip(lengths, lengths[1:])]
+    if any(step < 0 for step in steps) or (every_step and not all(step > 0 for step in steps)) \
+            or lengths[-1] - lengths[0] < min_growth:
+        return False
+    (t0, n0), (t1, n1) = points[0], points[-1]
+    middle = t0 + (t1 - t0) / 2
+    tm, nm = min(points[1:-1], key=lambda p: abs(p[0] - middle))
+    if tm <= t0 or t1 <= tm:
+        return False
+    early, late = (nm - n0) / (tm - t0), (n1 - nm) / (t1 - tm)
+    return late > 0 and late >= MIN_LATE_SHARE * early
 
 
 def count(routes: tuple[Route, ...]) -> int | None:

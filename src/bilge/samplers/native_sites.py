@@ -38,12 +38,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from bilge.model import AllocationSite, AllocationWindow
+from bilge.model import MALLOC, AllocationSite, AllocationWindow
 from bilge.samplers.allocations import owner_of
 
 __all__ = ["NativeWindow", "TRACER"]
 
-TRACER = "malloc"
+TRACER = MALLOC
 _MAX_LINES = 4096
 _MAX_PENDING = 65536
 _STACK = 6

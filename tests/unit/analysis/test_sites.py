@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bilge.analysis import sites
-from bilge.model import AllocationSite, AllocationWindow, TypeSite
+from bilge.model import MALLOC, AllocationSite, AllocationWindow, TypeSite
 
 
 def _window(status: str, *joined: TypeSite) -> AllocationWindow:
@@ -44,6 +44,6 @@ def test_each_tracer_keeps_its_own_sites_and_a_native_site_must_repeat():
 
     assert [(s.line, s.size) for s in sites.leak_sites(windows)] == [(10, 9000)]
     # the single megabyte rise is a buffer made once; the repeated 16 KiB rises are the leak
-    assert [(s.line, s.size) for s in sites.leak_sites(windows, sites.MALLOC)] == [(29, 147600)]
-    assert "native window over 24 tasks" in sites.describe(sites.leak_sites(windows, sites.MALLOC)[0], windows,
-                                                            sites.MALLOC)
+    assert [(s.line, s.size) for s in sites.leak_sites(windows, MALLOC)] == [(29, 147600)]
+    assert "native window over 24 tasks" in sites.describe(sites.leak_sites(windows, MALLOC)[0], windows,
+                                                            MALLOC)

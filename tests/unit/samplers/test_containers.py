@@ -216,3 +216,19 @@ def test_the_exit_callbacks_are_counted() -> None:
     finally:
         for callback in registered:
             atexit.unregister(callback)
+
+
+def test_keeps_pace_tells_a_leak_from_a_cache_filling_up() -> None:
+    """One test of steadiness for the agent and the analysis: never shrinking, and the second half's rate at
+    least a quarter of the first's; ``every_step`` asks for growth at every reading too."""
+    from bilge.samplers.containers import keeps_pace
+
+    leak = [(100, 64), (200, 97), (300, 131), (400, 164)]
+    assert keeps_pace(leak) and keeps_pace(leak, min_growth=100, every_step=True)
+    assert not keeps_pace(leak, min_growth=101)
+    filling = [(100, 64), (200, 300), (300, 330), (400, 335)]  # a cache filling ever slower
+    assert not keeps_pace(filling)
+    assert not keeps_pace([(100, 64), (200, 90), (300, 80), (400, 120)])  # shrank once: an evicting cache
+    paused = [(100, 64), (200, 64), (300, 100), (400, 140)]
+    assert keeps_pace(paused) and not keeps_pace(paused, every_step=True)
+    assert not keeps_pace([(100, 64), (200, 90)])  # too few readings

@@ -1,0 +1,109 @@
+"""Tests for bilge.analysis.findings: each step of the findings pipeline alone, then the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from bilge.analysis import kind
+from bilge.analysis.findings import (
+    Draft,
+    FindingsPipeline,
+    Leak,
+    container_holders,
+    emit,
+    growing_container,
+    growing_holders,
+    name_holders,
+    native_owner,
+    rank,
+    same_bar,
+)
+from bilge.model import ContainerGrowth, Holder, TaskGrowth, TypeGrowth
+
+SEARCH = TaskGrowth(task="shop.search", calls=500, bytes_per_call=4096.0, blocks_per_call=30.0, score=12.0)
+
+
+def grew(name: str, count: int = 500, steady: bool = True) -> TypeGrowth:
+    return TypeGrowth(type=name, count_delta=count, bytes_delta=count * 100, count_per_call=count / 500,
+                      bytes_per_call=count * 100 / 500, steady=steady)
+
+
+def held(name: str, path: str, targets: int, t: float = 1.0, length: int = 100) -> Holder:
+    return Holder(t=t, started=t - 0.1, type=name, path=path, root_kind="module-global", container_type="list",
+                  container_len=length, targets=targets)
+
+
+def container(path: str, element: str, first: int = 100, last: int = 600) -> ContainerGrowth:
+    return ContainerGrowth(path=path, container_type="list", element_type=element, first=first, last=last,
+                           tasks=1500, scans=6)
+
+
+def draft(types: tuple[TypeGrowth, ...], leak_kind: str = kind.PYTHON_OBJECTS, groups: tuple[tuple[Holder, ...], ...]
+          = (), grown: tuple[ContainerGrowth, ...] = ()) -> Draft:
+    leak = Leak(leaky=SEARCH, types=types, kind=leak_kind, pids=(7,), evidence=("grows",), holder_groups=groups,
+                grown=grown)
+    return Draft(leak=leak, evidence=leak.evidence)
+
+
+def through(d: Draft, *steps: object) -> Draft:
+    for step in steps:
+        d = step(d)  # type: ignore[operator]
+    return d
+
+
+def test_a_type_held_by_a_path_seen_growing_leads_a_bigger_generic_one() -> None:
+    """dict grew most in the census, but only shop.Order's holder was seen holding more at the later search."""
+    groups = ((held("shop.Order", "shop._ORDERS", 40), held("shop.Order", "shop._ORDERS", 90, t=2.0, length=300),
+               held("dict", "lib.TABLE", 5000), held("dict", "lib.TABLE", 5000, t=2.0)),)
+    d = through(draft((grew("dict", 2000), grew("shop.Order", 500)), groups=groups), growing_holders, name_holders,
+                rank)
+    assert d.held_growing == {"shop.Order"}
+    assert [t.type for t in d.ranked] == ["shop.Order", "dict"]
+
+
+def test_uncollectable_cycles_keep_the_census_order() -> None:
+    d = through(draft((grew("dict", 2000), grew("shop.Node", 500)), leak_kind=kind.UNCOLLECTABLE), growing_holders,
+                name_holders, rank)
+    assert [t.type for t in d.ranked] == ["dict", "shop.Node"]
+
+
+def test_a_second_finding_must_be_held_by_a_growing_path_too() -> None:
+    """pygments' style lists grow a little and sit in a static table: not a second leak."""
+    d = replace(draft(()), held_growing=frozenset({"shop.Order"}), ranked=(grew("shop.Order"), grew("list")))
+    assert [t.type for t in same_bar(d).ranked] == ["shop.Order"]
+    assert [t.type for t in same_bar(replace(d, held_growing=frozenset())).ranked] == ["shop.Order", "list"]
+
+
+def test_native_bytes_are_owned_by_a_specific_held_type_or_by_what_a_container_gains() -> None:
+    base = draft((), leak_kind=kind.NATIVE, grown=(container("app._CTX", "str"), container("app._IMGS", "PIL.Image")))
+    d = native_owner(replace(base, held_growing=frozenset({"app.Context"}),
+                             ranked=(grew("dict"), grew("app.Context"))))
+    assert [t.type for t in d.ranked] == ["app.Context"] and d.owner is None
+    d = native_owner(replace(base, ranked=(grew("dict"),)))
+    # No held type: the container's elements, never a scalar's (a str owns no native memory).
+    assert d.ranked == () and d.owner is not None and d.owner.path == "app._IMGS"
+
+
+def test_a_growing_container_names_a_leak_only_a_builtin_type_nothing_holds_explains() -> None:
+    grown = (container("app._SEEN", "weakref.ReferenceType"), container("app._KEYS", "str"))
+    d = growing_container(replace(draft((), grown=grown), ranked=(grew("tuple"),)))
+    assert d.owner is not None and d.owner.path == "app._KEYS"  # weak references keep nothing alive
+    d = growing_container(replace(draft((), grown=grown), ranked=(grew("shop.Order"),)))
+    assert d.owner is None
+
+
+def test_a_container_growing_at_every_scan_holds_a_type_the_search_missed() -> None:
+    d = replace(draft((), grown=(container("<thread reporter> frame run() local 'samples'", "dict"),)),
+                ranked=(grew("dict"),), holder_of={"dict": None})
+    holder = container_holders(d).holder_of["dict"]
+    assert holder is not None and (holder.path, holder.root_kind) == (
+        "<thread reporter> frame run() local 'samples'", "thread-stack")
+
+
+def test_the_pipeline_runs_its_steps_in_order_and_the_last_writes_the_findings() -> None:
+    leak = draft((grew("shop.Order"),)).leak
+    bare = FindingsPipeline(steps=(emit,))(leak)
+    assert len(bare) == 1 and bare[0].type is None and bare[0].task == "shop.search"  # nothing ranked: task only
+    full = FindingsPipeline()(replace(leak, holder_groups=((held("shop.Order", "shop._ORDERS", 40),),)))
+    assert (full[0].type, full[0].holder) == ("shop.Order", "shop._ORDERS")
+    assert full[0].bytes_per_call is not None
