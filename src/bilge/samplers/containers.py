@@ -231,12 +231,16 @@ def _discover() -> list[Route]:
                 _discover_in(namespace, (module_name,), routes, kinds, depth, classes=not installed)
             if len(routes) >= MAX_ROUTES:
                 break
-        _discover_threads(routes, kinds)
+        # Held outside any module's containers: few, and first (never cut by the bound).
+        outside: list[Route] = []
+        _discover_threads(outside, kinds)
         if callable(getattr(sys.modules.get("atexit"), "_ncallbacks", None)):
-            routes.append((_EXIT_CALLBACKS,))
+            outside.append((_EXIT_CALLBACKS,))
     finally:
         kinds.clear()
-    return routes[:MAX_ROUTES]
+    # Two threads of one name running one function: the first is followed.
+    outside = list(dict.fromkeys(outside))[:MAX_ROUTES // 8]
+    return outside + routes[:MAX_ROUTES - len(outside)]
 
 
 def _path(route: Route) -> str:
