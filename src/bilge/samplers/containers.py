@@ -368,9 +368,11 @@ def _discover_in(namespace: Any, route: Route, routes: list[Route], kinds: dict[
             if not kind or type(name) is not str or name.startswith("__"):
                 continue
             if kind == _CONTAINER:
-                routes.append(route + (name,))
+                if not _bounded(value, known[1]):
+                    routes.append(route + (name,))
             elif kind == _CACHE:
-                routes.append(route + (name, _LRU))
+                if not _bounded(value, _LRU_WRAPPER):
+                    routes.append(route + (name, _LRU))
             elif depth and (classes or kind != _CLASS):
                 found.append((name, value, known))
     except Exception:  # changed size under us, or an odd mapping
@@ -381,6 +383,23 @@ def _discover_in(namespace: Any, route: Route, routes: list[Route], kinds: dict[
         inner = _attributes(value, type(value), known, route[0])
         if inner is not None and len(inner) <= MAX_ATTRIBUTES:
             _discover_in(inner, route + (name,), routes, kinds, depth - 1)
+
+
+_DEQUE_MAXLEN = collections.deque.__dict__["maxlen"]
+
+
+def _bounded(value: Any, base: Any) -> bool:
+    """A deque with a ``maxlen`` or an ``lru_cache`` with a ``maxsize``: it stops growing at its bound, so it
+    holds no leak, and filling up in warm-up it would look like one."""
+    try:
+        if base is collections.deque:
+            return _DEQUE_MAXLEN.__get__(value, collections.deque) is not None
+        if base is _LRU_WRAPPER:
+            # The C method, from the type: the tuple it returns is (hits, misses, maxsize, currsize).
+            return tuple.__getitem__(_LRU_WRAPPER.cache_info(value), 2) is not None
+    except Exception:  # noqa: BLE001 - an odd object: followed like any other
+        return False
+    return False
 
 
 def _attributes(value: Any, cls: type, known: tuple[int, Any], module_name: str) -> Any:

@@ -232,3 +232,20 @@ def test_keeps_pace_tells_a_leak_from_a_cache_filling_up() -> None:
     paused = [(100, 64), (200, 64), (300, 100), (400, 140)]
     assert keeps_pace(paused) and not keeps_pace(paused, every_step=True)
     assert not keeps_pace([(100, 64), (200, 90)])  # too few readings
+
+
+def test_bounded_deques_and_caches_are_not_followed(module: types.ModuleType) -> None:
+    """A deque with a maxlen and an lru_cache with a maxsize stop at their bound: filling up during warm-up they
+    would look like a leak, and they never hold one."""
+    import collections
+
+    exec(compile("import functools\n@functools.lru_cache(maxsize=256)\ndef rates(order): return {'o': order}\n",
+                 "/srv/leaky_app.py", "exec"), module.__dict__)
+    module.RECENT = collections.deque(maxlen=500)  # type: ignore[attr-defined]
+    scanner = ContainerScanner()
+    for start in (0, 70, 140):
+        for i in range(start, start + 70):
+            module.rates(i)
+            module.RECENT.append(i)
+        found = scanned(scanner, "leaky_app.")
+    assert "leaky_app.RECENT" not in found and "leaky_app.rates<lru_cache>" not in found
