@@ -77,8 +77,12 @@ _STDLIB_REGISTRIES = frozenset({"logging", "warnings", "threading", "copyreg", "
                                 "re", "encodings", "mimetypes", "socket", "ssl", "asyncio.events"})
 _TYPE_DICT = type.__dict__["__dict__"]
 _GETSET = type(_TYPE_DICT)
-_LRU_WRAPPER: Any = functools._lru_cache_wrapper  # the C type
-_LRU_DICT = _LRU_WRAPPER.__dict__["__dict__"]
+# The C type of functools.lru_cache's wrappers; an interpreter without it (a
+# pure-Python functools) has no cache dict to read: caches are not followed.
+_LRU_WRAPPER: Any = getattr(functools, "_lru_cache_wrapper", None)
+_LRU_DICT: Any = _LRU_WRAPPER.__dict__.get("__dict__") if type(_LRU_WRAPPER) is type else None
+if type(_LRU_DICT) is not _GETSET:
+    _LRU_WRAPPER = _LRU_DICT = object()  # matches no type
 _CO_OPTIMIZED = 0x1  # a function's frame (a module's or class body's f_locals is its namespace)
 # Frames of a thread's stack read, from the innermost.
 MAX_FRAMES = 32
