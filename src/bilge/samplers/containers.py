@@ -39,6 +39,7 @@ import _thread
 import collections
 import functools
 import gc
+import itertools
 import os
 import sys
 import time
@@ -65,6 +66,18 @@ MAX_COUNTED = 2
 # last one (lazy imports come in bursts during warm-up).
 REDISCOVER_EVERY = 10
 REDISCOVER_IMPORTED = 5
+# A discovery re-reads a module's names only when its namespace changed size
+# (or is another dict) since the last one, and every module's at every
+# REDISCOVER_FULL-th discovery (an object's attribute set later, a class's
+# container added at run time). Between, a Celery child's discovery costs a
+# fraction of its ~6-10 ms.
+REDISCOVER_FULL = 4
+# A container not followed whose length was the same at this many reads in
+# a row is read at one scan in QUIET_EVERY only: most routes are tables that
+# never move (~650 in a Celery child, ~1.2 ms a scan read in full); a
+# container that starts to move is seen within QUIET_EVERY scans.
+QUIET_AFTER = 3
+QUIET_EVERY = 4
 
 _CONTAINERS = (dict, list, set, collections.deque)
 _OWN = "bilge."
@@ -132,6 +145,15 @@ class ContainerScanner:
         self._names: dict[str, str] = {}
         self._lengths: dict[Route, int] = {}
         self._followed: set[Route] = set()
+        # Reads in a row at the same length, per route not followed (only those above 0).
+        self._still: dict[Route, int] = {}
+        # Routes read at every scan, and those read at one scan in QUIET_EVERY.
+        self._loud: list[Route] = []
+        self._quiet: list[Route] = []
+        self._scans = 0
+        # Per module: ((id, length) of its namespace, its routes) at the last discovery that read it.
+        self._modules_seen: dict[str, tuple[tuple[int, int], tuple[Route, ...]]] = {}
+        self._discoveries = 0
         # The followed containers that grew at the latest scan, most first:
         # the task hooks count their items around each read task, which
         # names the task that adds to them exactly (see ``count``).
@@ -153,13 +175,21 @@ class ContainerScanner:
         """
         started = time.thread_time()
         since = 0
+        lengths, still, followed = self._lengths, self._still, self._followed
         if self.discovery_due() if discover is None else discover:
             self._modules = len(sys.modules)
-            self._routes = _discover()
+            full = self._discoveries % REDISCOVER_FULL == 0
+            self._discoveries += 1
+            self._routes, self._modules_seen = _discover(None if full else self._modules_seen)
+            known = set(self._routes)
+            self._lengths = lengths = {r: n for r, n in lengths.items() if r in known}
+            self._still = still = {r: n for r, n in still.items() if r in known}
+            self._loud = [r for r in self._routes if still.get(r, 0) < QUIET_AFTER]
+            self._quiet = [r for r in self._routes if still.get(r, 0) >= QUIET_AFTER]
         else:
             since = self._since_discovery
         self._since_discovery = since + 1
-        names, lengths, followed = self._names, self._lengths, self._followed
+        names = self._names
         if len(names) > MAX_NAMES:
             names.clear()
         keep = names.setdefault
@@ -168,21 +198,41 @@ class ContainerScanner:
         # previous one: their series starts a scan earlier.
         starting = []
         grew: list[tuple[int, Route]] = []
-        current: dict[Route, int] = {}
+        tick = self._scans
+        self._scans = tick + 1
+        loud, quiet = self._loud, self._quiet
+        # Every loud route, and the quiet ones whose turn it is.
+        turn = quiet[tick % QUIET_EVERY::QUIET_EVERY]
+        loud_now: list[Route] = []
+        hushed: list[Route] = []  # loud routes that turned quiet at this scan
+        woke: set[Route] = set()  # quiet routes that moved, or are gone
         kinds: dict[type, tuple[int, Any]] = {}
         found: tuple[Any, Any] | None = None
         try:
-            for route in self._routes:
+            for index, route in enumerate(itertools.chain(loud, turn)):
+                was_quiet = index >= len(loud)
                 found = _find(route, kinds)
-                if found is None:
+                if found is None:  # gone: forgotten until a discovery finds it again
+                    lengths.pop(route, None)
+                    still.pop(route, None)
+                    if was_quiet:
+                        woke.add(route)
                     continue
                 length = found[1].__len__(found[0])  # the builtin's own: a subclass's __len__ is user code
-                current[route] = length
                 before = lengths.get(route)
+                lengths[route] = length
                 new = route not in followed
+                if new and before == length:
+                    count_still = still[route] = still.get(route, 0) + 1
+                    if not was_quiet:
+                        (hushed if count_still >= QUIET_AFTER else loud_now).append(route)
+                    continue
+                still.pop(route, None)
+                if was_quiet:
+                    woke.add(route)
+                loud_now.append(route)
                 if new:
-                    if before is None or before == length or length < self.min_length \
-                            or len(followed) >= self.max_followed:
+                    if before is None or length < self.min_length or len(followed) >= self.max_followed:
                         continue
                     followed.add(route)
                 path = _path(route)
@@ -192,12 +242,15 @@ class ContainerScanner:
                 element = _newest_type(*found)
                 reading = (keep(path, path), keep(container, container), length, keep(element, element))
                 readings.append(reading)
-                if new and before is not None:
+                if new and before is not None and not was_quiet:
+                    # (Its length at the previous scan is known only if that scan read it.)
                     starting.append(reading[:2] + (before,) + reading[3:])
         finally:
             found = None  # no reference to the last container outlives the scan
             kinds.clear()
-        self._lengths = current
+        self._loud = loud_now  # (a quiet route that moved is in it already)
+        if hushed or woke:
+            self._quiet = [r for r in quiet if r not in woke] + hushed
         counted = tuple(route for _, route in sorted(grew, reverse=True)[:MAX_COUNTED])
         if counted != self.counted:
             self.counted = counted
@@ -206,9 +259,19 @@ class ContainerScanner:
         return time.thread_time() - started, tuple(readings)
 
 
-def _discover() -> list[Route]:
-    """The routes of every container modules keep (bounded)."""
+ModulesSeen = dict[str, tuple[tuple[int, int], tuple[Route, ...]]]
+
+
+def _discover(seen_before: ModulesSeen | None = None) -> tuple[list[Route], ModulesSeen]:
+    """The routes of every container modules keep (bounded), and per module what was read.
+
+    Args:
+        seen_before: the previous discovery's per-module record; a module
+            whose namespace is the same dict at the same size keeps its
+            routes without being read again (None: read every module).
+    """
     routes: list[Route] = []
+    modules_seen: ModulesSeen = {}
     # What each type seen is (a container, an object or class to look into,
     # or neither); dropped with the discovery: no type is kept.
     kinds: dict[type, tuple[int, Any]] = {}
@@ -230,9 +293,17 @@ def _discover() -> list[Route]:
                 top = module_name.partition(".")[0]
                 if top in _STDLIB and module_name not in _STDLIB_REGISTRIES:
                     continue
-                depth = 2 if module_name in _STDLIB_REGISTRIES else 1
-                installed = _INSTALLED in str(namespace.get("__file__") or "")
-                _discover_in(namespace, (module_name,), routes, kinds, depth, classes=not installed)
+                key = (id(namespace), len(namespace))
+                before = seen_before.get(module_name) if seen_before is not None else None
+                if before is not None and before[0] == key:
+                    routes.extend(before[1])
+                    modules_seen[module_name] = before
+                else:
+                    depth = 2 if module_name in _STDLIB_REGISTRIES else 1
+                    installed = _INSTALLED in str(namespace.get("__file__") or "")
+                    first = len(routes)
+                    _discover_in(namespace, (module_name,), routes, kinds, depth, classes=not installed)
+                    modules_seen[module_name] = (key, tuple(routes[first:]))
             if len(routes) >= MAX_ROUTES:
                 break
         # Held outside any module's containers: few, and first (never cut by the bound).
@@ -244,7 +315,7 @@ def _discover() -> list[Route]:
         kinds.clear()
     # Two threads of one name running one function: the first is followed.
     outside = list(dict.fromkeys(outside))[:MAX_ROUTES // 8]
-    return outside + routes[:MAX_ROUTES - len(outside)]
+    return outside + routes[:MAX_ROUTES - len(outside)], modules_seen
 
 
 def _path(route: Route) -> str:

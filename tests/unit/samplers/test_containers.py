@@ -249,3 +249,37 @@ def test_bounded_deques_and_caches_are_not_followed(module: types.ModuleType) ->
             module.RECENT.append(i)
         found = scanned(scanner, "leaky_app.")
     assert "leaky_app.RECENT" not in found and "leaky_app.rates<lru_cache>" not in found
+
+
+def test_a_quiet_container_is_read_less_often_and_followed_soon_once_it_moves(module: types.ModuleType) -> None:
+    """A container whose length stayed put at three reads is read at one scan in four; once it moves it is read
+    at every scan again and followed, within four scans."""
+    from bilge.samplers import containers
+
+    module.LATER = list(range(100))  # type: ignore[attr-defined]
+    scanner = ContainerScanner()
+    reads = []
+    real_find = containers._find
+
+    def counting(route: tuple[str, ...], kinds: object = None) -> object:
+        if route == ("leaky_app", "LATER"):
+            reads.append(route)
+        return real_find(route, kinds)  # type: ignore[arg-type]
+
+    containers._find = counting  # type: ignore[assignment]
+    try:
+        for scan in range(12):
+            scanner.scan(discover=scan == 0)
+        assert 4 <= len(reads) <= 6  # three reads to turn quiet, then one in four
+        scans = 0
+        found: dict[str, tuple[str, int, str]] = {}
+        while "leaky_app.LATER" not in found and scans < 8:
+            module.LATER.extend(range(10))
+            found = scanned(scanner, "leaky_app.")
+            scans += 1
+        assert "leaky_app.LATER" in found and scans <= containers.QUIET_EVERY + 1
+        for _ in range(3):
+            module.LATER.extend(range(10))
+            assert "leaky_app.LATER" in scanned(scanner, "leaky_app.")  # followed: read at every scan
+    finally:
+        containers._find = real_find  # type: ignore[assignment]
