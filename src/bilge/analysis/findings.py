@@ -104,7 +104,8 @@ def name_holders(d: Draft) -> Draft:
     for group in d.leak.holder_groups:
         for h in group:
             reach[h.type] = max(reach.get(h.type, 0), h.targets)
-    holder_of = {t.type: holders.holder_for(t.type, d.leak.holder_groups) for t in d.leak.types if t.steady}
+    grown = [g.path for g in d.leak.grown]
+    holder_of = {t.type: holders.holder_for(t.type, d.leak.holder_groups, grown) for t in d.leak.types if t.steady}
     paths = {name: h.path for name, h in holder_of.items() if h}
     inner = {name for name, path in paths.items()
              if any(holders.runs_through(path, other) for other in paths.values())}

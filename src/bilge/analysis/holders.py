@@ -15,17 +15,22 @@ from collections.abc import Sequence
 from bilge.model import ContainerGrowth, Holder, ProcessData
 
 
-def holder_for(type_name: str | None, groups: Sequence[Sequence[Holder]]) -> Holder | None:
-    """The holder of a type's objects: a path whose count grew between searches, else the most-sampled one
-    (when only one search found paths).
+def holder_for(type_name: str | None, groups: Sequence[Sequence[Holder]],
+               growing_paths: Sequence[str] = ()) -> Holder | None:
+    """The holder of a type's objects: a path whose count grew between searches, else one inside a container
+    the scans saw growing (``growing_paths``), else the most-sampled one (when only one search found paths).
 
     A container that held more of the type at a later search is the one
     growing; a big static table of the same type (say, a module's constant
-    dict) only ever has the most targets.
+    dict, a library's closure cells) only ever has the most targets.
     """
     per_process = [[h for h in group if h.type == type_name] for group in groups]
     found = [h for group in per_process for h in group]
     grew = growing(per_process)
+    if not grew:
+        inside = [h for h in found if any(h.path == g or runs_through(h.path, g) for g in growing_paths)]
+        if inside:
+            return max(inside, key=lambda h: (h.targets, h.t))
     if not grew and any(len({h.started for h in group}) >= 2 for group in per_process):
         # Seen in two searches and held no more the second time: a static
         # table of that type, not what keeps the growth alive. Unless no

@@ -36,3 +36,16 @@ def test_a_container_holder_is_named_with_its_root_kind() -> None:
     assert from_container(g("<atexit callbacks>"), "method").root_kind == "registry"
     held = from_container(g("app.tax_table<lru_cache>"), "dict")
     assert (held.root_kind, held.container_len, held.targets) == ("module-global", 400, 300)
+
+
+def test_a_path_inside_a_growing_container_holds_the_type_before_a_bigger_one_seen_once() -> None:
+    """One search saw cells in a library's closure (348, static) and below the tracebacks a module-level list
+    keeps (29): the list grew at every scan, so the path through it is the holder."""
+    def cell(path: str, targets: int) -> Holder:
+        return Holder(t=1.0, started=0.9, type="cell", path=path, root_kind="module-global", container_type="list",
+                      container_len=targets, targets=targets)
+
+    static = cell("celery.app.trace.build_tracer.<locals>.trace_task closure 'trace_ok_t'", 348)
+    kept = cell("app._RECENT_FAILURES[...]->traceback.tb_frame.f_back->cell", 29)
+    assert holder_for("cell", [[static, kept]]) == static  # nothing else to go by: the most-sampled
+    assert holder_for("cell", [[static, kept]], ["app._RECENT_FAILURES"]) == kept
