@@ -23,6 +23,8 @@ from bilge.samplers.containers import ContainerScanner, keeps_pace
 # in a row; the histories kept are bounded like the containers followed.
 STEADY_SCANS = 3
 MAX_HISTORIES = 256
+# CPU seconds the stage may spend at once, from the start: a first discovery's worth.
+FIRST_DISCOVERY = 0.1
 
 
 class ContainerStage:
@@ -57,8 +59,13 @@ class ContainerStage:
         self._clock = clock
         self._born = clock()
         self._scanner = ContainerScanner()
-        # The burst pays for the first discovery at once (~5-25 ms in a Celery child).
-        self._budget = CpuBudget(share, burst=0.04, clock=lambda: cpu_clock() + WALL_FLOOR * clock())
+        # The burst pays for the first discovery at once: in a process with a
+        # Celery worker's modules loaded it cost 8-56 ms in our measurements
+        # (it is the first to read every module-level object's attributes),
+        # a later full one ~7-14 ms, one that reads only changed modules ~1 ms. With a 40 ms burst a costly first one left
+        # the stage in debt for several seconds of a short child's life
+        # (zoo run 0f8a7a2, throttle_last_seen: no scan for 5.7 s).
+        self._budget = CpuBudget(share, burst=FIRST_DISCOVERY, clock=lambda: cpu_clock() + WALL_FLOOR * clock())
         self._next = clock() + min_interval
         # The latest (tasks done, length) of each container followed.
         self._history: dict[str, deque[tuple[int, int]]] = {}
