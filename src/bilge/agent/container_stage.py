@@ -62,9 +62,10 @@ class ContainerStage:
         # The burst pays for the first discovery at once: in a process with a
         # Celery worker's modules loaded it cost 8-56 ms in our measurements
         # (it is the first to read every module-level object's attributes),
-        # a later full one ~7-14 ms, one that reads only changed modules ~1 ms. With a 40 ms burst a costly first one left
-        # the stage in debt for several seconds of a short child's life
-        # (zoo run 0f8a7a2, throttle_last_seen: no scan for 5.7 s).
+        # a later full one ~7-14 ms, one that reads only changed modules ~1 ms.
+        # With a 40 ms burst a costly first one left the stage in debt for
+        # seconds of a short child's life (zoo run 0f8a7a2, throttle_last_seen:
+        # no scan for 5.7 s).
         self._budget = CpuBudget(share, burst=FIRST_DISCOVERY, clock=lambda: cpu_clock() + WALL_FLOOR * clock())
         self._next = clock() + min_interval
         # The latest (tasks done, length) of each container followed.
