@@ -37,8 +37,8 @@ def _lru_cache(e: Evidence) -> str | None:
     path = _path(e)
     if "<lru_cache>" in path or "_lru_cache_wrapper" in path or (
             e.holder and e.holder.container_type == "functools._lru_cache_wrapper"):
-        return ("%s grows a functools.lru_cache without a bound (%s): give it a maxsize, or cache on a key "
-                "that repeats. On a method, its keys include self, so it keeps every instance alive: cache a "
+        return ("%s grows a functools.lru_cache (%s): give it a maxsize if it has none, or cache on a key that "
+                "repeats. On a method, its keys include self, so it keeps every instance alive: cache a "
                 "function of the arguments, or one cache per instance." % (e.where.capitalize(), path))
     return None
 
