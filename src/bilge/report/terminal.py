@@ -106,7 +106,8 @@ class TerminalReporter:
             if f.bytes_per_call is not None:
                 head.append("  %s/call" % human_bytes(f.bytes_per_call))
             if f.count_per_call is not None:
-                head.append("  %.3g objects/call" % f.count_per_call)
+                count = "%.3g" % f.count_per_call
+                head.append("  %s %s/call" % (count, "object" if count == "1" else "objects"))
             lines.append(head)
             if f.holder:
                 lines.append(_detail("held by      ", f.holder))

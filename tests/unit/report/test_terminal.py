@@ -176,7 +176,7 @@ def test_finding_paths_are_never_broken_at_80_columns() -> None:
     finding = replace(leak().findings[0], type="dict", holder=holder, location="/venv/lib/python3.11/site-packages/"
                       "bilge/demo/app.py:68", values=("'order-17'",))
     text = render(replace(leak(), findings=(finding,)), width=80)
-    assert " 1. dict  4.0 KiB/call  1 objects/call" in text
+    assert " 1. dict  4.0 KiB/call  1 object/call" in text
     assert "held by      " + holder in text
     assert "allocated at bilge/demo/app.py:68" in text
     assert "values       'order-17'" in text
