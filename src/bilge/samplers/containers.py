@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from bilge.samplers import EXIT_CALLBACKS, LRU_CACHE, code_name, thread_local
 from bilge.samplers.census import type_name
 
 # A container is followed once it has moved while at least this long:
@@ -105,8 +106,8 @@ _DEMO_DIR = _OWN_DIR + "demo" + os.sep
 
 # Route heads that are no module's name (a module name never starts with "<").
 _THREAD = "<thread>"
-_EXIT_CALLBACKS = "<atexit callbacks>"
-_LRU = "<lru_cache>"
+_EXIT_CALLBACKS = "<%s>" % EXIT_CALLBACKS
+_LRU = LRU_CACHE
 
 Reading = tuple[str, str, int, str]  # path, container type, length, newest element's type
 # A module name, then one or two attribute names (and _LRU after a cached
@@ -322,7 +323,7 @@ def _path(route: Route) -> str:
     """The text a developer reads, as the holder search spells the same holder."""
     head = route[0]
     if head == _THREAD:
-        return "<thread %s> frame %s() local '%s'" % route[1:]
+        return thread_local(*route[1:])
     if route[-1] == _LRU:
         return ".".join(route[:-1]) + _LRU
     return ".".join(route)
@@ -343,7 +344,7 @@ def _discover_threads(routes: list[Route], kinds: dict[type, tuple[int, Any]]) -
                 if frame is None:
                     break
                 if _readable(frame):
-                    function = _function_name(frame.f_code)
+                    function = code_name(frame.f_code)
                     for local, value in frame.f_locals.items():
                         if _known(type(value), kinds)[0] == _CONTAINER and type(local) is str:
                             routes.append((_THREAD, name, function, local))
@@ -385,10 +386,6 @@ def _readable(frame: Any) -> bool:
             or _INSTALLED in filename:
         return False
     return not filename.startswith(_OWN_DIR) or filename.startswith(_DEMO_DIR)
-
-
-def _function_name(code: Any) -> str:
-    return str(getattr(code, "co_qualname", code.co_name))
 
 
 _SKIP_KIND, _CONTAINER, _OBJECT, _CLASS, _CACHE = 0, 1, 2, 3, 4
@@ -537,7 +534,7 @@ def _find_local(route: Route, kinds: dict[type, tuple[int, Any]] | None) -> tupl
             for _ in range(MAX_FRAMES):
                 if frame is None:
                     break
-                if _readable(frame) and _function_name(frame.f_code) == function:
+                if _readable(frame) and code_name(frame.f_code) == function:
                     value = frame.f_locals.get(local)
                     kind, base = _known(type(value), kinds)
                     return (value, base) if kind == _CONTAINER else None

@@ -65,7 +65,7 @@ from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
-from bilge.samplers import is_own_module, values
+from bilge.samplers import EXIT_CALLBACKS, LRU_CACHE, code_name, is_own_module, thread_local, values
 from bilge.samplers.census import type_name
 
 __all__ = ["HolderPath", "HolderSearch", "find_holders"]
@@ -131,7 +131,7 @@ def registry_counts() -> dict[str, int]:
     atexit = sys.modules.get("atexit")
     count = getattr(atexit, "_ncallbacks", None)
     if callable(count):
-        counts["atexit callbacks"] = int(count())
+        counts[EXIT_CALLBACKS] = int(count())
     signal = sys.modules.get("signal")
     if signal is not None:
         handlers = 0
@@ -271,10 +271,10 @@ class _Search:
 
     def _add_thread_roots(self, thread: str, frame: types.FrameType | None) -> None:
         while frame is not None:
-            where = "<thread %s> frame %s()" % (thread, _code_name(frame.f_code))
+            function = code_name(frame.f_code)
             for local, value in list(frame.f_locals.items()):
                 if id(value) not in self.seen and self._kind(type(value)):
-                    self.roots[self._add_node(value, -1)] = ("%s local '%s'" % (where, local), THREAD_STACK)
+                    self.roots[self._add_node(value, -1)] = (thread_local(thread, function, local), THREAD_STACK)
             frame = frame.f_back
 
     def _kind(self, cls: type) -> int:
@@ -601,7 +601,7 @@ class _Namer:
         if child is type(parent):
             return ".__class__"
         if type(parent).__name__ == "_lru_cache_wrapper":
-            return "<lru_cache>"
+            return LRU_CACHE
         return "->" + type_name(type(child))
 
 
@@ -654,7 +654,7 @@ def _frame_edge(owner: object, child: object) -> str:
     frame = owner if isinstance(owner, types.FrameType) else _suspended_frame(owner)
     if frame is None:
         return "->" + type_name(type(child))
-    prefix = "" if frame is owner else " frame %s()" % _code_name(frame.f_code)
+    prefix = "" if frame is owner else " frame %s()" % code_name(frame.f_code)
     for local, value in frame.f_locals.items():
         if value is child:
             return "%s local '%s'" % (prefix, local)
@@ -667,10 +667,6 @@ def _suspended_frame(owner: object) -> types.FrameType | None:
         if isinstance(frame, types.FrameType):
             return frame
     return None
-
-
-def _code_name(code: types.CodeType) -> str:
-    return str(getattr(code, "co_qualname", code.co_name))
 
 
 _BUILTIN_LENGTHS: dict[type[Sized], object] = {cls: cls.__len__ for cls in (dict, list, tuple, set, frozenset, deque)}
