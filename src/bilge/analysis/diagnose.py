@@ -181,7 +181,7 @@ def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
             # heap's, at ~64 bytes a block (an estimate; the reason gives blocks).
             growth = result.slope * kind.BLOCK_BYTES
         trend_start = p.tasks[min(result.window_start, len(p.tasks) - 1)].started if p.tasks else 0.0
-        explain_start = p.tasks[len(p.tasks) // 4].started if p.tasks else 0.0
+        explain_start = _quarter_in(p.tasks).started if p.tasks else 0.0
     else:
         x, y = trend.as_arrays([(s.t, s.rss) for s in samples])
         result = trend.assess(x, y, TIME_POLICY, unit="sample")
@@ -303,7 +303,7 @@ def _corroborated_heap_verdict(p: ProcessData, bx: Sequence[float], by: Sequence
     # half, where a short, busy child gets two or three scans within the
     # container stage's budget; a container growing at every scan since a
     # quarter in, and still at the latest, corroborates the heap trend.
-    since = min(int(bx[heap.window_start]), p.tasks[len(p.tasks) // 4].seq) if p.tasks else 0
+    since = min(int(bx[heap.window_start]), _quarter_in(p.tasks).seq) if p.tasks else 0
     grown = containers.growing(p.container_scans, since)
     if not grown:
         return None
@@ -314,6 +314,11 @@ def _corroborated_heap_verdict(p: ProcessData, bx: Sequence[float], by: Sequence
               "RSS has not shown yet" % (heap.slope, per_day, g.path, g.container_type, g.element_type, g.first,
                                          g.last, g.tasks))
     return replace(heap, reason=reason), _as_task_count(bx, trend.confirmed_after(bx, by, policy, rate=rate))
+
+
+def _quarter_in(tasks: Sequence[TaskRecord]) -> TaskRecord:
+    """The task a quarter of the way in: where the explain window (and what corroborates a heap trend) starts."""
+    return tasks[len(tasks) // 4]
 
 
 def _native_verdict(p: ProcessData, policy: TrendPolicy | None) -> tuple[Trend, int | None, float] | None:
