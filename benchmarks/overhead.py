@@ -68,6 +68,9 @@ MODES = ("plain", "bilge", "tracemalloc", "memray")
 # Ablations of bilge (not in the default run): the always-on part alone
 # (``--no-explain``), and the watch alone (no explain stage, no census).
 ABLATIONS = ("bilge-noexplain", "bilge-watch")
+# A/A control: a second plain worker, run and compared exactly like a tool's:
+# its "overhead" is what the machine alone makes of two identical workers.
+CONTROLS = ("plain-aa",)
 SHAPES = ("short", "alloc", "bigheap")
 LEAKS = ("none", "2048")
 TASK_NAMES = ("workload.a", "workload.b", "workload.c")
@@ -216,7 +219,7 @@ def build_command(mode: str, broker: str, work: str,
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = HERE + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     celery = [PY, "-m", "celery"] + WORKER_ARGS
-    if mode == "plain":
+    if mode in ("plain",) + CONTROLS:
         return celery, env
     if mode in ("bilge",) + ABLATIONS:
         options = [] if mode == "bilge" else ["--no-explain"]
@@ -340,11 +343,15 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
         t_first = float(client.get("bench:t_first"))
         t_last = float(client.get("bench:t_last"))
         child_cpu = {k.decode(): float(v) for k, v in client.hgetall("bench:cpu").items()}
+        # The thread that ran the tasks; the rest of a child's CPU is its other threads (an agent's).
+        task_thread_cpu = {k.decode(): float(v) for k, v in client.hgetall("bench:tcpu").items()}
         assert cpu_start is not None
         rec.update(
             # Pool children, exactly from first task start to last task end.
             child_cpu_us_per_task=sum(child_cpu.values()) / n_tasks * 1e6,
             child_cpu_s=child_cpu,
+            child_task_thread_cpu_us_per_task=sum(task_thread_cpu.values()) / n_tasks * 1e6,
+            child_other_threads_cpu_s=round(sum(child_cpu.values()) - sum(task_thread_cpu.values()), 3),
             # Whole tree (main process, children, wrapper), between two polls.
             tree_cpu_us_per_task=(cpu_end - cpu_start[1]) / max(1, n_tasks - cpu_start[0]) * 1e6,
             # Cores kept busy by everything else on the machine (other sessions, Redis, this harness).
@@ -869,7 +876,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("unknown %s: %s" % (what, ", ".join(bad) or "(none)"))
         return items
 
-    modes = _list(args.modes, MODES + ABLATIONS, "modes")
+    modes = _list(args.modes, MODES + ABLATIONS + CONTROLS, "modes")
     shapes = _list(args.shapes, SHAPES, "shapes")
     leaks = _list(args.leak, None, "leak")
     for label in leaks:
@@ -1013,14 +1020,22 @@ def _brief(rec: dict) -> str:
                 c = b["cost"]
                 extra += " reported cost: children CPU %.2fs + slowed %.2fs, main CPU %.2fs" % (
                     c["children"]["cpu_s"], c["children"]["slowed_s"], c["main"]["cpu_s"])
+                # The task thread pays the hooks (and the episodes' slowed tasks); the agent's thread the rest.
+                stages: dict[str, float] = collections.Counter()
+                for p in b.get("processes", []):
+                    if p.get("role") == "celery-child" and p.get("cost"):
+                        for st in p["cost"]["stages"]:
+                            stages[st["stage"]] += st.get("cpu_seconds", 0.0)
+                extra += " [%s]" % ", ".join("%s %.2f" % kv for kv in sorted(stages.items(), key=lambda kv: -kv[1]))
             else:
                 extra += " (no cost in report)"
     if "memray_bytes" in a:
         extra = " capture=%.1fMB" % (a["memray_bytes"] / 2**20)
     lat = rec.get("latency", {})
-    return ("%.1f tasks/s, child CPU %.0f us/task, tree %.0f us/task, p50 %.2f ms, p99 %.2f ms, other load %.2f cores "
+    return ("%.1f tasks/s, child CPU %.0f us/task (task thread %.0f, other threads %.2f s), tree %.0f us/task, p50 %.2f ms, p99 %.2f ms, other load %.2f cores "
             "(%.2fs measured, start-up %.1fs, shutdown %.1fs, wall %.0fs)%s") % (
-        rec["throughput"], rec["child_cpu_us_per_task"], rec["tree_cpu_us_per_task"], lat.get("p50_ms", float("nan")),
+        rec["throughput"], rec["child_cpu_us_per_task"], rec.get("child_task_thread_cpu_us_per_task", float("nan")),
+        rec.get("child_other_threads_cpu_s", float("nan")), rec["tree_cpu_us_per_task"], lat.get("p50_ms", float("nan")),
         lat.get("p99_ms", float("nan")), rec["other_load"], rec["measured_s"], rec["startup_s"],
         rec["shutdown"]["shutdown_s"], rec.get("wall_s", 0), extra)
 

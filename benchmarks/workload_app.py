@@ -35,6 +35,10 @@ round trip per task in ``task_postrun``, the same in every mode:
                        ``time.process_time``) spent since its first task began,
                        written at every task end: CPU per task is robust to
                        other load on the machine, wall-clock throughput is not
+- ``bench:tcpu``       hash pid -> CPU seconds of the thread that runs the
+                       tasks only (``time.thread_time``), same interval: the
+                       rest of ``bench:cpu`` is the process's other threads
+                       (an agent's own thread)
 - ``bench:receivers``  JSON: the task_prerun / task_postrun receivers in call
                        order, as reordered (see below), set once
 - ``bench:lat:<pid>``  that process's task durations, APPENDed as packed
@@ -263,6 +267,7 @@ _client = None
 _client_pid = None
 _first_pid = None
 _cpu0 = 0.0
+_tcpu0 = 0.0
 _t0 = 0.0
 _pack = struct.Struct("<d").pack
 _pack_end = struct.Struct("<dd").pack
@@ -316,10 +321,11 @@ def _bench_process_init(**_):
 
 @signals.task_prerun.connect
 def _bench_prerun(**_):
-    global _first_pid, _cpu0, _t0
+    global _first_pid, _cpu0, _tcpu0, _t0
     if _first_pid != os.getpid():
         _first_pid = os.getpid()
         _cpu0 = time.process_time()
+        _tcpu0 = time.thread_time()
         try:
             _bracket_other_handlers()  # again, in case a handler was connected after process init
             r = _redis()
@@ -340,6 +346,7 @@ def _bench_postrun(**_):
         pipe = _redis().pipeline(transaction=False)
         pipe.set("bench:t_last", repr(time.time()))
         pipe.hset("bench:cpu", pid, repr(time.process_time() - _cpu0))
+        pipe.hset("bench:tcpu", pid, repr(time.thread_time() - _tcpu0))
         pipe.append("bench:lat:%d" % pid, _pack(duration))
         # When each task ended and the process's CPU by then: side-by-side
         # runs compare two workers over the interval both were running.

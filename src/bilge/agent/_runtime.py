@@ -39,7 +39,7 @@ from bilge.agent.container_stage import ContainerStage
 from bilge.agent.explain import Explain
 from bilge.agent.outbox import Outbox, Store
 from bilge.agent.recycle_stage import Recycler
-from bilge.agent.watch import FdScan, Watch
+from bilge.agent.watch import FULL_READ_TASKS, FdScan, Watch
 from bilge.config import AgentConfig as AgentConfig  # re-exported by bilge.agent
 from bilge.model import STAGE_CENSUS, STAGE_FD_SCAN, STAGE_FLUSH, STAGE_TASK_HOOKS, STAGE_WATCH
 from bilge.samplers import process as proc_sampler
@@ -65,6 +65,11 @@ FLUSH_ROWS = 5000
 # the stages do in it; the estimate is that times this many. A clock read on
 # every task would cost a share of the hooks' own cost.
 HOOK_TIMING_EVERY = 64
+# The census and the container scans spend this part of their share in a
+# settled process that shows no sign of growth (see Agent._counting_pace);
+# a process is young for at most YOUNG_SECONDS.
+CALM_PACE = 0.25
+YOUNG_SECONDS = 30.0
 
 
 class Agent:
@@ -117,10 +122,12 @@ class Agent:
         self.counts = Counts()
         self.watch = Watch(self.outbox, paused=self._explaining, clock=clock)
         self.census = CensusStage(self.outbox, self.counts, lambda: self.watch.tasks_done, config.census_budget,
-                                  config.census_min_interval, config.sizing_every, clock=monotonic)
+                                  config.census_min_interval, config.sizing_every, pace=self._counting_pace,
+                                  clock=monotonic)
         # Twice as often as the census may run (a scan costs a tenth of a count).
         self.containers = ContainerStage(self.outbox, lambda: self.watch.tasks_done, self._count_items,
-                                         min_interval=config.census_min_interval / 2, clock=monotonic)
+                                         min_interval=config.census_min_interval / 2, pace=self._counting_pace,
+                                         clock=monotonic)
         self.fds = FdScan(self.outbox, self.watch, config.census_min_interval, clock=clock, monotonic=monotonic)
         self.explain = Explain(self.outbox, self.watch, self.census, self.counts, self.budget, self.ledger,
                                show_values=config.show_values, growing_containers=self.containers.steadily_growing,
@@ -135,6 +142,24 @@ class Agent:
 
     def _explaining(self) -> bool:
         return self.explain.busy()
+
+    def _counting_pace(self) -> float:
+        """The part of their share the census and the container scans may spend now.
+
+        All of it while the process is young (its first FULL_READ_TASKS
+        tasks and YOUNG_SECONDS: where a leak is confirmed and named) or
+        shows a sign of growth (a suspicion ring, a type or container growing
+        at every count); CALM_PACE of it in a settled process that shows
+        none, where their counts only watch for a change. A calm benign
+        worker otherwise paid ~1 % of its CPU for counts that said nothing.
+        """
+        watch = self.watch
+        young = watch.tasks_done < FULL_READ_TASKS and self._monotonic() - self._born < YOUNG_SECONDS
+        if young or watch.rss_suspicion.suspect() or watch.heap_suspicion.suspect():
+            return 1.0
+        if self.counts.steadily_growing() or self.containers.steadily_growing():
+            return 1.0
+        return CALM_PACE
 
     # ------------------------------------------------------------ lifecycle --
     def start(self) -> None:

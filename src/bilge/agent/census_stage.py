@@ -92,15 +92,19 @@ class CensusStage:
         share: the share of the process's CPU time the census may use.
         min_interval: seconds; the census never runs more often.
         sizing_every: at most one census in this many also sizes objects.
+        pace: the part of ``share`` the census may use now (1.0: all of it;
+            less while the process shows no sign of growth).
         clock: monotonic seconds.
         cpu_clock: the process's CPU seconds (all threads).
     """
 
     def __init__(self, outbox: Outbox, counts: Counts, tasks_done: Callable[[], int], share: float = 0.005,
                  min_interval: float = 1.0, sizing_every: int = 5,
+                 pace: Callable[[], float] = lambda: 1.0,
                  clock: Callable[[], float] = time.monotonic,
                  cpu_clock: Callable[[], float] = time.process_time) -> None:
         self._outbox = outbox
+        self._share, self._pace = share, pace
         self._counts = counts
         self._tasks_done = tasks_done
         self._min_interval = min_interval
@@ -130,6 +134,7 @@ class CensusStage:
         # Not faster: each census's list of every object can leave a step of
         # a few hundred KiB in RSS (glibc keeps the pages), which the verdict sees.
         self._next = self._clock() + min(max(self._min_interval, age / 60.0), 600.0)
+        self._budget.share = self._share * self._pace()
         want_sized = self._since_sized >= self._sizing_every - 1
         if want_sized and self._budget.can_spend(self._cost[True]):
             sized = True

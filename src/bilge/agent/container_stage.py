@@ -44,15 +44,18 @@ class ContainerStage:
             (the watch counts their items around each read task).
         share: the share of the process's CPU time the scans may use.
         min_interval: seconds; never more often.
+        pace: the part of ``share`` the scans may use now (as the census's).
         clock: monotonic seconds.
         cpu_clock: the process's CPU seconds (all threads).
     """
 
     def __init__(self, outbox: Outbox, tasks_done: Callable[[], int], on_counted: Callable[[tuple[Any, ...]], None],
                  share: float = 0.005,
-                 min_interval: float = 0.5, clock: Callable[[], float] = time.monotonic,
+                 min_interval: float = 0.5, pace: Callable[[], float] = lambda: 1.0,
+                 clock: Callable[[], float] = time.monotonic,
                  cpu_clock: Callable[[], float] = time.process_time) -> None:
         self._outbox = outbox
+        self._share, self._pace = share, pace
         self._tasks_done = tasks_done
         self._on_counted = on_counted
         self._min_interval = min_interval
@@ -83,6 +86,7 @@ class ContainerStage:
         """Scan if the budget allows; the interval stretches with age (~age/60, as the census's)."""
         age = self._clock() - self._born
         self._next = self._clock() + min(max(self._min_interval, age / 60.0), 300.0)
+        self._budget.share = self._share * self._pace()
         # A discovery the budget cannot pay for yet waits; the containers
         # already found are read meanwhile.
         if self._scanner.discovery_due() and self._budget.can_spend(self._cost[True]):

@@ -88,6 +88,7 @@ class Watch:
                  cpu_clock: Callable[[], float] = time.process_time,
                  thread_clock: Callable[[], float] = time.thread_time) -> None:
         self._outbox = outbox
+        self._add_row = outbox.add_task
         self._paused = paused
         self._clock = clock
         self._cpu_clock = cpu_clock
@@ -186,7 +187,7 @@ class Watch:
                 self._next_read = done + self._random.randrange(1, 2 * every)
         now = self._clock()
         if done <= FULL_TASKS or not (done // TASK_BURST) % TASK_DUTY:
-            self._outbox.add_task(done, name, t0, now, rss0, rss1, blocks0, blocks1, failed,
+            self._add_row(done, name, t0, now, rss0, rss1, blocks0, blocks1, failed,
                                   proc_sampler.GC_RUNS[0] - gc0, items0 if items1 is not None else None, items1)
         seconds = now - t0 if now > t0 else 0.0
         self.task_seconds += (seconds - self.task_seconds) * (0.01 if self.task_seconds else 1.0)

@@ -36,9 +36,14 @@ class CpuBudget:
         self._last = now
 
     def can_spend(self, expected: float) -> bool:
-        """True when work expected to cost ``expected`` CPU seconds fits now."""
+        """True when work expected to cost ``expected`` CPU seconds fits now.
+
+        Work dearer than the burst (a census of a million-object heap) waits
+        for a full bucket and leaves it in debt: asking for all of it would
+        never be answered, as the bucket holds at most the burst.
+        """
         self._refill()
-        return self._tokens >= expected
+        return self._tokens >= min(expected, self.burst)
 
     def spend(self, cost: float) -> None:
         """Pay what the work actually cost (may go negative: a debt)."""

@@ -384,3 +384,49 @@ def test_a_container_growing_at_each_scan_at_its_pace_is_steady_one_filling_up_i
     scans = list(outbox.containers)
     assert scans and all(seconds >= 0 for _, _, seconds, _ in scans)
     assert [n for _, _, _, rows in scans for path, _, n, _ in rows if path == "stage_app._SEEN"][-1] == 600
+
+
+def test_the_census_spends_the_part_of_its_share_its_pace_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a quarter pace a busy process whose counts cost 50 ms each gets a quarter of the census's CPU share."""
+    from bilge.agent.census_stage import CensusStage
+    from bilge.samplers import census as census_sampler
+
+    monkeypatch.setattr(census_sampler.Census, "take",
+                        lambda self, sized: census_sampler.CensusResult(0.0, 1000, 0.05, sized, (("x.Y", 1, 64),)))
+
+    def censuses(pace: float) -> int:
+        wall, cpu = FakeClock(0.0), FakeClock(0.0)
+        outbox = Outbox()
+        stage = CensusStage(outbox, Counts(), lambda: 100, share=0.005, min_interval=1.0, pace=lambda: pace,
+                            clock=wall, cpu_clock=cpu)
+        taken = 0
+        for _ in range(3600):
+            wall.now += 1.0
+            cpu.now += 1.0
+            if stage.due():
+                stage.run()
+                taken += len(outbox.drain()["censuses"])
+        return taken
+
+    full, calm = censuses(1.0), censuses(0.25)
+    # At full pace the schedule binds first; at a quarter the budget: a
+    # quarter of 0.5 % of ~3,670 CPU seconds (the wall-time floor included)
+    # plus the first burst, 50 ms each.
+    assert calm <= (0.25 * 0.005 * 3600 * 1.02 + 0.08) / 0.05 + 1 < full
+
+
+def test_counting_goes_at_full_pace_while_young_or_suspect_and_slower_once_calm() -> None:
+    """The census and container scans slow down in a settled process with no sign of growth, and only there."""
+    from bilge.agent._runtime import CALM_PACE, YOUNG_SECONDS
+
+    agent, _, clock = _ticked_agent(census_min_interval=1e6)
+    assert agent._counting_pace() == 1.0  # young: a leak is confirmed and named in these tasks
+    clock.now += YOUNG_SECONDS + 1
+    for i in range(FULL_READ_TASKS):
+        agent.task_started(i, "shop.a")
+        agent.task_finished(i)
+    assert agent._counting_pace() == CALM_PACE  # flat memory, nothing growing
+    for i in range(FULL_READ_TASKS, FULL_READ_TASKS + 400):
+        agent.watch.heap_suspicion.add(1_000_000 + 500 * i, i)
+        agent.watch.rss_suspicion.add(50_000_000 + 4096 * i, i)
+    assert agent._counting_pace() == 1.0
