@@ -294,14 +294,15 @@ def _busy_cpu() -> float:
 def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: float = 60.0,
                max_wait: float = 300.0, on_progress=None, extra_env: dict[str, str] | None = None,
                task_names: tuple[str, ...] = ("workload.process_order",), seed: int = 0,
-               startup_timeout: float = 180.0) -> dict:
+               startup_timeout: float = 180.0, start_together=None) -> dict:
     """Queue n_tasks, run one worker in ``mode`` until they are all done, stop it.
 
     ``on_progress(done, worker_pid)`` is called at every poll (for RSS probes);
     ``extra_env`` is added to the worker's environment (e.g. BENCH_SHAPE,
     BILGE_* knobs); ``task_names``/``seed`` choose the queued tasks.
     ``stall_timeout`` applies once tasks run, ``startup_timeout`` before the
-    first one. bilge runs also carry ``bilge`` (verdict and self-reported
+    first one. ``start_together`` (a ``threading.Barrier``) is waited on
+    between queueing and spawning, so side-by-side workers start at once. bilge runs also carry ``bilge`` (verdict and self-reported
     cost from ``bilge report --format json``). Returns the run's record;
     ``status`` is "ok" or "error".
     """
@@ -310,6 +311,8 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
     queue_s = queue_tasks(broker, n_tasks, tuple(task_names), seed)
     work = tempfile.mkdtemp(prefix="bilge-bench-%s-" % mode)
     argv, env = build_command(mode, broker, work, extra_env)
+    if start_together is not None:
+        start_together.wait(timeout=600)
     rec: dict = {"mode": mode, "tasks": n_tasks, "status": "ok", "queue_s": round(queue_s, 2)}
     logf = open(os.path.join(work, "worker.log"), "wb")
     t_spawn = time.time()
@@ -473,22 +476,37 @@ def side_by_side_windows(recs: list[dict]) -> None:
                        "p50_ms": _quantile(lat, 0.5) * 1e3, "p99_ms": _quantile(lat, 0.99) * 1e3}
 
 
-def run_side_by_side(modes: list[str], servers: list, n_tasks: int, **kw) -> list[dict]:
-    """Run one worker per mode at the same time, each on its own private Redis; returns their records."""
+def run_side_by_side(modes: list[str], servers: list, n_tasks: int, first: int = 0, **kw) -> list[dict]:
+    """Run one worker per mode at the same time, each on its own private Redis; returns their records.
+
+    Both queues are filled before either worker starts (publishing is
+    CPU-bound: a worker started while the other harness thread still
+    published ran beside it). ``first`` is the mode whose harness thread
+    starts first and whose server is the first: side by side the A/A
+    control (two plain workers) showed the second position 6-11 % slower,
+    so rounds alternate it.
+    """
     import threading
 
     from celery import Celery  # noqa: F401 - imported once here: two threads' first imports of celery race
 
     recs: list[dict | None] = [None] * len(modes)
+    together = threading.Barrier(len(modes))
+    order = list(range(len(modes)))
+    order = order[first:] + order[:first]
 
-    def one(i: int) -> None:
-        client = servers[i].client()
+    def one(i: int, server) -> None:
+        client = server.client()
         try:
-            recs[i] = run_worker(modes[i], servers[i].url, client, n_tasks, **kw)
+            recs[i] = run_worker(modes[i], server.url, client, n_tasks, start_together=together, **kw)
+            recs[i]["position"] = order.index(i)
+        except BaseException:
+            together.abort()  # the other worker must not wait for this one
+            raise
         finally:
             client.close()
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(modes))]
+    threads = [threading.Thread(target=one, args=(i, servers[k])) for k, i in enumerate(order)]
     for t in threads:
         t.start()
     for t in threads:
@@ -683,6 +701,36 @@ def _paired(rec: dict, key: str) -> float | None:
     return rec["latency"].get(key) if key.endswith("_ms") else rec[key]
 
 
+# Stages that run in the task's thread (the hooks, and the tasks an episode or
+# a native window traces); every other stage runs in the agent's own thread.
+TASK_THREAD_STAGES = ("task-hooks", "allocation-episode", "native-window")
+
+
+def _child_stage_cpu(report: dict) -> dict[str, float]:
+    """Reported CPU seconds per stage, summed over the pool children."""
+    stages: dict[str, float] = collections.Counter()
+    for p in report.get("processes", []):
+        if p.get("role") == "celery-child" and p.get("cost"):
+            for st in p["cost"]["stages"]:
+                stages[st["stage"]] += st.get("cpu_seconds", 0.0)
+    return dict(stages)
+
+
+def _thread_split(rec: dict, partner: dict) -> dict | None:
+    """Measured against reported, per thread: the agent's own thread, and the task thread's extra over plain."""
+    stages = _child_stage_cpu(rec.get("bilge") or {})
+    if not stages or "child_other_threads_cpu_s" not in rec or "child_task_thread_cpu_us_per_task" not in partner:
+        return None
+    return {
+        "agent_thread_measured_s": rec["child_other_threads_cpu_s"],
+        "agent_thread_reported_s": round(sum(v for k, v in stages.items() if k not in TASK_THREAD_STAGES), 3),
+        "task_thread_extra_measured_s": round((rec["child_task_thread_cpu_us_per_task"]
+                                               - partner["child_task_thread_cpu_us_per_task"]) * 1e-6
+                                              * rec["tasks"], 3),
+        "task_thread_reported_s": round(sum(v for k, v in stages.items() if k in TASK_THREAD_STAGES), 3),
+    }
+
+
 def _summarise_bilge(entry: dict, ok: list[dict], plain_by_round: dict) -> None:
     arts = [r["artifacts"] for r in ok]
     sizes = [a.get("bilge_db_bytes", 0) + a.get("bilge_wal_bytes", 0) for a in arts]
@@ -714,6 +762,10 @@ def _summarise_bilge(entry: dict, ok: list[dict], plain_by_round: dict) -> None:
         extra_cap.append(CONCURRENCY * r["tasks"] * (1 / _paired(r, "throughput") - 1 / _paired(p, "throughput")))
         r["measured_extra_child_cpu_s"] = extra_cpu[-1]
         r["measured_extra_capacity_s"] = extra_cap[-1]
+        split = _thread_split(r, p)
+        if split is not None:
+            r["thread_split"] = split
+            entry.setdefault("thread_split_all", []).append(split)
     if extra_cpu:
         entry["measured_extra_child_cpu_s_median"] = statistics.median(extra_cpu)
         entry["measured_extra_child_cpu_s_all"] = [round(x, 3) for x in extra_cpu]
@@ -762,17 +814,23 @@ def table(summary: dict, modes: list[str]) -> str:
 
 def cost_table(blocks: list[dict]) -> str:
     lines = ["| shape | leak | bilge runs | verdicts | plain/bilge (pairs) | measured extra child CPU s "
-             "| measured extra capacity s | reported child CPU s | reported child slowed s | reported main CPU s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| measured extra capacity s | reported child CPU s | reported child slowed s | reported main CPU s "
+             "| agent thread: measured / reported s | task thread extra: measured / reported s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in blocks:
         e = b["summary"].get("bilge")
         if not e or not e.get("runs"):
             continue
-        lines.append("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s |" % (
+        splits = e.get("thread_split_all") or []
+        agent = "; ".join("%.2f / %.2f" % (x["agent_thread_measured_s"], x["agent_thread_reported_s"]) for x in splits)
+        task = "; ".join("%.2f / %.2f" % (x["task_thread_extra_measured_s"], x["task_thread_reported_s"])
+                         for x in splits)
+        lines.append("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             b["shape"], b["leak"], e["runs"], ", ".join("%s×%d" % kv for kv in e["verdicts"].items()),
             _f(e.get("paired_ratio_median")), _f(e.get("measured_extra_child_cpu_s_median"), "%.2f"),
             _f(e.get("measured_extra_capacity_s_median"), "%.2f"), _f(e.get("reported_child_cpu_s_median"), "%.2f"),
-            _f(e.get("reported_child_slowed_s_median"), "%.2f"), _f(e.get("reported_main_cpu_s_median"), "%.2f")))
+            _f(e.get("reported_child_slowed_s_median"), "%.2f"), _f(e.get("reported_main_cpu_s_median"), "%.2f"),
+            agent or "-", task or "-"))
     return "\n".join(lines) if len(lines) > 2 else "(no bilge runs)"
 
 
@@ -789,7 +847,10 @@ LEGEND = (
     "(bilge's child CPU per task minus its partner plain run's) × tasks; measured extra "
     "capacity = %d × tasks × (1/bilge throughput - 1/plain throughput); reported = sum of processes[].cost "
     "cpu_seconds_total / slowed_seconds_total of the celery-child processes in `bilge report` (whole process "
-    "lifetime, so it includes start-up and the final flush, which the measured window does not)." % CONCURRENCY)
+    "lifetime, so it includes start-up and the final flush, which the measured window does not). Per thread "
+    "(whole runs from each child's first task): the agent thread's measured CPU (the children's CPU outside the "
+    "thread that ran the tasks) against its reported stages, and the task thread's extra CPU over the partner "
+    "plain run against the reported task-thread stages (hooks, traced tasks)." % CONCURRENCY)
 
 
 # --------------------------------------------------------------- estimate --
@@ -963,7 +1024,8 @@ def main(argv: list[str] | None = None) -> int:
                         kw = {"max_wait": 2 * max_wait, "extra_env": extra, "task_names": TASK_NAMES,
                               "seed": args.seed}
                         if rnd and args.side_by_side:
-                            recs = run_side_by_side(["plain", mode], [rs, rs2], n, **kw)
+                            # The mode goes first in even rounds, plain in odd ones.
+                            recs = run_side_by_side(["plain", mode], [rs, rs2], n, first=1 - rnd % 2, **kw)
                             for r in recs:
                                 r["pair"] = "%d:%s" % (rnd, mode)
                         else:
@@ -1020,12 +1082,7 @@ def _brief(rec: dict) -> str:
                 c = b["cost"]
                 extra += " reported cost: children CPU %.2fs + slowed %.2fs, main CPU %.2fs" % (
                     c["children"]["cpu_s"], c["children"]["slowed_s"], c["main"]["cpu_s"])
-                # The task thread pays the hooks (and the episodes' slowed tasks); the agent's thread the rest.
-                stages: dict[str, float] = collections.Counter()
-                for p in b.get("processes", []):
-                    if p.get("role") == "celery-child" and p.get("cost"):
-                        for st in p["cost"]["stages"]:
-                            stages[st["stage"]] += st.get("cpu_seconds", 0.0)
+                stages = _child_stage_cpu(b)
                 extra += " [%s]" % ", ".join("%s %.2f" % kv for kv in sorted(stages.items(), key=lambda kv: -kv[1]))
             else:
                 extra += " (no cost in report)"

@@ -29,10 +29,7 @@ _lock = threading.Lock()
 WATCHED = "celery.signals"
 
 
-def _agent() -> Any:
-    return _current.get()
-
-
+_agent = _current.get  # one call a hook, not two: the task hooks run twice a task
 def _on_prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any) -> None:
     agent = _agent()
     if agent is not None:

@@ -280,3 +280,21 @@ def test_the_task_hooks_own_cost_is_estimated_from_both_hooks_whole(tmp_path: Pa
         agent.task_started(k, "proj.task")
         agent.task_finished(k)
     assert agent.hook_seconds == pytest.approx(tasks * (cost["start"] + cost["end"]))
+
+
+def test_a_forked_child_never_sees_its_parents_agent_in_the_slot(tmp_path: Path) -> None:
+    """The slot the task hooks read is emptied at fork (no getpid per read): the parent's agent is only inherited."""
+    script = tmp_path / "slot.py"
+    script.write_text(textwrap.dedent("""
+        import os
+        from bilge.agent import _current
+        parents = object()
+        _current.put(parents)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if _current.get() is None and _current.inherited() is parents else 3)
+        _, status = os.waitpid(pid, 0)
+        raise SystemExit(os.waitstatus_to_exitcode(status) or (0 if _current.get() is parents else 4))
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
