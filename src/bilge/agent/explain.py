@@ -103,6 +103,10 @@ HOLDER_INDEX_BYTES = 24 << 20
 # heap that grows with no steady type (arenas, a cache) is asked less and less.
 RECOUNT_EVERY = 1.0
 RECOUNT_MAX_WAIT = 120.0
+# ...and never so often that recounts take more than this share of the
+# time between them: a count of a million-object heap costs ~0.2 s, and at
+# the waits above a benign 50-second child of one spent 0.9 s recounting.
+RECOUNT_SHARE = 0.01
 MAX_NAMES = 64
 
 
@@ -322,7 +326,8 @@ class Explain:
         steady = self._counts.steadily_growing()
         if steady or self._monotonic() < self._next_recount or self._counts.baseline is None:
             return steady
-        self._next_recount = self._monotonic() + self._recount_wait
+        self._next_recount = self._monotonic() + max(self._recount_wait,
+                                                     self._census.last_count_seconds / RECOUNT_SHARE)
         self.recount("is a type growing steadily?")
         steady = self._counts.steadily_growing()
         self._recount_wait = RECOUNT_EVERY if steady else min(2 * self._recount_wait, RECOUNT_MAX_WAIT)

@@ -279,6 +279,34 @@ def test_a_heap_growing_with_no_steady_type_is_recounted_less_and_less(
     assert store.windows == [] and store.holders == []
 
 
+def test_recounts_of_a_costly_heap_take_at_most_their_share_of_the_time_between_them(
+    suspect_after: FakeSuspicion, drive: Drive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count that costs 2 s (a huge heap) waits RECOUNT_SHARE's worth between recounts, not 1, 2, 4 ... s."""
+    from bilge.agent.explain import RECOUNT_SHARE
+    from bilge.samplers import census as census_sampler
+
+    now = [0.0]
+    store = MemoryStore()
+    agent = Agent(AgentConfig(data_dir="unused", run_id=1, census_min_interval=0.0, census_budget=1.0), store=store,
+                  monotonic=lambda: now[0])
+    agent.register()
+    agent.watch.rss_suspicion = suspect_after(agent, 300, 0.0)  # type: ignore[assignment]
+    agent.watch.heap_suspicion = suspect_after(agent, 300, 8.0)  # type: ignore[assignment]
+    monkeypatch.setattr(Counts, "steadily_growing", lambda self: [])
+    monkeypatch.setattr(census_sampler.Census, "take",
+                        lambda self, sized: census_sampler.CensusResult(now[0], 1000, 2.0, sized, (("x.Y", 1, 64),)))
+
+    def task(i: int) -> None:
+        now[0] += 0.025
+
+    drive(agent, task, 24_000)  # 600 s
+    agent.stop()
+    recounts = [r for r in store.stage_runs if r.stage == STAGE_RECOUNT]
+    assert RECOUNT_SHARE == 0.01
+    assert 1 <= len(recounts) <= 4, len(recounts)  # 1 % of 600 s is 6 s: three 2-second counts, and the first
+
+
 def test_rss_growing_while_glibc_hands_out_nothing_more_opens_nothing(
     suspect_after: FakeSuspicion, drive: Drive
 ) -> None:
