@@ -302,8 +302,9 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
     BILGE_* knobs); ``task_names``/``seed`` choose the queued tasks.
     ``stall_timeout`` applies once tasks run, ``startup_timeout`` before the
     first one. ``start_together`` (a ``threading.Barrier``) is waited on
-    between queueing and spawning, so side-by-side workers start at once. bilge runs also carry ``bilge`` (verdict and self-reported
-    cost from ``bilge report --format json``). Returns the run's record;
+    between queueing and spawning, so side-by-side workers start at once.
+    bilge runs also carry ``bilge`` (verdict and self-reported cost from
+    ``bilge report --format json``). Returns the run's record;
     ``status`` is "ok" or "error".
     """
     t_begin = time.time()
@@ -1089,11 +1090,13 @@ def _brief(rec: dict) -> str:
     if "memray_bytes" in a:
         extra = " capture=%.1fMB" % (a["memray_bytes"] / 2**20)
     lat = rec.get("latency", {})
-    return ("%.1f tasks/s, child CPU %.0f us/task (task thread %.0f, other threads %.2f s), tree %.0f us/task, p50 %.2f ms, p99 %.2f ms, other load %.2f cores "
+    return ("%.1f tasks/s, child CPU %.0f us/task (task thread %.0f, other threads %.2f s), tree %.0f us/task, "
+            "p50 %.2f ms, p99 %.2f ms, other load %.2f cores "
             "(%.2fs measured, start-up %.1fs, shutdown %.1fs, wall %.0fs)%s") % (
         rec["throughput"], rec["child_cpu_us_per_task"], rec.get("child_task_thread_cpu_us_per_task", float("nan")),
-        rec.get("child_other_threads_cpu_s", float("nan")), rec["tree_cpu_us_per_task"], lat.get("p50_ms", float("nan")),
-        lat.get("p99_ms", float("nan")), rec["other_load"], rec["measured_s"], rec["startup_s"],
+        rec.get("child_other_threads_cpu_s", float("nan")), rec["tree_cpu_us_per_task"],
+        lat.get("p50_ms", float("nan")), lat.get("p99_ms", float("nan")), rec["other_load"], rec["measured_s"],
+        rec["startup_s"],
         rec["shutdown"]["shutdown_s"], rec.get("wall_s", 0), extra)
 
 
