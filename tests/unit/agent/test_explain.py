@@ -254,12 +254,9 @@ def test_growth_that_slows_down_after_the_first_suspicion_opens_nothing(
     assert not [r for r in store.stage_runs if r.stage in (STAGE_ALLOCATION_WINDOW, STAGE_ALLOCATION_EPISODE)]
 
 
-def test_a_heap_growing_with_no_steady_type_is_recounted_less_and_less(
-    suspect_after: FakeSuspicion, drive: Drive, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The heap's blocks rise, but no type grows in every count (arenas, a cache churning): the recounts that
-    ask for a steady type back off (1, 2, 4 ... s), so ten minutes of ticks cost a handful, and nothing opens."""
-    now = [0.0]
+def _heap_suspect_with_no_steady_type(suspect_after: FakeSuspicion, monkeypatch: pytest.MonkeyPatch,
+                                      now: list[float]) -> tuple[Agent, MemoryStore]:
+    """An agent on a fake clock whose heap turns suspect after 300 tasks while no type grows in every count."""
     store = MemoryStore()
     agent = Agent(AgentConfig(data_dir="unused", run_id=1, census_min_interval=0.0, census_budget=1.0), store=store,
                   monotonic=lambda: now[0])
@@ -268,6 +265,16 @@ def test_a_heap_growing_with_no_steady_type_is_recounted_less_and_less(
     agent.watch.heap_suspicion = suspect_after(agent, 300, 8.0)  # type: ignore[assignment]
     # The in-memory store's own rows would grow in every count: no type is steady here by construction.
     monkeypatch.setattr(Counts, "steadily_growing", lambda self: [])
+    return agent, store
+
+
+def test_a_heap_growing_with_no_steady_type_is_recounted_less_and_less(
+    suspect_after: FakeSuspicion, drive: Drive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heap's blocks rise, but no type grows in every count (arenas, a cache churning): the recounts that
+    ask for a steady type back off (1, 2, 4 ... s), so ten minutes of ticks cost a handful, and nothing opens."""
+    now = [0.0]
+    agent, store = _heap_suspect_with_no_steady_type(suspect_after, monkeypatch, now)
 
     def task(i: int) -> None:
         now[0] += 0.025  # a tick (every 20 tasks) each half second
@@ -287,13 +294,7 @@ def test_recounts_of_a_costly_heap_take_at_most_their_share_of_the_time_between_
     from bilge.samplers import census as census_sampler
 
     now = [0.0]
-    store = MemoryStore()
-    agent = Agent(AgentConfig(data_dir="unused", run_id=1, census_min_interval=0.0, census_budget=1.0), store=store,
-                  monotonic=lambda: now[0])
-    agent.register()
-    agent.watch.rss_suspicion = suspect_after(agent, 300, 0.0)  # type: ignore[assignment]
-    agent.watch.heap_suspicion = suspect_after(agent, 300, 8.0)  # type: ignore[assignment]
-    monkeypatch.setattr(Counts, "steadily_growing", lambda self: [])
+    agent, store = _heap_suspect_with_no_steady_type(suspect_after, monkeypatch, now)
     monkeypatch.setattr(census_sampler.Census, "take",
                         lambda self, sized: census_sampler.CensusResult(now[0], 1000, 2.0, sized, (("x.Y", 1, 64),)))
 
