@@ -68,6 +68,8 @@ MODES = ("plain", "bilge", "tracemalloc", "memray")
 # Ablations of bilge (not in the default run): the always-on part alone
 # (``--no-explain``), and the watch alone (no explain stage, no census).
 ABLATIONS = ("bilge-noexplain", "bilge-watch")
+# Modes that run under `bilge run`: their reports carry verdicts and bilge's own cost.
+BILGE_MODES = ("bilge",) + ABLATIONS
 # A/A control: a second plain worker, run and compared exactly like a tool's:
 # its "overhead" is what the machine alone makes of two identical workers.
 CONTROLS = ("plain-aa",)
@@ -221,7 +223,7 @@ def build_command(mode: str, broker: str, work: str,
     celery = [PY, "-m", "celery"] + WORKER_ARGS
     if mode in ("plain",) + CONTROLS:
         return celery, env
-    if mode in ("bilge",) + ABLATIONS:
+    if mode in BILGE_MODES:
         options = [] if mode == "bilge" else ["--no-explain"]
         if mode == "bilge-watch":
             # The census never comes again after the first.
@@ -376,7 +378,7 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
         rec["shutdown"] = _stop_worker(proc)
         logf.close()
         rec["artifacts"] = _artifacts(mode, work)
-        if mode == "bilge":
+        if mode in BILGE_MODES:
             rec["bilge"] = bilge_report(os.path.join(work, "bilge-data"))
         if rec["status"] != "ok" or rec["shutdown"].get("escalated"):
             try:
@@ -601,7 +603,7 @@ def _stop_worker(proc: subprocess.Popen, timeout: float = 60.0) -> dict:
 
 def _artifacts(mode: str, work: str) -> dict:
     out: dict = {}
-    if mode == "bilge":
+    if mode in BILGE_MODES:
         data = os.path.join(work, "bilge-data")
         db = os.path.join(data, "bilge.db")
         if os.path.exists(db):
@@ -673,7 +675,7 @@ def summarise(runs: list[dict], modes: list[str]) -> dict:
                 vals = [_paired(r, key) / _paired(p, key) for p, r in pairs if _paired(r, key) and _paired(p, key)]
                 entry["paired_%s_ratio_median" % key[:3]] = _med(vals)
                 entry["paired_%s_ratio_all" % key[:3]] = [round(x, 4) for x in vals]
-        if mode == "bilge":
+        if mode in BILGE_MODES:
             _summarise_bilge(entry, ok, plain_by_round)
         if mode == "memray":
             sizes = [r["artifacts"].get("memray_bytes", 0) for r in ok]
@@ -787,7 +789,7 @@ def table(summary: dict, modes: list[str]) -> str:
             lines.append("| %s | 0 |%s %d errors |" % (mode, " - |" * 12, e["errors"]))
             continue
         notes = []
-        if mode == "bilge":
+        if mode in BILGE_MODES:
             notes.append("verdict %s" % ", ".join("%s×%d" % kv for kv in e["verdicts"].items()))
             if e.get("found_tasks"):
                 notes.append("task %s" % ", ".join("%s×%d" % kv for kv in e["found_tasks"].items()))
