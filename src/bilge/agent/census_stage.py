@@ -104,7 +104,6 @@ class CensusStage:
                  clock: Callable[[], float] = time.monotonic,
                  cpu_clock: Callable[[], float] = time.process_time) -> None:
         self._outbox = outbox
-        self._share, self._pace = share, pace
         self._counts = counts
         self._tasks_done = tasks_done
         self._min_interval = min_interval
@@ -115,7 +114,7 @@ class CensusStage:
         # A small burst lets a fresh process take its first sizing census at
         # once (a 60k-object Celery child takes ~40 ms) without paying much
         # more than its share even over a run of a few seconds.
-        self._budget = CpuBudget(share, burst=0.08, clock=lambda: cpu_clock() + WALL_FLOOR * clock())
+        self._budget = CpuBudget(share, burst=0.08, clock=lambda: cpu_clock() + WALL_FLOOR * clock(), pace=pace)
         self._cost = {True: 0.0, False: 0.0}
         self._since_sized = sizing_every  # the first census sizes
         self._next = clock() + min_interval
@@ -134,7 +133,6 @@ class CensusStage:
         # Not faster: each census's list of every object can leave a step of
         # a few hundred KiB in RSS (glibc keeps the pages), which the verdict sees.
         self._next = self._clock() + min(max(self._min_interval, age / 60.0), 600.0)
-        self._budget.share = self._share * self._pace()
         want_sized = self._since_sized >= self._sizing_every - 1
         if want_sized and self._budget.can_spend(self._cost[True]):
             sized = True

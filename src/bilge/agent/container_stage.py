@@ -55,7 +55,6 @@ class ContainerStage:
                  clock: Callable[[], float] = time.monotonic,
                  cpu_clock: Callable[[], float] = time.process_time) -> None:
         self._outbox = outbox
-        self._share, self._pace = share, pace
         self._tasks_done = tasks_done
         self._on_counted = on_counted
         self._min_interval = min_interval
@@ -69,7 +68,8 @@ class ContainerStage:
         # With a 40 ms burst a costly first one left the stage in debt for
         # seconds of a short child's life (zoo run 0f8a7a2, throttle_last_seen:
         # no scan for 5.7 s).
-        self._budget = CpuBudget(share, burst=FIRST_DISCOVERY, clock=lambda: cpu_clock() + WALL_FLOOR * clock())
+        self._budget = CpuBudget(share, burst=FIRST_DISCOVERY, clock=lambda: cpu_clock() + WALL_FLOOR * clock(),
+                                 pace=pace)
         self._next = clock() + min_interval
         # The latest (tasks done, length) of each container followed.
         self._history: dict[str, deque[tuple[int, int]]] = {}
@@ -86,7 +86,6 @@ class ContainerStage:
         """Scan if the budget allows; the interval stretches with age (~age/60, as the census's)."""
         age = self._clock() - self._born
         self._next = self._clock() + min(max(self._min_interval, age / 60.0), 300.0)
-        self._budget.share = self._share * self._pace()
         # A discovery the budget cannot pay for yet waits; the containers
         # already found are read meanwhile.
         if self._scanner.discovery_due() and self._budget.can_spend(self._cost[True]):

@@ -21,18 +21,23 @@ class CpuBudget:
         burst: the most tokens that can accrue (and the initial allowance).
         clock: what the tokens accrue with: a monotonic wall clock, or the
             process's CPU time (injectable for tests).
+        pace: the part of ``share`` that accrues now (1.0: all of it), asked
+            at each refill: a stage that only watches for a change may
+            accrue less while nothing suggests one.
     """
 
-    def __init__(self, share: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, share: float, burst: float, clock: Callable[[], float] = time.monotonic,
+                 pace: Callable[[], float] = lambda: 1.0) -> None:
         self.share = share
         self.burst = burst
         self._clock = clock
+        self._pace = pace
         self._tokens = burst
         self._last = clock()
 
     def _refill(self) -> None:
         now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.share)
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.share * self._pace())
         self._last = now
 
     def can_spend(self, expected: float) -> bool:

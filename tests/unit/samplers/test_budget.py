@@ -61,3 +61,13 @@ def test_overspending_is_a_debt_paid_back_over_time() -> None:
     assert not budget.can_spend(0.0)
     clock.now += 1.5
     assert budget.can_spend(0.0)
+
+
+def test_a_pace_below_one_accrues_that_part_of_the_share() -> None:
+    """At a quarter pace 1 % of a core refills 0.0025 s per second."""
+    clock = FakeClock()
+    budget = CpuBudget(share=0.01, burst=0.06, clock=clock, pace=lambda: 0.25)
+    budget.spend(0.06)
+    clock.now += 4.0
+    assert budget.can_spend(0.0099)
+    assert not budget.can_spend(0.0101)
