@@ -30,6 +30,8 @@ WATCHED = "celery.signals"
 
 
 _agent = _current.get  # one call a hook, not two: the task hooks run twice a task
+
+
 def _on_prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any) -> None:
     agent = _agent()
     if agent is not None:

@@ -43,7 +43,7 @@ class Store(Protocol):
 MAX_TASK_NAMES = 1000
 OTHER_NAME = "<other>"
 # What a missing reading (a task whose memory was not read) is stored as in
-# the integer columns: a reading is never negative.
+# the packed integer fields: a reading is never negative.
 _NONE = -1
 
 
@@ -54,7 +54,7 @@ _ROW = struct.Struct("=9q2d?")
 _GROW_ROWS = 256
 
 
-class _Columns:
+class _PackedRows:
     """One buffer of task rows: packed rows in one bytearray, reused once drained.
 
     One ``pack_into`` per row (``TaskRows.add``) writes one contiguous run
@@ -66,6 +66,12 @@ class _Columns:
         self.n = 0
         self.buf = bytearray()
 
+    def row(self, i: int) -> tuple[Any, ...]:
+        """Row ``i`` (negative: from the end), as ``rows`` gives it."""
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return _ROW.unpack_from(self.buf, (i % self.n) * _ROW.size)
+
     def rows(self) -> list[tuple[Any, ...]]:
         """The rows as tuples (seq, name id, rss0, rss1, blocks0, blocks1, gc runs, items0, items1, started,
         ended, failed)."""
@@ -74,15 +80,15 @@ class _Columns:
 
 
 class TaskRows:
-    """Task rows in columns of machine numbers, reused from one flush to the next.
+    """Task rows packed as machine numbers, reused from one flush to the next.
 
     A task row is added after every task, in the host's task thread, and a
     row of Python objects (a tuple, its floats and large ints: ~6 heap
     blocks) stayed in the heap until the next flush: the heap-block series
     the verdict reads then rose by a few blocks per task and fell at every
-    flush, a sawtooth bigger than a slow leak. Columns of machine numbers
-    allocate nothing once they reach their high-water mark (bounded by the
-    limit), and a row costs a few stores instead of eight objects.
+    flush, a sawtooth bigger than a slow leak. Packed rows allocate nothing
+    once the buffer reaches its high-water mark (bounded by the limit), and
+    a row costs one ``pack_into`` instead of eight objects.
     Task names are kept once each, in a bounded table.
 
     Rows come from any task thread (a threads pool has several) and are
@@ -94,8 +100,8 @@ class TaskRows:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._lock = threading.Lock()
-        self._active = _Columns()
-        self._spare = _Columns()
+        self._active = _PackedRows()
+        self._spare = _PackedRows()
         self._names: list[str] = []
         self._ids: dict[str, int] = {}
         self.dropped = 0  # rows refused because the buffer was full
@@ -150,13 +156,13 @@ class TaskRows:
     def __getitem__(self, i: int) -> tuple[Any, ...]:
         """Row ``i`` of those waiting, as the store takes it (seq, name, started, ended, rss0, rss1, blocks0,
         blocks1, failed, gc runs, items0, items1)."""
-        return self._row(self._active.rows()[i])
+        return self._row(self._active.row(i))
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return (self._row(packed) for packed in self._active.rows())
 
     def drain(self) -> list[tuple[Any, ...]]:
-        """Every row, oldest first; the buffer is left empty (its columns are kept for reuse)."""
+        """Every row, oldest first; the buffer is left empty (its buffer is kept for reuse)."""
         with self._lock:
             full, self._active = self._active, self._spare
         out = [self._row(packed) for packed in full.rows()]
