@@ -127,6 +127,10 @@ class AgentConfig:
         cpu_period: ...over any period this long (seconds).
         slowed_per_hour: seconds of wall time the budgeted stages may add to
             the host's tasks (tracing slows a task) over any hour.
+        control: serve the control channel (``bilge snapshot``, ``bilge top``): a
+            unix socket per process, owner-only (see ``agent.control``).
+        socket_dir: the sockets' directory (default: ``$XDG_RUNTIME_DIR/bilge``
+            or ``/tmp/bilge-<uid>``).
         warnings: what was wrong with the settings it was read from (each bad
             value was replaced by its default); for the agent to log once.
             Not a setting: ignored by ``==`` and ``to_environment``.
@@ -145,6 +149,8 @@ class AgentConfig:
     cpu_share: float = 0.01
     cpu_period: float = 600.0
     slowed_per_hour: float = 1.0
+    control: bool = True
+    socket_dir: str = ""
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
@@ -284,6 +290,8 @@ _SETTINGS: dict[str, Callable[[str], Any]] = {
     "cpu_share": _share,
     "cpu_period": _positive_seconds,
     "slowed_per_hour": _checked(float, lambda v: 0 <= v <= 3600, "a number of seconds from 0 to 3600"),
+    "control": _flag,
+    "socket_dir": _checked(str, os.path.isabs, "an absolute directory path"),
 }
 _RECYCLE_SETTINGS = tuple(name for name in _SETTINGS if name == "recycle" or name.startswith("recycle_"))
 

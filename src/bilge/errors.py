@@ -56,3 +56,9 @@ class GuardError(BilgeError):
     """``bilge guard`` cannot load the app, find the task, parse the arguments or run the calls."""
 
     exit_code = 2
+
+
+class AgentUnreachableError(BilgeError):
+    """No live agent answers for a process (not under bilge, gone, another user's, or stalled)."""
+
+    exit_code = 5

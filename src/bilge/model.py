@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 SCHEMA_VERSION = 1
 
@@ -240,14 +240,16 @@ STAGE_ALLOCATION_EPISODE = "allocation-episode"  # tracemalloc on for a warm-up 
 STAGE_NATIVE_WINDOW = "native-window"  # glibc in-use bytes per user line
 STAGE_HOLDER_SEARCH = "holder-search"  # who keeps the growing types alive
 STAGE_FD_SCAN = "fd-scan"  # what open descriptors point to
+STAGE_SNAPSHOT = "snapshot"  # a census and a holder search a user asked for (`bilge snapshot`)
 STAGES = (STAGE_WATCH, STAGE_TASK_HOOKS, STAGE_CENSUS, STAGE_FLUSH, STAGE_RECOUNT, STAGE_ALLOCATION_WINDOW,
-          STAGE_ALLOCATION_EPISODE, STAGE_NATIVE_WINDOW, STAGE_HOLDER_SEARCH, STAGE_FD_SCAN)
+          STAGE_ALLOCATION_EPISODE, STAGE_NATIVE_WINDOW, STAGE_HOLDER_SEARCH, STAGE_FD_SCAN, STAGE_SNAPSHOT)
 # Stages whose runs leave a step in the process's memory (tracemalloc's
 # tables, peaks glibc and pymalloc keep, caches filled while naming sites):
 # the analysis drops the tasks that overlapped them and takes the step,
 # less the growth the process had been showing anyway, out of every later
 # reading (``analysis.own_activity``).
-MEMORY_STAGES = (STAGE_ALLOCATION_WINDOW, STAGE_ALLOCATION_EPISODE, STAGE_NATIVE_WINDOW, STAGE_HOLDER_SEARCH)
+MEMORY_STAGES = (STAGE_ALLOCATION_WINDOW, STAGE_ALLOCATION_EPISODE, STAGE_NATIVE_WINDOW, STAGE_HOLDER_SEARCH,
+                 STAGE_SNAPSHOT)
 
 
 @dataclass(frozen=True)
@@ -307,6 +309,21 @@ class AgentCost:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """A census and holder search someone asked a live agent for (``bilge snapshot``).
+
+    ``summary`` is the agent's own answer, as the command printed it: top
+    types, their change since the previous snapshot, holder paths (see
+    ``agent.snapshot.Snapshots.take``).
+    """
+
+    t: float
+    tasks_done: int
+    seconds: float
+    summary: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class ProcessData:
     """Everything stored about one process."""
 
@@ -321,6 +338,7 @@ class ProcessData:
     container_scans: tuple[ContainerScan, ...] = ()
     recycles: tuple[Recycle, ...] = ()
     cost: AgentCost = AgentCost()
+    snapshots: tuple[Snapshot, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -457,6 +475,7 @@ class ProcessDiagnosis:
     tasks_excluded: int = 0
     type_series: tuple[Series, ...] = field(default=(), repr=False)
     cost: AgentCost = AgentCost()
+    snapshots: tuple[Snapshot, ...] = ()
 
 
 @dataclass(frozen=True)

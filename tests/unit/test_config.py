@@ -19,7 +19,8 @@ EVERYTHING = AgentConfig(data_dir="/data", run_id=7, sample_interval=0.25, censu
                          census_min_interval=3.5, sizing_every=2, buffer_limit=500, show_values=True, explain=False,
                          recycle=RecyclePolicy(enabled=True, soft_limit=64 * MIB, hard_limit=2 << 30, horizon=120.0,
                                                min_interval=5.0, min_tasks=10),
-                         cpu_share=0.05, cpu_period=60.0, slowed_per_hour=0.5)
+                         cpu_share=0.05, cpu_period=60.0, slowed_per_hour=0.5, control=False,
+                         socket_dir="/run/bilge-test")
 
 
 def read(env: dict[str, str]) -> AgentConfig:
@@ -39,6 +40,7 @@ def test_every_setting_round_trips_through_the_environment() -> None:
     assert env["BILGE_SLOWED_PER_HOUR"] == "0.5"
     assert (env["BILGE_SHOW_VALUES"], env["BILGE_EXPLAIN"], env["BILGE_RECYCLE"]) == ("1", "0", "1")
     assert env["BILGE_RECYCLE_HARD_LIMIT"] == str(2 << 30)
+    assert (env["BILGE_CONTROL"], env["BILGE_SOCKET_DIR"]) == ("0", "/run/bilge-test")
 
 
 def test_every_variable_is_written_when_every_setting_differs() -> None:

@@ -36,9 +36,11 @@ from bilge.agent import _current, celery_hooks
 from bilge.agent.budget import Budget, Ledger, Meter
 from bilge.agent.census_stage import CensusStage, Counts
 from bilge.agent.container_stage import ContainerStage
+from bilge.agent.control import ControlError, ControlServer, socket_dir
 from bilge.agent.explain import Explain
 from bilge.agent.outbox import Outbox, Store
 from bilge.agent.recycle_stage import Recycler
+from bilge.agent.snapshot import Snapshots
 from bilge.agent.watch import FULL_READ_TASKS, FdScan, Watch
 from bilge.config import AgentConfig as AgentConfig  # re-exported by bilge.agent
 from bilge.model import STAGE_CENSUS, STAGE_FD_SCAN, STAGE_FLUSH, STAGE_TASK_HOOKS, STAGE_WATCH
@@ -70,6 +72,8 @@ HOOK_TIMING_EVERY = 64
 # a process is young for at most YOUNG_SECONDS.
 CALM_PACE = 0.25
 YOUNG_SECONDS = 30.0
+# Seconds a control request waits for the stages' lock (a tick, a flush).
+CONTROL_WAIT = 10.0
 
 
 class Agent:
@@ -134,6 +138,12 @@ class Agent:
                                clock=clock, monotonic=monotonic)
         self.recycler = Recycler(config.recycle, self.watch, self.counts, self.store, self._store_lock,
                                  lambda: (self.explain.last_sites, self.explain.last_paths), monotonic=monotonic)
+        self.snapshots = Snapshots(self.outbox, self.census, self.counts, self.ledger, lambda: self.watch.tasks_done,
+                                   config.show_values, clock=clock)
+        # The stages run under this lock: a tick in the agent's thread, a
+        # request in the control channel's (one at a time, never both).
+        self._work_lock = threading.Lock()
+        self.control_server: ControlServer | None = None
 
     @property
     def tasks_done(self) -> int:
@@ -169,10 +179,26 @@ class Agent:
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="bilge-agent", daemon=True)
         self._thread.start()
+        if self.config.control and self.control_server is None:
+            self._open_control()
+
+    def _open_control(self) -> None:
+        """Serve ``<socket dir>/<pid>.sock``; without it the agent runs on (``bilge snapshot`` cannot reach it)."""
+        path = os.path.join(socket_dir(self.config.socket_dir), "%d.sock" % os.getpid())
+        server = ControlServer(path, self.control)
+        try:
+            server.start()
+        except ControlError as exc:
+            self._record_error("control", exc)
+            log.warning("bilge: no control channel in pid %d: %s", os.getpid(), exc)
+            return
+        self.control_server = server
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the thread, keep what a window has, and write what is buffered (bounded by ``timeout``)."""
         self._stop.set()
+        if self.control_server is not None:
+            self.control_server.close()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -223,6 +249,57 @@ class Agent:
         if timed:
             self.hook_seconds += (self._thread_clock() - t) * HOOK_TIMING_EVERY
 
+    # ------------------------------------------------------ control channel --
+    def control(self, op: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Answer one control-channel request (``agent.control``), in the channel's thread.
+
+        Operations: ``status``; ``census`` (count objects now); ``snapshot``
+        (count, then search the holders of what grew, or of ``args["types"]``);
+        ``window`` (open an allocation window now, if the budget buys one);
+        ``flush`` (write what is buffered).
+
+        Raises:
+            ValueError: an unknown operation, bad arguments, or a busy agent
+                (the message is the client's answer).
+        """
+        if op == "status":
+            return self.status()
+        if op not in ("census", "snapshot", "window", "flush"):
+            raise ValueError("unknown op %r; known: status, census, snapshot, window, flush" % op[:40])
+        if not self._work_lock.acquire(timeout=CONTROL_WAIT):
+            raise ValueError("the agent stayed busy for %.0f s; try again" % CONTROL_WAIT)
+        try:
+            proc_sampler.AGENT_BUSY[0] = 1
+            if op == "window":
+                result: dict[str, Any] = {"window": self.explain.open_on_request()}
+            elif op == "flush":
+                result = {}
+            else:
+                top = args.get("top", 15)
+                result = self.snapshots.take(args.get("types") or (), top, search_holders=op == "snapshot")
+        finally:
+            proc_sampler.AGENT_BUSY[0] = 0
+            self._work_lock.release()
+        self.flush()
+        return result
+
+    def status(self) -> dict[str, Any]:
+        """What this agent knows now: the process, its memory, its suspicion, the explain stage, bilge's cost."""
+        watch, explain = self.watch, self.explain
+        return {
+            "pid": os.getpid(), "role": self.role, "run_id": self.config.run_id, "data_dir": self.config.data_dir,
+            "python": "%d.%d.%d" % sys.version_info[:3],
+            "uptime_seconds": round(self._monotonic() - self._born, 3),
+            "tasks_done": watch.tasks_done, "rss": watch.sampled_rss, "heap_blocks": watch.last_heap_blocks,
+            "fds": watch.last_fds,
+            "suspect": {"rss": watch.rss_suspicion.suspect(), "heap": watch.heap_suspicion.suspect()},
+            "growing_types": self.counts.growing_types(),
+            "explain": {"on": self._explain_on, "window_open": explain.window.active,
+                        "windows_opened": explain.windows_opened, "reason": explain.reason},
+            "cost_cpu_seconds": {c.stage: round(c.cpu_seconds, 4) for c in self.ledger.totals()},
+            "snapshots": self.snapshots.taken,
+        }
+
     # ------------------------------------------------------------- the loop --
     def _loop(self) -> None:
         try:
@@ -232,11 +309,12 @@ class Agent:
             self._log_once("register", exc)
             return
         while not self._stop.wait(self._interval()):
-            proc_sampler.AGENT_BUSY[0] = 1
-            try:
-                self.tick()
-            finally:
-                proc_sampler.AGENT_BUSY[0] = 0
+            with self._work_lock:
+                proc_sampler.AGENT_BUSY[0] = 1
+                try:
+                    self.tick()
+                finally:
+                    proc_sampler.AGENT_BUSY[0] = 0
 
     def tick(self) -> None:
         """One round of every stage (the thread's loop body; tests call it directly)."""
@@ -361,6 +439,9 @@ class Agent:
         child could inherit a held SQLite mutex, so it gets no agent.
         """
         self.store.abandon()
+        if self.control_server is not None:
+            # The parent's socket stays the parent's; the child opens its own.
+            self.control_server.abandon()
         if self.explain.window.tracing:
             # tracemalloc state is inherited: the child must not keep paying
             # for its parent's episode.

@@ -340,6 +340,22 @@ class Explain:
         with self._run(STAGE_RECOUNT, reason):
             self._census.count_now()
 
+    def open_on_request(self) -> str:
+        """Open an allocation window now because a user asked (``bilge snapshot --window``); what happened.
+
+        Within the budget, like any window: a request that the budget cannot
+        buy is refused, never paid for by overspending.
+        """
+        if self.window.active or self.native.active:
+            return "already open"
+        if not self._watch.tasks_done:
+            return "refused: this process has run no task to trace"
+        opened = self.windows_opened
+        self._open_window("requested through the control channel")
+        if self.windows_opened == opened:
+            return "refused: the cost budget cannot buy a window now (see the cost in `bilge report`)"
+        return "opened" if self.window.active else "not opened: this process already traces memory itself"
+
     # ------------------------------------------------------ allocation window --
     def _open_window(self, reason: str) -> None:
         if not self._budget.affords(self._census.last_count_seconds + 0.01, self._episode_cost(FRAME_CHOICES[-1])):
@@ -549,10 +565,7 @@ class Explain:
             self._outbox.add_error(self._clock(), "holders", "RuntimeError: %s" % (search.reason or "incomplete"))
         t = self._clock()
         self.last_paths = [(h.type_name, h.path) for h in search.paths[:10]]
-        for h in search.paths:
-            self._outbox.holders.append((t, started, h.type_name, h.path, h.root_kind, h.container_type or None,
-                                         h.container_length if h.container_length >= 0 else None, h.targets,
-                                         "\n".join(h.values) if h.values else None))
+        self._outbox.add_holders(t, started, search.paths)
 
     # ---------------------------------------------------------------- helpers --
     @contextlib.contextmanager

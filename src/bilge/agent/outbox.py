@@ -29,7 +29,7 @@ class Store(Protocol):
               windows: Sequence[Any] = (), fd_targets: Sequence[Any] = (), facts: dict[str, int] | None = None,
               holders: Sequence[Any] = (), stage_costs: Sequence[StageCost] = (),
               stage_runs: Sequence[StageRun] = (), budget: BudgetState | None = None,
-              containers: Sequence[Any] = ()) -> None: ...
+              containers: Sequence[Any] = (), snapshots: Sequence[Any] = ()) -> None: ...
 
     def claim_recycle(self, process_id: int, t: float, reason: str, rss: int | None, tasks_done: int,
                       snapshot: str, min_interval: float, urgent: bool = False) -> bool: ...
@@ -190,6 +190,8 @@ class Outbox:
     # (t, tasks done, seconds, ((path, container type, length, element type) …)): one per scan.
     containers: deque[tuple[float, int, float, tuple[tuple[str, str, int, str], ...]]] = field(
         default_factory=lambda: deque(maxlen=8))
+    # (t, tasks done, seconds, summary): snapshots a user asked for (few: one per request).
+    snapshots: deque[tuple[float, int, float, dict[str, Any]]] = field(default_factory=lambda: deque(maxlen=8))
     errors: list[tuple[float, str, str]] = field(default_factory=list)
     facts: dict[str, int] = field(default_factory=dict)
     role: str | None = None
@@ -209,6 +211,13 @@ class Outbox:
         """Buffer one process sample (dropped and counted past the limit)."""
         self._bounded(self.samples, row)
 
+    def add_holders(self, t: float, started: float, paths: Sequence[Any]) -> None:
+        """Buffer the paths of one holder search (``samplers.holders.HolderPath``), found at ``t``."""
+        for h in paths:
+            self.holders.append((t, started, h.type_name, h.path, h.root_kind, h.container_type or None,
+                                 h.container_length if h.container_length >= 0 else None, h.targets,
+                                 "\n".join(h.values) if h.values else None))
+
     def add_error(self, t: float, source: str, message: str) -> None:
         """Buffer an error record (at most 100 between flushes)."""
         if len(self.errors) < 100:
@@ -225,7 +234,7 @@ class Outbox:
         out: dict[str, Any] = {
             "samples": _drain(self.samples), "tasks": self.tasks.drain(), "censuses": _drain(self.censuses),
             "windows": self.windows, "holders": _drain(self.holders), "fd_targets": _drain(self.fd_targets),
-            "containers": _drain(self.containers),
+            "containers": _drain(self.containers), "snapshots": _drain(self.snapshots),
             "errors": self.errors, "facts": self.facts, "role": self.role,
         }
         self.windows, self.errors, self.facts, self.role = [], [], {}, None

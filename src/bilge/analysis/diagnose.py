@@ -215,7 +215,7 @@ def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
         fds_start=fds[0] if fds else None, fds_end=fds[-1] if fds else None,
         series=_process_series(samples), trend_line=line if result.verdict == LEAK else None,
         sites=sites.leak_sites(p.windows, MALLOC if window.kind == kind.NATIVE else TRACEMALLOC),
-        cost=raw.cost,
+        cost=raw.cost, snapshots=raw.snapshots,
     )
     return diag, window
 

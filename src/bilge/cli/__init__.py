@@ -18,6 +18,7 @@ from bilge.cli.demo import demo
 from bilge.cli.guard import guard
 from bilge.cli.report import report
 from bilge.cli.run import run
+from bilge.cli.snapshot import snapshot
 from bilge.cli.systemd import systemd
 from bilge.errors import BilgeError
 
@@ -34,6 +35,7 @@ cli.add_command(demo)
 cli.add_command(check)
 cli.add_command(systemd)
 cli.add_command(guard)
+cli.add_command(snapshot)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

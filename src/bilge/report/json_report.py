@@ -54,6 +54,7 @@ def process_dict(p: ProcessDiagnosis) -> dict[str, Any]:
         "fds_end": p.fds_end,
         "reason": p.reason,
         "findings": [finding_dict(f) for f in p.findings],
+        "snapshots": [dict(s.summary, t=s.t, tasks_done=s.tasks_done, seconds=s.seconds) for s in p.snapshots],
         "allocation_sites": [
             {"file": s.file, "line": s.line, "bytes": s.size, "blocks": s.count, "owner": s.owner,
              "traceback": list(s.traceback)} for s in p.sites

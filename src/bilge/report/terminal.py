@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -147,7 +149,43 @@ class TerminalReporter:
             cost = cost_line(p.cost)
             if cost:
                 lines.append(Text("  " + cost, style="dim"))
+            if p.snapshots:
+                # The latest one: each is compared with the one before it.
+                latest = p.snapshots[-1]
+                lines += snapshot_lines(latest.summary, "  ", "%d snapshot%s, latest" % (
+                    len(p.snapshots), "" if len(p.snapshots) == 1 else "s"))
         return Group(*lines)
+
+
+def snapshot_lines(summary: Mapping[str, Any], indent: str = "", title: str = "snapshot",
+                   rows: int = 5) -> list[Text]:
+    """A snapshot's summary (``agent.snapshot``) as a few lines: when, what grew, who holds it."""
+    when = time.strftime("%H:%M:%S", time.localtime(summary.get("t", 0)))
+    lines = [Text.assemble((indent + title, "bold"), " at %s after %s tasks: %s objects, taken in %.2f s" % (
+        when, summary.get("tasks_done", "?"), "{:,}".format(summary.get("objects", 0)), summary.get("seconds", 0)))]
+    compared = summary.get("compared_with")
+    growing = summary.get("growing") or []
+    if compared and growing:
+        lines.append(Text(indent + "  grew since %s: " % compared, style="dim"))
+        lines[-1].append(", ".join("%s +%s (%s)" % (g["type"], "{:,}".format(g["change"]), "{:,}".format(g["count"]))
+                                   for g in growing[:rows]))
+    elif compared:
+        lines.append(Text(indent + "  nothing grew since %s" % compared, style="dim"))
+    else:
+        top = summary.get("top") or []
+        lines.append(Text(indent + "  most objects: " + ", ".join(
+            "%s %s" % (t["type"], "{:,}".format(t["count"])) for t in top[:rows]), style="dim"))
+    for h in (summary.get("holders") or [])[:rows]:
+        held = " <%s of %s>" % (h["container"], "{:,}".format(h["length"])) if h.get("container") and h.get(
+            "length") is not None else ""
+        lines.append(Text.assemble((indent + "  held: ", "dim"), (h["type"], "bold"), " ← ", (h["path"], "cyan"),
+                                   held, (" (%s)" % h["root_kind"], "dim"), overflow="fold"))
+    note = summary.get("holders_note")
+    if note and not summary.get("holders"):
+        lines.append(Text(indent + "  holders: " + note, style="dim"))
+    elif note:
+        lines.append(Text(indent + "  holder search incomplete: " + note, style="dim"))
+    return lines
 
 
 def _detail(label: str, value: str, style: str = "") -> Text:

@@ -27,6 +27,7 @@ class MemoryStore:
     holders: list[Any] = field(default_factory=list)
     fd_targets: list[Any] = field(default_factory=list)
     containers: list[Any] = field(default_factory=list)
+    snapshots: list[Any] = field(default_factory=list)
     errors: list[tuple[float, str, str]] = field(default_factory=list)
     facts: dict[str, int] = field(default_factory=dict)
     roles: list[str] = field(default_factory=list)
@@ -49,7 +50,7 @@ class MemoryStore:
               windows: Sequence[Any] = (), fd_targets: Sequence[Any] = (), facts: dict[str, int] | None = None,
               holders: Sequence[Any] = (), stage_costs: Sequence[StageCost] = (),
               stage_runs: Sequence[StageRun] = (), budget: BudgetState | None = None,
-              containers: Sequence[Any] = ()) -> None:
+              containers: Sequence[Any] = (), snapshots: Sequence[Any] = ()) -> None:
         """Keep one flush's rows."""
         self.flushes += 1
         self.samples.extend(samples)
@@ -59,6 +60,7 @@ class MemoryStore:
         self.holders.extend(holders)
         self.fd_targets.extend(fd_targets)
         self.containers.extend(containers)
+        self.snapshots.extend(snapshots)
         self.errors.extend(errors)
         self.facts.update(facts or {})
         if role:

@@ -165,6 +165,13 @@ CREATE TABLE IF NOT EXISTS holders (
     targets INTEGER NOT NULL,
     sample_values TEXT
 );
+CREATE TABLE IF NOT EXISTS snapshots (
+    process_id INTEGER NOT NULL,
+    t REAL NOT NULL,
+    tasks_done INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    summary TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS stage_costs (
     process_id INTEGER NOT NULL,
     stage TEXT NOT NULL,

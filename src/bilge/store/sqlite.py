@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -12,6 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from bilge.errors import DataDirError, EmptyStoreError, StoreError
 from bilge.model import (
@@ -30,6 +32,7 @@ from bilge.model import (
     RunData,
     RunInfo,
     Sample,
+    Snapshot,
     StageCost,
     StageRun,
     TaskRecord,
@@ -236,17 +239,33 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
         "WHERE p.run_id = ? ORDER BY e.t", (run.id,)
     ):
         errors[pid].append("%s: %s" % (source, message))
+    snapshots: dict[int, list[Snapshot]] = defaultdict(list)
+    for pid, t, done, seconds, summary in conn.execute(
+        "SELECT s.process_id, s.t, s.tasks_done, s.seconds, s.summary FROM snapshots s JOIN processes p "
+        "ON p.id = s.process_id WHERE p.run_id = ? ORDER BY s.t", (run.id,)
+    ):
+        snapshots[pid].append(Snapshot(t, done, seconds, _summary(summary)))
     costs = _read_costs(conn, run.id)
     return RunData(run=run, processes=tuple(
         ProcessData(info=p, samples=tuple(samples[p.id]), tasks=tuple(tasks[p.id]),
                     censuses=tuple(censuses.get(p.id, ())), errors=tuple(errors[p.id]),
                     windows=tuple(windows.get(p.id, ())), holders=tuple(holders[p.id]),
                     recycles=tuple(recycles[p.id]), cost=costs.get(p.id, AgentCost()),
+                    snapshots=tuple(snapshots[p.id]),
                     fd_snapshots=tuple(FdSnapshot(t, done, tuple(rows)) for (t, done), rows in fd_rows[p.id].items()),
                     container_scans=tuple(ContainerScan(t, done, tuple(rows), seconds)
                                           for (t, done, seconds), rows in container_rows[p.id].items()))
         for p in procs
     ))
+
+
+def _summary(text: str) -> dict[str, Any]:
+    """A snapshot's stored summary (a damaged one reads as empty rather than failing the report)."""
+    try:
+        summary = json.loads(text)
+    except ValueError:
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def _read_windows(conn: sqlite3.Connection, run_id: int) -> dict[int, list[AllocationWindow]]:

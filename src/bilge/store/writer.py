@@ -6,10 +6,11 @@ child builds its own (SQLite connections must never cross a fork).
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bilge.model import BudgetState, StageCost, StageRun
@@ -109,6 +110,7 @@ class StoreWriter:
         stage_runs: Sequence[StageRun] = (),
         budget: BudgetState | None = None,
         containers: Sequence[tuple[float, int, float, Sequence[tuple[str, str, int, str]]]] = (),
+        snapshots: Sequence[tuple[float, int, float, Mapping[str, Any]]] = (),
     ) -> None:
         """Write everything buffered since the last flush in one transaction.
 
@@ -191,6 +193,12 @@ class StoreWriter:
                     "INSERT INTO container_lengths (process_id, t, tasks_done, duration, path, container_type, "
                     "length, element_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(process_id, t, done, seconds) + row for t, done, seconds, rows in containers for row in rows],
+                )
+            if snapshots:
+                _insert(conn,
+                    "INSERT INTO snapshots (process_id, t, tasks_done, seconds, summary) VALUES (?, ?, ?, ?, ?)",
+                    [(process_id, t, done, seconds, json.dumps(summary, separators=(",", ":")))
+                     for t, done, seconds, summary in snapshots],
                 )
             _write_cost(conn, process_id, stage_costs, stage_runs, budget)
             if ended is not None:

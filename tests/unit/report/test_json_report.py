@@ -163,3 +163,16 @@ def test_process_without_cost_has_an_empty_cost() -> None:
     _, report = rendered(diagnosis())
     assert report["processes"][0]["cost"] == {"stages": [], "runs": [], "budget": None, "cpu_seconds_total": 0.0,
                                               "slowed_seconds_total": 0.0}
+
+
+def test_a_process_carries_its_snapshots() -> None:
+    """Each stored snapshot: the agent's summary plus when, after how many tasks and how long it took."""
+    from dataclasses import replace
+
+    from bilge.model import Snapshot
+    from bilge.report.json_report import process_dict
+
+    base = process_dict(leaking_child(101))
+    assert base["snapshots"] == []
+    snap = process_dict(replace(leaking_child(101), snapshots=(Snapshot(5.0, 7, 0.3, {"objects": 9}),)))
+    assert snap["snapshots"] == [{"objects": 9, "t": 5.0, "tasks_done": 7, "seconds": 0.3}]

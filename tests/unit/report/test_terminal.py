@@ -183,3 +183,35 @@ def test_finding_paths_are_never_broken_at_80_columns() -> None:
     two = (finding, replace(finding, task="shop.other", type="list", holder=None, location=None, values=()))
     text = render(replace(leak(), findings=two), width=80)
     assert " 1. dict  task shop.search  4.0 KiB/call" in text and " 2. list  task shop.other" in text
+
+
+SNAPSHOT = {"t": 1000.0, "tasks_done": 900, "objects": 71243, "seconds": 0.17,
+            "compared_with": "the previous snapshot (645 tasks and 1 s earlier)",
+            "growing": [{"type": "list", "count": 3271, "change": 259}, {"type": "dict", "count": 7504, "change": 217}],
+            "holders": [{"type": "dict", "path": "apps.billing._STATEMENT_ARCHIVE[...]", "root_kind": "module-global",
+                         "container": "dict", "length": 322, "targets": 809}],
+            "holders_complete": True, "holders_note": ""}
+
+
+def test_a_process_shows_its_latest_snapshot_what_grew_and_who_holds_it() -> None:
+    """Under the process: how many snapshots, the latest one's growth since the one before, its holders."""
+    from bilge.model import Snapshot
+
+    d = leak()
+    older = Snapshot(900.0, 200, 0.1, {"objects": 1, "holders": []})
+    text = render(replace(d, processes=(replace(d.processes[0], snapshots=(older, Snapshot(1000.0, 900, 0.17,
+                                                                                           SNAPSHOT))),)))
+    assert "2 snapshots, latest at" in text and "after 900 tasks: 71,243 objects, taken in 0.17 s" in text
+    assert "grew since the previous snapshot (645 tasks and 1 s earlier): list +259 (3,271), dict +217" in text
+    assert "held: dict ← apps.billing._STATEMENT_ARCHIVE[...] <dict of 322> (module-global)" in text
+
+
+def test_a_first_snapshot_lists_the_most_numerous_types() -> None:
+    """With nothing to compare with: the most numerous types, and why no holders were searched."""
+    from bilge.report.terminal import snapshot_lines
+
+    first = {"t": 1.0, "tasks_done": 0, "objects": 10, "seconds": 0.0, "compared_with": None,
+             "top": [{"type": "function", "count": 6, "change": None}], "holders": [],
+             "holders_note": "the first snapshot of a young process: no counts to compare with yet"}
+    text = "\n".join(line.plain for line in snapshot_lines(first))
+    assert "most objects: function 6" in text and "holders: the first snapshot" in text

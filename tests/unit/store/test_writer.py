@@ -251,3 +251,19 @@ def test_a_low_parameter_limit_splits_the_inserts_below_it() -> None:
     data = [(i, i, i) for i in range(100)]
     _insert(conn.cursor(), "INSERT INTO t (a, b, c) VALUES (?, ?, ?)", data)
     assert conn.execute("SELECT a, b, c FROM t ORDER BY rowid").fetchall() == data
+
+
+def test_snapshots_round_trip_with_their_summary(store: tuple[str, int]) -> None:
+    """A flushed snapshot is read back on its process, summary intact, in time order."""
+    data_dir, run_id = store
+    writer = StoreWriter(data_dir, run_id)
+    summary = {"objects": 1234, "growing": [{"type": "shop.Order", "count": 40, "change": 30}], "holders": []}
+    try:
+        process_id = writer.register_process(7, 1, None, "celery-child", "celery worker")
+        writer.flush(process_id, [], [], [], None, [], snapshots=[(20.0, 9, 0.2, {"objects": 2}), (10.0, 5, 0.1,
+                                                                                                    summary)])
+    finally:
+        writer.close()
+    (proc,) = load_run(data_dir).processes
+    assert [(s.t, s.tasks_done, s.seconds) for s in proc.snapshots] == [(10.0, 5, 0.1), (20.0, 9, 0.2)]
+    assert proc.snapshots[0].summary == summary
