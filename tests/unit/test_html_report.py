@@ -342,3 +342,21 @@ def test_growth_by_task_counts_what_a_call_keeps_like_the_findings() -> None:
                                  task_growth=growth))
     assert [b.bytes_per_call for b in bars] == ["4.4 KiB", "2 B"]
     assert bars[0].width == 100.0
+
+
+def test_a_process_lists_its_snapshots_with_what_grew_and_who_holds_it() -> None:
+    """Each snapshot a row: when, tasks, objects, seconds, the types that grew, the holder paths (or why none)."""
+    from bilge.model import Snapshot
+
+    grown = {"objects": 71243, "growing": [{"type": "list", "count": 3271, "change": 259}],
+             "holders": [{"type": "dict", "path": "apps.billing._STATEMENT_ARCHIVE[...]", "root_kind": "module-global",
+                          "container": "dict", "length": 322, "targets": 809}]}
+    first = {"objects": 70000, "growing": [], "holders": [], "holders_note": "the first snapshot of a young process"}
+    d = leak()
+    child = replace(d.processes[0], snapshots=(Snapshot(1000.0, 10, 0.1, first), Snapshot(1060.0, 900, 0.17, grown)))
+    page = rendered(replace(d, processes=(child,)))
+    rows = [row for row in table(page, "pid-%d" % child.pid) if len(row) == 6]
+    assert rows[0] == ["taken", "tasks", "objects", "seconds", "grew", "held by"]
+    assert rows[1][1:] == ["10", "70,000", "0.100", "—", "the first snapshot of a young process"]
+    assert rows[2][1:5] == ["900", "71,243", "0.170", "list +259"]
+    assert rows[2][5].replace("\u200b", "") == "apps.billing._STATEMENT_ARCHIVE[...] (dict)"

@@ -140,9 +140,14 @@ class Agent:
                                  lambda: (self.explain.last_sites, self.explain.last_paths), monotonic=monotonic)
         self.snapshots = Snapshots(self.outbox, self.census, self.counts, self.ledger, lambda: self.watch.tasks_done,
                                    config.show_values, clock=clock)
-        # The stages run under this lock: a tick in the agent's thread, a
-        # request in the control channel's (one at a time, never both).
-        self._work_lock = threading.Lock()
+        # Each stage's run holds this lock, and so does a control request:
+        # a request waits for the stage running now, not for a whole tick.
+        self._work_lock = threading.RLock()
+        self._doing = ("nothing", monotonic())
+        # Wall seconds of the longest tick so far (a control request may wait that long).
+        self.longest_tick = 0.0
+        # Wall seconds of each piece of work's longest run (GIL waits included).
+        self.longest_wall: dict[str, float] = {}
         self.control_server: ControlServer | None = None
 
     @property
@@ -202,7 +207,7 @@ class Agent:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-        self._guarded("window", self.explain.finish)
+        self._guarded("window", self.explain.finish, wait=timeout)
         self.flush(final=True)
 
     def set_role(self, role: str) -> None:
@@ -267,7 +272,9 @@ class Agent:
         if op not in ("census", "snapshot", "window", "flush"):
             raise ValueError("unknown op %r; known: status, census, snapshot, window, flush" % op[:40])
         if not self._work_lock.acquire(timeout=CONTROL_WAIT):
-            raise ValueError("the agent stayed busy for %.0f s; try again" % CONTROL_WAIT)
+            doing, since = self._doing
+            raise ValueError("the agent stayed busy for %.0f s (running %s for %.1f s); try again" % (
+                CONTROL_WAIT, doing, self._monotonic() - since))
         try:
             proc_sampler.AGENT_BUSY[0] = 1
             if op == "window":
@@ -298,6 +305,8 @@ class Agent:
                         "windows_opened": explain.windows_opened, "reason": explain.reason},
             "cost_cpu_seconds": {c.stage: round(c.cpu_seconds, 4) for c in self.ledger.totals()},
             "snapshots": self.snapshots.taken,
+            "longest_tick_seconds": round(self.longest_tick, 3),
+            "longest_wall_seconds": {source: round(took, 3) for source, took in self.longest_wall.items()},
         }
 
     # ------------------------------------------------------------- the loop --
@@ -309,12 +318,13 @@ class Agent:
             self._log_once("register", exc)
             return
         while not self._stop.wait(self._interval()):
-            with self._work_lock:
-                proc_sampler.AGENT_BUSY[0] = 1
-                try:
-                    self.tick()
-                finally:
-                    proc_sampler.AGENT_BUSY[0] = 0
+            proc_sampler.AGENT_BUSY[0] = 1
+            began = self._monotonic()
+            try:
+                self.tick()
+            finally:
+                proc_sampler.AGENT_BUSY[0] = 0
+                self.longest_tick = max(self.longest_tick, self._monotonic() - began)
 
     def tick(self) -> None:
         """One round of every stage (the thread's loop body; tests call it directly)."""
@@ -399,9 +409,15 @@ class Agent:
         if budgeted:
             self.budget.charge(meter.cpu)
 
-    def _guarded(self, source: str, fn: Callable[[], None]) -> None:
+    def _guarded(self, source: str, fn: Callable[[], None], wait: float = CONTROL_WAIT) -> None:
         if source in self._disabled:
             return
+        if not self._work_lock.acquire(timeout=wait):
+            return  # a control request holds it for long: this stage waits for the next tick
+        # What the agent is doing, and since when: a control request that
+        # waits too long for the stages' lock says so.
+        began = self._monotonic()
+        self._doing = (source, began)
         try:
             fn()
             self._failures[source] = 0
@@ -413,6 +429,11 @@ class Agent:
                 self._disabled.add(source)
                 log.warning("bilge: %s failed %d times in a row; switched off in pid %d",
                             source, MAX_FAILURES, os.getpid())
+        finally:
+            self._work_lock.release()
+            took = self._monotonic() - began
+            if took > self.longest_wall.get(source, 0.0):
+                self.longest_wall[source] = took
 
     def _record_error(self, source: str, exc: BaseException) -> None:
         self.outbox.add_error(self._clock(), source, "%s: %s" % (type(exc).__name__, exc))
