@@ -192,7 +192,8 @@ def main() -> None:
         json.dump(result, f, indent=2)
     print(
         "| target loop | live objects | failed requests | agent's longest tick | snapshot wall, median / max "
-        "| agent: census / holders (median) | target stalled, median of the %d largest gaps / max | holder found | first grown type |" % args.repeat
+        "| agent: census / holders (median) | target stalled, median of the %d largest gaps / max "
+        "| holder found | first grown type |" % args.repeat
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for s in sizes:
