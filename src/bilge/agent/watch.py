@@ -109,6 +109,7 @@ class Watch:
         self.last_fds: int | None = None
         self.last_heap_blocks: int | None = None
         self.sampled_rss: int | None = None
+        self.sampled_uss: int | None = None
         self._samples_taken = 0
         # Memory is read on one task in about read_every (see note_read_cost);
         # the next read task is the one numbered _next_read.
@@ -200,6 +201,7 @@ class Watch:
         uss = pss = None
         if self._samples_taken % USS_EVERY == 0:
             uss, pss = proc_sampler.read_uss_pss()
+            self.sampled_uss = uss
         self._samples_taken += 1
         g0, g1, g2, collections, collected = proc_sampler.gc_reading()
         malloc_used, malloc_free = self.malloc.read()

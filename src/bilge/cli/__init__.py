@@ -20,6 +20,7 @@ from bilge.cli.report import report
 from bilge.cli.run import run
 from bilge.cli.snapshot import snapshot
 from bilge.cli.systemd import systemd
+from bilge.cli.top import top
 from bilge.errors import BilgeError
 
 
@@ -36,6 +37,7 @@ cli.add_command(check)
 cli.add_command(systemd)
 cli.add_command(guard)
 cli.add_command(snapshot)
+cli.add_command(top)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
