@@ -62,3 +62,9 @@ class AgentUnreachableError(BilgeError):
     """No live agent answers for a process (not under bilge, gone, another user's, or stalled)."""
 
     exit_code = 5
+
+
+class AttachError(BilgeError):
+    """A running process cannot be attached to safely (the message says why and what to do instead)."""
+
+    exit_code = 6

@@ -34,7 +34,8 @@ class LiveAgent:
     path: str
 
 
-def _environ(pid: int) -> dict[str, str]:
+def environ_of(pid: int) -> dict[str, str]:
+    """Process ``pid``'s environment ({} when it cannot be read)."""
     try:
         with open("/proc/%d/environ" % pid, "rb") as f:
             raw = f.read()
@@ -59,7 +60,7 @@ def _directories(pid: int | None = None) -> list[str]:
     """Where sockets may be: ours, the target's (from its environment and user), every user's for root."""
     dirs = [socket_dir(os.environ.get(SOCKET_DIR, ""))]
     if pid is not None:
-        env, uid = _environ(pid), _uid(pid)
+        env, uid = environ_of(pid), _uid(pid)
         if env or uid is not None:
             dirs.append(socket_dir(env.get(SOCKET_DIR, ""), env, uid))
             if uid is not None:

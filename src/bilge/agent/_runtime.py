@@ -269,8 +269,12 @@ class Agent:
         """
         if op == "status":
             return self.status()
+        if op == "detach":
+            # After the reply: stopping closes this very channel.
+            threading.Thread(target=detach, name="bilge-detach", daemon=True).start()
+            return {"detached": os.getpid()}
         if op not in ("census", "snapshot", "window", "flush"):
-            raise ValueError("unknown op %r; known: status, census, snapshot, window, flush" % op[:40])
+            raise ValueError("unknown op %r; known: status, census, snapshot, window, flush, detach" % op[:40])
         if not self._work_lock.acquire(timeout=CONTROL_WAIT):
             doing, since = self._doing
             raise ValueError("the agent stayed busy for %.0f s (running %s for %.1f s); try again" % (
@@ -295,6 +299,7 @@ class Agent:
         watch, explain = self.watch, self.explain
         return {
             "pid": os.getpid(), "role": self.role, "run_id": self.config.run_id, "data_dir": self.config.data_dir,
+            "process_id": self.process_id,
             "python": "%d.%d.%d" % sys.version_info[:3],
             "uptime_seconds": round(self._monotonic() - self._born, 3),
             "tasks_done": watch.tasks_done, "rss": watch.sampled_rss, "uss": watch.sampled_uss,
@@ -488,12 +493,12 @@ def current() -> Agent | None:
     return agent
 
 
-def start(config: AgentConfig) -> Agent:
+def start(config: AgentConfig, role: str = "main", parent_id: int | None = None) -> Agent:
     """Start the agent in this process (idempotent) and arm the fork hooks."""
     agent = current()
     if agent is not None:
         return agent
-    agent = Agent(config)
+    agent = Agent(config, role=role, parent_id=parent_id)
     _current.put(agent)
     _install_fork_hooks()
     proc_sampler.count_gc_runs()
@@ -513,6 +518,35 @@ def start_from_environment(environ: Mapping[str, str] | None = None) -> Agent | 
     for warning in config.warnings:
         log.warning("bilge: %s (pid %d)", warning, os.getpid())
     return start(config)
+
+
+def attach_here(environ: Mapping[str, str], role: str = "main", parent_id: int | None = None) -> None:
+    """Start the agent in a process that is already running (``bilge attach``'s payload calls this).
+
+    Its Celery signals are connected at once when Celery is loaded, so
+    per-task accounting starts with the next task. Never raises.
+    """
+    try:
+        config = AgentConfig.from_environment(environ)
+        if config is None or current() is not None:
+            return
+        start(config, role=role, parent_id=parent_id)
+        celery_hooks.connect_if_loaded()
+    except Exception as exc:  # noqa: BLE001 - an attach that fails must leave the host as it was
+        log.warning("bilge: attach failed in pid %d: %s", os.getpid(), exc)
+
+
+def detach() -> None:
+    """Stop this process's agent, disconnect its Celery signals and forget it (``bilge detach``)."""
+    agent = current()
+    if agent is None:
+        return
+    _current.put(None)  # the task hooks and fork handlers see no agent from now on
+    celery_hooks.uninstall()
+    try:
+        agent.stop(timeout=2.0)
+    except Exception:  # noqa: BLE001, S110 - detached anyway
+        pass
 
 
 def _at_exit() -> None:

@@ -166,3 +166,19 @@ def install() -> None:
         return
     _hook = _SignalsImportHook()
     sys.meta_path.insert(0, _hook)
+
+
+def uninstall() -> None:
+    """Disconnect the handlers and remove the import hook (``bilge detach``)."""
+    global _connected
+    _remove_hook()
+    module = sys.modules.get(WATCHED)
+    if module is None or not _connected:
+        return
+    with _lock:
+        for signal_name in ("task_prerun", "task_postrun", "worker_init", "worker_process_init",
+                            "worker_process_shutdown"):
+            signal = getattr(module, signal_name, None)
+            if signal is not None:
+                signal.disconnect(dispatch_uid="bilge.%s" % signal_name)
+        _connected = False

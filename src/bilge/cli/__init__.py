@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import click
 
 from bilge import __version__
+from bilge.cli.attach import attach, detach
 from bilge.cli.check import check
 from bilge.cli.demo import demo
 from bilge.cli.guard import guard
@@ -38,6 +39,8 @@ cli.add_command(systemd)
 cli.add_command(guard)
 cli.add_command(snapshot)
 cli.add_command(top)
+cli.add_command(attach)
+cli.add_command(detach)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -89,7 +89,7 @@ def test_status_unknown_ops_and_a_window_the_process_cannot_use(agent: Agent) ->
     refused with the reason; flush answers."""
     status = agent.control("status", {})
     assert status["pid"] == os.getpid() and status["tasks_done"] == 0 and status["explain"]["on"] is True
-    with pytest.raises(ValueError, match="unknown op 'exec'; known: status, census, snapshot, window, flush"):
+    with pytest.raises(ValueError, match="unknown op 'exec'; known: status, census, snapshot, window, flush, detach"):
         agent.control("exec", {})
     assert agent.control("window", {}) == {"window": "refused: this process has run no task to trace"}
     assert agent.control("flush", {}) == {}
