@@ -7,7 +7,7 @@ wrapped in ``try/except BaseException`` and carrying a deadline after which
 it does nothing.
 
 - Python 3.14+: ``sys.remote_exec`` (run under the target's own interpreter).
-- 3.10 and 3.11: gdb, with only libpython's symbols loaded, **calls nothing
+- 3.10 to 3.12: gdb, with only libpython's symbols loaded, **calls nothing
   in the target**: it writes memory only. The payload's text goes into the
   unused tail of the last page of a library's ``.bss`` (found from the ELF
   section headers and ``/proc/PID/maps``), and one entry is appended to
@@ -23,8 +23,8 @@ it does nothing.
   The cost of writing only memory: a main thread blocked in a system call
   (an idle process) runs the payload only once it runs Python again; past
   the payload's deadline it does nothing, and the attach is refused.
-- 3.12 and 3.13 moved the queue (main-thread calls, per-thread eval
-  breakers): refused with the reason until their layout is written.
+- 3.13 rebuilt the queue and moved the eval breaker into each thread:
+  refused with the reason until that layout is written.
 
 Whatever cannot be attached safely is refused with the reason and what to
 do instead (``bilge top`` watches any process from ``/proc``).
@@ -56,9 +56,8 @@ PAYLOAD_DEADLINE = 10.0
 
 # Frames (innermost few of any thread) inside the pending-call machinery:
 # the queue is being changed right now; look again a little later.
-_RISKY = ("_push_pending_call", "_pop_pending_call", "make_pending_calls", "Py_AddPendingCall",
-          "_PyEval_AddPendingCall", "_PyEval_SignalReceived", "handle_signals", "_PyErr_CheckSignals",
-          "Py_MakePendingCalls", "_Py_HandlePending", "PyOS_AfterFork", "fork")
+_RISKY = ("_push_pending_call", "_pop_pending_call", "make_pending_calls", "_handle_pending_calls",
+          "Py_AddPendingCall", "_PyEval_AddPendingCall", "Py_MakePendingCalls", "PyOS_AfterFork", "fork")
 
 # Runs inside gdb (gdb's own Python). Nothing is called in the target: gdb
 # reads its memory, checks no thread is inside the pending-call machinery,
@@ -101,8 +100,11 @@ try:
         done(state="busy", frame="a full pending-call queue")
     else:
         gdb.execute("restore %s binary %d" % (os.environ["BILGE_ATTACH_CODE"], scratch))
-        gdb.execute("set var %s.calls[%d].arg = (void *)%d" % (pending, last, scratch))
-        gdb.execute("set var %s.calls[%d].func = (int (*)(void *))PyRun_SimpleString" % (pending, last))
+        slot = "%s.calls[%d]" % (pending, last)
+        gdb.execute("set var %s.arg = (void *)%d" % (slot, scratch))
+        gdb.execute("set var %s.func = (int (*)(void *))PyRun_SimpleString" % slot)
+        if "flags" in [field.name for field in gdb.parse_and_eval(slot).type.fields()]:
+            gdb.execute("set var %s.flags = 0" % slot)  # 3.12: not main-thread-only, not to be freed
         gdb.execute("set var %s.last = %d" % (pending, (last + 1) % size))
         gdb.execute("set var %s.calls_to_do._value = 1" % pending)
         gdb.execute("set var _PyRuntime.interpreters.main->ceval.eval_breaker._value = 1")
@@ -110,9 +112,9 @@ try:
 except Exception as exc:
     done(state="failed", reason="%s: %s" % (type(exc).__name__, exc))
 '''
-# The interpreters whose pending-call queue this script knows (3.12 moved
-# main-thread calls, 3.13 the eval breaker into each thread).
-GDB_VERSIONS = ((3, 10), (3, 11))
+# The interpreters whose pending-call queue this script knows (3.13 moved
+# the eval breaker into each thread and rebuilt the queue).
+GDB_VERSIONS = ((3, 10), (3, 11), (3, 12))
 
 
 @dataclass(frozen=True)
@@ -181,8 +183,7 @@ def inspect(pid: int) -> Target:
     return Target(pid, uid, exe, version, libpython, live.environ_of(pid))
 
 
-def attach(pid: int, data_dir: str, run_id: int, role: str = "main", parent_id: int | None = None,
-           env: Mapping[str, str] | None = None) -> Attached:
+def attach(pid: int, data_dir: str, run_id: int, role: str = "main", parent_id: int | None = None) -> Attached:
     """Start the agent in process ``pid``, recording into ``data_dir``'s run ``run_id``.
 
     Raises:
@@ -199,8 +200,7 @@ def attach(pid: int, data_dir: str, run_id: int, role: str = "main", parent_id: 
         except Exception:  # noqa: BLE001, S110 - a stale socket: attach anew
             pass
     config = AgentConfig(data_dir=data_dir, run_id=run_id, socket_dir=sockets)
-    variables = config.to_environment({} if env is None else {k: v for k, v in env.items()
-                                                               if k.startswith("BILGE_")})
+    variables = config.to_environment()
     if target.version >= (3, 14):
         work = tempfile.mkdtemp(prefix="bilge-attach-")
         os.chmod(work, 0o711)
@@ -210,7 +210,7 @@ def attach(pid: int, data_dir: str, run_id: int, role: str = "main", parent_id: 
         finally:
             shutil.rmtree(work, ignore_errors=True)
     if target.version not in GDB_VERSIONS:
-        raise AttachError("attaching to Python %d.%d is not supported yet (3.10, 3.11 and 3.14+ are): start the "
+        raise AttachError("attaching to Python %d.%d is not supported yet (3.10 to 3.12 and 3.14+ are): start the "
                           "worker under `bilge run`, or watch it with `bilge top`" % target.version)
     if shutil.which("gdb") is None:
         raise AttachError("attaching to Python %d.%d needs gdb, which is not installed (apt-get install gdb); "
