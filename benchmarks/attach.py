@@ -10,7 +10,7 @@ Targets (each started fresh, attached 0.5 s after start, then detached):
 - ``idle``: the main thread is blocked in ``read()`` on stdin for good: must be *refused*
   (a memory-write attach runs only when the main thread runs Python);
 
-on every interpreter given (``--pythons``, default the pyenv 3.10, 3.11 and 3.12), ``--rounds`` times,
+on every interpreter given (``--pythons``, default every pyenv 3.10-3.13), ``--rounds`` times,
 plus a real 2-child prefork Celery worker (this venv's Python) serving billing tasks from Redis at
 400/s, attached (parent and children) and detached ``--celery-rounds`` times while it serves; at the
 end every task must have run exactly once. After each attempt the target must still be alive and
@@ -177,7 +177,7 @@ def celery_attempts(rounds: int, data_dir: str, run_id: int) -> dict[str, object
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_pythons = sorted(glob.glob("/root/.pyenv/versions/3.1[012].*/bin/python3"))
+    default_pythons = sorted(glob.glob("/root/.pyenv/versions/3.1[0-3].*/bin/python3"))
     parser.add_argument("--pythons", nargs="+", default=default_pythons)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--celery-rounds", type=int, default=5)

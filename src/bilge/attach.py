@@ -7,7 +7,7 @@ wrapped in ``try/except BaseException`` and carrying a deadline after which
 it does nothing.
 
 - Python 3.14+: ``sys.remote_exec`` (run under the target's own interpreter).
-- 3.10 to 3.12: gdb, with only libpython's symbols loaded, **calls nothing
+- 3.10 to 3.13: gdb, with only libpython's symbols loaded, **calls nothing
   in the target**: it writes memory only. The payload's text goes into the
   unused tail of the last page of a library's ``.bss`` (found from the ELF
   section headers and ``/proc/PID/maps``), and one entry is appended to
@@ -23,8 +23,8 @@ it does nothing.
   The cost of writing only memory: a main thread blocked in a system call
   (an idle process) runs the payload only once it runs Python again; past
   the payload's deadline it does nothing, and the attach is refused.
-- 3.13 rebuilt the queue and moved the eval breaker into each thread:
-  refused with the reason until that layout is written.
+  3.13's queue is a counted ring under a ``PyMutex`` and its eval breaker
+  is a bit in each thread: both layouts are written here.
 
 Whatever cannot be attached safely is refused with the reason and what to
 do instead (``bilge top`` watches any process from ``/proc``).
@@ -57,7 +57,8 @@ PAYLOAD_DEADLINE = 10.0
 # Frames (innermost few of any thread) inside the pending-call machinery:
 # the queue is being changed right now; look again a little later.
 _RISKY = ("_push_pending_call", "_pop_pending_call", "make_pending_calls", "_handle_pending_calls",
-          "Py_AddPendingCall", "_PyEval_AddPendingCall", "Py_MakePendingCalls", "PyOS_AfterFork", "fork")
+          "Py_AddPendingCall", "_PyEval_AddPendingCall", "Py_MakePendingCalls", "clear_pending_handling_thread",
+          "PyOS_AfterFork", "fork")
 
 # Runs inside gdb (gdb's own Python). Nothing is called in the target: gdb
 # reads its memory, checks no thread is inside the pending-call machinery,
@@ -91,30 +92,46 @@ try:
             if name.startswith(risky):
                 busy = name
     pending = "_PyRuntime.interpreters.main->ceval.pending"
-    first = int(gdb.parse_and_eval(pending + ".first"))
-    last = int(gdb.parse_and_eval(pending + ".last"))
+    fields = [field.name for field in gdb.parse_and_eval(pending).type.fields()]
     size = int(gdb.parse_and_eval("sizeof(%s.calls) / sizeof(%s.calls[0])" % (pending, pending)))
+    first = int(gdb.parse_and_eval(pending + ".first"))
+    if "npending" in fields:  # 3.13: a counted ring under a PyMutex, an eval breaker in each thread
+        nxt = int(gdb.parse_and_eval(pending + ".next"))
+        full = int(gdb.parse_and_eval(pending + ".npending")) >= int(gdb.parse_and_eval(pending + ".max"))
+        if int(gdb.parse_and_eval(pending + ".mutex._bits")) & 1:
+            busy = busy or "a held pending-call mutex"
+    else:
+        nxt = int(gdb.parse_and_eval(pending + ".last"))
+        full = (nxt + 1) % size == first
     if busy is not None:
         done(state="busy", frame=busy)
-    elif (last + 1) % size == first:
+    elif full:
         done(state="busy", frame="a full pending-call queue")
     else:
         gdb.execute("restore %s binary %d" % (os.environ["BILGE_ATTACH_CODE"], scratch))
-        slot = "%s.calls[%d]" % (pending, last)
+        slot = "%s.calls[%d]" % (pending, nxt)
         gdb.execute("set var %s.arg = (void *)%d" % (slot, scratch))
         gdb.execute("set var %s.func = (int (*)(void *))PyRun_SimpleString" % slot)
         if "flags" in [field.name for field in gdb.parse_and_eval(slot).type.fields()]:
-            gdb.execute("set var %s.flags = 0" % slot)  # 3.12: not main-thread-only, not to be freed
-        gdb.execute("set var %s.last = %d" % (pending, (last + 1) % size))
-        gdb.execute("set var %s.calls_to_do._value = 1" % pending)
-        gdb.execute("set var _PyRuntime.interpreters.main->ceval.eval_breaker._value = 1")
-        done(state="pending", slot=last)
+            gdb.execute("set var %s.flags = 0" % slot)  # 3.12+: not main-thread-only, not to be freed
+        if "npending" in fields:
+            gdb.execute("set var %s.next = %d" % (pending, (nxt + 1) % size))
+            gdb.execute("set var %s.npending = %s.npending + 1" % (pending, pending))
+            # _PY_CALLS_TO_DO_BIT in every thread of the main interpreter.
+            tstate = gdb.parse_and_eval("_PyRuntime.interpreters.main->threads.head")
+            while int(tstate) != 0:
+                gdb.execute("set var ((PyThreadState *)%d)->eval_breaker |= 4" % int(tstate))
+                tstate = tstate["next"]
+        else:
+            gdb.execute("set var %s.last = %d" % (pending, (nxt + 1) % size))
+            gdb.execute("set var %s.calls_to_do._value = 1" % pending)
+            gdb.execute("set var _PyRuntime.interpreters.main->ceval.eval_breaker._value = 1")
+        done(state="pending", slot=nxt)
 except Exception as exc:
     done(state="failed", reason="%s: %s" % (type(exc).__name__, exc))
 '''
-# The interpreters whose pending-call queue this script knows (3.13 moved
-# the eval breaker into each thread and rebuilt the queue).
-GDB_VERSIONS = ((3, 10), (3, 11), (3, 12))
+# The interpreters whose pending-call queue this script knows.
+GDB_VERSIONS = ((3, 10), (3, 11), (3, 12), (3, 13))
 
 
 @dataclass(frozen=True)
@@ -210,7 +227,7 @@ def attach(pid: int, data_dir: str, run_id: int, role: str = "main", parent_id: 
         finally:
             shutil.rmtree(work, ignore_errors=True)
     if target.version not in GDB_VERSIONS:
-        raise AttachError("attaching to Python %d.%d is not supported yet (3.10 to 3.12 and 3.14+ are): start the "
+        raise AttachError("attaching to Python %d.%d is not supported (3.10 and later are): start the "
                           "worker under `bilge run`, or watch it with `bilge top`" % target.version)
     if shutil.which("gdb") is None:
         raise AttachError("attaching to Python %d.%d needs gdb, which is not installed (apt-get install gdb); "
