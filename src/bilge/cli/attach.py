@@ -11,6 +11,8 @@ the reason (exit code 6): `bilge top` still watches it from /proc. Then:
 
 from __future__ import annotations
 
+import os
+
 import click
 import psutil
 
@@ -33,6 +35,10 @@ def attach(pid: int, data_dir: str) -> int:
     except psutil.Error:
         command = target.exe
     run_id = start_run(data_dir, "bilge attach %d: %s" % (pid, command))
+    if target.uid != os.geteuid():
+        # Root attaching to another user's worker: the agents write the store as that user.
+        for path in [data_dir] + [os.path.join(data_dir, name) for name in os.listdir(data_dir)]:
+            os.chown(path, target.uid, -1)
     role = "celery-main" if children else ("celery-child" if _is_pool_child(pid) else "main")
     first = attacher.attach(pid, data_dir, run_id, role)
     _say(first)
