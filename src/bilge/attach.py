@@ -85,6 +85,11 @@ def innermost(limit):
 try:
     gdb.execute("set confirm off")
     gdb.execute("set pagination off")
+    try:
+        gdb.parse_and_eval("sizeof(_PyRuntime)")
+    except gdb.error:
+        done(state="nosymbols")
+        raise SystemExit
     busy = None
     for thread in gdb.selected_inferior().threads():
         thread.switch()
@@ -127,6 +132,8 @@ try:
             gdb.execute("set var %s.calls_to_do._value = 1" % pending)
             gdb.execute("set var _PyRuntime.interpreters.main->ceval.eval_breaker._value = 1")
         done(state="pending", slot=nxt)
+except SystemExit:
+    pass
 except Exception as exc:
     done(state="failed", reason="%s: %s" % (type(exc).__name__, exc))
 '''
@@ -248,6 +255,13 @@ def attach(pid: int, data_dir: str, run_id: int, role: str = "main", parent_id: 
                 return _wait_for_agent(target, sockets, role, str(state), started, tries)
             if state == "failed":
                 raise AttachError("gdb could not attach to process %d: %s" % (pid, outcome.get("reason")))
+            if state == "nosymbols":
+                raise AttachError(
+                    "the Python library of process %d (%s) carries no debugging information, which bilge attach "
+                    "needs to find the interpreter's pending calls: install its debug symbols (Debian/Ubuntu: "
+                    "the python3.%d-dbg package, or a debuginfod server), or start the worker under `bilge run`; "
+                    "`bilge top` watches it from /proc meanwhile" % (pid, target.libpython or target.exe,
+                                                                      target.version[1]))
             last = str(outcome.get("frame"))
             time.sleep(RETRY_PAUSE)
     finally:
