@@ -87,6 +87,7 @@ def test_attach_to_a_bare_prefork_worker_under_load_finds_the_leak_and_loses_no_
     assert len(children) == 2 and sum(p["tasks_observed"] for p in children) >= (TASKS - at_attach) * 0.9
     assert report["verdict"] == "leak", report["reason"]
     assert report["findings"][0]["task"] == "billing.render_statement", report["findings"]
+    assert report["findings"][0]["type"] in ("dict", "list", "str"), report["findings"]
 
 
 TARGETS = {
