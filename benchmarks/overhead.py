@@ -55,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from array import array
 
@@ -68,8 +69,11 @@ MODES = ("plain", "bilge", "tracemalloc", "memray")
 # Ablations of bilge (not in the default run): the always-on part alone
 # (``--no-explain``), and the watch alone (no explain stage, no census).
 ABLATIONS = ("bilge-noexplain", "bilge-watch")
-# Modes that run under `bilge run`: their reports carry verdicts and bilge's own cost.
-BILGE_MODES = ("bilge",) + ABLATIONS
+# A plain worker that `bilge attach` joins once its pool children are up
+# (the attach happens while the first tasks run: its pauses count).
+ATTACHED = ("attached",)
+# Modes with a bilge data dir: their reports carry verdicts and bilge's own cost.
+BILGE_MODES = ("bilge",) + ABLATIONS + ATTACHED
 # A/A control: a second plain worker, run and compared exactly like a tool's:
 # its "overhead" is what the machine alone makes of two identical workers.
 CONTROLS = ("plain-aa",)
@@ -221,7 +225,7 @@ def build_command(mode: str, broker: str, work: str,
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = HERE + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     celery = [PY, "-m", "celery"] + WORKER_ARGS
-    if mode in ("plain",) + CONTROLS:
+    if mode in ("plain",) + CONTROLS + ATTACHED:
         return celery, env
     if mode in BILGE_MODES:
         options = [] if mode == "bilge" else ["--no-explain"]
@@ -236,6 +240,25 @@ def build_command(mode: str, broker: str, work: str,
         return [PY, "-m", "memray", "run", "--follow-fork", "-q", "-f", "-o", os.path.join(work, "memray.bin"),
                 "-m", "celery"] + WORKER_ARGS, env
     raise ValueError("unknown mode %r" % mode)
+
+
+def _attach_when_up(pid: int, work: str, rec: dict) -> None:
+    """`bilge attach` the worker (main process and pool children) once both children exist."""
+    import psutil
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if len(psutil.Process(pid).children()) >= 2:
+                break
+        except psutil.Error:
+            return
+        time.sleep(0.05)
+    t0 = time.time()
+    done = subprocess.run([BILGE, "attach", str(pid), "--data-dir", os.path.join(work, "bilge-data")],
+                          capture_output=True, text=True, timeout=300)
+    rec["attach"] = {"rc": done.returncode, "seconds": round(time.time() - t0, 2),
+                     "output": (done.stdout + done.stderr)[-1500:]}
 
 
 def _kill_group(pgid: int, sig: int) -> bool:
@@ -321,6 +344,10 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
     t_spawn = time.time()
     proc = subprocess.Popen(argv, cwd=HERE, env=env, stdout=logf, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
+    attacher = None
+    if mode in ATTACHED:
+        attacher = threading.Thread(target=_attach_when_up, args=(proc.pid, work, rec), daemon=True)
+        attacher.start()
     try:
         done, last_done, last_progress = 0, -1, time.time()
         cpu_start: tuple[int, float, float, float] | None = None
@@ -375,6 +402,8 @@ def run_worker(mode: str, broker: str, client, n_tasks: int, stall_timeout: floa
     except Exception as exc:  # noqa: BLE001 - recorded, the benchmark goes on
         rec.update(status="error", reason=str(exc))
     finally:
+        if attacher is not None:
+            attacher.join(60)
         rec["shutdown"] = _stop_worker(proc)
         logf.close()
         rec["artifacts"] = _artifacts(mode, work)
@@ -940,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("unknown %s: %s" % (what, ", ".join(bad) or "(none)"))
         return items
 
-    modes = _list(args.modes, MODES + ABLATIONS + CONTROLS, "modes")
+    modes = _list(args.modes, MODES + ABLATIONS + CONTROLS + ATTACHED, "modes")
     shapes = _list(args.shapes, SHAPES, "shapes")
     leaks = _list(args.leak, None, "leak")
     for label in leaks:
