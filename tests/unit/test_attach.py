@@ -95,3 +95,12 @@ def test_python_314_goes_through_remote_exec(monkeypatch: pytest.MonkeyPatch, tm
     with pytest.raises(AttachError, match="PYTHON_DISABLE_REMOTE_DEBUG"):
         attach.attach(4242, str(tmp_path), 1)
     assert seen[0][0] == target.exe and "sys.remote_exec(4242, " in seen[0][2]
+
+
+def test_without_gdb_the_attach_is_refused_saying_what_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    target = attach.Target(1, os.geteuid(), "/usr/bin/python3.11", (3, 11), None, {})
+    monkeypatch.setattr(attach, "inspect", lambda pid: target)
+    monkeypatch.setattr(attach.shutil, "which", lambda name: None)
+    with pytest.raises(AttachError, match=r"needs gdb, which is not installed \(apt-get install gdb\)"):
+        attach.attach(1, str(tmp_path), 1)
