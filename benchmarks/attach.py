@@ -14,7 +14,7 @@ on every interpreter given (``--pythons``, default every pyenv 3.10-3.13), ``--r
 plus a real 2-child prefork Celery worker (this venv's Python) serving billing tasks from Redis at
 400/s, attached (parent and children) and detached ``--celery-rounds`` times while it serves; at the
 end every task must have run exactly once. After each attempt the target must still be alive and
-make progress (busy ones: their CPU time grows; idle: it reads the byte we write and exits 0).
+make progress (its CPU time or its context switches grow; idle: it reads the byte we write and exits 0).
 
     .venv/bin/python benchmarks/attach.py --rounds 3 --celery-rounds 5
 
@@ -57,10 +57,16 @@ TARGETS = {
 }
 
 
-def cpu_ticks(pid: int) -> int:
+def activity(pid: int) -> tuple[int, int]:
+    """(CPU ticks, context switches) of the process's main thread: a sleeper switches, a spinner burns CPU."""
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    switches = 0
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                switches += int(line.split()[1])
+    return int(fields[11]) + int(fields[12]), switches
 
 
 def one_attempt(python: str, kind: str, data_dir: str, run_id: int, work: str) -> dict[str, object]:
@@ -91,9 +97,10 @@ def one_attempt(python: str, kind: str, data_dir: str, run_id: int, work: str) -
             target.stdin.flush()  # type: ignore[union-attr]
             row["progress"] = target.wait(10) == 0
         else:
-            before = cpu_ticks(target.pid)
+            cpu0, switches0 = activity(target.pid)
             time.sleep(0.5)
-            row["progress"] = cpu_ticks(target.pid) > before and target.poll() is None
+            cpu1, switches1 = activity(target.pid)
+            row["progress"] = (cpu1 > cpu0 or switches1 > switches0) and target.poll() is None
     except Exception as exc:  # noqa: BLE001 - a benchmark row, not a crash
         row.update(outcome="error", reason="%s: %s" % (type(exc).__name__, exc))
     finally:
