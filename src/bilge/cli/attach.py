@@ -12,6 +12,7 @@ the reason (exit code 6): `bilge top` still watches it from /proc. Then:
 from __future__ import annotations
 
 import os
+import time
 
 import click
 import psutil
@@ -42,7 +43,7 @@ def attach(pid: int, data_dir: str) -> int:
     role = "celery-main" if children else ("celery-child" if _is_pool_child(pid) else "main")
     first = attacher.attach(pid, data_dir, run_id, role)
     _say(first)
-    parent_id = live.request(live.find(pid), "status").get("process_id") if children else None
+    parent_id = _process_id(pid) if children else None
     failed = []
     for child in children:
         try:
@@ -67,6 +68,16 @@ def detach(pid: int) -> int:
         attacher.detach(each)
         click.echo("detached %d" % each)
     return 0
+
+
+def _process_id(pid: int, wait: float = 5.0) -> int | None:
+    """The store id of ``pid``'s agent (its children's parent_id), once the agent has registered."""
+    deadline = time.monotonic() + wait
+    while True:
+        process_id = live.request(live.find(pid), "status").get("process_id")
+        if process_id is not None or time.monotonic() > deadline:
+            return process_id if isinstance(process_id, int) else None
+        time.sleep(0.05)
 
 
 def _pool_children(pid: int) -> list[int]:
