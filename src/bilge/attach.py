@@ -207,8 +207,14 @@ def inspect(pid: int) -> Target:
     return Target(pid, uid, exe, version, libpython, live.environ_of(pid))
 
 
-def attach(pid: int, data_dir: str, run_id: int, role: str = "main", parent_id: int | None = None) -> Attached:
+def attach(pid: int, data_dir: str, run_id: int, role: str = "main", parent_id: int | None = None,
+           arm: float = 0.0) -> Attached:
     """Start the agent in process ``pid``, recording into ``data_dir``'s run ``run_id``.
+
+    ``arm``: seconds a process that does not run Python within
+    ``PAYLOAD_DEADLINE`` (an idle pool child blocked in ``read``) keeps the
+    payload queued; its agent starts when it next runs Python (the child's
+    next task). 0: refuse such a process instead.
 
     Raises:
         AttachError: the process cannot be attached safely (the reason says why and what to do).
@@ -239,20 +245,25 @@ def attach(pid: int, data_dir: str, run_id: int, role: str = "main", parent_id: 
     if shutil.which("gdb") is None:
         raise AttachError("attaching to Python %d.%d needs gdb, which is not installed (apt-get install gdb); "
                           "or start the worker under `bilge run`" % target.version)
-    work = tempfile.mkdtemp(prefix="bilge-attach-")
+    # An armed payload may run long after this command: it lives in the data dir, not a temporary one.
+    work = tempfile.mkdtemp(prefix="attach-", dir=data_dir) if arm > 0 else tempfile.mkdtemp(prefix="bilge-attach-")
     # The target (another uid, when we are root) reads the payload; nobody else can list the directory.
     os.chmod(work, 0o711)
+    valid = max(PAYLOAD_DEADLINE, arm)
+    armed = False
     try:
         last = ""
         for tries in range(1, TRIES + 1):
-            outcome = _inject_with_gdb(target, variables, role, parent_id, work)
+            outcome = _inject_with_gdb(target, variables, role, parent_id, work, valid)
             state = outcome.get("state")
             if state == "pending":
                 if outcome.get("rc", 0) != 0:
                     raise AttachError("the payload failed in process %d (PyRun_SimpleString returned %s); the "
                                       "process runs on untouched" % (pid, outcome.get("rc")))
                 # A queued payload reads its file when it runs: the directory stays until then.
-                return _wait_for_agent(target, sockets, role, str(state), started, tries)
+                done = _wait_for_agent(target, sockets, role, str(state), started, tries, arm > 0)
+                armed = done.how.startswith("armed")
+                return done
             if state == "failed":
                 raise AttachError("gdb could not attach to process %d: %s" % (pid, outcome.get("reason")))
             if state == "nosymbols":
@@ -265,7 +276,8 @@ def attach(pid: int, data_dir: str, run_id: int, role: str = "main", parent_id: 
             last = str(outcome.get("frame"))
             time.sleep(RETRY_PAUSE)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not armed:
+            shutil.rmtree(work, ignore_errors=True)
     raise AttachError("process %d was never at a safe point in %d tries (its main thread was in %s): try again, "
                       "or start the worker under `bilge run`" % (pid, TRIES, last))
 
@@ -280,10 +292,10 @@ def detach(pid: int) -> None:
 
 
 def _inject_with_gdb(target: Target, variables: Mapping[str, str], role: str, parent_id: int | None,
-                     work: str) -> dict[str, object]:
+                     work: str, valid: float = PAYLOAD_DEADLINE) -> dict[str, object]:
     """One try: gdb looks at the main thread and injects if it is at a safe point (the result says how)."""
     payload = os.path.join(work, "payload-%d.py" % time.monotonic_ns())
-    _write(payload, _payload(variables, role, parent_id), target.uid)
+    _write(payload, _payload(variables, role, parent_id, valid), target.uid)
     code = os.path.join(work, "code")
     text = _code(payload).encode() + b"\0"
     size = len(text)
@@ -331,7 +343,8 @@ def _remote_exec(target: Target, variables: Mapping[str, str], role: str, parent
     return "remote_exec"
 
 
-def _wait_for_agent(target: Target, sockets: str, role: str, how: str, started: float, tries: int) -> Attached:
+def _wait_for_agent(target: Target, sockets: str, role: str, how: str, started: float, tries: int,
+                    armed: bool = False) -> Attached:
     path = os.path.join(sockets, "%d.sock" % target.pid)
     deadline = time.monotonic() + PAYLOAD_DEADLINE
     while time.monotonic() < deadline:
@@ -342,16 +355,20 @@ def _wait_for_agent(target: Target, sockets: str, role: str, how: str, started: 
             except Exception:  # noqa: BLE001, S110 - not answering yet
                 pass
         time.sleep(0.05)
+    if how == "pending" and armed:
+        return Attached(target.pid, role, "armed (its agent starts when it next runs Python)",
+                        time.monotonic() - started, tries)
     if how == "pending":
         raise AttachError("process %d never ran Python code within %.0f s (its main thread holds the GIL in a "
                           "long C call or is blocked): nothing was started, and the queued payload will do "
-                          "nothing when it runs (it is past its deadline); try again later" % (
+                          "nothing when it runs (it is past its deadline); try again later, or with --arm" % (
                               target.pid, PAYLOAD_DEADLINE))
     raise AttachError("the agent did not answer in process %d within %.0f s after %s; see the process's log" % (
         target.pid, PAYLOAD_DEADLINE, how))
 
 
-def _payload(variables: Mapping[str, str], role: str, parent_id: int | None) -> str:
+def _payload(variables: Mapping[str, str], role: str, parent_id: int | None,
+             valid: float = PAYLOAD_DEADLINE) -> str:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return (
         "# bilge attach: starts the bilge agent's thread in this process, nothing else.\n"
@@ -360,8 +377,7 @@ def _payload(variables: Mapping[str, str], role: str, parent_id: int | None) -> 
         "    if %r not in _sys.path:\n"
         "        _sys.path.append(%r)\n"
         "    from bilge.agent._runtime import attach_here as _attach_here\n"
-        "    _attach_here(%r, %r, %r)\n" % (time.time() + PAYLOAD_DEADLINE, here, here, dict(variables), role,
-                                          parent_id))
+        "    _attach_here(%r, %r, %r)\n" % (time.time() + valid, here, here, dict(variables), role, parent_id))
 
 
 def _code(payload: str) -> str:

@@ -142,3 +142,32 @@ def test_attach_refuses_what_it_cannot_attach(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+@pytest.mark.skipif(sys.version_info[:2] < (3, 10), reason="bilge supports 3.10 and later")
+def test_an_idle_process_is_armed_and_its_agent_starts_when_it_next_runs_python(tmp_path: Path) -> None:
+    """Blocked in read() during the attach: with --arm 60 the command says "armed" (exit 0); once the process
+    gets its input and runs Python again, its agent answers on its socket."""
+    sockets = tempfile.mkdtemp(prefix="bilge-att-")
+    os.chmod(sockets, 0o700)
+    script = tmp_path / "waiter.py"
+    script.write_text("import sys, time\nsys.stdin.buffer.read(1)\nwhile True:\n    time.sleep(0.05)\n")
+    env = {**os.environ, "BILGE_SOCKET_DIR": sockets}
+    target = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, env=env)
+    try:
+        time.sleep(0.5)
+        done = bilge(env, "attach", str(target.pid), "--data-dir", str(tmp_path / "data"), "--arm", "60")
+        assert done.returncode == 0 and "armed %d" % target.pid in done.stdout, done.stdout + done.stderr
+        assert not os.path.exists(os.path.join(sockets, "%d.sock" % target.pid))
+        assert target.stdin is not None
+        target.stdin.write(b"!")
+        target.stdin.flush()
+        deadline = time.monotonic() + 20
+        while not os.path.exists(os.path.join(sockets, "%d.sock" % target.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status = bilge(env, "snapshot", str(target.pid), "--census-only")
+        assert status.returncode == 0, status.stderr
+        assert target.poll() is None
+    finally:
+        target.kill()
+        target.wait()

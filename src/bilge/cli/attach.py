@@ -26,7 +26,10 @@ from bilge.store.sqlite import prepare_data_dir, start_run
 @click.command("attach", help=__doc__)
 @click.argument("pid", type=click.IntRange(min=1))
 @click.option("--data-dir", default="bilge-data", show_default=True, help="Where the attached agents record.")
-def attach(pid: int, data_dir: str) -> int:
+@click.option("--arm", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
+              help="A process that runs no Python within 10 s (an idle pool child waiting for a task) keeps the "
+                   "payload queued this long: its agent starts with its next task. 0: refuse it.")
+def attach(pid: int, data_dir: str, arm: float) -> int:
     """Attach to PID (and its pool children)."""
     target = attacher.inspect(pid)  # refusals come before anything is written
     children = _pool_children(pid)
@@ -41,13 +44,13 @@ def attach(pid: int, data_dir: str) -> int:
         for path in [data_dir] + [os.path.join(data_dir, name) for name in os.listdir(data_dir)]:
             os.chown(path, target.uid, -1)
     role = "celery-main" if children else ("celery-child" if _is_pool_child(pid) else "main")
-    first = attacher.attach(pid, data_dir, run_id, role)
+    first = attacher.attach(pid, data_dir, run_id, role, arm=arm)
     _say(first)
     parent_id = _process_id(pid) if children else None
     failed = []
     for child in children:
         try:
-            _say(attacher.attach(child, data_dir, run_id, "celery-child", parent_id))
+            _say(attacher.attach(child, data_dir, run_id, "celery-child", parent_id, arm=arm))
         except AttachError as exc:
             failed.append("child %d: %s" % (child, exc))
     for failure in failed:
@@ -115,5 +118,9 @@ def _has_agent(pid: int) -> bool:
 
 
 def _say(done: attacher.Attached) -> None:
+    if done.how.startswith("armed"):
+        click.echo("armed %d (%s): it ran no Python within 10 s; its agent starts when it next does" % (
+            done.pid, done.role))
+        return
     click.echo("attached %d (%s) via %s in %.2f s%s" % (
         done.pid, done.role, done.how, done.seconds, " after %d tries" % done.tries if done.tries > 1 else ""))
