@@ -171,3 +171,5 @@ def test_an_idle_process_is_armed_and_its_agent_starts_when_it_next_runs_python(
     finally:
         target.kill()
         target.wait()
+        if target.stdin is not None:
+            target.stdin.close()
