@@ -154,10 +154,10 @@ class Watcher:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             child = parent is not None and _is_celery_worker(parent.cmdline() if parent else [])
-            rows.append(self._row(proc.info["pid"], "celery-child" if child else "celery-main", rss, uss, fds, None,
-                                  NO_AGENT, None, None, None,
-                                  ("not under bilge: restart it with `bilge run -- <command>`",),
-                                  " ".join(cmdline)))
+            pid = proc.info["pid"]
+            hint = "not under bilge: `bilge attach %d` (or restart it under `bilge run`)" % pid
+            rows.append(self._row(pid, "celery-child" if child else "celery-main", rss, uss, fds, None, NO_AGENT,
+                                  None, None, None, (hint,), " ".join(cmdline)))
         return rows
 
     def _row(self, pid: int, role: str, rss: int | None, uss: int | None, fds: int | None, tasks: int | None,
