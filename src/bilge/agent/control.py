@@ -26,6 +26,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bilge.samplers import process as proc_sampler
+
 log = logging.getLogger("bilge")
 
 # The variable naming the sockets' directory (``socket_dir`` in the settings).
@@ -114,6 +116,7 @@ class ControlServer:
         self._allowed = allowed_uids if allowed_uids is not None else frozenset({os.geteuid(), 0})
         self._owner = os.getpid()
         self._sock: socket.socket | None = None
+        self._fd = -1
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
         self._logged: set[str] = set()
@@ -148,6 +151,9 @@ class ControlServer:
             sock.close()
             raise ControlError("cannot listen on %s: %s" % (self.path, exc.strerror)) from None
         self._sock = sock
+        self._fd = sock.fileno()
+        # bilge's own descriptor: not among the worker's fd targets.
+        proc_sampler.OWN_FDS.add(self._fd)
         self._thread = threading.Thread(target=self._serve, name="bilge-control", daemon=True)
         self._thread.start()
 
@@ -157,6 +163,7 @@ class ControlServer:
         sock, self._sock = self._sock, None
         if sock is None:
             return
+        proc_sampler.OWN_FDS.discard(self._fd)
         try:
             # shutdown wakes a thread blocked in accept(); close alone does not on Linux.
             sock.shutdown(socket.SHUT_RDWR)
@@ -174,6 +181,7 @@ class ControlServer:
         self._closed.set()
         sock, self._sock = self._sock, None
         if sock is not None:
+            proc_sampler.OWN_FDS.discard(self._fd)
             sock.close()
 
     # ----------------------------------------------------- the channel's thread --

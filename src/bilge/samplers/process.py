@@ -168,6 +168,11 @@ _SOCKET_TABLES = ("tcp", "tcp6", "udp", "udp6", "unix")
 MAX_SOCKET_LINES = 20000
 
 
+# Descriptors bilge itself holds in this process (the control channel's
+# socket): not the host's, never named among its targets.
+OWN_FDS: set[int] = set()
+
+
 def fd_targets(proc_root: str = "/proc") -> tuple[tuple[str, int], ...]:
     """What this process's open descriptors point to, as (target, count), largest first.
 
@@ -179,7 +184,7 @@ def fd_targets(proc_root: str = "/proc") -> tuple[tuple[str, int], ...]:
     base = os.path.join(proc_root, "self", "fd")
     counts: dict[str, int] = {}
     sockets: dict[str, int] = {}
-    names = os.listdir(base)
+    names = [name for name in os.listdir(base) if not name.isdigit() or int(name) not in OWN_FDS]
     for name in names[:MAX_FDS_INSPECTED]:
         try:
             link = os.readlink(os.path.join(base, name))

@@ -200,3 +200,21 @@ def test_close_wakes_the_thread_blocked_in_accept(sockets: str) -> None:
     thread.join(2.0)
     assert not thread.is_alive() and not os.path.exists(server.path)
     assert not [t for t in threading.enumerate() if t is thread]
+
+
+def test_the_channels_own_socket_is_not_among_the_workers_fd_targets(server: ControlServer) -> None:
+    """The listening socket is bilge's, not the host's: fd_targets leaves it out while it is open."""
+    from bilge.samplers import process as proc_sampler
+
+    def unix_sockets() -> int:
+        return sum(n for target, n in proc_sampler.fd_targets() if target.startswith("socket unix"))
+
+    assert server._fd in proc_sampler.OWN_FDS  # noqa: SLF001
+    hidden = unix_sockets()
+    proc_sampler.OWN_FDS.discard(server._fd)  # noqa: SLF001
+    try:
+        assert unix_sockets() == hidden + 1
+    finally:
+        proc_sampler.OWN_FDS.add(server._fd)  # noqa: SLF001
+    server.close()
+    assert server._fd not in proc_sampler.OWN_FDS  # noqa: SLF001
