@@ -143,6 +143,8 @@ class ControlServer:
         except OSError as exc:
             raise ControlError("cannot replace %s: %s" % (self.path, exc.strerror)) from None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Blocking, whatever socket.setdefaulttimeout() the host set: accept waits for a client, at no cost.
+        sock.settimeout(None)
         try:
             sock.bind(self.path)
             os.chmod(self.path, 0o600)
