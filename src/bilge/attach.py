@@ -180,8 +180,8 @@ def inspect(pid: int) -> Target:
     except FileNotFoundError:
         raise AttachError("no process %d on this host" % pid) from None
     except PermissionError:
-        raise AttachError("process %d belongs to another user (uid %s): run `bilge attach` as that user or "
-                          "as root" % (pid, _uid(proc))) from None
+        raise AttachError("process %d belongs to another user (uid %d): run `bilge attach` as that user or "
+                          "as root" % (pid, uid)) from None
     if uid != os.geteuid() and os.geteuid() != 0:
         raise AttachError("process %d belongs to uid %d: run `bilge attach` as that user or as root" % (pid, uid))
     if pid == os.getpid():
@@ -232,8 +232,7 @@ def attach(pid: int, data_dir: str, run_id: int, role: str = "main", parent_id: 
     config = AgentConfig(data_dir=data_dir, run_id=run_id, socket_dir=sockets)
     variables = config.to_environment()
     if target.version >= (3, 14):
-        work = tempfile.mkdtemp(prefix="bilge-attach-")
-        os.chmod(work, 0o711)
+        work = _work_dir()
         try:
             how = _remote_exec(target, variables, role, parent_id, work)
             return _wait_for_agent(target, sockets, role, how, started, 1)
@@ -246,15 +245,27 @@ def attach(pid: int, data_dir: str, run_id: int, role: str = "main", parent_id: 
         raise AttachError("attaching to Python %d.%d needs gdb, which is not installed (apt-get install gdb); "
                           "or start the worker under `bilge run`" % target.version)
     # An armed payload may run long after this command: it lives in the data dir, not a temporary one.
-    work = tempfile.mkdtemp(prefix="attach-", dir=data_dir) if arm > 0 else tempfile.mkdtemp(prefix="bilge-attach-")
-    # The target (another uid, when we are root) reads the payload; nobody else can list the directory.
-    os.chmod(work, 0o711)
+    work = _work_dir(data_dir if arm > 0 else None)
     valid = max(PAYLOAD_DEADLINE, arm)
     armed = False
     try:
+        # What every try gives gdb: the payload's path (the file itself is written again at each try, with a
+        # fresh deadline), the text naming it, the script, and where the text goes in the target.
+        payload = os.path.join(work, "payload.py")
+        code = os.path.join(work, "code")
+        text = _code(payload).encode() + b"\0"
+        with open(code, "wb") as f:
+            f.write(text)
+        script = os.path.join(work, "inject.py")
+        with open(script, "w") as f:
+            f.write(_GDB_SCRIPT)
+        scratch = _scratch(target, len(text))
         last = ""
         for tries in range(1, TRIES + 1):
-            outcome = _inject_with_gdb(target, variables, role, parent_id, work, valid)
+            if os.path.exists(payload):
+                os.unlink(payload)
+            _write(payload, _payload(variables, role, parent_id, valid), target.uid)
+            outcome = _run_gdb(target, script, code, scratch, work)
             state = outcome.get("state")
             if state == "pending":
                 if outcome.get("rc", 0) != 0:
@@ -291,19 +302,17 @@ def detach(pid: int) -> None:
     live.request(live.find(pid), "detach")
 
 
-def _inject_with_gdb(target: Target, variables: Mapping[str, str], role: str, parent_id: int | None,
-                     work: str, valid: float = PAYLOAD_DEADLINE) -> dict[str, object]:
-    """One try: gdb looks at the main thread and injects if it is at a safe point (the result says how)."""
-    payload = os.path.join(work, "payload-%d.py" % time.monotonic_ns())
-    _write(payload, _payload(variables, role, parent_id, valid), target.uid)
-    code = os.path.join(work, "code")
-    text = _code(payload).encode() + b"\0"
-    size = len(text)
-    with open(code, "wb") as f:
-        f.write(text)
-    script = os.path.join(work, "inject.py")
-    with open(script, "w") as f:
-        f.write(_GDB_SCRIPT)
+def _work_dir(parent: str | None = None) -> str:
+    """A fresh directory for one attach's files: the target (another uid, when we are root) reads the payload
+    in it; nobody else can list it."""
+    work = tempfile.mkdtemp(prefix="attach-" if parent else "bilge-attach-", dir=parent)
+    os.chmod(work, 0o711)
+    return work
+
+
+def _run_gdb(target: Target, script: str, code: str, scratch: int, work: str) -> dict[str, object]:
+    """One try: gdb looks at the target's threads and queues the payload if no thread is in the way (the
+    result says how it went)."""
     result = os.path.join(work, "result.json")
     if os.path.exists(result):
         os.unlink(result)
@@ -311,7 +320,7 @@ def _inject_with_gdb(target: Target, variables: Mapping[str, str], role: str, pa
     command += ["-ex", "sharedlibrary libpython"] if target.libpython else []
     command += ["-x", script]
     env = {**os.environ, "BILGE_ATTACH_RESULT": result, "BILGE_ATTACH_CODE": code,
-           "BILGE_ATTACH_RISKY": json.dumps(_RISKY), "BILGE_ATTACH_SCRATCH": str(_scratch(target, size))}
+           "BILGE_ATTACH_RISKY": json.dumps(_RISKY), "BILGE_ATTACH_SCRATCH": str(scratch)}
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=GDB_TIMEOUT,
                               stdin=subprocess.DEVNULL)
@@ -480,10 +489,3 @@ def _read(path: str) -> str | None:
             return f.read()
     except OSError:
         return None
-
-
-def _uid(proc: str) -> str:
-    try:
-        return str(os.stat(proc).st_uid)
-    except OSError:
-        return "?"

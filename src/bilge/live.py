@@ -107,6 +107,29 @@ def discover() -> list[LiveAgent]:
     return [found[pid] for pid in sorted(found)]
 
 
+def exchange(path: str, data: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
+    """Send ``data`` (request lines, as they are) on a new connection to the socket at ``path``; the first reply
+    line, or what came before the agent closed the connection.
+
+    Raises:
+        OSError: the connection failed or timed out (``TimeoutError``).
+        ValueError: the reply is longer than ``MAX_REPLY``.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(data)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+            if len(reply) > MAX_REPLY:
+                raise ValueError("reply over %d bytes" % MAX_REPLY)
+    return reply
+
+
 def request(agent: LiveAgent, op: str, args: Mapping[str, Any] | None = None,
             timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
     """Send one request, return the result.
@@ -119,18 +142,7 @@ def request(agent: LiveAgent, op: str, args: Mapping[str, Any] | None = None,
     if len(line) > MAX_REQUEST:
         raise AgentUnreachableError("request too long for the control channel")
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(agent.path)
-            sock.sendall(line)
-            reply = b""
-            while not reply.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
-                if len(reply) > MAX_REPLY:
-                    raise AgentUnreachableError("process %d sent a reply over %d bytes" % (agent.pid, MAX_REPLY))
+        reply = exchange(agent.path, line, timeout)
     except TimeoutError:
         raise AgentUnreachableError("process %d's agent did not answer within %.0f s (the process may be stopped "
                                     "or starved of CPU); try again" % (agent.pid, timeout)) from None
@@ -143,6 +155,8 @@ def request(agent: LiveAgent, op: str, args: Mapping[str, Any] | None = None,
     except OSError as exc:
         raise AgentUnreachableError("cannot talk to process %d's agent: %s" % (
             agent.pid, exc.strerror or exc)) from None
+    except ValueError:
+        raise AgentUnreachableError("process %d sent a reply over %d bytes" % (agent.pid, MAX_REPLY)) from None
     try:
         answer = json.loads(reply)
     except ValueError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,6 +15,8 @@ from support.brokers import producer_app, send_all, unique_queue
 from support.jobs import billing_env, billing_jobs, executions, finished
 from support.workers import BILGE, Launcher, celery_command, worker_environment
 
+from bilge import live
+
 pytestmark = pytest.mark.integration
 
 TASKS = 2400
@@ -26,17 +27,8 @@ def bilge(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def ask(path: str, raw: bytes) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(20)
-        sock.connect(path)
-        sock.sendall(raw)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-    answer: dict[str, Any] = json.loads(reply)
+    """The agent's raw answer to bytes sent as they are (bad requests included)."""
+    answer: dict[str, Any] = json.loads(live.exchange(path, raw, timeout=20))
     return answer
 
 

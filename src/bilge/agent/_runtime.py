@@ -261,7 +261,8 @@ class Agent:
         Operations: ``status``; ``census`` (count objects now); ``snapshot``
         (count, then search the holders of what grew, or of ``args["types"]``);
         ``window`` (open an allocation window now, if the budget buys one);
-        ``flush`` (write what is buffered).
+        ``flush`` (write what is buffered); ``detach`` (stop this agent, after
+        the reply).
 
         Raises:
             ValueError: an unknown operation, bad arguments, or a busy agent
