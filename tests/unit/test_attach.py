@@ -56,6 +56,39 @@ def test_the_code_never_raises_and_the_payload_expires(tmp_path: Path) -> None:
     exec(compile(expired, "<payload>", "exec"), {})  # noqa: S102
 
 
+@pytest.mark.parametrize(("host", "during", "after"), [
+    (0.005, attach.ATTACH_SWITCH_INTERVAL, 0.005),  # lowered while the agent starts, the host's value back
+    (0.0001, 0.0001, 0.0001),  # a host already below it keeps its own
+])
+def test_the_payload_lowers_the_switch_interval_only_while_the_agent_starts(
+        monkeypatch: pytest.MonkeyPatch, host: float, during: float, after: float) -> None:
+    from bilge.agent import _runtime
+    seen: list[float] = []
+    monkeypatch.setattr(_runtime, "attach_here", lambda *args: seen.append(sys.getswitchinterval()))
+    payload = attach._payload({"BILGE_DATA_DIR": "/d", "BILGE_RUN_ID": "1"}, "main", None)  # noqa: SLF001
+    previous = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(host)
+        exec(compile(payload, "<payload>", "exec"), {})  # noqa: S102
+        assert seen == [pytest.approx(during, rel=0.01)]
+        assert sys.getswitchinterval() == pytest.approx(after, rel=0.01)
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def test_a_switch_interval_the_host_sets_meanwhile_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bilge.agent import _runtime
+    monkeypatch.setattr(_runtime, "attach_here", lambda *args: sys.setswitchinterval(0.002))
+    payload = attach._payload({"BILGE_DATA_DIR": "/d", "BILGE_RUN_ID": "1"}, "main", None)  # noqa: SLF001
+    previous = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        exec(compile(payload, "<payload>", "exec"), {})  # noqa: S102
+        assert sys.getswitchinterval() == pytest.approx(0.002, rel=0.01)
+    finally:
+        sys.setswitchinterval(previous)
+
+
 def test_inspect_refuses_with_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     """No such process, bilge itself, not Python: AttachError each, saying what is wrong."""
     with pytest.raises(AttachError, match="no process 4194304"):
