@@ -401,7 +401,8 @@ def _payload(variables: Mapping[str, str], role: str, parent_id: int | None,
         "    finally:\n"
         "        if _ours != _interval and _sys.getswitchinterval() == _ours:\n"
         "            _sys.setswitchinterval(_interval)\n" % (
-            time.time() + valid, here, here, ATTACH_SWITCH_INTERVAL, ATTACH_SWITCH_INTERVAL, dict(variables), role, parent_id))
+            time.time() + valid, here, here, ATTACH_SWITCH_INTERVAL, ATTACH_SWITCH_INTERVAL, dict(variables), role,
+            parent_id))
 
 
 def _code(payload: str) -> str:
