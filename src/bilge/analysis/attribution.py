@@ -37,6 +37,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from bilge.analysis.kind import BLOCK_BYTES
+from bilge.analysis.trend import DEFAULT_POLICY
 from bilge.model import TaskGrowth, TaskRecord
 
 MIN_T = 3.0
@@ -46,6 +47,9 @@ MIN_CALLS = 10
 # items more than the other tasks' calls on average (a key per call: one; a
 # key per call that misses a cache: the miss rate). Its t must pass MIN_T too.
 MIN_ITEMS_PER_CALL = 0.2
+# Share of its per-call growth a task must keep over the later half of the window (see lasting_leak): the
+# trend verdict's tail_ratio, one notion of "still growing at the end".
+TAIL_RATIO = DEFAULT_POLICY.tail_ratio
 WINDOW = 20
 HUBER_K = 1.345
 
@@ -114,6 +118,29 @@ def leaking_task(growths: Sequence[TaskGrowth]) -> TaskGrowth | None:
     if ranked and ranked[0].calls >= MIN_CALLS and ranked[0].support >= MIN_T and ranked[0].score >= MIN_SUPPORT_T:
         return ranked[0]
     return None
+
+
+def lasting_leak(per_process: Sequence[Sequence[TaskRecord]],
+                 growths: Sequence[TaskGrowth] | None = None) -> TaskGrowth | None:
+    """The leaking task over these tasks (``growths``: their ``task_growth``), if its growth lasts.
+
+    Over the later half of each process's tasks the task must still keep
+    ``TAIL_RATIO`` of what it keeps a call over all of them (in bytes or in
+    items): a task that fills a bounded cache while the process warms up
+    stands out over a window that holds the end of the filling, and keeps
+    nothing once the cache evicts; a leaking task keeps on.
+    """
+    growths = task_growth(per_process) if growths is None else growths
+    leaky = leaking_task(growths)
+    if leaky is None:
+        return None
+    late = next((g for g in task_growth([tasks[len(tasks) // 2:] for tasks in per_process])
+                 if g.task == leaky.task), None)
+    if late is None:
+        return leaky  # too few calls in the later half to judge
+    lasting = (kept_per_call(leaky) > 0 and kept_per_call(late) >= TAIL_RATIO * kept_per_call(leaky)) or (
+        leaky.items_per_call > 0 and late.items_per_call >= TAIL_RATIO * leaky.items_per_call)
+    return leaky if lasting else None
 
 
 def _others_mean(growths: Sequence[TaskGrowth], g: TaskGrowth) -> float:

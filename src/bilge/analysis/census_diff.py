@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
+from bilge.analysis.trend import DEFAULT_POLICY
 from bilge.model import GENERIC_TYPES, Census, TypeGrowth
 
 GENERIC = GENERIC_TYPES
@@ -22,6 +23,10 @@ MAX_DECREASE_SHARE = 0.25
 # this many calls of the leaking task. Slower growth is interpreter or
 # library churn (weakrefs, cached statements) that happens to be rising.
 MIN_COUNT_PER_CALL = 0.5
+# Share of its overall pace a type must keep over the later half of the
+# censuses to explain a leak (the trend verdict's ``tail_ratio``: one notion
+# of "still growing at the end" for memory and for types).
+TAIL_RATIO = DEFAULT_POLICY.tail_ratio
 
 
 def type_growth(censuses: Sequence[Census], calls: int | None, min_count: float = 0.0) -> tuple[TypeGrowth, ...]:
@@ -48,7 +53,7 @@ def type_growth(censuses: Sequence[Census], calls: int | None, min_count: float 
         steps = [b - a for a, b in zip(counts, counts[1:])]
         decreases = sum(1 for s in steps if s < 0)
         steady = decreases <= MAX_DECREASE_SHARE * len(steps) and sum(1 for s in steps if s > 0) >= len(steps) / 2
-        if count_delta < min_count:
+        if count_delta < min_count or not _still_growing(censuses, counts, min_count):
             steady = False
         bytes_delta = sizes[-1] - sizes[0]
         per_call = calls if calls else None
@@ -58,6 +63,27 @@ def type_growth(censuses: Sequence[Census], calls: int | None, min_count: float 
             bytes_per_call=bytes_delta / per_call if per_call else None, steady=steady,
         ))
     return tuple(sorted(out, key=_rank))
+
+
+def _still_growing(censuses: Sequence[Census], counts: Sequence[int], min_count: float) -> bool:
+    """Whether a type kept growing over the later half of the censuses: at ``TAIL_RATIO`` of its overall pace,
+    and by its share of ``min_count`` (the floor of the whole window, pro rata).
+
+    A cache filling during warm-up grows steadily over the first censuses and
+    by a few churned objects after: it explains growth that has stopped, not
+    a leak. Progress is counted in tasks done (in census steps when no task
+    ran); with fewer than three censuses there is no later half to judge.
+    """
+    if len(counts) < 3:
+        return True
+    middle = len(counts) // 2
+    done = [c.tasks_done for c in censuses]
+    position = done if done[-1] > done[0] else list(range(len(counts)))
+    total, late = position[-1] - position[0], position[-1] - position[middle]
+    if total <= 0 or late <= 0:
+        return True
+    share = late / total
+    return counts[-1] - counts[middle] >= max(TAIL_RATIO * (counts[-1] - counts[0]), min_count) * share
 
 
 def _rank(g: TypeGrowth) -> tuple[bool, bool, int, int]:

@@ -370,20 +370,28 @@ def _explain_window(p: ProcessData, start: float, leaking: bool, on_heap: bool =
         # stage left there, among others) cannot make it native.
         leak_kind, evidence = kind.PYTHON_OBJECTS, (
             "the verdict rests on the Python heap's growth (RSS has not followed); " + evidence[0],) + evidence[1:]
-    leaky = attribution.leaking_task(attribution.task_growth([tasks])) if leaking else None
-    return _Window(data=p, tasks=tasks, samples=samples, censuses=_window_censuses(p.censuses, start),
+    leaky = attribution.lasting_leak([tasks]) if leaking else None
+    censuses = _window_censuses(p.censuses, start, own_activity.activity(p))
+    return _Window(data=p, tasks=tasks, samples=samples, censuses=censuses,
                    kind=leak_kind, evidence=evidence, leaky=leaky,
                    holders=holders.plausible(p) if leaking else (), on_heap=on_heap,
                    containers=containers.growing(p.container_scans, tasks[0].seq if tasks else 0) if leaking
                    else ())
 
 
-def _window_censuses(censuses: Sequence[Census], start: float) -> tuple[Census, ...]:
+def _window_censuses(censuses: Sequence[Census], start: float,
+                     busy: Sequence[tuple[float, float]] = ()) -> tuple[Census, ...]:
     """Censuses after warm-up; at least the last MIN_CENSUSES when there are that many.
 
     A short run may hold only one census after the window start; the last
     few are then the best available evidence of what is still growing.
+    Censuses counted while bilge's own explain stage ran (``busy`` spans)
+    are left out when enough others remain: they count the holder search's
+    and the windows' own tuples, lists and dicts with the worker's.
     """
+    quiet = [c for c in censuses if not any(a <= c.t and c.t - c.duration <= b for a, b in busy)]
+    if len(quiet) >= MIN_CENSUSES:
+        censuses = quiet
     inside = [c for c in censuses if c.t >= start]
     if len(inside) < MIN_CENSUSES:
         inside = list(censuses[-MIN_CENSUSES:])
@@ -435,7 +443,7 @@ def _pooled_findings(
 ) -> tuple[Finding, ...]:
     if not leaking:
         return ()
-    leaky = attribution.leaking_task(growth)
+    leaky = attribution.lasting_leak([w.tasks for _, w in leaking], growth)
     task = leaky.task if leaky else None
     per_process = []
     total_calls = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bilge.analysis.attribution import MIN_CALLS, leaking_task, task_growth
+from bilge.analysis.attribution import MIN_CALLS, lasting_leak, leaking_task, task_growth
 from bilge.model import TaskGrowth, TaskRecord
 
 PAGE = 4096
@@ -21,6 +21,7 @@ def task_records(
     leak_blocks: int = 64,
     touched: bool = False,
     noise: float = 8192.0,
+    leak_calls: int | None = None,
 ) -> list[TaskRecord]:
     """Three randomly interleaved task names; ``leaker`` keeps ``leak_bytes`` and ``leak_blocks`` per call.
 
@@ -28,6 +29,7 @@ def task_records(
     accumulate. With ``touched`` the leaker's own readings do not move: its
     bytes show up in the RSS only once the next task of another name runs
     (that task touches the new pages), as happens with a fragmented native heap.
+    With ``leak_calls`` only the leaker's first calls keep anything (a cache it fills, then evicts from).
     """
     rng = np.random.default_rng(seed)
     names = rng.choice(NAMES, size=tasks)
@@ -35,10 +37,12 @@ def task_records(
     blocks = 100_000
     pending = 0
     out = []
+    calls = 0
     for seq, name in enumerate(names, 1):
         rss_before = rss + int(rng.normal(0, noise)) // PAGE * PAGE
         blocks_before = blocks + int(rng.normal(0, 20))
-        if name == leaker:
+        calls += name == leaker
+        if name == leaker and (leak_calls is None or calls <= leak_calls):
             if touched:
                 pending += leak_bytes
             else:
@@ -223,3 +227,22 @@ def test_a_task_that_adds_an_item_in_some_calls_only_is_named_by_its_mean() -> N
     leaky = leaking_task(task_growth([counted]))
     assert leaky is not None and leaky.task == "shop.search"
     assert leaky.items_per_call == pytest.approx(0.45, abs=0.06)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_steady_leaker_is_a_lasting_leak(seed: int) -> None:
+    tasks = task_records(1500, seed, leaker="shop.search")
+    leaker = lasting_leak([tasks])
+    assert leaker is not None and leaker.task == "shop.search"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_task_that_filled_a_cache_in_the_first_half_is_not_a_lasting_leak(seed: int) -> None:
+    """Named over the whole window (as when the window holds the end of a cache filling), but it keeps
+    4 KiB a call only for its first 200 of ~500 calls: over the later half of the tasks it keeps nothing."""
+    tasks = task_records(1500, seed, leaker="shop.search", leak_calls=200)
+    named = TaskGrowth(task="shop.search", calls=500, bytes_per_call=4096.0, blocks_per_call=64.0, score=10.0,
+                       support=10.0)
+    assert lasting_leak([tasks], (named,)) is None
+    steady = task_records(1500, seed, leaker="shop.search")
+    assert lasting_leak([steady], (named,)) == named

@@ -146,3 +146,23 @@ def test_merge_counts_types_seen_in_one_process_only() -> None:
 def test_merge_of_nothing_is_empty() -> None:
     """No per-process growths: nothing to merge."""
     assert merge([], calls=5) == ()
+
+
+def test_a_type_that_stopped_growing_in_the_later_half_is_not_steady() -> None:
+    """A cache filling over the first censuses and flat (a few churned objects) after: it grew, not steadily
+    to the end; the same total reached at an even pace is steady."""
+    filled = [1000, 1300, 1600, 1610, 1605, 1620]
+    even = [1000, 1124, 1248, 1372, 1496, 1620]
+    for counts, steady in ((filled, False), (even, True)):
+        growth = type_growth(censuses([{"tuple": (n, 64 * n), "cell": (10, 480)} for n in counts]), calls=300)
+        assert next(g for g in growth if g.type == "tuple").steady is steady
+
+
+def test_the_later_half_must_also_clear_its_share_of_the_floor() -> None:
+    """+40 over the later half clears a quarter of the pace but not its share of a 150-object floor."""
+    counts = [1000, 1060, 1100, 1120, 1140, 1160]
+    growth = type_growth(censuses([{"dict": (n, 232 * n), "cell": (10, 480)} for n in counts]), calls=None,
+                         min_count=150.0)
+    assert not next(g for g in growth if g.type == "dict").steady
+    assert next(g for g in type_growth(censuses([{"dict": (n, 232 * n), "cell": (10, 480)} for n in counts]),
+                                       calls=None, min_count=100.0) if g.type == "dict").steady

@@ -8,6 +8,7 @@ from itertools import accumulate
 import numpy as np
 
 from bilge.analysis import diagnose, health
+from bilge.analysis.diagnose import _window_censuses
 from bilge.analysis.kind import PYTHON_OBJECTS
 from bilge.model import (
     INCONCLUSIVE,
@@ -419,3 +420,12 @@ def test_a_growing_container_names_the_leak_before_a_builtin_type_nothing_holds(
     static = _holders("tuple", "_ssl.err_codes_to_names[...]", (1682, 1682))
     top = diagnose(RunData(run=RUN, processes=(replace(scanned, censuses=counted, holders=static),))).findings[0]
     assert (top.type, top.holder) == ("str", "myapp.tasks._SEEN")
+
+
+def test_censuses_counted_while_the_explain_stage_ran_are_left_out_of_the_window() -> None:
+    """A census inside a holder search counts the search's own tuples: not evidence of what the worker grows
+    (unless too few censuses would be left)."""
+    cs = [Census(t=float(t), tasks_done=100 * t, objects=1, duration=0.05, types={}) for t in range(8)]
+    window = _window_censuses(cs, 2.0, busy=[(4.98, 5.5)])
+    assert [c.t for c in window] == [2.0, 3.0, 4.0, 6.0, 7.0]
+    assert len(_window_censuses(cs[:3], 0.0, busy=[(0.0, 9.0)])) == 3
