@@ -139,7 +139,7 @@ class Agent:
         self.recycler = Recycler(config.recycle, self.watch, self.counts, self.store, self._store_lock,
                                  lambda: (self.explain.last_sites, self.explain.last_paths), monotonic=monotonic)
         self.snapshots = Snapshots(self.outbox, self.census, self.counts, self.ledger, lambda: self.watch.tasks_done,
-                                   config.show_values, clock=clock)
+                                   config.show_values, clock=clock, growing_containers=self.containers.growing_now)
         # Each stage's run holds this lock, and so does a control request:
         # a request waits for the stage running now, not for a whole tick.
         self._work_lock = threading.RLock()

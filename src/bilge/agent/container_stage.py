@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bilge.agent.census_stage import WALL_FLOOR
@@ -25,6 +26,18 @@ STEADY_SCANS = 3
 MAX_HISTORIES = 256
 # CPU seconds the stage may spend at once, from the start: a first discovery's worth.
 FIRST_DISCOVERY = 0.1
+
+
+@dataclass(frozen=True)
+class GrowingContainer:
+    """A module-level container growing at every recent scan: its length now and what it gained over them."""
+
+    path: str
+    container_type: str
+    length: int
+    element_type: str
+    grew: int
+    tasks: int
 
 
 class ContainerStage:
@@ -73,6 +86,7 @@ class ContainerStage:
         self._next = clock() + min_interval
         # The latest (tasks done, length) of each container followed.
         self._history: dict[str, deque[tuple[int, int]]] = {}
+        self._kinds: dict[str, tuple[str, str]] = {}  # path -> (container type, newest element's type)
         self._latest = -1  # tasks done at the latest scan that read any
         self._previous: tuple[float, int] | None = None  # (time, tasks done) of the latest scan
         # What each flavour cost last time (a discovery, a plain re-read).
@@ -115,9 +129,20 @@ class ContainerStage:
         self._latest = max(self._latest, tasks)
         self._outbox.containers.append((t, tasks, seconds, readings))
         history = self._history
-        for path, _, length, _ in readings:
+        for path, container, length, element in readings:
             if path in history or len(history) < MAX_HISTORIES:
                 history.setdefault(path, deque(maxlen=STEADY_SCANS)).append((tasks, length))
+                if element != "?" or path not in self._kinds:
+                    self._kinds[path] = (container, element)
+
+    def growing_now(self) -> list[GrowingContainer]:
+        """The steadily growing containers (see ``steadily_growing``) with their latest length and recent growth."""
+        out = []
+        for path in self.steadily_growing():
+            (first_tasks, first), (last_tasks, last) = self._history[path][0], self._history[path][-1]
+            container, element = self._kinds.get(path, ("?", "?"))
+            out.append(GrowingContainer(path, container, last, element, last - first, last_tasks - first_tasks))
+        return sorted(out, key=lambda g: -g.grew)
 
     def steadily_growing(self) -> list[str]:
         """Containers that grew at every one of the latest STEADY_SCANS scans, at a pace that keeps up (the

@@ -18,6 +18,7 @@ from typing import Any
 
 from bilge.agent.budget import Ledger, Meter
 from bilge.agent.census_stage import MIN_TYPE_GROWTH, CensusStage, Counts
+from bilge.agent.container_stage import GrowingContainer
 from bilge.agent.outbox import Outbox
 from bilge.model import GENERIC_TYPES, STAGE_SNAPSHOT, StageRun
 from bilge.samplers import holders as holder_sampler
@@ -46,12 +47,18 @@ class Snapshots:
         tasks_done: the process's finished tasks so far.
         show_values: holder paths render a few held items (``--show-values``).
         clock: wall clock.
+        growing_containers: the module-level containers the container stage
+            sees growing at every recent scan. They lead the holders: a
+            search for a builtin type (dict, list) samples its objects and
+            can miss the few the leak added among tens of thousands.
     """
 
     def __init__(self, outbox: Outbox, census: CensusStage, counts: Counts, ledger: Ledger,
                  tasks_done: Callable[[], int], show_values: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 growing_containers: Callable[[], Sequence[GrowingContainer]] = lambda: ()) -> None:
         self._outbox, self._census, self._counts, self._ledger = outbox, census, counts, ledger
+        self._growing_containers = growing_containers
         self._tasks_done = tasks_done
         self._show_values = show_values
         self._clock = clock
@@ -81,6 +88,7 @@ class Snapshots:
             search = holder_sampler.find_holders(wanted, max_seconds=HOLDER_SECONDS,
                                                  max_index_bytes=HOLDER_INDEX_BYTES,
                                                  show_values=self._show_values) if wanted else None
+            containers = list(self._growing_containers()) if search_holders else []
             t = self._clock()
             if search is not None:
                 self._outbox.add_holders(t, meter.started, search.paths)
@@ -97,7 +105,10 @@ class Snapshots:
                     for name, count, _ in sorted(census.types, key=lambda row: -row[1])[:top]],
             "growing": [{"type": name, "count": now[name], "change": added} for added, name in growth[:top]],
             "searched": list(wanted),
-            "holders": [{"type": h.type_name, "path": h.path, "root_kind": h.root_kind,
+            "holders": [{"type": c.element_type, "path": c.path, "root_kind": "module-global",
+                         "container": c.container_type, "length": c.length, "targets": c.grew,
+                         "grew": "+%d in %d tasks" % (c.grew, c.tasks)} for c in containers] + [
+                        {"type": h.type_name, "path": h.path, "root_kind": h.root_kind,
                          "container": h.container_type or None,
                          "length": h.container_length if h.container_length >= 0 else None,
                          "targets": h.targets}

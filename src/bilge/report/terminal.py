@@ -179,7 +179,8 @@ def snapshot_lines(summary: Mapping[str, Any], indent: str = "", title: str = "s
         held = " <%s of %s>" % (h["container"], "{:,}".format(h["length"])) if h.get("container") and h.get(
             "length") is not None else ""
         lines.append(Text.assemble((indent + "  held: ", "dim"), (h["type"], "bold"), " ← ", (h["path"], "cyan"),
-                                   held, (" (%s)" % h["root_kind"], "dim"), overflow="fold"))
+                                   held, (" (%s%s)" % (h["root_kind"], ", grew " + h["grew"] if h.get("grew") else ""),
+                                          "dim"), overflow="fold"))
     note = summary.get("holders_note")
     if note and not summary.get("holders"):
         lines.append(Text(indent + "  holders: " + note, style="dim"))

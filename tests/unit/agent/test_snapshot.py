@@ -143,3 +143,26 @@ def test_a_started_agent_serves_its_socket_and_each_forked_child_its_own(tmp_pat
         assert done.returncode == 0, done.stderr
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+LEDGER: list[dict[str, int]] = []
+
+
+def test_a_module_container_growing_at_every_scan_leads_the_holders(agent: Agent) -> None:
+    """Plain dicts added to a module list between container scans: a holder search for `dict` samples
+    tens of thousands of dicts and may miss them; the container stage's steady growth names the list first."""
+    from bilge.agent.container_stage import STEADY_SCANS
+
+    try:
+        agent.control("snapshot", {})
+        for round_ in range(STEADY_SCANS + 2):
+            LEDGER.extend({"order": round_ * 100 + i} for i in range(100))
+            agent.watch.tasks_done += 100  # the scans measure growth per task
+            agent.containers.run()
+        second = agent.control("snapshot", {})
+        first = second["holders"][0]
+        assert first["path"] == "%s.LEDGER" % __name__, second["holders"]
+        assert first["type"] == "dict" and first["container"] == "list" and first["length"] == len(LEDGER)
+        assert first["grew"].startswith("+")
+    finally:
+        LEDGER.clear()
