@@ -131,7 +131,10 @@ def test_a_process_of_another_user_is_refused(sockets: str) -> None:
         os.chmod(server.path, 0o666)
         client = ("import json, socket; s = socket.socket(socket.AF_UNIX); s.connect(%r); "
                   "s.sendall(b'{\"op\": \"echo\"}\\n'); print(s.recv(4096).decode())" % server.path)
-        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+        # The client is stdlib only: the system's Python, which uid 65534 can run (an interpreter under
+        # /root/.pyenv cannot even load its libpython as that user).
+        python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c",
                                client], capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["error"].startswith("refused: uid 65534")
@@ -181,8 +184,9 @@ def test_live_client_finds_asks_and_cleans_up(server: ControlServer, sockets: st
     assert live.request(agent, "echo", {"n": 3}) == {"n": 3}
     with pytest.raises(AgentUnreachableError, match="refused: bad op"):
         live.request(agent, "bad")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = os.path.join(sockets, "%s.sock" % dead.stdout.strip())
+    # A pid no process can have (pids stay below pid_max): an exited child's pid could be reused meanwhile.
+    with open("/proc/sys/kernel/pid_max") as f:
+        stale = os.path.join(sockets, "%d.sock" % int(f.read()))
     Path(stale).touch()
     assert [a.pid for a in live.discover()] == [os.getpid()]
     assert not os.path.exists(stale)
