@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint typecheck bench zoo clean
+.PHONY: demo test unit integration matrix lint typecheck bench zoo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration
 
+matrix:
+	.ci/matrix
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
@@ -38,4 +41,4 @@ zoo: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python ../shared/zoo/run_all.py --modes bilge
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) .venv-* .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -172,9 +172,10 @@ def test_the_check_leaves_the_collector_as_it_found_it_even_when_the_callable_ra
         if next(calls) == 50:
             raise KeyError("boom")
 
+    before = gc.get_freeze_count()  # 0, or what the interpreter keeps there (3.12 starts with a few hundred)
     with pytest.raises(KeyError):
         check(fails_late, policy=GuardPolicy(calls=200))
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == before
     assert gc.isenabled()
 
 
