@@ -125,12 +125,28 @@ def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY, heap_policy: Tr
         # trend costs in a day); only a task, type or holder tells them apart.
         judged = [(_unexplained_process(d), w) if d.verdict == LEAK else (d, w) for d, w in judged]
         growth, findings = (), ()
+    if findings:
+        judged = [_reconciled(d, w, findings[0]) for d, w in judged]
     processes = tuple(_with_findings(d, w) if d.verdict == LEAK else d for d, w in judged)
     verdict, reason = _overall(processes)
     confidence = max((d.confidence for d in processes if d.verdict == verdict), default=0.0)
     return Diagnosis(run=run.run, verdict=verdict, kind=findings[0].kind if findings else None,
                      confidence=confidence, findings=findings, processes=processes, reason=reason,
                      task_growth=growth, recycling=recycling.summarise(run))
+
+
+# Kinds one process's window can confuse: how much of its RSS growth its traced Python bytes explain moves with
+# its allocator's state (pymalloc arenas, glibc free lists), more in one child than in its twin.
+MEMORY_KINDS = (kind.PYTHON_OBJECTS, kind.NATIVE, kind.FRAGMENTATION)
+
+
+def _reconciled(d: ProcessDiagnosis, w: _Window, first: Finding) -> tuple[ProcessDiagnosis, _Window]:
+    """A leaking process the run's first finding covers takes that finding's kind (one leak, one kind) when the
+    two differ only between memory kinds; its own evidence stays in its window's lines."""
+    if d.verdict != LEAK or d.pid not in first.pids or w.kind == first.kind \
+            or w.kind not in MEMORY_KINDS or first.kind not in MEMORY_KINDS:
+        return d, w
+    return replace(d, kind=first.kind), replace(w, kind=first.kind)
 
 
 def _explained_meanwhile(p: ProcessData) -> bool:

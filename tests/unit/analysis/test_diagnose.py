@@ -6,6 +6,7 @@ from dataclasses import replace
 from itertools import accumulate
 
 import numpy as np
+import pytest
 
 from bilge.analysis import diagnose, health
 from bilge.analysis.diagnose import _window_censuses
@@ -429,3 +430,22 @@ def test_censuses_counted_while_the_explain_stage_ran_are_left_out_of_the_window
     window = _window_censuses(cs, 2.0, busy=[(4.98, 5.5)])
     assert [c.t for c in window] == [2.0, 3.0, 4.0, 6.0, 7.0]
     assert len(_window_censuses(cs[:3], 0.0, busy=[(0.0, 9.0)])) == 3
+
+
+def test_children_of_one_leak_report_one_memory_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two children leaking the same shop.Order objects, one of whose windows reads as native (its allocator
+    kept pages): both processes report the run's kind, not one python-objects and one native."""
+    from bilge.analysis import kind as kind_module
+
+    classify = kind_module.classify
+    calls: list[int] = []
+
+    def one_native(*args: object, **kwargs: object) -> tuple[str | None, tuple[str, ...]]:
+        calls.append(1)
+        found, evidence = classify(*args, **kwargs)  # type: ignore[arg-type]
+        return (kind_module.NATIVE if len(calls) == 2 else found), evidence
+
+    monkeypatch.setattr(kind_module, "classify", one_native)
+    diagnosis = diagnose(RunData(run=RUN, processes=(process(2, "shop.search"), process(3, "shop.search", seed=1))))
+    assert len(calls) == 2 and diagnosis.kind == PYTHON_OBJECTS
+    assert [p.kind for p in diagnosis.processes] == [PYTHON_OBJECTS, PYTHON_OBJECTS]
