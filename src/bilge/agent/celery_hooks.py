@@ -88,6 +88,16 @@ def _on_process_shutdown(exitcode: Any = None, **_: Any) -> None:
         agent.stop(timeout=1.0)
 
 
+# Each Celery signal bilge connects, with its handler: connected by connect_if_loaded, disconnected by uninstall.
+_HANDLERS = (
+    ("task_prerun", _on_prerun),
+    ("task_postrun", _on_postrun),
+    ("worker_init", _on_worker_init),
+    ("worker_process_init", _on_process_init),
+    ("worker_process_shutdown", _on_process_shutdown),
+)
+
+
 def connect_if_loaded() -> bool:
     """Connect the handlers if the host has imported Celery's signals."""
     global _connected
@@ -97,14 +107,7 @@ def connect_if_loaded() -> bool:
     with _lock:
         if _connected:
             return True
-        pairs = (
-            ("task_prerun", _on_prerun),
-            ("task_postrun", _on_postrun),
-            ("worker_init", _on_worker_init),
-            ("worker_process_init", _on_process_init),
-            ("worker_process_shutdown", _on_process_shutdown),
-        )
-        for signal_name, handler in pairs:
+        for signal_name, handler in _HANDLERS:
             signal = getattr(module, signal_name, None)
             if signal is not None:
                 signal.connect(handler, weak=False, dispatch_uid="bilge.%s" % signal_name)
@@ -176,8 +179,7 @@ def uninstall() -> None:
     if module is None or not _connected:
         return
     with _lock:
-        for signal_name in ("task_prerun", "task_postrun", "worker_init", "worker_process_init",
-                            "worker_process_shutdown"):
+        for signal_name, _ in _HANDLERS:
             signal = getattr(module, signal_name, None)
             if signal is not None:
                 signal.disconnect(dispatch_uid="bilge.%s" % signal_name)
