@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from bilge.agent.census_stage import WALL_FLOOR
 from bilge.agent.outbox import Outbox
+from bilge.model import ContainerGrowth
 from bilge.samplers.budget import CpuBudget
 from bilge.samplers.containers import ContainerScanner, keeps_pace
 
@@ -26,18 +26,6 @@ STEADY_SCANS = 3
 MAX_HISTORIES = 256
 # CPU seconds the stage may spend at once, from the start: a first discovery's worth.
 FIRST_DISCOVERY = 0.1
-
-
-@dataclass(frozen=True)
-class GrowingContainer:
-    """A module-level container growing at every recent scan: its length now and what it gained over them."""
-
-    path: str
-    container_type: str
-    length: int
-    element_type: str
-    grew: int
-    tasks: int
 
 
 class ContainerStage:
@@ -135,14 +123,15 @@ class ContainerStage:
                 if element != "?" or path not in self._kinds:
                     self._kinds[path] = (container, element)
 
-    def growing_now(self) -> list[GrowingContainer]:
-        """The steadily growing containers (see ``steadily_growing``) with their latest length and recent growth."""
+    def growing_now(self) -> list[ContainerGrowth]:
+        """The steadily growing containers (see ``steadily_growing``) over their recent scans, most grown first."""
         out = []
         for path in self.steadily_growing():
-            (first_tasks, first), (last_tasks, last) = self._history[path][0], self._history[path][-1]
+            points = self._history[path]
+            (first_tasks, first), (last_tasks, last) = points[0], points[-1]
             container, element = self._kinds.get(path, ("?", "?"))
-            out.append(GrowingContainer(path, container, last, element, last - first, last_tasks - first_tasks))
-        return sorted(out, key=lambda g: -g.grew)
+            out.append(ContainerGrowth(path, container, element, first, last, last_tasks - first_tasks, len(points)))
+        return sorted(out, key=lambda g: g.first - g.last)
 
     def steadily_growing(self) -> list[str]:
         """Containers that grew at every one of the latest STEADY_SCANS scans, at a pace that keeps up (the

@@ -18,9 +18,8 @@ from typing import Any
 
 from bilge.agent.budget import Ledger, Meter
 from bilge.agent.census_stage import MIN_TYPE_GROWTH, CensusStage, Counts
-from bilge.agent.container_stage import GrowingContainer
 from bilge.agent.outbox import Outbox
-from bilge.model import GENERIC_TYPES, STAGE_SNAPSHOT, StageRun
+from bilge.model import GENERIC_TYPES, STAGE_SNAPSHOT, ContainerGrowth, StageRun
 from bilge.samplers import holders as holder_sampler
 
 # Types listed, at most, by count and by growth.
@@ -56,7 +55,7 @@ class Snapshots:
     def __init__(self, outbox: Outbox, census: CensusStage, counts: Counts, ledger: Ledger,
                  tasks_done: Callable[[], int], show_values: bool = False,
                  clock: Callable[[], float] = time.time,
-                 growing_containers: Callable[[], Sequence[GrowingContainer]] = lambda: ()) -> None:
+                 growing_containers: Callable[[], Sequence[ContainerGrowth]] = lambda: ()) -> None:
         self._outbox, self._census, self._counts, self._ledger = outbox, census, counts, ledger
         self._growing_containers = growing_containers
         self._tasks_done = tasks_done
@@ -106,8 +105,8 @@ class Snapshots:
             "growing": [{"type": name, "count": now[name], "change": added} for added, name in growth[:top]],
             "searched": list(wanted),
             "holders": [{"type": c.element_type, "path": c.path, "root_kind": "module-global",
-                         "container": c.container_type, "length": c.length, "targets": c.grew,
-                         "grew": "+%d in %d tasks" % (c.grew, c.tasks)} for c in containers] + [
+                         "container": c.container_type, "length": c.last, "targets": c.last - c.first,
+                         "grew": "+%d in %d tasks" % (c.last - c.first, c.tasks)} for c in containers] + [
                         {"type": h.type_name, "path": h.path, "root_kind": h.root_kind,
                          "container": h.container_type or None,
                          "length": h.container_length if h.container_length >= 0 else None,
