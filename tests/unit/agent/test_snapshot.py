@@ -145,24 +145,19 @@ def test_a_started_agent_serves_its_socket_and_each_forked_child_its_own(tmp_pat
         shutil.rmtree(sockets, ignore_errors=True)
 
 
-LEDGER: list[dict[str, int]] = []
+def test_the_containers_growing_at_every_scan_lead_the_holders(agent: Agent) -> None:
+    """A module list the container stage saw growing at every recent scan comes first among a snapshot's holders,
+    with its length and growth: a holder search for `dict` samples tens of thousands of dicts and may miss the
+    few the leak added."""
+    from bilge.agent.snapshot import Snapshots
+    from bilge.model import ContainerGrowth
 
-
-def test_a_module_container_growing_at_every_scan_leads_the_holders(agent: Agent) -> None:
-    """Plain dicts added to a module list between container scans: a holder search for `dict` samples
-    tens of thousands of dicts and may miss them; the container stage's steady growth names the list first."""
-    from bilge.agent.container_stage import STEADY_SCANS
-
-    try:
-        agent.control("snapshot", {})
-        for round_ in range(STEADY_SCANS + 2):
-            LEDGER.extend({"order": round_ * 100 + i} for i in range(100))
-            agent.watch.tasks_done += 100  # the scans measure growth per task
-            agent.containers.run()
-        second = agent.control("snapshot", {})
-        first = second["holders"][0]
-        assert first["path"] == "%s.LEDGER" % __name__, second["holders"]
-        assert first["type"] == "dict" and first["container"] == "list" and first["length"] == len(LEDGER)
-        assert first["grew"].startswith("+")
-    finally:
-        LEDGER.clear()
+    ledger = ContainerGrowth("billing._LEDGER", "list", "dict", first=400, last=700, tasks=300, scans=3)
+    agent.snapshots = Snapshots(agent.outbox, agent.census, agent.counts, agent.ledger, lambda: 900,
+                                growing_containers=lambda: [ledger])
+    agent.control("snapshot", {})
+    second = agent.control("snapshot", {})
+    assert second["holders"][0] == {"type": "dict", "path": "billing._LEDGER", "root_kind": "module-global",
+                                    "container": "list", "length": 700, "targets": 300,
+                                    "grew": "+300 in 300 tasks"}
+    assert agent.control("census", {})["holders"] == []  # a census only: no holders of any kind

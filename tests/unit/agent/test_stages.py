@@ -380,6 +380,9 @@ def test_a_container_growing_at_each_scan_at_its_pace_is_steady_one_filling_up_i
     finally:
         del sys.modules["stage_app"]
     assert stage.steadily_growing() == ["stage_app._SEEN"]
+    (seen,) = stage.growing_now()
+    assert (seen.path, seen.container_type, seen.element_type, seen.last) == ("stage_app._SEEN", "set", "str", 600)
+    assert seen.last - seen.first == 100 * (STEADY_SCANS - 1) and seen.tasks == 300 * (STEADY_SCANS - 1)
     assert counted and counted[-1][0] == ("stage_app", "_SEEN")
     scans = list(outbox.containers)
     assert scans and all(seconds >= 0 for _, _, seconds, _ in scans)
