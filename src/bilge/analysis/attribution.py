@@ -102,9 +102,6 @@ def kept_per_call(g: TaskGrowth) -> float:
 
 def leaking_task(growths: Sequence[TaskGrowth]) -> TaskGrowth | None:
     """The task the growth follows, if one stands out (see the module docstring)."""
-    for g in growths:
-        if _significant(g) and (g.bytes_per_call > 0 or g.blocks_per_call > 0):
-            return g
     # Items counted around each task are exact (a container's length waits
     # for no collector and counts no return value still in flight), so they
     # come before the heap blocks' in-task deltas. Exact counts make the t
@@ -112,8 +109,12 @@ def leaking_task(growths: Sequence[TaskGrowth]) -> TaskGrowth | None:
     # item): the effect must also stand out in items.
     adds = [g for g in growths if g.items_score >= MIN_T
             and g.items_per_call - _others_mean(growths, g) >= MIN_ITEMS_PER_CALL]
-    if adds:
-        return max(adds, key=lambda g: g.items_per_call)
+    adder = max(adds, key=lambda g: g.items_per_call) if adds else None
+    for g in growths:
+        if _significant(g) and (g.bytes_per_call > 0 or g.blocks_per_call > 0) and not _overruled(g, adder):
+            return g
+    if adder is not None:
+        return adder
     ranked = sorted(growths, key=lambda g: -g.bytes_per_call)
     if ranked and ranked[0].calls >= MIN_CALLS and ranked[0].support >= MIN_T and ranked[0].score >= MIN_SUPPORT_T:
         return ranked[0]
@@ -141,6 +142,13 @@ def lasting_leak(per_process: Sequence[Sequence[TaskRecord]],
     lasting = (kept_per_call(leaky) > 0 and kept_per_call(late) >= TAIL_RATIO * kept_per_call(leaky)) or (
         leaky.items_per_call > 0 and late.items_per_call >= TAIL_RATIO * leaky.items_per_call)
     return leaky if lasting else None
+
+
+def _overruled(g: TaskGrowth, adder: TaskGrowth | None) -> bool:
+    """Whether both exact measures name another task than the window regression's ``g``: the items counted
+    around each call say another task adds to the growing container, and the heap blocks of gc-free calls say
+    ``g``'s calls keep fewer than the others' (a short window's RSS regression can pass MIN_T on noise)."""
+    return adder is not None and adder.task != g.task and g.support <= -MIN_T
 
 
 def _others_mean(growths: Sequence[TaskGrowth], g: TaskGrowth) -> float:
