@@ -68,6 +68,9 @@ class ProcessInfo:
     exit_code: int | None = None
     # worker_max_memory_per_child as the pool child saw it (KiB), if set.
     celery_max_memory_kb: int | None = None
+    # The child's slot in its pool (billiard's process index): a recycled
+    # child's successor takes the same one.
+    pool_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,8 @@ class ProcessData:
     recycles: tuple[Recycle, ...] = ()
     cost: AgentCost = AgentCost()
     snapshots: tuple[Snapshot, ...] = ()
+    # (collections, collected, uncollectable) per gc generation at the last flush.
+    gc_generations: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -347,6 +352,10 @@ class RunData:
 
     run: RunInfo
     processes: tuple[ProcessData, ...]
+    # Signatures earlier runs in the same data dir recorded, with the start
+    # of the first run that had each; None when no earlier run was diagnosed
+    # (then nothing can be called new).
+    earlier_findings: Mapping[str, float] | None = None
 
 
 # --------------------------------------------------------------- analysis --
@@ -437,6 +446,11 @@ class Finding:
     # Renderings of held items, captured only under `bilge run --show-values`
     # and shown only under `bilge report --show-values`.
     values: tuple[str, ...] = ()
+    # The leak's stable id (``analysis.signature``), and when an earlier run
+    # in the same data dir first found it (None: new, or nothing to compare).
+    signature: str | None = None
+    seen_since: float | None = None
+    new: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.bilge_data import bilge_report
 from support.brokers import AMQP_URL, producer_app, send_all, unique_queue
-from support.jobs import billing_env, billing_jobs, finished
+from support.jobs import RENDER_STATEMENT, billing_env, billing_jobs, finished
 from support.workers import Launcher, celery_command, worker_environment
 
 pytestmark = pytest.mark.integration
+VAT = "billing.validate_vat_number"
 
 
 def celery_bilge(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -80,3 +82,75 @@ def test_status_with_an_unreachable_broker_or_no_workers_fails_clearly(tmp_path:
     empty = worker_environment({**billing_env(redis_db.url, redis_db.url, unique_queue("empty"))})
     done = celery_bilge(empty, "status", "--timeout", "1")
     assert done.returncode == 9 and "no worker answered within 1.0 s" in done.stderr, done.stderr
+
+
+def _fleet_findings(env: dict[str, str], ours: set[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    done = celery_bilge(env, "status", "--findings", "--format", "json", "--timeout", "3")
+    fleet = json.loads(done.stdout or '{"nodes": {}, "findings": []}')
+    nodes = {k: v for k, v in fleet["nodes"].items() if k.split("@")[0] in ours}
+    groups = [dict(g, nodes=[n for n in g["nodes"] if n.split("@")[0] in ours]) for g in fleet["findings"]]
+    return nodes, [g for g in groups if g["nodes"]]
+
+
+def _held(node: dict[str, Any], task: str) -> list[dict[str, Any]]:
+    return [f for f in node.get("findings") or [] if f["task"] == task and f["holder"]]
+
+
+def test_the_same_leak_has_one_signature_on_every_node_and_across_a_restart(
+    launcher: Launcher, redis_db: Any, artifacts: Path
+) -> None:
+    """Four billing workers under bilge run share a queue: three leak in render_statement, the fourth in
+    validate_vat_number instead (BILLING_LEAK=vat). `celery bilge status --findings` groups the nodes' recorded
+    findings by signature: render_statement's leak is one signature on the three, the VAT audit leak another on
+    the fourth. Restarted on the same data dir, a node finds render_statement's leak under the same signature, its
+    report calls it not new, and the fleet keeps its first-seen time."""
+    queue = unique_queue("sig")
+    base = worker_environment({**billing_env(redis_db.url, redis_db.url, queue), "WORKER_REMOTE_CONTROL": "1"})
+    names = ["sig%d-%s" % (i, queue) for i in range(4)]
+    envs = [base, base, base, {**base, "BILLING_LEAK": "vat"}]
+    workers = [launcher.start(celery_command("apps.billing", "prefork", 1, name=name, queue=queue), env, name,
+                              artifacts / ("data%d" % i)) for i, (name, env) in enumerate(zip(names, envs))]
+    producer = producer_app(redis_db.url, queue)
+    send_all(producer, billing_jobs(8000, seed=31), queue)
+    ours = set(names)
+    nodes: dict[str, Any] = {}
+    groups: list[dict[str, Any]] = []
+
+    def found_everywhere() -> bool:
+        nonlocal nodes, groups
+        nodes, groups = _fleet_findings(base, ours)
+        return len(nodes) == 4 and all(_held(n, VAT if k.startswith(names[3]) else RENDER_STATEMENT)
+                                       for k, n in nodes.items())
+
+    workers[0].wait_for(found_everywhere, 300, lambda: "findings on every node: %s" % json.dumps(nodes)[:3000],
+                        interval=3)
+    (artifacts / "findings.json").write_text(json.dumps({"nodes": nodes, "groups": groups}, indent=2))
+    render = [g for g in groups if g["task"] == RENDER_STATEMENT and g["holder"]]
+    assert len(render) == 1 and sorted(n.split("@")[0] for n in render[0]["nodes"]) == names[:3], render
+    assert "_STATEMENT_ARCHIVE" in render[0]["holder"]
+    vat = [g for g in groups if g["task"] == VAT and g["holder"]]
+    assert len(vat) == 1 and [n.split("@")[0] for n in vat[0]["nodes"]] == [names[3]], vat
+    assert "_VAT_AUDIT" in vat[0]["holder"] and vat[0]["signature"] != render[0]["signature"]
+    first_seen = render[0]["first_seen"]
+
+    assert workers[0].terminate() == 0
+    restarted = launcher.start(celery_command("apps.billing", "prefork", 1, name=names[0], queue=queue), base,
+                               names[0] + "-again", artifacts / "data0")
+    send_all(producer, billing_jobs(6000, seed=37), queue)
+
+    def found_again() -> bool:
+        nonlocal nodes, groups
+        nodes, groups = _fleet_findings(base, {names[0]})
+        return any(_held(n, RENDER_STATEMENT) for n in nodes.values())
+
+    restarted.wait_for(found_again, 300, lambda: "findings after the restart: %s" % json.dumps(nodes)[:3000],
+                       interval=3)
+    (again,) = [g for g in groups if g["task"] == RENDER_STATEMENT and g["holder"]]
+    assert again["signature"] == render[0]["signature"]
+    assert again["first_seen"] == first_seen  # the data dir remembers the first run's finding
+    text = celery_bilge({**base, "COLUMNS": "200"}, "status", "--findings", "--timeout", "3")
+    assert render[0]["signature"] in text.stdout and "on 3 of" in text.stdout, text.stdout
+    assert restarted.terminate() == 0
+    report = bilge_report(artifacts / "data0", artifacts)
+    mine = [f for f in report["findings"] if f["signature"] == render[0]["signature"]]
+    assert mine and mine[0]["new"] is False and mine[0]["seen_since"] == first_seen, report["findings"]

@@ -217,8 +217,8 @@ class Agent:
             self.outbox.role = role
 
     def note_fact(self, column: str, value: int | None) -> None:
-        """Remember a fact about this process (``exit_code``, ``celery_max_memory_kb``), stored on next flush."""
-        if value is not None and column in ("exit_code", "celery_max_memory_kb", "suspect"):
+        """Remember a fact about this process (``exit_code``, ``pool_index``...), stored on next flush."""
+        if value is not None and column in ("exit_code", "celery_max_memory_kb", "suspect", "pool_index"):
             self.outbox.facts[column] = int(value)
 
     # ----------------------------------------------------------- task hooks --
@@ -406,7 +406,8 @@ class Agent:
             if any(rows[k] for k in rows) or runs or final:
                 self.store.flush(self.process_id, ended=self._clock() if final else None,
                                  stage_costs=self.ledger.totals(), stage_runs=runs,
-                                 budget=self.budget.state(self._clock()), **rows)
+                                 budget=self.budget.state(self._clock()), gc_stats=proc_sampler.gc_generations(),
+                                 **rows)
         finally:
             self._store_lock.release()
 

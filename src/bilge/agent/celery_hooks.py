@@ -69,6 +69,14 @@ def _on_process_init(**_: Any) -> None:
     if agent is not None and agent.parent_id is not None:
         agent.set_role("celery-child")
         try:
+            # The child's slot in the pool: its successor after a recycle
+            # takes the same one, so metrics keep one series per slot.
+            index = getattr(sys.modules["billiard.process"].current_process(), "index", None)
+            if isinstance(index, int):
+                agent.note_fact("pool_index", index)
+        except Exception:  # noqa: BLE001, S110 - a nicety; the child runs regardless
+            pass
+        try:
             # The limit Celery recycles on, to tell a recycle storm (a child
             # that starts above it) in the report.
             app = sys.modules["celery"].current_app

@@ -5,8 +5,10 @@ broker the user already runs; every worker's main process answers from its
 data dir: each live process of the worker with its role, current RSS/USS,
 tasks run and the agent's own live judgement (``growing`` when its trend
 test fires, ``steady`` after warm-up, ``warming-up`` before), plus the
-recycles so far. Read-only, a few indexed queries, no analysis (the main
-process of a worker must stay light).
+recycles so far, and the findings (with their leak signatures) of the
+latest diagnosis the ``bilge run`` supervisor recorded. Read-only, a few
+indexed queries, no analysis (the main process of a worker must stay
+light).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from bilge.samplers.suspicion import MIN_TASK_READINGS
 from bilge.store import schema
 
 COMMAND = "bilge_status"
+# Findings per answer: a remote-control reply travels through the broker.
+MAX_FINDINGS = 20
 
 
 def local_status(data_dir: str, run_id: int) -> dict[str, Any]:
@@ -44,10 +48,26 @@ def local_status(data_dir: str, run_id: int) -> dict[str, Any]:
                                    "WHERE p.run_id = ? AND r.status = 'requested'", (run_id,)).fetchone()
         (celery_recycles,) = conn.execute("SELECT COUNT(*) FROM processes WHERE run_id = ? AND exit_code = 155",
                                           (run_id,)).fetchone()
+        findings = _findings(conn, run_id)
     finally:
         conn.close()
     return {"bilge": 1, "run": run_id, "data_dir": data_dir, "processes": processes,
-            "recycles": {"bilge": recycles, "celery": celery_recycles}}
+            "recycles": {"bilge": recycles, "celery": celery_recycles}, "findings": findings}
+
+
+def _findings(conn: sqlite3.Connection, run_id: int) -> list[dict[str, Any]]:
+    """The findings of the run's latest recorded diagnosis, each with when this data dir first saw it."""
+    try:
+        rows = conn.execute(
+            "SELECT f.signature, f.task, f.type, f.kind, f.holder, f.location, f.bytes_per_call, f.processes, "
+            "(SELECT MIN(g.first_seen) FROM findings g WHERE g.signature = f.signature) "
+            "FROM findings f JOIN runs r ON r.id = f.run_id "
+            "WHERE f.run_id = ? AND f.last_seen = r.diagnosed ORDER BY f.bytes_per_call DESC LIMIT ?",
+            (run_id, MAX_FINDINGS)).fetchall()
+    except sqlite3.OperationalError:
+        return []  # a store older than the findings table: nothing recorded
+    keys = ("signature", "task", "type", "kind", "holder", "location", "bytes_per_call", "processes", "first_seen")
+    return [dict(zip(keys, row)) for row in rows]
 
 
 def register(data_dir: str, run_id: int) -> bool:

@@ -29,7 +29,8 @@ class Store(Protocol):
               windows: Sequence[Any] = (), fd_targets: Sequence[Any] = (), facts: dict[str, int] | None = None,
               holders: Sequence[Any] = (), stage_costs: Sequence[StageCost] = (),
               stage_runs: Sequence[StageRun] = (), budget: BudgetState | None = None,
-              containers: Sequence[Any] = (), snapshots: Sequence[Any] = ()) -> None: ...
+              containers: Sequence[Any] = (), snapshots: Sequence[Any] = (),
+              gc_stats: Sequence[tuple[int, int, int]] = ()) -> None: ...
 
     def claim_recycle(self, process_id: int, t: float, reason: str, rss: int | None, tasks_done: int,
                       snapshot: str, min_interval: float, urgent: bool = False) -> bool: ...

@@ -6,7 +6,7 @@ Data flows one way: ``RunData`` (from the store) → per-process
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from bilge.analysis import (
@@ -18,6 +18,7 @@ from bilge.analysis import (
     kind,
     own_activity,
     recycling,
+    signature,
     sites,
     trend,
 )
@@ -127,12 +128,18 @@ def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY, heap_policy: Tr
         growth, findings = (), ()
     if findings:
         judged = [_reconciled(d, w, findings[0]) for d, w in judged]
-    processes = tuple(_with_findings(d, w) if d.verdict == LEAK else d for d, w in judged)
+    earlier = run.earlier_findings
+    processes = tuple(_signed(_with_findings(d, w), earlier) if d.verdict == LEAK else d for d, w in judged)
+    findings = signature.stamped(findings, earlier)
     verdict, reason = _overall(processes)
     confidence = max((d.confidence for d in processes if d.verdict == verdict), default=0.0)
     return Diagnosis(run=run.run, verdict=verdict, kind=findings[0].kind if findings else None,
                      confidence=confidence, findings=findings, processes=processes, reason=reason,
                      task_growth=growth, recycling=recycling.summarise(run))
+
+
+def _signed(d: ProcessDiagnosis, earlier: Mapping[str, float] | None) -> ProcessDiagnosis:
+    return replace(d, findings=signature.stamped(d.findings, earlier))
 
 
 # Kinds one process's window can confuse: how much of its RSS growth its traced Python bytes explain moves with

@@ -87,14 +87,16 @@ def run(data_dir: str, show_values: bool, explain: bool, recycle: bool, recycle_
         recycle_hard_limit: int | None, recycle_horizon: float, recycle_min_interval: float, recycle_min_tasks: int,
         budget_cpu_share: float, budget_slowed_per_hour: float, http: str | None, command: tuple[str, ...]) -> int:
     """Run COMMAND under the agent."""
+    from bilge.integrations.monitor import RunView
+
     serve = None
     if http:
         host, port = _address(http)
 
-        def serve(path: str) -> Any:
+        def serve(view: RunView) -> Any:
             from bilge.integrations.serve import MonitorServer
 
-            return MonitorServer(path, host, port, recycle_hard_limit, recycle_horizon)
+            return MonitorServer(view, host, port)
 
     options: dict[str, object] = {"show_values": show_values, "explain": explain, "cpu_share": budget_cpu_share,
                                   "slowed_per_hour": budget_slowed_per_hour}
@@ -102,7 +104,8 @@ def run(data_dir: str, show_values: bool, explain: bool, recycle: bool, recycle_
         options.update(recycle=True, recycle_soft_limit=recycle_soft_limit, recycle_hard_limit=recycle_hard_limit,
                        recycle_horizon=recycle_horizon, recycle_min_interval=recycle_min_interval,
                        recycle_min_tasks=recycle_min_tasks)
-    return runner.run(data_dir, command, options=options, serve=serve)
+    view = RunView(data_dir, hard_limit=recycle_hard_limit, horizon=recycle_horizon)
+    return runner.run(data_dir, command, options=options, serve=serve, view=view)
 
 
 def _address(text: str) -> tuple[str, int]:

@@ -2,7 +2,9 @@
 
 ``status`` asks every worker of the cluster, through the broker the app
 already uses, for its processes (the ``bilge_status`` remote-control
-command, answered by each worker's main process from its data dir).
+command, answered by each worker's main process from its data dir);
+``--findings`` groups the leaks the nodes found by signature ("the same
+leak on 7 of 9 nodes").
 Workers that answer ``ping`` but not ``bilge_status`` (not running under
 bilge, or too busy to answer in time) are listed as such, never hidden.
 
@@ -40,15 +42,20 @@ def bilge() -> None:
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
               help="Seconds to wait for workers' answers.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--findings", is_flag=True,
+              help="Also group the nodes' findings by leak signature: one line per leak, with the nodes that have it.")
 @click.pass_context
-def status(ctx: click.Context, timeout: float, fmt: str) -> None:
+def status(ctx: click.Context, timeout: float, fmt: str, findings: bool) -> None:
     """Every worker's processes with verdict and memory."""
     app = ctx.obj.app
     fleet = query(app, timeout)
+    fleet["findings"] = by_signature(fleet)
     if fmt == "json":
         click.echo(json.dumps(fleet, indent=2))
     else:
         _print(fleet)
+        if findings:
+            _print_findings(fleet)
     if any(node["status"] != "ok" for node in fleet["nodes"].values()):
         ctx.exit(1)
 
@@ -83,6 +90,47 @@ def query(app: Any, timeout: float) -> dict[str, Any]:
         raise NoWorkers("no worker answered within %.1f s; are workers running and consuming from this broker?"
                         % timeout)
     return {"nodes": dict(sorted(nodes.items()))}
+
+
+def by_signature(fleet: dict[str, Any]) -> list[dict[str, Any]]:
+    """The nodes' findings grouped by leak signature, the most widespread first.
+
+    Each group is the finding as the first node reported it, plus ``nodes``
+    (the nodes that have it), ``answered`` (nodes that answered at all),
+    ``processes`` (summed over the nodes) and the earliest ``first_seen``.
+    """
+    answered = [node for node, info in fleet["nodes"].items() if info["status"] == "ok"]
+    groups: dict[str, dict[str, Any]] = {}
+    for node in answered:
+        for f in fleet["nodes"][node].get("findings") or []:
+            group = groups.setdefault(f["signature"], {**f, "nodes": [], "processes": 0, "answered": len(answered)})
+            group["nodes"].append(node)
+            group["processes"] += f.get("processes") or 0
+            if f.get("first_seen") is not None:
+                group["first_seen"] = min(group["first_seen"] or f["first_seen"], f["first_seen"])
+    return sorted(groups.values(), key=lambda g: (-len(g["nodes"]), -(g["bytes_per_call"] or 0.0), g["signature"]))
+
+
+def _print_findings(fleet: dict[str, Any]) -> None:
+    import time
+
+    from rich.console import Console
+
+    from bilge.report.terminal import human_bytes
+
+    console = Console()
+    if not fleet["findings"]:
+        console.print("No findings recorded on any node (the `bilge run` supervisor records them once a process "
+                      "turns suspect).")
+        return
+    console.print("[italic]Leaks by signature[/italic]")
+    for g in fleet["findings"]:
+        what = " → ".join(part for part in (g["task"], g["holder"]) if part) or g["kind"] or "unexplained growth"
+        seen = time.strftime("%Y-%m-%d %H:%M", time.localtime(g["first_seen"])) if g["first_seen"] else "—"
+        size = ", %s/call" % human_bytes(g["bytes_per_call"]) if g["bytes_per_call"] is not None else ""
+        console.print("  %s  %s (%s%s) on %d of %d nodes, first seen %s" % (
+            g["signature"], what, g["type"] or "type unknown", size, len(g["nodes"]), g["answered"], seen),
+            highlight=False, soft_wrap=True)
 
 
 def _print(fleet: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from bilge.config import AgentConfig
 from bilge.errors import CommandError
+from bilge.integrations.monitor import Recorder, RunView
 from bilge.store import sqlite as store
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,7 +82,8 @@ def resolve(command: Sequence[str]) -> list[str]:
 
 
 def run(data_dir: str, command: Sequence[str], environ: Mapping[str, str] | None = None,
-        options: Mapping[str, object] | None = None, serve: Callable[[str], Any] | None = None) -> int:
+        options: Mapping[str, object] | None = None, serve: Callable[[RunView], Any] | None = None,
+        view: RunView | None = None) -> int:
     """Run ``command`` under the agent and return its exit code.
 
     Args:
@@ -92,17 +94,23 @@ def run(data_dir: str, command: Sequence[str], environ: Mapping[str, str] | None
             they do not say is the default, except the tuning variables
             already in the environment (see ``AgentConfig.for_run``). A
             bad one is replaced by its default with a warning on stderr.
-        serve: given the data dir, binds the health/metrics server (an
+        serve: given the run's view, binds the health/metrics server (an
             object with ``start``/``close``), before anything is recorded or
             started, so a busy port fails fast.
+        view: how the supervisor reads and diagnoses the run (its health
+            limits); by default the data dir's latest run with no limit. Its
+            findings are recorded while a process is suspect and at the end
+            (``monitor.Recorder``).
 
     Returns:
         The command's exit code; 128+N when it died of signal N.
     """
     argv = resolve(command)
     path = store.prepare_data_dir(data_dir)
-    server = serve(path) if serve is not None else None
+    view = view if view is not None else RunView(path)
+    server = serve(view) if serve is not None else None
     run_id = store.start_run(path, shlex.join(argv))
+    recorder = Recorder(view, run_id)
     base = os.environ if environ is None else environ
     config = AgentConfig.for_run(path, run_id, base, options)
     for warning in config.warnings:
@@ -112,11 +120,15 @@ def run(data_dir: str, command: Sequence[str], environ: Mapping[str, str] | None
     try:
         if server is not None:
             server.start()
+        recorder.start()
         code = _supervise(argv, env)
     finally:
-        store.end_run(path, run_id, code)
-        if server is not None:
-            server.close()
+        try:
+            store.end_run(path, run_id, code)
+            recorder.close()
+        finally:
+            if server is not None:
+                server.close()
     return code
 
 

@@ -35,6 +35,7 @@ import jinja2
 import markupsafe
 
 from bilge import __version__
+from bilge.analysis import signature
 from bilge.analysis.attribution import kept_per_call
 from bilge.model import Diagnosis, ProcessDiagnosis, Series, StageRun
 from bilge.report.json_report import to_dict
@@ -320,6 +321,7 @@ def _environment() -> jinja2.Environment:
     env.filters["count"] = count
     env.filters["seconds"] = lambda value: "%.3f" % value
     env.filters["breakable"] = breakable
+    env.globals["novelty"] = signature.novelty
     return env
 
 

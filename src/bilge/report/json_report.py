@@ -31,6 +31,10 @@ def finding_dict(f: Finding) -> dict[str, Any]:
         "evidence": list(f.evidence),
         # Empty unless captured (`bilge run --show-values`) and asked for.
         "values": list(f.values),
+        "signature": f.signature,
+        # null: no earlier run in this data dir was diagnosed to compare with.
+        "new": f.new,
+        "seen_since": f.seen_since,
     }
 
 

@@ -11,6 +11,7 @@ from rich.console import Console, Group
 from rich.panel import Panel
 from rich.text import Text
 
+from bilge.analysis import signature
 from bilge.model import INCONCLUSIVE, LEAK, NO_LEAK, AgentCost, Diagnosis, ProcessDiagnosis, RecyclingSummary
 
 _STYLE = {LEAK: "bold red", NO_LEAK: "bold green", INCONCLUSIVE: "bold yellow"}
@@ -117,6 +118,9 @@ class TerminalReporter:
                 lines.append(_detail("allocated at ", short_location(f.location)))
             if f.values:
                 lines.append(_detail("values       ", "; ".join(f.values), style="yellow"))
+            if f.signature:
+                history = signature.novelty(f)
+                lines.append(_detail("signature    ", f.signature + ("  (%s)" % history if history else "")))
         return Group(*lines)
 
     def _processes(self, processes: Sequence[ProcessDiagnosis]) -> Group:

@@ -34,6 +34,7 @@ class MemoryStore:
     stage_costs: dict[str, StageCost] = field(default_factory=dict)
     stage_runs: list[StageRun] = field(default_factory=list)
     budget: BudgetState | None = None
+    gc_stats: tuple[tuple[int, int, int], ...] = ()
     recycles: list[tuple[int, float, str]] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     flushes: int = 0
@@ -50,7 +51,8 @@ class MemoryStore:
               windows: Sequence[Any] = (), fd_targets: Sequence[Any] = (), facts: dict[str, int] | None = None,
               holders: Sequence[Any] = (), stage_costs: Sequence[StageCost] = (),
               stage_runs: Sequence[StageRun] = (), budget: BudgetState | None = None,
-              containers: Sequence[Any] = (), snapshots: Sequence[Any] = ()) -> None:
+              containers: Sequence[Any] = (), snapshots: Sequence[Any] = (),
+              gc_stats: Sequence[tuple[int, int, int]] = ()) -> None:
         """Keep one flush's rows."""
         self.flushes += 1
         self.samples.extend(samples)
@@ -63,6 +65,8 @@ class MemoryStore:
         self.snapshots.extend(snapshots)
         self.errors.extend(errors)
         self.facts.update(facts or {})
+        if gc_stats:
+            self.gc_stats = tuple(gc_stats)
         if role:
             self.roles.append(role)
         self.stage_costs.update({c.stage: c for c in stage_costs})

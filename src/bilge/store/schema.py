@@ -9,6 +9,7 @@ SQLite discards on the next open.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 SCHEMA_VERSION = 1
@@ -28,7 +29,8 @@ CREATE TABLE IF NOT EXISTS runs (
     ended REAL,
     command TEXT NOT NULL,
     exit_code INTEGER,
-    hostname TEXT
+    hostname TEXT,
+    diagnosed REAL
 );
 CREATE TABLE IF NOT EXISTS processes (
     id INTEGER PRIMARY KEY,
@@ -43,7 +45,8 @@ CREATE TABLE IF NOT EXISTS processes (
     python TEXT,
     exit_code INTEGER,
     celery_max_memory_kb INTEGER,
-    suspect INTEGER
+    suspect INTEGER,
+    pool_index INTEGER
 );
 CREATE TABLE IF NOT EXISTS samples (
     process_id INTEGER NOT NULL,
@@ -201,6 +204,34 @@ CREATE TABLE IF NOT EXISTS budget_state (
     slowed_limit REAL NOT NULL,
     slowed_period REAL NOT NULL
 );
+-- The garbage collector's counters per generation (gc.get_stats()), as of
+-- the process's last flush: replaced, not appended.
+CREATE TABLE IF NOT EXISTS gc_stats (
+    process_id INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    collections INTEGER NOT NULL,
+    collected INTEGER NOT NULL,
+    uncollectable INTEGER NOT NULL,
+    PRIMARY KEY (process_id, generation)
+);
+-- The findings of a run's latest diagnosis, recorded by the `bilge run`
+-- supervisor (never by the agent), so fleet queries and the next run can
+-- read them without diagnosing: `first_seen` is when this run first found
+-- the signature, `processes` how many live processes had it then.
+CREATE TABLE IF NOT EXISTS findings (
+    run_id INTEGER NOT NULL,
+    signature TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    kind TEXT,
+    task TEXT,
+    type TEXT,
+    holder TEXT,
+    location TEXT,
+    bytes_per_call REAL,
+    processes INTEGER NOT NULL,
+    PRIMARY KEY (run_id, signature)
+);
 CREATE TABLE IF NOT EXISTS agent_errors (
     process_id INTEGER,
     t REAL NOT NULL,
@@ -208,6 +239,9 @@ CREATE TABLE IF NOT EXISTS agent_errors (
     message TEXT NOT NULL
 );
 """
+
+
+TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", DDL))
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -236,6 +270,12 @@ def create(conn: sqlite3.Connection) -> None:
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
     )
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('application', 'bilge')")
+
+
+def outdated(conn: sqlite3.Connection) -> bool:
+    """Whether an existing store lacks tables or columns of the current DDL."""
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return bool(set(TABLES) - have) or bool(missing_columns(conn))
 
 
 def missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:

@@ -11,7 +11,7 @@ import socket
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,6 +25,7 @@ from bilge.model import (
     Census,
     ContainerScan,
     FdSnapshot,
+    Finding,
     Holder,
     ProcessData,
     ProcessInfo,
@@ -123,6 +124,35 @@ def end_run(data_dir: str, run_id: int, exit_code: int) -> None:
             conn.close()
 
 
+def record_findings(data_dir: str, run_id: int, findings: Sequence[Finding], at: float | None = None) -> None:
+    """Record a diagnosis of run ``run_id``: its signed findings, and that it was diagnosed.
+
+    A signature found again keeps its ``first_seen``; ``processes`` and the
+    rest follow the latest diagnosis.
+    """
+    now = time.time() if at is None else at
+    path = db_path(data_dir)
+    with _translated("recording findings in", path):
+        conn = schema.connect(path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for f in findings:
+                if f.signature is None:
+                    continue
+                conn.execute(
+                    "INSERT INTO findings (run_id, signature, first_seen, last_seen, kind, task, type, holder, "
+                    "location, bytes_per_call, processes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (run_id, signature) DO UPDATE SET last_seen = excluded.last_seen, "
+                    "bytes_per_call = excluded.bytes_per_call, processes = excluded.processes, "
+                    "holder = excluded.holder, location = excluded.location",
+                    (run_id, f.signature, now, now, f.kind, f.task, f.type, f.holder, f.location, f.bytes_per_call,
+                     len(f.pids)))
+            conn.execute("UPDATE runs SET diagnosed = ? WHERE id = ?", (now, run_id))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+
 def _check_foreign(conn: sqlite3.Connection, path: str) -> None:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if tables and "meta" not in tables:
@@ -163,7 +193,7 @@ def load_run(data_dir: str, run_id: int | None = None) -> RunData:
             if not tables:
                 raise EmptyStoreError("store %s is empty; run a worker with `bilge run` first" % path)
             _check_version(conn, path)
-            if schema.missing_columns(conn):
+            if schema.outdated(conn):
                 # A store written by an earlier 0.x: add the new, empty columns
                 # and tables so it reads like a current one.
                 schema.create(conn)
@@ -184,8 +214,8 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
         raise EmptyStoreError("store %s holds no record of %s; run a worker with `bilge run` first" % (path, which))
     run = RunInfo(*row)
     procs = [ProcessInfo(*r) for r in conn.execute(
-        "SELECT id, pid, ppid, parent_id, role, started, ended, COALESCE(argv, ''), exit_code, celery_max_memory_kb "
-        "FROM processes "
+        "SELECT id, pid, ppid, parent_id, role, started, ended, COALESCE(argv, ''), exit_code, celery_max_memory_kb, "
+        "pool_index FROM processes "
         "WHERE run_id = ? ORDER BY id", (run.id,))]
     samples: dict[int, list[Sample]] = defaultdict(list)
     for r in conn.execute(
@@ -246,12 +276,22 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
     ):
         snapshots[pid].append(Snapshot(t, done, seconds, _summary(summary)))
     costs = _read_costs(conn, run.id)
-    return RunData(run=run, processes=tuple(
+    gc_rows: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    for pid, collections, collected, uncollectable in conn.execute(
+        "SELECT g.process_id, g.collections, g.collected, g.uncollectable FROM gc_stats g JOIN processes p "
+        "ON p.id = g.process_id WHERE p.run_id = ? ORDER BY g.process_id, g.generation", (run.id,)
+    ):
+        gc_rows[pid].append((collections, collected, uncollectable))
+    earlier = dict(conn.execute(
+        "SELECT signature, MIN(first_seen) FROM findings WHERE run_id < ? GROUP BY signature", (run.id,)))
+    (diagnosed_before,) = conn.execute("SELECT COUNT(*) FROM runs WHERE id < ? AND diagnosed IS NOT NULL",
+                                       (run.id,)).fetchone()
+    return RunData(run=run, earlier_findings=earlier if diagnosed_before else None, processes=tuple(
         ProcessData(info=p, samples=tuple(samples[p.id]), tasks=tuple(tasks[p.id]),
                     censuses=tuple(censuses.get(p.id, ())), errors=tuple(errors[p.id]),
                     windows=tuple(windows.get(p.id, ())), holders=tuple(holders[p.id]),
                     recycles=tuple(recycles[p.id]), cost=costs.get(p.id, AgentCost()),
-                    snapshots=tuple(snapshots[p.id]),
+                    snapshots=tuple(snapshots[p.id]), gc_generations=tuple(gc_rows[p.id]),
                     fd_snapshots=tuple(FdSnapshot(t, done, tuple(rows)) for (t, done), rows in fd_rows[p.id].items()),
                     container_scans=tuple(ContainerScan(t, done, tuple(rows), seconds)
                                           for (t, done, seconds), rows in container_rows[p.id].items()))

@@ -111,6 +111,7 @@ class StoreWriter:
         budget: BudgetState | None = None,
         containers: Sequence[tuple[float, int, float, Sequence[tuple[str, str, int, str]]]] = (),
         snapshots: Sequence[tuple[float, int, float, Mapping[str, Any]]] = (),
+        gc_stats: Sequence[tuple[int, int, int]] = (),
     ) -> None:
         """Write everything buffered since the last flush in one transaction.
 
@@ -119,6 +120,8 @@ class StoreWriter:
                 replaces what an earlier flush stored for that stage.
             stage_runs: budgeted runs since the last flush (appended).
             budget: the budget left now; replaces the one stored before.
+            gc_stats: (collections, collected, uncollectable) per garbage
+                collector generation now; replaces those stored before.
         """
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
@@ -201,6 +204,12 @@ class StoreWriter:
                      for t, done, seconds, summary in snapshots],
                 )
             _write_cost(conn, process_id, stage_costs, stage_runs, budget)
+            if gc_stats:
+                _insert(conn,
+                    "INSERT OR REPLACE INTO gc_stats (process_id, generation, collections, collected, uncollectable) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(process_id, generation) + tuple(row) for generation, row in enumerate(gc_stats)],
+                )
             if ended is not None:
                 conn.execute("UPDATE processes SET ended = ? WHERE id = ?", (ended, process_id))
             conn.execute("COMMIT")

@@ -6,6 +6,11 @@
 - ``billing.convert_currency`` converts an amount (pure arithmetic).
 - ``billing.validate_vat_number`` checks a VAT number's check digits.
 
+With ``BILLING_LEAK=vat`` the leak moves: statements are no longer
+archived, and ``validate_vat_number`` appends an audit record to a
+module-level list that nothing trims instead (a different leak, for the
+fleet test's signatures). With ``BILLING_LEAK=none`` nothing leaks.
+
 Every task records its deterministic result in Redis (``results`` hash,
 field = job number) and counts its executions per job (``runs`` hash); a
 ``task_postrun`` handler counts finished tasks (``done``). The tests compare
@@ -38,6 +43,9 @@ if os.environ.get("BILLING_BILGE_DATA_DIR"):
 # Rendered statements by number, kept for a later e-mail task that never
 # comes to collect them: the leak.
 _STATEMENT_ARCHIVE: dict[str, dict[str, Any]] = {}
+# Audit records of VAT checks, kept "for the auditors" under BILLING_LEAK=vat.
+_VAT_AUDIT: list[dict[str, Any]] = []
+_LEAK = os.environ.get("BILLING_LEAK", "statement")
 _RATES = {"EUR": 1.0, "USD": 1.0843, "GBP": 0.8571, "SEK": 11.289, "JPY": 162.51}
 _results: redis.Redis | None = None
 
@@ -64,7 +72,8 @@ def render_statement(job: int, account: int, lines: int) -> int:
     body = [{"sku": "SKU-%05d" % ((account * 31 + i) % 99991), "quantity": 1 + i % 5,
              "description": "line %d of statement for account %d, net 30 days" % (i, account)}
             for i in range(lines)]
-    _STATEMENT_ARCHIVE[number] = {"account": account, "lines": body, "currency": "EUR"}
+    if _LEAK == "statement":
+        _STATEMENT_ARCHIVE[number] = {"account": account, "lines": body, "currency": "EUR"}
     total = sum(line["quantity"] * (100 + len(line["description"])) for line in body)
     return _record(job, total)
 
@@ -79,7 +88,11 @@ def convert_currency(job: int, cents: int, currency: str) -> int:
 def validate_vat_number(job: int, number: int) -> int:
     """1 when the last two digits are the mod-97 check of the rest, else 0."""
     digits = "%011d" % number
-    return _record(job, int(int(digits[-2:]) == 97 - int(digits[:-2]) % 97))
+    valid = int(int(digits[-2:]) == 97 - int(digits[:-2]) % 97)
+    if _LEAK == "vat":
+        _VAT_AUDIT.append({"job": job, "number": digits, "valid": valid,
+                           "trail": [("step %d of the VAT check of job %d" % (i, job), i) for i in range(24)]})
+    return _record(job, valid)
 
 
 @task_postrun.connect

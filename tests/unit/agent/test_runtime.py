@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import gc
 import os
 import subprocess
 import sys
@@ -94,6 +95,11 @@ def test_agent_records_process_samples_tasks_and_a_census(
     assert "dict" in census.types
     assert proc.errors == ()
     assert agent.tasks_done == 300
+    # The gc's counters per generation, as of the last flush (the final one, at stop).
+    assert len(proc.gc_generations) == 3
+    now = gc.get_stats()
+    assert all(0 <= runs <= now[g]["collections"] for g, (runs, _, _) in enumerate(proc.gc_generations))
+    assert proc.gc_generations[0][0] > 0
 
 
 def test_agent_thread_ends_on_stop(agent: Agent, wait_for: Callable[..., bool]) -> None:

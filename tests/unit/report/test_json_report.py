@@ -80,6 +80,7 @@ def test_finding_contract_with_unknown_fields_null() -> None:
         "bytes_per_call": 4096.04, "count_per_call": 1.0,
         "hint": "Each call of shop.search leaves ~1 shop.Order objects alive.", "pids": [101, 102],
         "evidence": ["shop.Order: +500 objects, +32000 bytes over the window"], "values": [],
+        "signature": None, "new": None, "seen_since": None,
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,12 @@ from bilge.model import (
     STAGE_WATCH,
     AgentCost,
     BudgetState,
+    Finding,
     StageCost,
     StageRun,
 )
 from bilge.store import schema
-from bilge.store.sqlite import db_path, end_run, load_run, prepare_data_dir, start_run
+from bilge.store.sqlite import db_path, end_run, load_run, prepare_data_dir, record_findings, start_run
 from bilge.store.writer import StoreWriter
 
 
@@ -295,3 +297,32 @@ def test_load_run_of_an_unknown_run_id(store: tuple[str, int]) -> None:
 def test_error_exit_codes_are_distinct() -> None:
     """Each error class carries its own exit code for the CLI."""
     assert (DataDirError.exit_code, StoreError.exit_code, EmptyStoreError.exit_code) == (2, 3, 4)
+
+
+def test_recorded_findings_are_what_the_next_run_compares_with(store: tuple[str, int]) -> None:
+    """A run's recorded signatures reach the next run as earlier findings; a run never diagnosed gives nothing."""
+    data_dir, first = store
+    assert load_run(data_dir).earlier_findings is None
+    finding = Finding(task="shop.render", type="shop.Invoice", kind="python-objects", bytes_per_call=100.0,
+                      count_per_call=1.0, hint="", pids=(7, 8), signature="abcdef012345")
+    record_findings(data_dir, first, [finding, replace(finding, signature=None)], at=1000.0)
+    record_findings(data_dir, first, [replace(finding, pids=(7,))], at=2000.0)  # found again: first_seen stays
+    conn = sqlite3.connect(db_path(data_dir))
+    rows = conn.execute("SELECT signature, first_seen, last_seen, processes FROM findings").fetchall()
+    conn.close()
+    assert rows == [("abcdef012345", 1000.0, 2000.0, 1)]
+    assert load_run(data_dir, first).earlier_findings is None  # only earlier runs count
+    second = start_run(data_dir, "python worker.py")
+    assert load_run(data_dir, second).earlier_findings == {"abcdef012345": 1000.0}
+    third = start_run(data_dir, "python worker.py")
+    record_findings(data_dir, second, [], at=3000.0)  # diagnosed, found nothing
+    assert load_run(data_dir, third).earlier_findings == {"abcdef012345": 1000.0}
+
+
+def test_load_run_of_a_store_without_findings_table(store: tuple[str, int]) -> None:
+    """A store from before signatures were recorded reads as never diagnosed."""
+    data_dir, _ = store
+    conn = sqlite3.connect(db_path(data_dir))
+    conn.executescript("DROP TABLE findings; ALTER TABLE runs DROP COLUMN diagnosed;")
+    conn.close()
+    assert load_run(data_dir).earlier_findings is None

@@ -1,0 +1,41 @@
+"""The supervisor's recorder: diagnoses once at the end, and survives a store that went away."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import pytest
+
+from bilge.integrations.monitor import Recorder, RunView, suspect
+from bilge.store.sqlite import db_path
+from bilge.store.writer import StoreWriter
+
+
+def test_close_records_the_final_diagnosis(store: tuple[str, int]) -> None:
+    data_dir, run_id = store
+    writer = StoreWriter(data_dir, run_id)
+    try:
+        writer.register_process(4242, 1, None, "main", "python worker.py")
+    finally:
+        writer.close()
+    recorder = Recorder(RunView(data_dir), run_id, every=3600)
+    recorder.start()
+    recorder.close()
+    conn = sqlite3.connect(db_path(data_dir))
+    (diagnosed,) = conn.execute("SELECT diagnosed FROM runs WHERE id = ?", (run_id,)).fetchone()
+    conn.close()
+    assert diagnosed is not None
+    assert not suspect(data_dir, run_id)
+
+
+def test_a_vanished_store_is_warned_about_once(store: tuple[str, int], capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir, run_id = store
+    shutil.rmtree(data_dir)
+    view = RunView(data_dir)
+    recorder = Recorder(view, run_id, every=3600)
+    recorder.close()
+    recorder.close()
+    err = capsys.readouterr().err
+    assert err.count("bilge: warning: cannot diagnose the run") == 1, err
+    assert "Traceback" not in err
