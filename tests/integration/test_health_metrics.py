@@ -47,9 +47,10 @@ def bilge_check(data_dir: Any, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_running_worker_serves_metrics_per_process_and_health(launcher: Launcher, redis_db: Any,
                                                               artifacts: Any) -> None:
-    """While a leaking 2-child prefork worker runs: /metrics has RSS, USS, heap and tasks for the main process and
-    both children, labelled by hostname, pid and role; /health answers JSON; `bilge check` says degraded (5), and
-    failing (6) against a hard limit the children are about to reach; after the run, failing (worker gone)."""
+    """While a leaking 2-child prefork worker runs: /metrics has RSS, USS, heap, fds, gc and tasks for the main
+    process and both children, labelled by hostname, role and slot (pids only on bilge_process_info); /health
+    answers JSON; `bilge check` says degraded (5), and failing (6) against a hard limit the children are about
+    to reach; after the run, failing (worker gone)."""
     queue = unique_queue("metrics")
     setup = BillingSetup(producer_app(redis_db.url, queue), redis_db.url, redis_db.client, redis_db.url, queue)
     data_dir = artifacts / "data"
@@ -60,8 +61,8 @@ def test_running_worker_serves_metrics_per_process_and_health(launcher: Launcher
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             metrics = scrape(port)
-            roles = {s.labels["role"] for s in metrics.get("bilge_process_rss_bytes", [])}
-            tasks = [s for s in metrics.get("bilge_process_tasks_observed", []) if s.name.endswith("_total")]
+            roles = {s.labels["role"] for s in metrics.get("process_resident_memory_bytes", [])}
+            tasks = [s for s in metrics.get("bilge_process_tasks", []) if s.name.endswith("_total")]
             if {"celery-main", "celery-child"} <= roles and sum(s.value for s in tasks) >= 1500:
                 seen["metrics"] = metrics
                 break
@@ -76,12 +77,21 @@ def test_running_worker_serves_metrics_per_process_and_health(launcher: Launcher
 
     metrics = seen.get("metrics")
     assert metrics, "the worker's processes never all showed up in /metrics"
-    rss = metrics["bilge_process_rss_bytes"]
+    rss = metrics["process_resident_memory_bytes"]
     children = [s for s in rss if s.labels["role"] == "celery-child"]
     assert len(children) == 2 and all(s.value > 10 * 2**20 for s in rss)
-    assert all(s.labels["hostname"] and s.labels["pid"].isdigit() for s in rss)
-    assert {s.labels["pid"] for s in metrics["bilge_process_uss_bytes"]} <= {s.labels["pid"] for s in rss}
-    assert metrics["bilge_process_python_heap_blocks"]
+    # A child's slot is its index in the pool; the pid is only on the info series.
+    assert sorted(s.labels["slot"] for s in children) == ["0", "1"], children
+    assert [s.labels["slot"] for s in rss if s.labels["role"] == "celery-main"] == ["main"]
+    assert all(s.labels["hostname"] and "pid" not in s.labels for s in rss)
+    info = metrics["bilge_process_info"]
+    assert len(info) == 3 and all(s.labels["pid"].isdigit() for s in info)
+    slots = {(s.labels["role"], s.labels["slot"]) for s in rss}
+    assert {(s.labels["role"], s.labels["slot"]) for s in metrics["bilge_process_unique_memory_bytes"]} <= slots
+    assert metrics["bilge_process_python_heap_blocks"] and metrics["process_open_fds"]
+    gc_runs = [s for s in metrics["python_gc_collections"] if s.name.endswith("_total")]
+    assert {s.labels["generation"] for s in gc_runs} == {"0", "1", "2"}
+    assert any(s.value > 0 for s in gc_runs if s.labels["role"] == "celery-child")
     verdicts = metrics["bilge_process_verdict"]
     assert all(s.labels["verdict"] in ("leak", "no-leak", "inconclusive") for s in verdicts)
 
