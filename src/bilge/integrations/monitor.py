@@ -41,6 +41,8 @@ COST_RATIO = 100.0
 # slow leaks the agent's live test does not (yet).
 CHECK_EVERY = 10.0
 QUIET_EVERY = 300.0
+# How long the supervisor may spend on the final diagnosis once the worker exited.
+FINAL_TIMEOUT = 20.0
 
 
 class RunView:
@@ -134,15 +136,29 @@ class Recorder:
             # The view redoes its diagnosis only once the last one is old enough.
             self._diagnose(lambda: self.view.age() >= QUIET_EVERY or suspect(self.view.data_dir, self.run_id))
 
-    def close(self) -> None:
-        """Stop, then diagnose the finished run once."""
+    def close(self, timeout: float = FINAL_TIMEOUT) -> None:
+        """Stop, then diagnose the finished run once, for at most ``timeout`` seconds.
+
+        The worker has exited by now, but a service manager waits for this
+        process too (systemd's stop timeout is 90 s by default): a diagnosis
+        of days of data that takes longer is abandoned (its transaction never
+        commits), and the findings recorded while the run ran stand.
+        """
         self._stop.set()
+        final = threading.Thread(target=self._final, name="bilge-final-diagnosis", daemon=True)
         try:
             if self._thread.is_alive():
                 self._thread.join()
-            self._diagnose(lambda: True, fresh=True)
+            final.start()
+            final.join(timeout)
         except KeyboardInterrupt:
-            pass  # a second Ctrl-C while the run is diagnosed: the findings go unrecorded, nothing else
+            return  # a second Ctrl-C while the run is diagnosed: the findings go unrecorded, nothing else
+        if final.is_alive():
+            self.view.warn_once("final", "the run's final diagnosis took over %.0f s and was abandoned; "
+                                "`bilge report` diagnoses it" % timeout)
+
+    def _final(self) -> None:
+        self._diagnose(lambda: True, fresh=True)
 
     def _diagnose(self, wanted: Callable[[], bool], fresh: bool = False) -> None:
         try:

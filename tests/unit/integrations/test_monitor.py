@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import threading
+import time
 
 import pytest
 
@@ -39,3 +41,16 @@ def test_a_vanished_store_is_warned_about_once(store: tuple[str, int], capsys: p
     err = capsys.readouterr().err
     assert err.count("bilge: warning: cannot diagnose the run") == 1, err
     assert "Traceback" not in err
+
+
+def test_a_final_diagnosis_that_takes_too_long_is_abandoned(store: tuple[str, int],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir, run_id = store
+    view = RunView(data_dir)
+    release = threading.Event()
+    view.diagnosis = lambda fresh=False: release.wait(10)  # type: ignore[assignment,misc,return-value]
+    started = time.monotonic()
+    Recorder(view, run_id, every=3600).close(timeout=0.2)
+    assert time.monotonic() - started < 5
+    release.set()
+    assert "final diagnosis took over 0 s and was abandoned" in capsys.readouterr().err
