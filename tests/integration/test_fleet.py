@@ -131,7 +131,9 @@ def test_the_same_leak_has_one_signature_on_every_node_and_across_a_restart(
     vat = [g for g in groups if g["task"] == VAT and g["holder"]]
     assert len(vat) == 1 and [n.split("@")[0] for n in vat[0]["nodes"]] == [names[3]], vat
     assert "_VAT_AUDIT" in vat[0]["holder"] and vat[0]["signature"] != render[0]["signature"]
-    first_seen = render[0]["first_seen"]
+    # When this data dir first found it (the group's first_seen is the earliest over the nodes).
+    (node0,) = [n for k, n in nodes.items() if k.startswith(names[0] + "@")]
+    first_seen = _held(node0, RENDER_STATEMENT)[0]["first_seen"]
 
     assert workers[0].terminate() == 0
     restarted = launcher.start(celery_command("apps.billing", "prefork", 1, name=names[0], queue=queue), base,
@@ -145,7 +147,7 @@ def test_the_same_leak_has_one_signature_on_every_node_and_across_a_restart(
 
     restarted.wait_for(found_again, 300, lambda: "findings after the restart: %s" % json.dumps(nodes)[:3000],
                        interval=3)
-    (again,) = [g for g in groups if g["task"] == RENDER_STATEMENT and g["holder"]]
+    (again,) = [f for n in nodes.values() for f in _held(n, RENDER_STATEMENT)]
     assert again["signature"] == render[0]["signature"]
     assert again["first_seen"] == first_seen  # the data dir remembers the first run's finding
     text = celery_bilge({**base, "COLUMNS": "200"}, "status", "--findings", "--timeout", "3")

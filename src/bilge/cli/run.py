@@ -82,10 +82,14 @@ class Setting(click.ParamType):  # type: ignore[type-arg]
                    "task) over any hour.")
 @click.option("--http", "http", metavar="HOST:PORT", default=None,
               help="Serve /health and /metrics (Prometheus) here, e.g. 127.0.0.1:9808 (a bare port binds 127.0.0.1).")
+@click.option("--http-token", envvar="BILGE_HTTP_TOKEN", default=None, metavar="TOKEN",
+              help="Require `Authorization: Bearer TOKEN` on /health and /metrics (or set BILGE_HTTP_TOKEN, which "
+                   "keeps it out of the process list).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(data_dir: str, show_values: bool, explain: bool, recycle: bool, recycle_soft_limit: int,
         recycle_hard_limit: int | None, recycle_horizon: float, recycle_min_interval: float, recycle_min_tasks: int,
-        budget_cpu_share: float, budget_slowed_per_hour: float, http: str | None, command: tuple[str, ...]) -> int:
+        budget_cpu_share: float, budget_slowed_per_hour: float, http: str | None, http_token: str | None,
+        command: tuple[str, ...]) -> int:
     """Run COMMAND under the agent."""
     from bilge.integrations.monitor import RunView
 
@@ -94,9 +98,14 @@ def run(data_dir: str, show_values: bool, explain: bool, recycle: bool, recycle_
         host, port = _address(http)
 
         def serve(view: RunView) -> Any:
-            from bilge.integrations.serve import MonitorServer
+            from bilge.integrations.serve import MonitorServer, loopback
 
-            return MonitorServer(view, host, port)
+            if not loopback(host):
+                click.echo("bilge: warning: serving /health and /metrics on %s:%d, beyond this machine: they name "
+                           "your tasks, types and code paths (never values)%s" % (
+                               host, port, "" if http_token else "; require a token with --http-token, or bind "
+                               "127.0.0.1"), err=True)
+            return MonitorServer(view, host, port, token=http_token or None)
 
     options: dict[str, object] = {"show_values": show_values, "explain": explain, "cpu_share": budget_cpu_share,
                                   "slowed_per_hour": budget_slowed_per_hour}

@@ -16,11 +16,20 @@ metric files to merge).
 
 The run is re-read and re-diagnosed at bounded rates, whatever the scrape
 rate (``monitor.RunView``).
+
+Read-only: no endpoint changes anything. ``--http`` binds 127.0.0.1 unless
+told otherwise (``bilge run`` warns when it is bound wider); with a token
+(``--http-token`` or ``BILGE_HTTP_TOKEN``) every request must carry
+``Authorization: Bearer <token>`` (Prometheus: ``authorization:`` in the
+scrape config), compared in constant time.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,10 +48,10 @@ class MonitorServer:
         ServeError: the address cannot be bound (in use, not local, no permission).
     """
 
-    def __init__(self, view: RunView, host: str, port: int) -> None:
+    def __init__(self, view: RunView, host: str, port: int, token: str | None = None) -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(StoreCollector(view))
-        handler = _handler(view, registry)
+        handler = _handler(view, registry, token)
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -61,9 +70,25 @@ class MonitorServer:
         self._server.server_close()
 
 
-def _handler(view: RunView, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+def loopback(host: str) -> bool:
+    """Whether ``host`` (an address or name) only reaches this machine."""
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback
+                   for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP))
+    except (OSError, ValueError):
+        return False
+
+
+def _handler(view: RunView, registry: CollectorRegistry, token: str | None) -> type[BaseHTTPRequestHandler]:
+    expected = ("Bearer " + token).encode() if token else None
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
+            if expected is not None and not hmac.compare_digest(
+                    self.headers.get("Authorization", "").encode(), expected):
+                self._send(401, "text/plain", b"bilge: a bearer token is required (Authorization: Bearer ...)\n",
+                           {"WWW-Authenticate": 'Bearer realm="bilge"'})
+                return
             try:
                 if self.path.split("?")[0] == "/health":
                     health = view.health()
@@ -77,8 +102,10 @@ def _handler(view: RunView, registry: CollectorRegistry) -> type[BaseHTTPRequest
                 # No run recorded yet, a store being created: say so, do not crash the server.
                 self._send(503, "application/json", json.dumps({"status": "unknown", "reason": str(exc)}).encode())
 
-        def _send(self, code: int, content_type: str, body: bytes) -> None:
+        def _send(self, code: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(code)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

@@ -206,6 +206,28 @@ def test_run_with_a_health_port_in_use_fails_fast_and_starts_nothing(tmp_path: P
     assert report.returncode in (2, 4) and "run" in report.stderr, report.stderr  # nothing recorded
 
 
+@pytest.mark.parametrize(("host", "token", "warned"), [
+    ("0.0.0.0", None, "require a token with --http-token"),
+    ("0.0.0.0", "t0ken", "(never values)\n"),
+    ("127.0.0.1", None, None),
+])
+def test_run_warns_when_metrics_are_served_beyond_this_machine(tmp_path: Path, host: str, token: str | None,
+                                                               warned: str | None) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = bilge("run", "--data-dir", str(tmp_path / "d"), "--http", "%s:%d" % (host, port), "--", sys.executable,
+                 "-c", "pass", extra_env={"BILGE_HTTP_TOKEN": token} if token else None)
+    assert done.returncode == 0, done.stderr
+    if warned is None:
+        assert "warning" not in done.stderr, done.stderr
+    else:
+        assert "bilge: warning: serving /health and /metrics on 0.0.0.0:%d, beyond this machine" % port in done.stderr
+        assert warned in done.stderr, done.stderr
+
+
 def test_check_exit_codes_document_the_store_errors(tmp_path: Path, short_run: Path) -> None:
     """check on a missing data dir exits 2 with one line; on an ended run it says failing (6)."""
     assert_one_line_error(bilge("check", "--data-dir", str(tmp_path / "none")), 2, "bilge: error: data dir ")
