@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 from support.brokers import producer_app, send_all, unique_queue
-from support.jobs import billing_env, billing_jobs
+from support.jobs import RENDER_STATEMENT, billing_env, billing_jobs
 from support.workers import Launcher, celery_command, worker_environment
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,9 @@ class Prometheus:
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
             "rule_files:\n  - %s\n"
             "scrape_configs:\n  - job_name: bilge\n    static_configs:\n      - targets: [%s]\n"
-            % (json.dumps(str(RULES)), ", ".join(json.dumps(t) for t in targets)))
+            # Itself too, for prometheus_tsdb_head_series: how many series it holds.
+            "  - job_name: prometheus\n    static_configs:\n      - targets: [\"127.0.0.1:%d\"]\n"
+            % (json.dumps(str(RULES)), ", ".join(json.dumps(t) for t in targets), self.port))
         self.log = open(folder / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [binary("prometheus"), "--config.file=%s" % config, "--storage.tsdb.path=%s" % (folder / "tsdb"),
@@ -155,7 +157,14 @@ def test_dashboard_queries_and_leak_alert_on_a_real_prometheus(
         launcher.start(celery_command("apps.billing", "prefork", 2, name="%s-%s" % (name, queue), queue=queue),
                        env, name, artifacts / ("data-" + name),
                        bilge_args=["--http", targets[name], "--recycle-hard-limit", "4GiB"])
-        send_all(producer_app(redis_db.url, queue), billing_jobs(12000, seed=41), queue)
+        jobs = billing_jobs(12000, seed=41)
+        if name == "clean":
+            # The two light tasks only. With render_statement too (BILLING_LEAK=none), one of two children was
+            # once judged leak after 5364 tasks in 60 s: RSS stepped +1.2 MiB at task 2868 and stayed flat to
+            # the end (a warm-up step in the later half of a short run; see the issue 9 note). This test is
+            # about the alert's wiring, not that verdict.
+            jobs = [job for job in jobs if job[0] != RENDER_STATEMENT]
+        send_all(producer_app(redis_db.url, queue), jobs, queue)
     prometheus = prometheus_at(list(targets.values()))
 
     leak_alerts: list[dict[str, Any]] = []
@@ -188,7 +197,7 @@ def test_dashboard_queries_and_leak_alert_on_a_real_prometheus(
     assert any(s["metric"]["task"] == "billing.render_statement" and re.fullmatch(r"[0-9a-f]{12}",
                s["metric"]["signature"]) for s in findings), findings
     assert not prometheus.query('bilge_finding_info{instance="%s"}' % targets["clean"])
-    series = prometheus.query("prometheus_tsdb_head_series")
+    series = prometheus.query('prometheus_tsdb_head_series{job="prometheus"}')
     (artifacts / "head-series.txt").write_text("%s\n" % series[0]["value"][1])
     # pid is a label of the info series only: every other series keeps its labels across recycles.
     with_pid = prometheus.query('count by (__name__) ({job="bilge", pid!=""})')
