@@ -19,6 +19,7 @@ from bilge.cli.demo import demo
 from bilge.cli.guard import guard
 from bilge.cli.report import report
 from bilge.cli.run import run
+from bilge.cli.serve import serve
 from bilge.cli.snapshot import snapshot
 from bilge.cli.systemd import systemd
 from bilge.cli.top import top
@@ -41,6 +42,7 @@ cli.add_command(snapshot)
 cli.add_command(top)
 cli.add_command(attach)
 cli.add_command(detach)
+cli.add_command(serve)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import click
 
 from bilge.config import HORIZON, MIN_INTERVAL, MIN_TASKS, SOFT_LIMIT, AgentConfig, parse_setting, parse_size
 from bilge.integrations import runner
+from bilge.integrations.monitor import RunView
 
 
 class Size(click.ParamType):  # type: ignore[type-arg]
@@ -81,7 +82,8 @@ class Setting(click.ParamType):  # type: ignore[type-arg]
               help="Seconds of wall time the deeper stages may add to each process's tasks (tracing slows a "
                    "task) over any hour.")
 @click.option("--http", "http", metavar="HOST:PORT", default=None,
-              help="Serve /health and /metrics (Prometheus) here, e.g. 127.0.0.1:9808 (a bare port binds 127.0.0.1).")
+              help="Serve the live page (/), /health and /metrics (Prometheus) here, e.g. 127.0.0.1:9808 (a bare port "
+                   "binds 127.0.0.1).")
 @click.option("--http-token", envvar="BILGE_HTTP_TOKEN", default=None, metavar="TOKEN",
               help="Require `Authorization: Bearer TOKEN` on /health and /metrics (or set BILGE_HTTP_TOKEN, which "
                    "keeps it out of the process list).")
@@ -91,21 +93,12 @@ def run(data_dir: str, show_values: bool, explain: bool, recycle: bool, recycle_
         budget_cpu_share: float, budget_slowed_per_hour: float, http: str | None, http_token: str | None,
         command: tuple[str, ...]) -> int:
     """Run COMMAND under the agent."""
-    from bilge.integrations.monitor import RunView
-
     serve = None
     if http:
-        host, port = _address(http)
+        host, port = address(http)
 
         def serve(view: RunView) -> Any:
-            from bilge.integrations.serve import MonitorServer, loopback
-
-            if not loopback(host):
-                click.echo("bilge: warning: serving /health and /metrics on %s:%d, beyond this machine: they name "
-                           "your tasks, types and code paths (never values)%s" % (
-                               host, port, "" if http_token else "; require a token with --http-token, or bind "
-                               "127.0.0.1"), err=True)
-            return MonitorServer(view, host, port, token=http_token or None)
+            return monitor_server(view, host, port, http_token)
 
     options: dict[str, object] = {"show_values": show_values, "explain": explain, "cpu_share": budget_cpu_share,
                                   "slowed_per_hour": budget_slowed_per_hour}
@@ -117,7 +110,21 @@ def run(data_dir: str, show_values: bool, explain: bool, recycle: bool, recycle_
     return runner.run(data_dir, command, options=options, serve=serve, view=view)
 
 
-def _address(text: str) -> tuple[str, int]:
+def monitor_server(view: RunView, host: str, port: int, token: str | None) -> Any:
+    """The live page, /health and /metrics on HOST:PORT (bound, not started), with a warning when that reaches
+    beyond this machine."""
+    from bilge.integrations.serve import MonitorServer, loopback
+
+    if not loopback(host):
+        click.echo("bilge: warning: serving /, /health and /metrics on %s:%d, beyond this machine: they name your "
+                   "tasks, types and code paths (never values)%s" % (
+                       host, port, "" if token else "; require a token with --http-token, or bind 127.0.0.1"),
+                   err=True)
+    return MonitorServer(view, host, port, token=token or None)
+
+
+def address(text: str) -> tuple[str, int]:
+    """HOST:PORT or PORT (then 127.0.0.1) as given to --http."""
     host, _, port = text.rpartition(":")
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter("expected HOST:PORT or PORT, e.g. 127.0.0.1:9808; got %r" % text,

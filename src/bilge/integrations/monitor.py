@@ -59,6 +59,8 @@ class RunView:
         self._run: tuple[float, RunData] | None = None
         self._diagnosis: tuple[float, Diagnosis] | None = None
         self._every = DIAGNOSE_EVERY
+        self.diagnosed_at = 0.0  # wall-clock time of the latest diagnosis
+        self.read_at = 0.0  # ... and of the latest reading of the store
         self._failed: set[str] = set()
 
     def run(self) -> RunData:
@@ -66,6 +68,7 @@ class RunView:
             now = time.monotonic()
             if self._run is None or now - self._run[0] > READ_EVERY:
                 self._run = (now, store.load_run(self.data_dir, self.run_id))
+                self.read_at = time.time()
             return self._run[1]
 
     def diagnosis(self, fresh: bool = False) -> Diagnosis:
@@ -79,6 +82,7 @@ class RunView:
             now = time.monotonic()
             if fresh or self._diagnosis is None or now - self._diagnosis[0] > self._every:
                 self._diagnosis = (now, diagnose(run))
+                self.diagnosed_at = time.time()
                 if self.record:
                     self._record(run, self._diagnosis[1])
                 self._every = max(DIAGNOSE_EVERY, COST_RATIO * (time.monotonic() - now))

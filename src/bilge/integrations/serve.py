@@ -1,4 +1,4 @@
-"""Health and Prometheus metrics over HTTP, served by ``bilge run --http``.
+"""The live page, health and Prometheus metrics over HTTP: ``bilge run --http`` and ``bilge serve``.
 
 The server runs in the ``bilge run`` supervisor, never inside the worker:
 the agent stays standard-library only and the worker's processes pay
@@ -7,6 +7,9 @@ prefork child) writes its readings to the shared store, so one endpoint
 covers them all, and prefork is safe by construction (no per-process
 metric files to merge).
 
+- ``GET /``: the live page, the HTML report of the latest diagnosis; its
+  ``/live.js`` swaps in ``/?part=main`` every few seconds (no reload, no
+  external reference, nothing but this server fetched).
 - ``GET /health``: the health JSON (``analysis.health``); HTTP 200 when
   healthy or degraded, 503 when failing.
 - ``GET /metrics``: Prometheus text format (``metrics``: conventional
@@ -26,7 +29,9 @@ scrape config), compared in constant time.
 
 from __future__ import annotations
 
+import base64
 import hmac
+import importlib.resources
 import ipaddress
 import json
 import socket
@@ -37,8 +42,20 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bilge.errors import BilgeError, ServeError
-from bilge.integrations.metrics import StoreCollector
+from bilge.integrations.metrics import StoreCollector, live_processes, slot
 from bilge.integrations.monitor import RunView
+from bilge.model import Diagnosis, RunData
+
+# Seconds between the live page's refreshes (the diagnosis behind it is redone at most every 30 s).
+REFRESH = 5.0
+LIVE_JS = importlib.resources.files("bilge.report").joinpath("static/live.js").read_bytes()
+# The page loads nothing but itself and /live.js, and fetches only its own server.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
+                               "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
 
 
 class MonitorServer:
@@ -79,25 +96,83 @@ def loopback(host: str) -> bool:
         return False
 
 
+def authorized(header: str, token: str) -> bool:
+    """Whether an ``Authorization`` header carries ``token``: as a bearer token (Prometheus, probes) or as the
+    password of HTTP basic auth, any user name (a browser's own prompt)."""
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            credentials = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return False
+    elif scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(credentials.encode("utf-8", "surrogateescape"), token.encode("utf-8"))
+
+
+class LivePages:
+    """The live page and its ``main`` part, rendered once per reading of the store whatever the number of viewers.
+
+    The page is the report of the latest diagnosis (redone at most every 30 s) under a table of the live
+    processes as the store has them now (re-read at most every 5 s).
+    """
+
+    def __init__(self, view: RunView, refresh: float = REFRESH) -> None:
+        self.view = view
+        self.refresh = refresh
+        self._lock = threading.Lock()
+        self._cached: tuple[tuple[float, float], dict[bool, str]] | None = None
+
+    def get(self, main_only: bool) -> str:
+        from bilge.report.html import live_page
+
+        diagnosis = self.view.diagnosis()
+        run = self.view.run()
+        with self._lock:
+            key = (self.view.read_at, self.view.diagnosed_at)
+            if self._cached is None or self._cached[0] != key:
+                rows = now_rows(run, diagnosis)
+                self._cached = (key, {part: live_page(diagnosis, self.refresh, key[0], rows, main_only=part)
+                                      for part in (False, True)})
+            return self._cached[1][main_only]
+
+
+def now_rows(run: RunData, diagnosis: Diagnosis) -> list[dict[str, Any]]:
+    """The live processes as the store has them now, for the live page's first table."""
+    verdicts = {(d.pid, d.role): d.verdict for d in diagnosis.processes}
+    rows = []
+    for p in live_processes(run):
+        last = p.samples[-1] if p.samples else None
+        rows.append({"role": p.info.role, "slot": slot(p.info), "pid": p.info.pid, "rss": last.rss if last else None,
+                     "fds": last.fds if last else None, "tasks": len(p.tasks),
+                     "verdict": verdicts.get((p.info.pid, p.info.role), "inconclusive")})
+    return rows
+
+
 def _handler(view: RunView, registry: CollectorRegistry, token: str | None) -> type[BaseHTTPRequestHandler]:
-    expected = ("Bearer " + token).encode() if token else None
+    pages = LivePages(view)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
-            if expected is not None and not hmac.compare_digest(
-                    self.headers.get("Authorization", "").encode(), expected):
-                self._send(401, "text/plain", b"bilge: a bearer token is required (Authorization: Bearer ...)\n",
-                           {"WWW-Authenticate": 'Bearer realm="bilge"'})
+            if token and not authorized(self.headers.get("Authorization", ""), token):
+                self._send(401, "text/plain", b"bilge: this server needs its token (--http-token): "
+                           b"Authorization: Bearer TOKEN, or any user name with the token as password\n",
+                           {"WWW-Authenticate": 'Basic realm="bilge", charset="UTF-8"'})
                 return
+            path, _, query = self.path.partition("?")
             try:
-                if self.path.split("?")[0] == "/health":
+                if path in ("/", "/index.html"):
+                    self._send(200, "text/html; charset=utf-8", pages.get(query == "part=main").encode(), PAGE_HEADERS)
+                elif path == "/live.js":
+                    self._send(200, "text/javascript; charset=utf-8", LIVE_JS, PAGE_HEADERS)
+                elif path == "/health":
                     health = view.health()
                     self._send(503 if health["status"] == "failing" else 200, "application/json",
                                json.dumps(health).encode())
-                elif self.path.split("?")[0] == "/metrics":
+                elif path == "/metrics":
                     self._send(200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(registry))
                 else:
-                    self._send(404, "text/plain", b"bilge serves /health and /metrics\n")
+                    self._send(404, "text/plain", b"bilge serves /, /health and /metrics\n")
             except BilgeError as exc:
                 # No run recorded yet, a store being created: say so, do not crash the server.
                 self._send(503, "application/json", json.dumps({"status": "unknown", "reason": str(exc)}).encode())

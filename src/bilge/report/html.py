@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -337,17 +337,34 @@ class HtmlReporter:
 
     def render(self, diagnosis: Diagnosis) -> None:
         """Write the whole page."""
-        origin, x_span = _x_range(diagnosis)
-        processes = [
-            {"p": p, "memory": memory_charts(p, origin, x_span), "types": type_charts(p, origin, x_span),
-             "runs": cost_runs(p, origin)}
-            for p in diagnosis.processes
-        ]
-        holders = [(f, holder_chain(f.holder)) for f in diagnosis.findings if f.holder]
-        report_json = to_dict(diagnosis)
+        template = _environment().get_template("report.html.j2")
+        self.out.write(template.render(**_context(diagnosis)))
+
+
+def live_page(diagnosis: Diagnosis, refresh: float, generated: float, now: Sequence[Mapping[str, object]],
+              main_only: bool = False) -> str:
+    """The report as a live page (``bilge run --http``, ``bilge serve``): the live processes ``now`` (role,
+    slot, pid, rss, fds, tasks, verdict) above the same content, no embedded JSON, and ``/live.js`` swapping
+    in ``main_only`` renderings every ``refresh`` seconds."""
+    template = _environment().get_template("report.html.j2")
+    context = _context(diagnosis, live="%g" % refresh, generated=generated)
+    context["now"] = now
+    if not main_only:
+        return template.render(**context)
+    return "".join(template.blocks["main"](template.new_context(context)))
+
+
+def _context(diagnosis: Diagnosis, live: str | None = None, generated: float = 0.0) -> dict[str, object]:
+    origin, x_span = _x_range(diagnosis)
+    processes = [
+        {"p": p, "memory": memory_charts(p, origin, x_span), "types": type_charts(p, origin, x_span),
+         "runs": cost_runs(p, origin)}
+        for p in diagnosis.processes
+    ]
+    holders = [(f, holder_chain(f.holder)) for f in diagnosis.findings if f.holder]
+    report_json = to_dict(diagnosis) if live is None else {}
+    if report_json:
         report_json["run"]["command"] = redact_command(diagnosis.run.command)
-        page = _environment().get_template("report.html.j2").render(
-            d=diagnosis, version=__version__, command=redact_command(diagnosis.run.command),
-            processes=processes, bars=growth_bars(diagnosis), holders=holders, report_json=report_json,
-        )
-        self.out.write(page)
+    return {"d": diagnosis, "version": __version__, "command": redact_command(diagnosis.run.command),
+            "processes": processes, "bars": growth_bars(diagnosis), "holders": holders, "report_json": report_json,
+            "live": live, "generated": generated, "now": ()}

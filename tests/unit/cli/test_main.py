@@ -224,7 +224,8 @@ def test_run_warns_when_metrics_are_served_beyond_this_machine(tmp_path: Path, h
     if warned is None:
         assert "warning" not in done.stderr, done.stderr
     else:
-        assert "bilge: warning: serving /health and /metrics on 0.0.0.0:%d, beyond this machine" % port in done.stderr
+        warning = "bilge: warning: serving /, /health and /metrics on 0.0.0.0:%d, beyond this machine" % port
+        assert warning in done.stderr, done.stderr
         assert warned in done.stderr, done.stderr
 
 
