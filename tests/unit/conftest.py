@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bilge.store.sqlite import prepare_data_dir, start_run
+from bilge.store.writer import StoreWriter
 
 
 @pytest.fixture
@@ -16,6 +17,18 @@ def store(tmp_path: Path) -> tuple[str, int]:
     """A fresh data directory holding a store with one started run: (data dir, run id)."""
     data_dir = prepare_data_dir(str(tmp_path / "bilge-data"))
     run_id = start_run(data_dir, "python worker.py")
+    return data_dir, run_id
+
+
+@pytest.fixture
+def one_process(store: tuple[str, int]) -> tuple[str, int]:
+    """``store`` with one registered process (pid 4242, role main) and nothing else."""
+    data_dir, run_id = store
+    writer = StoreWriter(data_dir, run_id)
+    try:
+        writer.register_process(4242, 1, None, "main", "python worker.py")
+    finally:
+        writer.close()
     return data_dir, run_id
 
 

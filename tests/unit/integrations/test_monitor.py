@@ -11,16 +11,10 @@ import pytest
 
 from bilge.integrations.monitor import Recorder, RunView, suspect
 from bilge.store.sqlite import db_path
-from bilge.store.writer import StoreWriter
 
 
-def test_close_records_the_final_diagnosis(store: tuple[str, int]) -> None:
-    data_dir, run_id = store
-    writer = StoreWriter(data_dir, run_id)
-    try:
-        writer.register_process(4242, 1, None, "main", "python worker.py")
-    finally:
-        writer.close()
+def test_close_records_the_final_diagnosis(one_process: tuple[str, int]) -> None:
+    data_dir, run_id = one_process
     recorder = Recorder(RunView(data_dir), run_id, every=3600)
     recorder.start()
     recorder.close()

@@ -10,17 +10,11 @@ import pytest
 
 from bilge.integrations.monitor import RunView
 from bilge.integrations.serve import MonitorServer, loopback
-from bilge.store.writer import StoreWriter
 
 
 @pytest.fixture
-def server(store: tuple[str, int]) -> Iterator[MonitorServer]:
-    data_dir, run_id = store
-    writer = StoreWriter(data_dir, run_id)
-    try:
-        writer.register_process(4242, 1, None, "main", "python worker.py")
-    finally:
-        writer.close()
+def server(one_process: tuple[str, int]) -> Iterator[MonitorServer]:
+    data_dir, _ = one_process
     served = MonitorServer(RunView(data_dir, record=False), "127.0.0.1", 0, token="s3cret-token")
     served.start()
     try:

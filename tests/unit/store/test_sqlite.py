@@ -195,14 +195,9 @@ def test_load_run_reads_each_process_its_own_cost(store: tuple[str, int]) -> Non
     }
 
 
-def test_load_run_of_a_store_without_cost_tables(store: tuple[str, int]) -> None:
+def test_load_run_of_a_store_without_cost_tables(one_process: tuple[str, int]) -> None:
     """A store from before bilge measured its own cost (no stage_costs, stage_runs, budget_state) reads as no cost."""
-    data_dir, run_id = store
-    writer = StoreWriter(data_dir, run_id)
-    try:
-        writer.register_process(4242, 1, None, "main", "python worker.py")
-    finally:
-        writer.close()
+    data_dir, _ = one_process
     conn = sqlite3.connect(db_path(data_dir))
     conn.executescript("DROP TABLE stage_costs; DROP TABLE stage_runs; DROP TABLE budget_state;")
     conn.close()
