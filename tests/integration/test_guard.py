@@ -48,8 +48,10 @@ def test_eager_guard_names_the_leak_and_passes_the_benign_task(redis_db: RedisDa
     assert report["verdict"] == "leak" and report["confirmed_after_calls"] <= 300
     finding = report["report"]["findings"][0]
     assert finding["holder"].startswith("apps.billing._STATEMENT_ARCHIVE[...]")
-    # The statement's lines (64) or the archive entry that keeps them (67).
-    assert finding["location"].rsplit("/", 1)[-1] in ("billing.py:64", "billing.py:67"), finding["location"]
+    # The statement's lines or the archive entry that keeps them.
+    source = (INTEGRATION_DIR / "apps" / "billing.py").read_text().splitlines()
+    lines = [i for i, text in enumerate(source, 1) if "body = [" in text or "_STATEMENT_ARCHIVE[number] =" in text]
+    assert finding["location"].rsplit("/", 1)[-1] in ["billing.py:%d" % i for i in lines], finding["location"]
     benign = guard(["--task", "billing.convert_currency", "--args-json", "[7, 12345, \"SEK\"]"], env, artifacts)
     assert benign.returncode == 0, benign.stdout + benign.stderr
     assert "no-leak" in benign.stdout

@@ -34,7 +34,7 @@ READ_EVERY = 5.0
 # COST_RATIO times as old as it took: the supervisor shares the host with
 # the worker, so reading and diagnosing a long run (seconds, after days)
 # costs it at most 1 % of a core.
-DIAGNOSE_EVERY = 30.0
+DIAGNOSE_EVERY = 10.0
 COST_RATIO = 100.0
 # How often the recorder looks for a suspect process (one indexed query),
 # and how old its last diagnosis may grow when none is: the diagnosis sees

@@ -46,7 +46,7 @@ from bilge.integrations.metrics import StoreCollector, live_processes, slot
 from bilge.integrations.monitor import RunView
 from bilge.model import Diagnosis, RunData
 
-# Seconds between the live page's refreshes (the diagnosis behind it is redone at most every 30 s).
+# Seconds between the live page's refreshes (the diagnosis behind it is redone at most every 10 s).
 REFRESH = 5.0
 LIVE_JS = importlib.resources.files("bilge.report").joinpath("static/live.js").read_bytes()
 # The page loads nothing but itself and /live.js, and fetches only its own server.
@@ -113,7 +113,7 @@ def authorized(header: str, token: str) -> bool:
 class LivePages:
     """The live page and its ``main`` part, rendered once per reading of the store whatever the number of viewers.
 
-    The page is the report of the latest diagnosis (redone at most every 30 s) under a table of the live
+    The page is the report of the latest diagnosis (redone at most every 10 s) under a table of the live
     processes as the store has them now (re-read at most every 5 s).
     """
 
