@@ -125,8 +125,10 @@ class LivePages:
 
     def get(self, main_only: bool) -> str:
         from bilge.report.html import live_page
+        from bilge.report.redaction import hide_values
 
-        diagnosis = self.view.diagnosis()
+        # Values captured under --show-values stay in the store: nothing served over HTTP shows them.
+        diagnosis = hide_values(self.view.diagnosis())
         run = self.view.run()
         with self._lock:
             key = (self.view.read_at, self.view.diagnosed_at)

@@ -80,7 +80,8 @@ def prepare_data_dir(data_dir: str) -> str:
     if os.path.exists(path) and not os.path.isdir(path):
         raise DataDirError("data dir %s is a file, not a directory; pass a directory path" % path)
     try:
-        os.makedirs(path, exist_ok=True)
+        # Only its owner may read a new data dir: the store holds command lines, task names and code paths.
+        os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise DataDirError("cannot create data dir %s: %s; choose a writable location" % (path, exc.strerror)) from exc
     if not os.access(path, os.W_OK | os.X_OK):
@@ -99,6 +100,7 @@ def start_run(data_dir: str, command: str) -> int:
     """Create the schema if needed and record a new run; returns its id."""
     path = db_path(data_dir)
     with _translated("creating store", path):
+        _create_private(path)
         conn = schema.connect(path)
         try:
             _check_foreign(conn, path)
@@ -111,6 +113,16 @@ def start_run(data_dir: str, command: str) -> int:
             return int(cur.lastrowid or 0)
         finally:
             conn.close()
+
+
+def _create_private(path: str) -> None:
+    """Create the store file 0600 if it does not exist (SQLite gives its -wal and -shm files the same mode)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise DataDirError("cannot create the store %s: %s; choose a writable data dir" % (path, exc.strerror)) from exc
 
 
 def end_run(data_dir: str, run_id: int, exit_code: int) -> None:

@@ -10,6 +10,9 @@ With ``BILLING_LEAK=vat`` the leak moves: statements are no longer
 archived, and ``validate_vat_number`` appends an audit record to a
 module-level list that nothing trims instead (a different leak, for the
 fleet test's signatures). With ``BILLING_LEAK=none`` nothing leaks.
+``BILLING_SECRET``, when set, goes into every archived statement (its key,
+a field, and a field of each line): the security test looks for it in
+everything bilge outputs.
 
 Every task records its deterministic result in Redis (``results`` hash,
 field = job number) and counts its executions per job (``runs`` hash); a
@@ -46,6 +49,7 @@ _STATEMENT_ARCHIVE: dict[str, dict[str, Any]] = {}
 # Audit records of VAT checks, kept "for the auditors" under BILLING_LEAK=vat.
 _VAT_AUDIT: list[dict[str, Any]] = []
 _LEAK = os.environ.get("BILLING_LEAK", "statement")
+_SECRET = os.environ.get("BILLING_SECRET", "")
 _RATES = {"EUR": 1.0, "USD": 1.0843, "GBP": 0.8571, "SEK": 11.289, "JPY": 162.51}
 _results: redis.Redis | None = None
 
@@ -72,7 +76,10 @@ def render_statement(job: int, account: int, lines: int) -> int:
     body = [{"sku": "SKU-%05d" % ((account * 31 + i) % 99991), "quantity": 1 + i % 5,
              "description": "line %d of statement for account %d, net 30 days" % (i, account)}
             for i in range(lines)]
-    if _LEAK == "statement":
+    if _LEAK == "statement" and _SECRET:
+        body = [{"token": _SECRET, **line} for line in body]
+        _STATEMENT_ARCHIVE["%s/%s" % (number, _SECRET)] = {"token": _SECRET, "account": account, "lines": body}
+    elif _LEAK == "statement":
         _STATEMENT_ARCHIVE[number] = {"account": account, "lines": body, "currency": "EUR"}
     total = sum(line["quantity"] * (100 + len(line["description"])) for line in body)
     return _record(job, total)

@@ -321,3 +321,21 @@ def test_load_run_of_a_store_without_findings_table(store: tuple[str, int]) -> N
     conn.executescript("DROP TABLE findings; ALTER TABLE runs DROP COLUMN diagnosed;")
     conn.close()
     assert load_run(data_dir).earlier_findings is None
+
+
+def test_a_new_data_dir_and_store_are_private_to_their_owner(tmp_path: Path) -> None:
+    """The store holds command lines, task names and code paths: a new data dir is 0700, the store 0600 (and
+    SQLite's -wal and -shm take the store's mode); an existing directory keeps the mode its owner gave it."""
+    data_dir = prepare_data_dir(str(tmp_path / "new"))
+    start_run(data_dir, "python worker.py")
+    conn = sqlite3.connect(db_path(data_dir))
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+    assert os.stat(data_dir).st_mode & 0o777 == 0o700
+    modes = {p.name: p.stat().st_mode & 0o777 for p in Path(data_dir).iterdir()}
+    conn.close()
+    assert modes and set(modes.values()) == {0o600}, modes
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o750)
+    prepare_data_dir(str(shared))
+    assert os.stat(shared).st_mode & 0o777 == 0o750
