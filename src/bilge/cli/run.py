@@ -87,18 +87,28 @@ class Setting(click.ParamType):  # type: ignore[type-arg]
 @click.option("--http-token", envvar="BILGE_HTTP_TOKEN", default=None, metavar="TOKEN",
               help="Require `Authorization: Bearer TOKEN` on /health and /metrics (or set BILGE_HTTP_TOKEN, which "
                    "keeps it out of the process list).")
+@click.option("--otlp", metavar="URL", default=None,
+              help="Also push the metrics to an OpenTelemetry collector over OTLP/HTTP, e.g. "
+                   "http://127.0.0.1:4318/v1/metrics (needs `pip install 'bilge[otlp]'`).")
+@click.option("--otlp-interval", type=click.FloatRange(min=1.0), default=15.0, show_default=True,
+              help="Seconds between two OTLP pushes.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(data_dir: str, show_values: bool, explain: bool, recycle: bool, recycle_soft_limit: int,
         recycle_hard_limit: int | None, recycle_horizon: float, recycle_min_interval: float, recycle_min_tasks: int,
         budget_cpu_share: float, budget_slowed_per_hour: float, http: str | None, http_token: str | None,
-        command: tuple[str, ...]) -> int:
+        otlp: str | None, otlp_interval: float, command: tuple[str, ...]) -> int:
     """Run COMMAND under the agent."""
     serve = None
-    if http:
-        host, port = address(http)
+    if http or otlp:
+        host, port = address(http) if http else ("", 0)
 
         def serve(view: RunView) -> Any:
-            return monitor_server(view, host, port, http_token)
+            from bilge.integrations.otlp import OtlpExporter, Services
+
+            services = [monitor_server(view, host, port, http_token)] if http else []
+            if otlp:
+                services.append(OtlpExporter(view, otlp, otlp_interval))
+            return Services(services)
 
     options: dict[str, object] = {"show_values": show_values, "explain": explain, "cpu_share": budget_cpu_share,
                                   "slowed_per_hour": budget_slowed_per_hour}

@@ -229,6 +229,19 @@ def test_run_warns_when_metrics_are_served_beyond_this_machine(tmp_path: Path, h
         assert warned in done.stderr, done.stderr
 
 
+def test_run_with_otlp_but_without_the_sdk_fails_fast_in_one_line(tmp_path: Path) -> None:
+    """--otlp without the OpenTelemetry SDK installed: exit 7 and what to install; the command never runs."""
+    shadow = tmp_path / "shadow" / "opentelemetry"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no OpenTelemetry here')\n")
+    marker = tmp_path / "ran"
+    done = bilge("run", "--data-dir", str(tmp_path / "d"), "--otlp", "http://127.0.0.1:9/v1/metrics", "--",
+                 sys.executable, "-c", "open(%r, 'w')" % str(marker),
+                 extra_env={"PYTHONPATH": str(tmp_path / "shadow")})
+    assert_one_line_error(done, 7, "bilge: error: --otlp needs the OpenTelemetry SDK: pip install 'bilge[otlp]'")
+    assert not marker.exists()
+
+
 def test_check_exit_codes_document_the_store_errors(tmp_path: Path, short_run: Path) -> None:
     """check on a missing data dir exits 2 with one line; on an ended run it says failing (6)."""
     assert_one_line_error(bilge("check", "--data-dir", str(tmp_path / "none")), 2, "bilge: error: data dir ")
