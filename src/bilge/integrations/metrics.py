@@ -52,10 +52,16 @@ def live_processes(run: RunData) -> list[ProcessData]:
     """The run's processes still alive, one per (role, slot): the newest when a slot was reused.
 
     A process killed with SIGKILL never stamps its end in the store, so the
-    pid is checked too (the supervisor runs on the worker's host).
+    pid is checked too (the supervisor runs on the worker's host). A pool
+    child not yet initialised (role ``fork``) is left out until it is.
     """
+    roles = {p.info.id: p.info.role for p in run.processes}
     newest: dict[tuple[str, str], ProcessData] = {}
     for p in run.processes:
+        if p.info.role == "fork" and roles.get(p.info.parent_id or 0) == "celery-main":
+            # A pool child between its fork and worker_process_init: its role and slot are not known yet, and
+            # a series labelled by its pid would be one more series per recycle.
+            continue
         if p.info.ended is None and _alive(p.info.pid):
             key = (p.info.role, slot(p.info))
             if key not in newest or p.info.started >= newest[key].info.started:

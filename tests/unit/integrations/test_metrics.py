@@ -42,8 +42,11 @@ def test_live_processes_keep_the_newest_of_a_slot_and_drop_the_dead() -> None:
     killed = process(4, DEAD_PID, "celery-child", 30.0, pool_index=1)
     ended = process(5, me, "celery-child", 5.0, pool_index=2, ended=6.0)
     main = process(1, me, "celery-main", 1.0)
-    live = live_processes(RunData(run=RUN, processes=(main, old, new, killed, ended)))
+    unborn = replace(process(6, me, "fork", 40.0), info=replace(process(6, me, "fork", 40.0).info, parent_id=1))
+    live = live_processes(RunData(run=RUN, processes=(main, old, new, killed, ended, unborn)))
     assert sorted(p.info.id for p in live) == [1, 3]
+    plain_fork = process(7, me, "fork", 50.0)  # a fork of a plain Python program: counted, by pid
+    assert [slot(p.info) for p in live_processes(RunData(run=RUN, processes=(plain_fork,)))] == ["pid-%d" % me]
 
 
 @dataclass
