@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.error
@@ -15,15 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.billing_run import BillingSetup, run_billing
 from support.brokers import producer_app, unique_queue
 from support.jobs import billing_jobs
+from support.net import free_port
 from support.workers import BILGE, Launcher, Worker
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> dict[str, list[Any]]:

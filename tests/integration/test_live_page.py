@@ -12,7 +12,6 @@ import base64
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,17 +24,12 @@ import pytest
 from support.brokers import producer_app, send_all, unique_queue
 from support.chromium import CHROMIUM, RSS_BLUE, chromium, console_problems, count_colour, png_pixels
 from support.jobs import billing_env, billing_jobs
+from support.net import free_port
 from support.workers import BILGE, Launcher, celery_command, worker_environment
 
 pytestmark = pytest.mark.integration
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium: apt-get update && apt-get install -y chromium")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fetch(url: str, authorization: str | None = None) -> tuple[int, dict[str, str], str]:

@@ -3,9 +3,9 @@
 A Prometheus server (Debian's ``prometheus`` package) is started on
 loopback with a temporary config that scrapes two prefork workers under
 ``bilge run --http``: one leaks (billing.render_statement), one does not
-(``BILLING_LEAK=none``, 300 light tasks: its children stay inconclusive). Through Prometheus's HTTP API the test checks that
-every query of every dashboard panel returns series, that the leak alert
-fires for the leaky worker and never for the other, and that
+(``BILLING_LEAK=none``, 300 light tasks: its children stay inconclusive).
+Through Prometheus's HTTP API the test checks that every query of every
+dashboard panel returns series, that the leak alert fires for the leaky worker and never for the other, and that
 ``promtool check rules`` accepts the rules file. The number of series
 Prometheus holds (``prometheus_tsdb_head_series``) is kept in the
 artifacts.
@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -29,6 +28,7 @@ from typing import Any
 import pytest
 from support.brokers import producer_app, send_all, unique_queue
 from support.jobs import RENDER_STATEMENT, billing_env, billing_jobs
+from support.net import free_port
 from support.workers import Launcher, celery_command, worker_environment
 
 pytestmark = pytest.mark.integration
@@ -39,12 +39,6 @@ DASHBOARD = ROOT / "contrib" / "grafana" / "bilge-dashboard.json"
 # What Grafana substitutes in the dashboard's queries, as a user looking at every host and role would see them
 # ("All" is ".+": a series without the label, such as Prometheus's own process_resident_memory_bytes, stays out).
 GRAFANA_VARIABLES = {"$hostname": ".+", "$role": ".+", "$__rate_interval": "1m"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def binary(name: str) -> str:

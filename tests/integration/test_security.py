@@ -13,7 +13,6 @@ nothing else.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -25,15 +24,10 @@ from typing import Any
 import pytest
 from support.brokers import producer_app, send_all, unique_queue
 from support.jobs import RENDER_STATEMENT, billing_env, billing_jobs
+from support.net import free_port
 from support.workers import BILGE, Launcher, celery_command, worker_environment
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str) -> str:

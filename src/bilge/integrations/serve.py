@@ -133,10 +133,13 @@ class LivePages:
         with self._lock:
             key = (self.view.read_at, self.view.diagnosed_at)
             if self._cached is None or self._cached[0] != key:
-                rows = now_rows(run, diagnosis)
-                self._cached = (key, {part: live_page(diagnosis, self.refresh, key[0], rows, main_only=part)
-                                      for part in (False, True)})
-            return self._cached[1][main_only]
+                self._cached = (key, {})
+            # Rendered when first asked for: a page open in a browser asks only for its main part after loading.
+            pages = self._cached[1]
+            if main_only not in pages:
+                pages[main_only] = live_page(diagnosis, self.refresh, key[0], now_rows(run, diagnosis),
+                                             main_only=main_only)
+            return pages[main_only]
 
 
 def now_rows(run: RunData, diagnosis: Diagnosis) -> list[dict[str, Any]]:
