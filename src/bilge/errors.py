@@ -6,6 +6,7 @@
     │   └── EmptyStoreError the database holds no recorded run
     ├── CommandError        the command given to ``bilge run`` cannot start
     ├── ServeError          the health/metrics address cannot be served
+    ├── FleetError          a node or Prometheus of ``bilge fleet`` cannot be read
     └── GuardError          ``bilge guard`` cannot check the task as asked
 
 The CLI turns these into one-line messages and exit codes in exactly one
@@ -50,6 +51,12 @@ class ServeError(BilgeError):
     """The health and metrics endpoint cannot listen on the address asked for."""
 
     exit_code = 7
+
+
+class FleetError(BilgeError):
+    """A node (or the Prometheus) the fleet page reads cannot be reached or does not answer like bilge."""
+
+    exit_code = 8
 
 
 class GuardError(BilgeError):

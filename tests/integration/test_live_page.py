@@ -11,12 +11,9 @@ from __future__ import annotations
 import base64
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +21,19 @@ import pytest
 from support.brokers import producer_app, send_all, unique_queue
 from support.chromium import CHROMIUM, RSS_BLUE, chromium, console_problems, count_colour, png_pixels
 from support.jobs import billing_env, billing_jobs
-from support.net import free_port
+from support.net import BilgeServer, fetch, free_port
 from support.workers import BILGE, Launcher, celery_command, worker_environment
 
 pytestmark = pytest.mark.integration
+# The verdict badges' colours (leak, no-leak, inconclusive), as the pages' stylesheet has them.
+VERDICT_COLOURS = ((0xC6, 0x28, 0x28), (0x2E, 0x7D, 0x32), (0xA1, 0x5C, 0x00))
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium: apt-get update && apt-get install -y chromium")
 
 
-def fetch(url: str, authorization: str | None = None) -> tuple[int, dict[str, str], str]:
-    request = urllib.request.Request(url)
-    if authorization:
-        request.add_header("Authorization", authorization)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, dict(response.headers), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read().decode()
-
-
 def tasks_now(dom: str) -> int:
     """The tasks the live processes ran, as the page's "Processes now" table shows them."""
-    return sum(int(n) for n in re.findall(r'<td class="num tasks-now">(\d+)</td>', dom))
+    return sum(int(n.replace(",", "")) for n in re.findall(r'<td class="num tasks-now">([\d,]+)</td>', dom))
 
 
 @needs_chromium
@@ -99,6 +87,35 @@ def test_live_page_refreshes_itself_while_the_worker_runs(launcher: Launcher, re
         width, height, rows, bpp = png_pixels(shot)
         assert (width, height) == tuple(int(n) for n in size.split(","))
         assert count_colour(rows, bpp, RSS_BLUE) > lines, "%s: no memory chart on screen" % name
+
+    # The fleet page over this node and one that is down: it lists both, follows the worker without a reload
+    # and fits a phone.
+    fleet_port = free_port()
+    fleet_url = "http://127.0.0.1:%d/" % fleet_port
+    down = "127.0.0.1:%d" % free_port()
+    with BilgeServer(["fleet", "127.0.0.1:%d" % port, down, "--http", "127.0.0.1:%d" % fleet_port], fleet_url,
+                     env=worker_environment({})) as fleet:
+        code, headers, page = fetch(fleet_url)
+        assert code == 200 and "default-src 'none'" in headers["Content-Security-Policy"]
+        assert '<a href="%s">' % url in page and "unreachable: " in page
+        before = chromium(fleet_url, artifacts / "profile", "--dump-dom", "--virtual-time-budget=6000")
+        assert before.returncode == 0 and console_problems(before.stderr) == [], before.stderr
+        assert re.search(r'<body data-refresh="5" data-refreshes="[1-9]', before.stdout), before.stdout[:800]
+        assert re.search(r'<b id="answered">1 of 2</b>', before.stdout)
+        send_all(producer, billing_jobs(2000, seed=5), queue)
+        time.sleep(8)
+        after = chromium(fleet_url, artifacts / "profile", "--dump-dom", "--virtual-time-budget=6000")
+        assert after.returncode == 0 and tasks_now(after.stdout) > tasks_now(before.stdout), "the fleet page is stale"
+        for name, size in (("fleet-1280.png", "1280,1000"), ("fleet-phone.png", "390,2400")):
+            shot = artifacts / name
+            taken = chromium(fleet_url, artifacts / "profile", "--screenshot=%s" % shot, "--window-size=%s" % size,
+                             "--hide-scrollbars", "--virtual-time-budget=2000")
+            assert taken.returncode == 0 and console_problems(taken.stderr) == [], taken.stderr
+            width, height, rows, bpp = png_pixels(shot)
+            assert (width, height) == tuple(int(n) for n in size.split(","))
+            badges = sum(count_colour(rows, bpp, colour) for colour in VERDICT_COLOURS)
+            assert badges > 200, "%s: no verdict badge on screen" % name
+    assert fleet.returncode == 0, fleet.stderr
     assert worker.terminate() == 0
 
 
@@ -110,26 +127,16 @@ def test_serve_shows_a_finished_run_behind_its_token(tmp_path: Path) -> None:
                            "x = [bytearray(4096) for _ in range(2000)]"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     port = free_port()
-    server = subprocess.Popen([*BILGE, "serve", "--data-dir", str(data_dir), "--http", "127.0.0.1:%d" % port],
-                              env={**_env(), "BILGE_HTTP_TOKEN": "t0ken"}, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                code, headers, _ = fetch("http://127.0.0.1:%d/" % port)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "bilge serve did not come up"
-                time.sleep(0.2)
+    url = "http://127.0.0.1:%d/" % port
+    with BilgeServer(["serve", "--data-dir", str(data_dir), "--http", "127.0.0.1:%d" % port], url,
+                     env={**_env(), "BILGE_HTTP_TOKEN": "t0ken"}) as server:
+        code, headers, _ = fetch(url)
         assert code == 401 and headers["WWW-Authenticate"].startswith("Basic")
         basic = "Basic " + base64.b64encode(b"me:t0ken").decode()
-        code, _, page = fetch("http://127.0.0.1:%d/" % port, basic)
+        code, _, page = fetch(url, basic)
         assert code == 200 and "no live process" in page and "bilge report — run 1" in page
-        assert fetch("http://127.0.0.1:%d/metrics" % port, "Bearer t0ken")[0] == 200
-    finally:
-        server.send_signal(signal.SIGTERM)
-        _, err = server.communicate(timeout=30)
-    assert server.returncode == 0 and "serving run 1 of" in err, err
+        assert fetch(url + "metrics", "Bearer t0ken")[0] == 200
+    assert server.returncode == 0 and "serving run 1 of" in server.stderr, server.stderr
     missing = subprocess.run([*BILGE, "serve", "--data-dir", str(tmp_path / "none")], capture_output=True, text=True,
                              timeout=60)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from support.brokers import producer_app, send_all, unique_queue
 from support.jobs import RENDER_STATEMENT, billing_env, billing_jobs
-from support.net import free_port
+from support.net import BilgeServer, fetch, free_port
 from support.workers import Launcher, celery_command, worker_environment
 
 pytestmark = pytest.mark.integration
@@ -138,7 +138,8 @@ def test_dashboard_queries_and_leak_alert_on_a_real_prometheus(
 ) -> None:
     """Prometheus scrapes a leaking and a clean prefork worker under bilge run --http: every dashboard panel's
     query returns series, BilgeLeakConfirmed fires for the leaking worker's child and never for the clean
-    worker, bilge_finding_info carries the leak's signature, and promtool accepts the rules."""
+    worker, bilge_finding_info carries the leak's signature, and promtool accepts the rules. `bilge fleet` read
+    through that Prometheus, and from the two nodes directly, groups the leak on the leaky node only."""
     checked = subprocess.run([binary("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True,
                              timeout=60)
     assert checked.returncode == 0 and "SUCCESS" in checked.stdout, checked.stdout + checked.stderr
@@ -198,6 +199,32 @@ def test_dashboard_queries_and_leak_alert_on_a_real_prometheus(
     assert not prometheus.query('bilge_finding_info{instance="%s"}' % targets["clean"])
     series = prometheus.query('prometheus_tsdb_head_series{job="prometheus"}')
     (artifacts / "head-series.txt").write_text("%s\n" % series[0]["value"][1])
+
+    # The fleet page, read through this Prometheus and from the nodes themselves (plus one that is down): the
+    # same two nodes, the leak's signature on the leaky one only.
+    (signature,) = {s["metric"]["signature"] for s in findings if s["metric"]["task"] == RENDER_STATEMENT}
+    down = "127.0.0.1:%d" % free_port()
+    for name, source in (("prometheus", ["--prometheus", prometheus.url("")]),
+                         ("nodes", [*targets.values(), down])):
+        port = free_port()
+        with BilgeServer(["fleet", *source, "--http", "127.0.0.1:%d" % port], "http://127.0.0.1:%d/" % port,
+                         env=worker_environment({})) as server:
+            code, _, body = fetch("http://127.0.0.1:%d/fleet.json" % port)
+            code_page, _, page = fetch("http://127.0.0.1:%d/" % port)
+        (artifacts / ("fleet-%s.json" % name)).write_text(body)
+        (artifacts / ("fleet-%s.html" % name)).write_text(page)
+        assert server.returncode == 0 and code == 200 and code_page == 200, server.stderr
+        fleet = json.loads(body)
+        nodes = {n["node"]: n for n in fleet["nodes"]}
+        assert set(nodes) == set(targets.values()) | ({down} if name == "nodes" else set()), nodes
+        assert all(nodes[t]["error"] is None and nodes[t]["processes"] for t in targets.values())
+        assert fleet["answered"] == 2
+        grouped = {f["signature"]: f["nodes"] for f in fleet["findings"]}
+        assert grouped.get(signature) == [targets["leaky"]], grouped
+        assert not any(targets["clean"] in n for n in grouped.values()), grouped
+        assert signature in page and '<b class="spread">1 of 2</b>' in page
+        if name == "nodes":
+            assert "unreachable: " in page and ("%s is unreachable" % down) in server.stderr
     # pid is a label of the info series only: every other series keeps its labels across recycles.
     with_pid = prometheus.query('count by (__name__) ({job="bilge", pid!=""})')
     assert [s["metric"]["__name__"] for s in with_pid] == ["bilge_process_info"], with_pid

@@ -16,6 +16,7 @@ from bilge import __version__
 from bilge.cli.attach import attach, detach
 from bilge.cli.check import check
 from bilge.cli.demo import demo
+from bilge.cli.fleet import fleet
 from bilge.cli.guard import guard
 from bilge.cli.report import report
 from bilge.cli.run import run
@@ -43,6 +44,7 @@ cli.add_command(top)
 cli.add_command(attach)
 cli.add_command(detach)
 cli.add_command(serve)
+cli.add_command(fleet)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

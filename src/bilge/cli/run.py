@@ -123,14 +123,21 @@ def run(data_dir: str, show_values: bool, explain: bool, recycle: bool, recycle_
 def monitor_server(view: RunView, host: str, port: int, token: str | None) -> Any:
     """The live page, /health and /metrics on HOST:PORT (bound, not started), with a warning when that reaches
     beyond this machine."""
-    from bilge.integrations.serve import MonitorServer, loopback
+    from bilge.integrations.serve import MonitorServer
+
+    warn_if_wide(host, port, token, "/, /health and /metrics")
+    return MonitorServer(view, host, port, token=token or None)
+
+
+def warn_if_wide(host: str, port: int, token: str | None, what: str) -> None:
+    """Warn on stderr when ``what`` is served beyond this machine (and more loudly without a token)."""
+    from bilge.integrations.serve import loopback
 
     if not loopback(host):
-        click.echo("bilge: warning: serving /, /health and /metrics on %s:%d, beyond this machine: they name your "
-                   "tasks, types and code paths (never values)%s" % (
-                       host, port, "" if token else "; require a token with --http-token, or bind 127.0.0.1"),
+        click.echo("bilge: warning: serving %s on %s:%d, beyond this machine: they name your tasks, types and code "
+                   "paths (never values)%s" % (
+                       what, host, port, "" if token else "; require a token with --http-token, or bind 127.0.0.1"),
                    err=True)
-    return MonitorServer(view, host, port, token=token or None)
 
 
 def address(text: str) -> tuple[str, int]:

@@ -1,4 +1,5 @@
-"""The live page, health and Prometheus metrics over HTTP: ``bilge run --http`` and ``bilge serve``.
+"""The live page, health and Prometheus metrics over HTTP: ``bilge run --http`` and ``bilge serve``; the fleet
+page: ``bilge fleet``.
 
 The server runs in the ``bilge run`` supervisor, never inside the worker:
 the agent stays standard-library only and the worker's processes pay
@@ -20,6 +21,11 @@ metric files to merge).
 The run is re-read and re-diagnosed at bounded rates, whatever the scrape
 rate (``monitor.RunView``).
 
+``bilge fleet`` serves ``/`` (the fleet page: findings by leak signature,
+nodes, live processes, from every node's ``/metrics`` or a Prometheus,
+``fleet``) and ``/fleet.json`` (the same data), read at most every few
+seconds whatever the number of viewers.
+
 Read-only: no endpoint changes anything. ``--http`` binds 127.0.0.1 unless
 told otherwise (``bilge run`` warns when it is bound wider); with a token
 (``--http-token`` or ``BILGE_HTTP_TOKEN``) every request must carry
@@ -36,12 +42,16 @@ import ipaddress
 import json
 import socket
 import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bilge.errors import BilgeError, ServeError
+from bilge.integrations.fleet import Fleet
 from bilge.integrations.metrics import StoreCollector, live_processes, slot
 from bilge.integrations.monitor import RunView
 from bilge.model import Diagnosis, RunData
@@ -58,21 +68,31 @@ PAGE_HEADERS = {
 }
 
 
-class MonitorServer:
-    """``/health`` and ``/metrics`` on one address, in a daemon thread.
+@dataclass(frozen=True)
+class Response:
+    code: int
+    content_type: str
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+# What a path answers, given its query string.
+Route = Callable[[str], Response]
+
+
+class HttpServer:
+    """Routes on one address, in a daemon thread, each request behind the token when there is one.
 
     Raises:
         ServeError: the address cannot be bound (in use, not local, no permission).
     """
 
-    def __init__(self, view: RunView, host: str, port: int, token: str | None = None) -> None:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(StoreCollector(view))
-        handler = _handler(view, registry, token)
+    def __init__(self, routes: Mapping[str, Route], host: str, port: int, token: str | None = None) -> None:
+        handler = _handler(routes, token)
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
-            raise ServeError("cannot serve health and metrics on %s:%d: %s; pick a free port with --http HOST:PORT"
+            raise ServeError("cannot serve on %s:%d: %s; pick a free port with --http HOST:PORT"
                              % (host, port, exc.strerror or exc)) from exc
         self._server.daemon_threads = True
         bound_host, bound_port = self._server.server_address[:2]
@@ -85,6 +105,49 @@ class MonitorServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class MonitorServer(HttpServer):
+    """One run's live page, ``/health`` and ``/metrics``."""
+
+    def __init__(self, view: RunView, host: str, port: int, token: str | None = None) -> None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(StoreCollector(view))
+        pages = LivePages(view)
+
+        def health(_: str) -> Response:
+            answer = view.health()
+            return Response(503 if answer["status"] == "failing" else 200, "application/json",
+                            json.dumps(answer).encode())
+
+        super().__init__({
+            "/": lambda query: _html(pages.get(query == "part=main")),
+            "/live.js": _live_js,
+            "/health": health,
+            "/metrics": lambda _: Response(200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(registry)),
+        }, host, port, token)
+
+
+class FleetServer(HttpServer):
+    """The fleet page (``bilge fleet``) and its data as JSON, read from the nodes at most every ``refresh`` s."""
+
+    def __init__(self, read: Callable[[], Fleet], host: str, port: int, token: str | None = None,
+                 refresh: float = REFRESH) -> None:
+        pages = FleetPages(read, refresh)
+        super().__init__({
+            "/": lambda query: _html(pages.get(query == "part=main")),
+            "/live.js": _live_js,
+            "/fleet.json": lambda _: Response(200, "application/json", json.dumps(asdict(pages.fleet())).encode(),
+                                              PAGE_HEADERS),
+        }, host, port, token)
+
+
+def _html(page: str) -> Response:
+    return Response(200, "text/html; charset=utf-8", page.encode(), PAGE_HEADERS)
+
+
+def _live_js(_: str) -> Response:
+    return Response(200, "text/javascript; charset=utf-8", LIVE_JS, PAGE_HEADERS)
 
 
 def loopback(host: str) -> bool:
@@ -154,42 +217,70 @@ def now_rows(run: RunData, diagnosis: Diagnosis) -> list[dict[str, Any]]:
     return rows
 
 
-def _handler(view: RunView, registry: CollectorRegistry, token: str | None) -> type[BaseHTTPRequestHandler]:
-    pages = LivePages(view)
+class FleetPages:
+    """The fleet page and its ``main`` part, from one reading of the nodes at most every ``refresh`` seconds
+    whatever the number of viewers (a viewer arriving during a reading waits for it)."""
+
+    def __init__(self, read: Callable[[], Fleet], refresh: float = REFRESH) -> None:
+        self.read = read
+        self.refresh = refresh
+        self._lock = threading.Lock()
+        self._fleet: Fleet | None = None
+        self._read_at = 0.0
+        self._pages: dict[bool, str] = {}
+
+    def fleet(self) -> Fleet:
+        with self._lock:
+            return self._fresh()
+
+    def get(self, main_only: bool) -> str:
+        from bilge.report.html import fleet_page
+
+        with self._lock:
+            fleet = self._fresh()
+            if main_only not in self._pages:
+                self._pages[main_only] = fleet_page(fleet, self.refresh, main_only=main_only)
+            return self._pages[main_only]
+
+    def _fresh(self) -> Fleet:
+        """The fleet, read again when older than ``refresh`` (the lock held)."""
+        if self._fleet is None or time.monotonic() - self._read_at >= self.refresh:
+            self._fleet = self.read()
+            self._read_at = time.monotonic()
+            self._pages = {}
+        return self._fleet
+
+
+def _handler(routes: Mapping[str, Route], token: str | None) -> type[BaseHTTPRequestHandler]:
+    served = ", ".join(sorted(p for p in routes if p != "/live.js"))
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
             if token and not authorized(self.headers.get("Authorization", ""), token):
-                self._send(401, "text/plain", b"bilge: this server needs its token (--http-token): "
-                           b"Authorization: Bearer TOKEN, or any user name with the token as password\n",
-                           {"WWW-Authenticate": 'Basic realm="bilge", charset="UTF-8"'})
+                self._send(Response(401, "text/plain", b"bilge: this server needs its token (--http-token): "
+                                    b"Authorization: Bearer TOKEN, or any user name with the token as password\n",
+                                    {"WWW-Authenticate": 'Basic realm="bilge", charset="UTF-8"'}))
                 return
             path, _, query = self.path.partition("?")
+            route = routes.get("/" if path == "/index.html" else path)
+            if route is None:
+                self._send(Response(404, "text/plain", ("bilge serves %s\n" % served).encode()))
+                return
             try:
-                if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", pages.get(query == "part=main").encode(), PAGE_HEADERS)
-                elif path == "/live.js":
-                    self._send(200, "text/javascript; charset=utf-8", LIVE_JS, PAGE_HEADERS)
-                elif path == "/health":
-                    health = view.health()
-                    self._send(503 if health["status"] == "failing" else 200, "application/json",
-                               json.dumps(health).encode())
-                elif path == "/metrics":
-                    self._send(200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(registry))
-                else:
-                    self._send(404, "text/plain", b"bilge serves /, /health and /metrics\n")
+                self._send(route(query))
             except BilgeError as exc:
-                # No run recorded yet, a store being created: say so, do not crash the server.
-                self._send(503, "application/json", json.dumps({"status": "unknown", "reason": str(exc)}).encode())
+                # No run recorded yet, a store being created, a fleet not read: say so, do not crash the server.
+                self._send(Response(503, "application/json",
+                                    json.dumps({"status": "unknown", "reason": str(exc)}).encode()))
 
-        def _send(self, code: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
-            self.send_response(code)
-            for name, value in (headers or {}).items():
+        def _send(self, response: Response) -> None:
+            self.send_response(response.code)
+            for name, value in response.headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(response.body)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass  # scrapes every few seconds would flood the worker's log

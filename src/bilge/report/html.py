@@ -29,7 +29,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import jinja2
 import markupsafe
@@ -40,6 +40,9 @@ from bilge.analysis.attribution import kept_per_call
 from bilge.model import Diagnosis, ProcessDiagnosis, Series, StageRun
 from bilge.report.json_report import to_dict
 from bilge.report.terminal import human_bytes
+
+if TYPE_CHECKING:
+    from bilge.integrations.fleet import Fleet
 
 _MIB = 1024 * 1024
 # Credentials in a broker URL on the command line (redis://:secret@host)
@@ -167,6 +170,16 @@ def count(value: float | None) -> str:
     if value is None:
         return "—"
     return f"{value:,.0f}" if abs(value) >= 100 else "%.3g" % value
+
+
+def duration(seconds: float | None) -> str:
+    """A time ahead for a table: '40 s', '42 min', '5.2 h', '3.1 d'."""
+    if seconds is None:
+        return "—"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size * (1.5 if unit != "min" else 1.0):
+            return ("%.1f" % (seconds / size)).rstrip("0").rstrip(".") + " " + unit
+    return "%.0f s" % seconds
 
 
 def count_label(value: float) -> str:
@@ -319,6 +332,7 @@ def _environment() -> jinja2.Environment:
     env.filters["utc"] = lambda t: "—" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
     env.filters["signed_bytes"] = lambda n: "—" if n is None else ("+" if n >= 0 else "") + human_bytes(n)
     env.filters["count"] = count
+    env.filters["duration"] = duration
     env.filters["seconds"] = lambda value: "%.3f" % value
     env.filters["breakable"] = breakable
     env.globals["novelty"] = signature.novelty
@@ -346,9 +360,22 @@ def live_page(diagnosis: Diagnosis, refresh: float, generated: float, now: Seque
     """The report as a live page (``bilge run --http``, ``bilge serve``): the live processes ``now`` (role,
     slot, pid, rss, fds, tasks, verdict) above the same content, no embedded JSON, and ``/live.js`` swapping
     in ``main_only`` renderings every ``refresh`` seconds."""
-    template = _environment().get_template("report.html.j2")
     context = _context(diagnosis, live="%g" % refresh, generated=generated)
     context["now"] = now
+    return _page("report.html.j2", context, main_only)
+
+
+def fleet_page(fleet: Fleet, refresh: float, main_only: bool = False) -> str:
+    """The fleet page (``bilge fleet``): every node's findings by signature, nodes and live processes, with
+    ``/live.js`` swapping in ``main_only`` renderings every ``refresh`` seconds."""
+    context = {"f": fleet, "live": "%g" % refresh, "version": __version__,
+               "processes": [p for n in fleet.nodes for p in n.processes]}
+    return _page("fleet.html.j2", context, main_only)
+
+
+def _page(name: str, context: dict[str, object], main_only: bool) -> str:
+    """A live page whole, or only its ``main`` block (what ``/live.js`` swaps in)."""
+    template = _environment().get_template(name)
     if not main_only:
         return template.render(**context)
     return "".join(template.blocks["main"](template.new_context(context)))

@@ -200,7 +200,7 @@ def test_run_with_a_health_port_in_use_fails_fast_and_starts_nothing(tmp_path: P
         marker = tmp_path / "ran"
         done = bilge("run", "--data-dir", str(tmp_path / "d"), "--http", "127.0.0.1:%d" % port, "--",
                      sys.executable, "-c", "open(%r, 'w')" % str(marker))
-    assert_one_line_error(done, 7, "bilge: error: cannot serve health and metrics on 127.0.0.1:%d: " % port)
+    assert_one_line_error(done, 7, "bilge: error: cannot serve on 127.0.0.1:%d: " % port)
     assert not marker.exists()
     report = bilge("report", "--data-dir", str(tmp_path / "d"))
     assert report.returncode in (2, 4) and "run" in report.stderr, report.stderr  # nothing recorded

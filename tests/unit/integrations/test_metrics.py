@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from runs import RUN, FixedView, process, scrape
 
 from bilge.analysis import diagnose
-from bilge.integrations.metrics import StoreCollector, live_processes, slot
-from bilge.model import Diagnosis, Finding, ProcessData, ProcessInfo, RunData, RunInfo, Sample
+from bilge.integrations.metrics import live_processes, slot
+from bilge.model import Finding, RunData
 
 DEAD_PID = 2**22 + 7  # above Linux's pid_max: never a live process
-
-RUN = RunInfo(id=1, started=1000.0, ended=None, command="celery -A shop worker", exit_code=None, hostname="box")
-
-
-def process(id_: int, pid: int, role: str, started: float, pool_index: int | None = None,
-            ended: float | None = None) -> ProcessData:
-    info = ProcessInfo(id=id_, pid=pid, ppid=1, parent_id=None, role=role, started=started, ended=ended, argv="",
-                       pool_index=pool_index)
-    return ProcessData(info=info, samples=(Sample(started + 1, 50 * 2**20, 40 * 2**20, None, 1000, 3, 12, 2, 5),),
-                       tasks=(), censuses=(), gc_generations=((40, 900, 0), (3, 100, 0), (1, 20, 1)))
-
 
 def test_slot_is_the_pool_index_or_main() -> None:
     assert slot(process(1, 10, "celery-child", 1.0, pool_index=3).info) == "3"
@@ -47,29 +34,6 @@ def test_live_processes_keep_the_newest_of_a_slot_and_drop_the_dead() -> None:
     assert sorted(p.info.id for p in live) == [1, 3]
     plain_fork = process(7, me, "fork", 50.0)  # a fork of a plain Python program: counted, by pid
     assert [slot(p.info) for p in live_processes(RunData(run=RUN, processes=(plain_fork,)))] == ["pid-%d" % me]
-
-
-@dataclass
-class FixedView:
-    """What the collector reads from a RunView, fixed."""
-
-    data: RunData
-    answer: Diagnosis
-    hard_limit: int | None = None
-    horizon: float = 3600.0
-
-    def run(self) -> RunData:
-        return self.data
-
-    def diagnosis(self) -> Diagnosis:
-        return self.answer
-
-
-def scrape(view: Any) -> dict[str, list[Any]]:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(view))
-    text = generate_latest(registry).decode()
-    return {f.name: f.samples for f in text_string_to_metric_families(text)}
 
 
 def test_exposition_names_labels_and_zeroed_recycles() -> None:
