@@ -27,7 +27,6 @@ from collections.abc import Iterator, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bilge.agent.recycle import cgroup_memory_limit
 from bilge.analysis.health import assess
 from bilge.integrations.monitor import RunView
 from bilge.model import LEAK, Diagnosis, ProcessData, ProcessDiagnosis, ProcessInfo, RunData
@@ -144,8 +143,7 @@ def _judgement_metrics(run: RunData, diagnosis: Diagnosis, live: Sequence[Proces
                        view: RunView) -> Iterator[Metric]:
     """The verdicts, growth, forecast, findings and recycles: what only bilge knows."""
     judged: dict[tuple[int, str], ProcessDiagnosis] = {(d.pid, d.role): d for d in diagnosis.processes}
-    # The limit the agent recycles against: the one given, else the cgroup's.
-    hard_limit = view.hard_limit or cgroup_memory_limit()
+    hard_limit = view.hard_limit
     health = {(h.pid, h.role): h for h in assess(run, diagnosis, hard_limit, view.horizon).processes}
     verdict = GaugeMetricFamily("bilge_process_verdict", "1 for the process's current verdict, 0 for the others.",
                                 labels=PROCESS_LABELS + ["verdict"])

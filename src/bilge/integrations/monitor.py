@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+from bilge.agent.recycle import cgroup_memory_limit
 from bilge.errors import BilgeError
 from bilge.model import Diagnosis, RunData
 from bilge.store import schema
@@ -52,7 +53,9 @@ class RunView:
                  horizon: float = 3600.0, record: bool = True) -> None:
         self.data_dir = data_dir
         self.run_id = run_id
-        self.hard_limit = hard_limit
+        # The limit the agent recycles against, which /health, /metrics and `bilge check` forecast against too: the
+        # one given, else the cgroup's (the supervisor shares the worker's cgroup).
+        self.hard_limit = hard_limit or cgroup_memory_limit()
         self.horizon = horizon
         self.record = record
         self._lock = threading.Lock()

@@ -48,3 +48,14 @@ def test_a_final_diagnosis_that_takes_too_long_is_abandoned(store: tuple[str, in
     assert time.monotonic() - started < 5
     release.set()
     assert "final diagnosis took over 0 s and was abandoned" in capsys.readouterr().err
+
+
+def test_one_effective_limit_for_health_and_metrics(one_process: tuple[str, int],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --recycle-hard-limit the cgroup's limit is the one /health, /metrics and the agent use; a given
+    limit wins over it."""
+    data_dir, _ = one_process
+    monkeypatch.setattr("bilge.integrations.monitor.cgroup_memory_limit", lambda: 3 * 2**30)
+    view = RunView(data_dir, record=False)
+    assert view.hard_limit == 3 * 2**30 and view.health()["hard_limit"] == 3 * 2**30
+    assert RunView(data_dir, hard_limit=2**30, record=False).health()["hard_limit"] == 2**30
