@@ -94,3 +94,19 @@ def test_sigterm_to_bilge_run_reaches_the_command(tmp_path: Path) -> None:
     assert bilge.returncode == 128 + 15
     assert "Traceback" not in stderr
     assert load_run(str(data_dir)).run.exit_code == 128 + 15
+
+
+def test_python_told_to_ignore_pythonpath_is_named(tmp_path: Path) -> None:
+    """-I and -E (alone or among other flags, on the command line or a script's #! line) keep the agent out."""
+    from bilge.integrations.runner import agent_skipped
+
+    assert "-I" in (agent_skipped(["python3", "-I", "-c", "pass"]) or "")
+    assert "-sE" in (agent_skipped(["/usr/bin/python3.11", "-sE", "worker.py"]) or "")
+    assert agent_skipped(["python3", "-W", "ignore", "-c", "print('-I')"]) is None
+    assert agent_skipped(["python3", "-c", "pass", "-I"]) is None  # an argument of the program
+    assert agent_skipped(["python3", "-X", "importtime", "-m", "celery"]) is None
+    script = tmp_path / "celery"
+    script.write_text("#!/usr/bin/python3 -I\nprint('hi')\n")
+    assert "#! line of %s" % script in (agent_skipped([str(script)]) or "")
+    script.write_text("#!/usr/bin/env python3\nprint('hi')\n")
+    assert agent_skipped([str(script)]) is None

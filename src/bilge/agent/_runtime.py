@@ -208,7 +208,9 @@ class Agent:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         self._guarded("window", self.explain.finish, wait=timeout)
-        self.flush(final=True)
+        # Called from the host's shutdown (Celery's worker_process_shutdown, atexit): a store that fails now (full
+        # disk, data dir deleted) is logged once like any flush, never raised into the host.
+        self._guarded("flush", lambda: self.flush(final=True), wait=timeout)
 
     def set_role(self, role: str) -> None:
         """Name this process's role (e.g. ``celery-main``), stored on next flush."""

@@ -10,6 +10,7 @@ command's exit code, as a wrapper under systemd or Kubernetes must.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -20,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from bilge.config import AgentConfig
-from bilge.errors import CommandError
+from bilge.errors import BilgeError, CommandError
 from bilge.integrations.monitor import Recorder, RunView
 from bilge.store import sqlite as store
 
@@ -81,6 +82,54 @@ def resolve(command: Sequence[str]) -> list[str]:
     return list(command)
 
 
+def agent_skipped(argv: Sequence[str]) -> str | None:
+    """Why the agent will not load into ``argv``: its Python is told to ignore ``PYTHONPATH`` (``-I`` or ``-E``,
+    on the command line or in a script's ``#!`` line). None when nothing says so."""
+    exe = shutil.which(argv[0]) or argv[0]
+    if re.fullmatch(r"python[0-9.]*", os.path.basename(exe)):
+        options, where = list(argv[1:]), "the command line"
+    else:
+        options, where = _shebang_options(exe), "the #! line of %s" % exe
+    for option in _interpreter_flags(options):
+        if "I" in option or "E" in option:
+            return ("%s runs Python with -%s, which ignores PYTHONPATH: bilge's agent cannot load into it; drop the "
+                    "flag, or attach to the running process with `bilge attach PID`" % (where, option))
+    return None
+
+
+def _shebang_options(path: str) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return []
+    if not first.startswith(b"#!"):
+        return []
+    words = first[2:].decode("utf-8", "replace").split()
+    if words and os.path.basename(words[0]) == "env":
+        words = [w for w in words[1:] if w != "-S"]
+    if not words or not re.fullmatch(r"python[0-9.]*", os.path.basename(words[0])):
+        return []
+    return words[1:]
+
+
+def _interpreter_flags(options: Sequence[str]) -> list[str]:
+    """The single-letter flag groups (``-I``, ``-sE``) before the program, the script or ``-c``/``-m``."""
+    flags: list[str] = []
+    skip = False
+    for option in options:
+        if skip:
+            skip = False
+            continue
+        if option in ("-c", "-m", "-") or not option.startswith("-"):
+            break
+        if option in ("-W", "-X"):
+            skip = True  # their argument follows
+        elif not option.startswith(("--", "-W", "-X")):
+            flags.append(option[1:])
+    return flags
+
+
 def run(data_dir: str, command: Sequence[str], environ: Mapping[str, str] | None = None,
         options: Mapping[str, object] | None = None, serve: Callable[[RunView], Any] | None = None,
         view: RunView | None = None) -> int:
@@ -106,6 +155,9 @@ def run(data_dir: str, command: Sequence[str], environ: Mapping[str, str] | None
         The command's exit code; 128+N when it died of signal N.
     """
     argv = resolve(command)
+    skipped = agent_skipped(argv)
+    if skipped:
+        sys.stderr.write("bilge: warning: %s\n" % skipped)
     path = store.prepare_data_dir(data_dir)
     view = view if view is not None else RunView(path)
     server = serve(view) if serve is not None else None
@@ -124,7 +176,13 @@ def run(data_dir: str, command: Sequence[str], environ: Mapping[str, str] | None
         code = _supervise(argv, env)
     finally:
         try:
-            store.end_run(path, run_id, code)
+            try:
+                store.end_run(path, run_id, code)
+            except BilgeError as exc:
+                # The data dir failed under the run (deleted, full, corrupted): the worker's exit code is what a
+                # service manager acts on, so it is kept, and the lost bookkeeping is said once.
+                sys.stderr.write("bilge: warning: the run's end was not recorded (%s); exiting with the command's "
+                                 "code %d\n" % (exc, code))
             recorder.close()
         finally:
             if server is not None:

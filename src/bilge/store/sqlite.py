@@ -54,13 +54,30 @@ def db_path(data_dir: str) -> str:
 def _translated(what: str, path: str) -> Iterator[None]:
     try:
         yield
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(
-            "%s %s failed: %s. The file is not a readable bilge store; point --data-dir at a bilge data "
-            "directory, or start a new run in an empty one." % (what, path, exc)
-        ) from exc
     except sqlite3.Error as exc:
-        raise StoreError("%s %s failed: %s" % (what, path, exc)) from exc
+        raise StoreError("%s %s failed: %s. %s" % (what, path, exc, _advice(exc))) from exc
+
+
+# What to do about a store error, by SQLite's error name (3.11+) or, before, by its message.
+_ADVICE = (
+    (("SQLITE_FULL", "disk is full"), "The data dir's filesystem is full: free space there."),
+    (("SQLITE_READONLY", "readonly"), "The data dir is read-only: make it writable again."),
+    (("SQLITE_BUSY", "SQLITE_LOCKED", "locked"), "Another process holds the store locked: let it finish, or stop it."),
+    (("SQLITE_CANTOPEN", "unable to open"), "The store cannot be opened: was the data dir deleted, moved or made "
+                                            "unreadable? Check --data-dir."),
+    (("SQLITE_CORRUPT", "SQLITE_NOTADB", "malformed", "not a database"),
+     "The file is damaged (truncated or overwritten?) or not a bilge store: keep it for inspection and start new "
+     "runs in an empty data dir."),
+)
+
+
+def _advice(exc: sqlite3.Error) -> str:
+    said = "%s %s" % (getattr(exc, "sqlite_errorname", ""), exc)
+    for marks, advice in _ADVICE:
+        if any(mark in said for mark in marks):
+            return advice
+    return ("The file is not a readable bilge store; point --data-dir at a bilge data directory, or start a new run "
+            "in an empty one.")
 
 
 def prepare_data_dir(data_dir: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -174,6 +175,27 @@ def test_task_hooks_never_raise_into_the_host(
     (proc,) = stored(store).processes
     assert "task_started: IndexError: list index out of range" in proc.errors
     assert proc.tasks == ()
+
+
+def test_a_store_that_fails_at_the_final_flush_never_raises_into_the_host(
+    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch, wait_for: Callable[..., bool]
+) -> None:
+    """stop() runs in the host's shutdown hooks: a full disk there is contained (a Celery child would log a
+    traceback for its worker_process_shutdown handler)."""
+    agent = Agent(fast_config(store))
+    agent.start()
+    try:
+        assert wait_for(lambda: agent.process_id is not None)
+        agent.task_started("k", "shop.task")
+        agent.task_finished("k")
+
+        def full(*_: object, **__: object) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(agent.store, "flush", full)
+        agent.stop()  # must not raise
+    finally:
+        agent.store.close()  # type: ignore[attr-defined]
 
 
 def test_agent_without_a_store_does_not_crash(tmp_path: Path, wait_for: Callable[..., bool]) -> None:

@@ -90,12 +90,12 @@ def test_report_on_an_empty_directory(tmp_path: Path) -> None:
 
 
 def test_report_on_a_corrupt_store(tmp_path: Path) -> None:
-    """bilge report on random bytes named bilge.db: exit 3, one line saying it is not a readable store."""
+    """bilge report on random bytes named bilge.db: exit 3, one line saying it is damaged or not a store."""
     rng = np.random.default_rng(3)
     (tmp_path / "bilge.db").write_bytes(rng.integers(0, 256, size=8192, dtype=np.uint8).tobytes())
     done = bilge("report", "--data-dir", str(tmp_path))
     assert_one_line_error(done, 3, "bilge: error: reading store %s failed: " % (tmp_path / "bilge.db"))
-    assert "not a readable bilge store" in done.stderr
+    assert "or not a bilge store: keep it for inspection" in done.stderr
 
 
 def test_report_on_an_empty_store_file(tmp_path: Path) -> None:

@@ -241,7 +241,24 @@ def test_load_run_on_a_corrupt_file(tmp_path: Path) -> None:
     assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
     message = str(info.value)
     assert message.startswith("reading store %s failed: " % (tmp_path / schema.DB_FILENAME))
-    assert "not a readable bilge store; point --data-dir at a bilge data directory" in message
+    assert "damaged (truncated or overwritten?) or not a bilge store" in message
+
+
+@pytest.mark.parametrize(("error", "advice"), [
+    ("database or disk is full", "filesystem is full: free space there"),
+    ("attempt to write a readonly database", "read-only: make it writable"),
+    ("database is locked", "Another process holds the store locked"),
+    ("unable to open database file", "was the data dir deleted"),
+    ("database disk image is malformed", "damaged (truncated or overwritten?)"),
+    ("no such table: runs", "not a readable bilge store"),
+])
+def test_store_errors_say_what_to_do_about_them(error: str, advice: str) -> None:
+    """The data dir failing under a run (full, read-only, locked, deleted, damaged) is named for what it is."""
+    from bilge.store.sqlite import _translated
+
+    with pytest.raises(StoreError) as info, _translated("updating store", "/d/bilge.db"):
+        raise sqlite3.OperationalError(error)
+    assert str(info.value).startswith("updating store /d/bilge.db failed: %s. " % error) and advice in str(info.value)
 
 
 def test_load_run_on_a_foreign_sqlite_database(tmp_path: Path) -> None:
