@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -384,3 +385,48 @@ def test_kill_9_of_the_worker_main_process_ends_the_run_with_its_signal(launcher
     done = report(data_dir, artifacts, "report.json")
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert '"exit_code": 137' in done.stdout
+
+
+@pytest.fixture(scope="module")
+def slow_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """support/slow_disk.c built into a preload library (gcc is on every machine CI runs on)."""
+    source = Path(__file__).parent / "support" / "slow_disk.c"
+    library = tmp_path_factory.mktemp("slowdisk") / "slow_disk.so"
+    built = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    return library
+
+
+def test_a_very_slow_disk_never_slows_a_task(launcher: Launcher, redis_db: Any, artifacts: Path,
+                                            slow_disk: Path) -> None:
+    """Every write to the data dir waits 20 ms and every fsync 300 ms: every job runs exactly once, and while
+    tasks run no pool child pays for the disk on its task thread (the agent writes from its own thread; the log
+    of the preloaded library says which thread paid each call)."""
+    log = artifacts / "disk-calls.log"
+    queue = unique_queue("fault-slowdisk")
+    setup = BillingSetup(producer_app(redis_db.url, queue), redis_db.url, redis_db.client, redis_db.url, queue)
+    data_dir = artifacts / "data"
+    children: set[int] = set()
+    served: dict[str, float] = {}
+
+    def watch(worker: Worker) -> None:
+        worker.wait_for(lambda: tasks_recorded(data_dir) >= 50, 120, "the first tasks recorded")
+        while len(executions(redis_db.client)) < len(JOBS) and worker.process.poll() is None:
+            children.update(p.pid for p in worker.pool_children())
+            time.sleep(0.2)
+        served["at"] = time.time()
+
+    extra = {"LD_PRELOAD": str(slow_disk), "SLOW_DISK_DIR": str(data_dir), "SLOW_DISK_LOG": str(log)}
+    outcome = run_billing(launcher, setup, JOBS, "prefork", 2, data_dir=data_dir, while_running=watch,
+                          extra_env=extra)
+    assert outcome.exit_code == 0, outcome.worker.log_tail()
+    runs = executions(redis_db.client)
+    assert len(runs) == len(JOBS) and set(runs.values()) == {1}
+    paid = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+    by_children = [(int(pid), int(tid), call) for pid, tid, at, call in paid
+                   if int(pid) in children and float(at) < served["at"]]
+    assert by_children, "no disk call by a pool child while it served: the test saw nothing (%d in all)" % len(paid)
+    on_task_thread = Counter((pid, call) for pid, tid, call in by_children if pid == tid)
+    assert not on_task_thread, "disk calls on a pool child's task thread while serving: %s" % dict(on_task_thread)
+    assert integrity_check(data_dir) == "ok"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ def run_billing(
     launcher: Launcher, setup: BillingSetup, jobs: Sequence[tuple[str, list[Any]]], pool: str, concurrency: int,
     data_dir: Path | None, label: str = "worker", timeout: float = 240.0, acks_late: bool = False,
     while_running: Callable[[Worker], None] | None = None, bilge_args: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
 ) -> BillingRun:
     """Send half the jobs, start the worker, send the rest, wait for all, SIGTERM, wait for exit.
 
@@ -62,10 +63,12 @@ def run_billing(
         acks_late: redeliver the task of a pool child that dies.
         while_running: called once all jobs are sent, while the worker runs.
         bilge_args: further ``bilge run`` options.
+        extra_env: more environment variables for ``bilge run`` and the worker.
     """
     half = len(jobs) // 2
     send_all(setup.producer, jobs[:half], setup.queue)
-    env = worker_environment(billing_env(setup.broker_url, setup.results_url, setup.queue, acks_late=acks_late))
+    env = worker_environment({**billing_env(setup.broker_url, setup.results_url, setup.queue, acks_late=acks_late),
+                              **(extra_env or {})})
     argv = celery_command("apps.billing", pool, concurrency, name="%s-%s" % (label, setup.queue), queue=setup.queue)
     worker = launcher.start(argv, env, label, data_dir, bilge_args)
     send_all(setup.producer, jobs[half:], setup.queue)
