@@ -55,14 +55,14 @@ def report(data_dir: Path, artifacts: Path, name: str) -> subprocess.CompletedPr
 
 
 def agent_errors(data_dir: Path) -> list[tuple[str, str]]:
-    try:
-        conn = sqlite3.connect("file:%s?mode=ro" % (data_dir / DB_NAME), uri=True, timeout=10)
-        try:
-            return [(str(s), str(m)) for s, m in conn.execute("SELECT source, message FROM errors")]
-        finally:
-            conn.close()
-    except sqlite3.Error:
+    """The errors the agents contained and recorded (source, message); none when the store is gone."""
+    if not (data_dir / DB_NAME).exists():
         return []
+    conn = sqlite3.connect("file:%s?mode=ro" % (data_dir / DB_NAME), uri=True, timeout=10)
+    try:
+        return [(str(s), str(m)) for s, m in conn.execute("SELECT source, message FROM agent_errors")]
+    finally:
+        conn.close()
 
 
 @pytest.fixture
