@@ -1,6 +1,7 @@
 """Diagnose a recorded run: is it leaking, which task, what objects?
 
-Exit code 0 whatever the verdict (use `--fail-on-leak` to exit 1 on a leak).
+Exit code 0 whatever the verdict (use `--fail-on-leak` to exit 1 on a leak). A damaged store (truncated,
+overwritten in part) is reported from what can still be read, with a warning saying how much, and exit code 3.
 
 `--format html` writes one self-contained page with plots, to open in a
 browser or attach to a ticket: give `-o report.html`, or redirect standard
@@ -13,7 +14,7 @@ import sys
 
 import click
 
-from bilge.errors import DataDirError
+from bilge.errors import DataDirError, StoreError
 from bilge.model import LEAK
 from bilge.store import sqlite as store
 
@@ -43,7 +44,17 @@ def report(data_dir: str, fmt: str, output: str | None, run_id: int | None, fail
                                "or redirect standard output to a file")
     from bilge.report import redaction
 
-    diagnosis = diagnose(store.load_run(data_dir, run_id))
+    code = 0
+    try:
+        run = store.load_run(data_dir, run_id)
+    except StoreError as exc:
+        if not store.damaged(exc):
+            raise
+        run, found = store.load_salvaged(data_dir, run_id)  # nothing readable: raises, one line
+        click.echo("bilge: warning: %s This report is built from what could still be read: %s." % (
+            exc, found.summary()), err=True)
+        code = exc.exit_code  # the report is printed, and a script still sees that the store is damaged
+    diagnosis = diagnose(run)
     if not show_values and redaction.has_values(diagnosis):
         diagnosis = redaction.hide_values(diagnosis)
         click.echo("bilge: this run captured sample values; they are hidden (pass --show-values to show them)",
@@ -64,4 +75,4 @@ def report(data_dir: str, fmt: str, output: str | None, run_id: int | None, fail
     finally:
         if output:
             out.close()
-    return 1 if fail_on_leak and diagnosis.verdict == LEAK else 0
+    return code or (1 if fail_on_leak and diagnosis.verdict == LEAK else 0)

@@ -40,6 +40,7 @@ from bilge.model import (
     TypeSite,
 )
 from bilge.store import schema
+from bilge.store.salvage import Salvage, salvage
 
 # Files SQLite itself keeps next to the database.
 _OWN_FILES = {schema.DB_FILENAME, schema.DB_FILENAME + "-wal", schema.DB_FILENAME + "-shm"}
@@ -58,26 +59,52 @@ def _translated(what: str, path: str) -> Iterator[None]:
         raise StoreError("%s %s failed: %s. %s" % (what, path, exc, _advice(exc))) from exc
 
 
-# What to do about a store error, by SQLite's error name (3.11+) or, before, by its message.
-_ADVICE = (
-    (("SQLITE_FULL", "disk is full"), "The data dir's filesystem is full: free space there."),
-    (("SQLITE_READONLY", "readonly"), "The data dir is read-only: make it writable again."),
-    (("SQLITE_BUSY", "SQLITE_LOCKED", "locked"), "Another process holds the store locked: let it finish, or stop it."),
-    (("SQLITE_CANTOPEN", "unable to open"), "The store cannot be opened: was the data dir deleted, moved or made "
-                                            "unreadable? Check --data-dir."),
-    (("SQLITE_CORRUPT", "SQLITE_NOTADB", "malformed", "not a database"),
+# What a store error means, by SQLite's error name (3.11+) or, before, by its message; and what to do about it.
+_KINDS = (
+    ("full", ("SQLITE_FULL", "disk is full"), "The data dir's filesystem is full: free space there."),
+    ("read-only", ("SQLITE_READONLY", "readonly"), "The data dir is read-only: make it writable again."),
+    ("locked", ("SQLITE_BUSY", "SQLITE_LOCKED", "locked"),
+     "Another process holds the store locked: let it finish, or stop it."),
+    ("unopenable", ("SQLITE_CANTOPEN", "unable to open"),
+     "The store cannot be opened: was the data dir deleted, moved or made unreadable? Check --data-dir."),
+    ("damaged", ("SQLITE_CORRUPT", "SQLITE_NOTADB", "malformed", "not a database"),
      "The file is damaged (truncated or overwritten?) or not a bilge store: keep it for inspection and start new "
      "runs in an empty data dir."),
 )
 
 
-def _advice(exc: sqlite3.Error) -> str:
+def _kind(exc: BaseException) -> str | None:
     said = "%s %s" % (getattr(exc, "sqlite_errorname", ""), exc)
-    for marks, advice in _ADVICE:
-        if any(mark in said for mark in marks):
-            return advice
-    return ("The file is not a readable bilge store; point --data-dir at a bilge data directory, or start a new run "
-            "in an empty one.")
+    return next((kind for kind, marks, _ in _KINDS if any(mark in said for mark in marks)), None)
+
+
+def _advice(exc: sqlite3.Error) -> str:
+    kind = _kind(exc)
+    return next((advice for name, _, advice in _KINDS if name == kind),
+                "The file is not a readable bilge store; point --data-dir at a bilge data directory, or start a new "
+                "run in an empty one.")
+
+
+def damaged(exc: StoreError) -> bool:
+    """Whether ``exc`` says the store file itself is damaged (worth salvaging what is readable)."""
+    return exc.__cause__ is not None and _kind(exc.__cause__) == "damaged"
+
+
+def load_salvaged(data_dir: str, run_id: int | None = None) -> tuple[RunData, Salvage]:
+    """The run as far as a damaged store can still be read (``salvage``), and how far each table got.
+
+    Raises:
+        StoreError: nothing of a run could be read.
+    """
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="bilge-salvage-")
+    try:
+        found = salvage(db_path(data_dir), db_path(folder))
+        return load_run(folder, run_id), found
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def prepare_data_dir(data_dir: str) -> str:
