@@ -50,7 +50,10 @@ def report(data_dir: str, fmt: str, output: str | None, run_id: int | None, fail
     except StoreError as exc:
         if not store.damaged(exc):
             raise
-        run, found = store.load_salvaged(data_dir, run_id)  # nothing readable: raises, one line
+        try:
+            run, found = store.load_salvaged(data_dir, run_id)
+        except StoreError:
+            raise exc from None  # nothing of a run readable (or not a store at all): the reading's own error
         click.echo("bilge: warning: %s This report is built from what could still be read: %s." % (
             exc, found.summary()), err=True)
         code = exc.exit_code  # the report is printed, and a script still sees that the store is damaged
