@@ -2,7 +2,8 @@
 
 ``bilge run`` (or ``bilge.celery_config``) decides a run's settings once and
 hands them to every Python process of the run as environment variables; the
-agent in each process reads them back. Both directions go through
+agent in each process reads them back. ``BILGE_CLOCK_ANCHOR`` (not a setting)
+carries the run's clock anchor the same way. Both directions go through
 :class:`AgentConfig`: :meth:`AgentConfig.to_environment` writes the variables,
 :meth:`AgentConfig.from_environment` reads them.
 
@@ -25,11 +26,14 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 DATA_DIR = "BILGE_DATA_DIR"
 RUN_ID = "BILGE_RUN_ID"
+# "wall:monotonic", taken together by `bilge run`: every process of the run stamps its readings from this one
+# anchor (``samplers.wallclock``), so a step of the system's wall clock cannot tear a run's time series.
+CLOCK_ANCHOR = "BILGE_CLOCK_ANCHOR"
 
 SOFT_LIMIT = 512 << 20
 HORIZON = 3600.0
@@ -134,6 +138,9 @@ class AgentConfig:
         warnings: what was wrong with the settings it was read from (each bad
             value was replaced by its default); for the agent to log once.
             Not a setting: ignored by ``==`` and ``to_environment``.
+        clock_anchor: (wall, monotonic) time the run's readings count from
+            (``samplers.wallclock``); None: each process anchors itself. Not a
+            setting: ignored by ``==``.
     """
 
     data_dir: str
@@ -152,6 +159,7 @@ class AgentConfig:
     control: bool = True
     socket_dir: str = ""
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    clock_anchor: tuple[float, float] | None = field(default=None, compare=False)
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> AgentConfig | None:
@@ -175,11 +183,12 @@ class AgentConfig:
         except ValueError:
             raise ValueError("%s=%r is not a run id (a whole number)" % (RUN_ID, run_id)) from None
         parsed, warnings = _parse(_read(env, _SETTINGS))
-        return _build(data_dir, number, parsed, warnings)
+        return replace(_build(data_dir, number, parsed, warnings), clock_anchor=_anchor(env.get(CLOCK_ANCHOR, "")))
 
     @classmethod
     def for_run(cls, data_dir: str, run_id: int, env: Mapping[str, str],
-                options: Mapping[str, object] | None = None) -> AgentConfig:
+                options: Mapping[str, object] | None = None,
+                clock_anchor: tuple[float, float] | None = None) -> AgentConfig:
         """The config of a new run: ``options`` decide, the tuning variables of ``env`` are kept.
 
         What ``bilge run`` has an option for (:data:`OPTIONS`) is decided by
@@ -195,6 +204,7 @@ class AgentConfig:
             options: setting name -> value (typed, or text as in a
                 variable); None values count as missing. A bad value keeps the
                 default and is listed in ``warnings``, as are bad variables.
+            clock_anchor: the run's (wall, monotonic) anchor.
 
         Raises:
             KeyError: an option that is not a setting (a bug of the caller).
@@ -206,7 +216,7 @@ class AgentConfig:
             if value is not None:
                 values[name] = (name, value)
         parsed, warnings = _parse(values)
-        return _build(data_dir, run_id, parsed, warnings)
+        return replace(_build(data_dir, run_id, parsed, warnings), clock_anchor=clock_anchor)
 
     def to_environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """The ``BILGE_*`` variables that carry this config (settings left at their default are not written).
@@ -219,6 +229,8 @@ class AgentConfig:
         env = {name: value for name, value in (base or {}).items() if name not in VARIABLES}
         env[DATA_DIR] = self.data_dir
         env[RUN_ID] = str(self.run_id)
+        if self.clock_anchor is not None:
+            env[CLOCK_ANCHOR] = "%r:%r" % self.clock_anchor
         for name, value in _flatten(self).items():
             if value != _DEFAULTS[name]:
                 env[variable(name)] = _render(value)
@@ -299,7 +311,7 @@ _RECYCLE_SETTINGS = tuple(name for name in _SETTINGS if name == "recycle" or nam
 #: ``cpu_share``, ``--budget-slowed-per-hour`` is ``slowed_per_hour``).
 OPTIONS = frozenset({"show_values", "explain", "cpu_share", "slowed_per_hour", *_RECYCLE_SETTINGS})
 #: Every variable this module reads or writes.
-VARIABLES = frozenset({DATA_DIR, RUN_ID, *(variable(name) for name in _SETTINGS)})
+VARIABLES = frozenset({DATA_DIR, RUN_ID, CLOCK_ANCHOR, *(variable(name) for name in _SETTINGS)})
 
 
 def _read(env: Mapping[str, str], names: Iterable[str]) -> dict[str, tuple[str, object]]:
@@ -319,6 +331,16 @@ def _parse(values: Mapping[str, tuple[str, object]]) -> tuple[dict[str, Any], li
             warnings.append("%s ignored: %s; using the default (%s)" % (
                 label, exc, "none" if default is None else _render(default)))
     return parsed, warnings
+
+
+def _anchor(text: str) -> tuple[float, float] | None:
+    """``wall:monotonic`` as written by ``to_environment``; anything else: None (the process anchors itself)."""
+    wall, _, mono = text.partition(":")
+    try:
+        at = (float(wall), float(mono))
+    except ValueError:
+        return None
+    return at if all(math.isfinite(v) for v in at) else None
 
 
 def _policy(parsed: Mapping[str, Any]) -> RecyclePolicy:

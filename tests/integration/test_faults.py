@@ -21,6 +21,7 @@ so, rather than skip.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -39,7 +40,7 @@ import pytest
 from support.bilge_data import DB_NAME, integrity_check, tasks_recorded
 from support.billing_run import BillingSetup, run_billing
 from support.brokers import producer_app, send_all, unique_queue
-from support.jobs import billing_env, billing_jobs, executions
+from support.jobs import RENDER_STATEMENT, billing_env, billing_jobs, executions
 from support.workers import BILGE, Launcher, Worker, celery_command, worker_environment
 
 pytestmark = pytest.mark.integration
@@ -437,3 +438,60 @@ def test_a_very_slow_disk_never_slows_a_task(launcher: Launcher, redis_db: Any, 
     on_task_thread = Counter((pid, call) for pid, tid, call in by_children if pid == tid)
     assert not on_task_thread, "disk calls on a pool child's task thread while serving: %s" % dict(on_task_thread)
     assert integrity_check(data_dir) == "ok"
+
+
+@pytest.fixture
+def wall_clock() -> Iterator[Any]:
+    """Steps this machine's wall clock (CLOCK_REALTIME, as an NTP step or an operator's `date -s` would; the
+    monotonic clock does not move), and puts it back right after, whatever happens. Needs root (CI has it)."""
+    anchor_wall, anchor_mono = time.time(), time.monotonic()
+
+    def step(offset: float) -> None:
+        time.clock_settime(time.CLOCK_REALTIME, anchor_wall + (time.monotonic() - anchor_mono) + offset)
+
+    try:
+        step(0.0)
+    except PermissionError as exc:
+        pytest.fail("stepping the wall clock needs root (CI has it): %s" % exc)
+    try:
+        yield step
+    finally:
+        step(0.0)
+
+
+def test_wall_clock_steps_back_and_forward_leave_the_diagnosis_whole(launcher: Launcher, redis_db: Any,
+                                                                     artifacts: Path, wall_clock: Any) -> None:
+    """The wall clock steps back an hour after 300 recorded tasks and forward an hour past the truth after
+    1500: every job runs exactly once, every process's samples and tasks stay in time order in the store, the
+    run ends after it starts, and the leak is still found in billing.render_statement."""
+    jobs = billing_jobs(4000, seed=53)
+    queue = unique_queue("fault-clock")
+    setup = BillingSetup(producer_app(redis_db.url, queue), redis_db.url, redis_db.client, redis_db.url, queue)
+    data_dir = artifacts / "data"
+
+    def jump(worker: Worker) -> None:
+        worker.wait_for(lambda: tasks_recorded(data_dir) >= 300, 120, "300 tasks recorded")
+        wall_clock(-3600.0)
+        worker.wait_for(lambda: tasks_recorded(data_dir) >= 1500, 120, "1500 tasks recorded")
+        wall_clock(+3600.0)
+
+    outcome = run_billing(launcher, setup, jobs, "prefork", 2, data_dir=data_dir, while_running=jump)
+    wall_clock(0.0)
+    assert outcome.exit_code == 0, outcome.worker.log_tail()
+    runs = executions(redis_db.client)
+    assert len(runs) == len(jobs) and set(runs.values()) == {1}
+    conn = sqlite3.connect("file:%s?mode=ro" % (data_dir / DB_NAME), uri=True)
+    try:
+        backwards = {}
+        for table, column in (("samples", "t"), ("tasks", "ended")):
+            rows = conn.execute("SELECT process_id, %s FROM %s ORDER BY process_id, rowid" % (column, table)).fetchall()
+            backwards[table] = sum(1 for a, b in zip(rows, rows[1:]) if a[0] == b[0] and b[1] < a[1])
+        started, ended = conn.execute("SELECT started, ended FROM runs").fetchone()
+    finally:
+        conn.close()
+    assert backwards == {"samples": 0, "tasks": 0}, "readings out of time order: %s" % backwards
+    assert ended > started
+    done = report(data_dir, artifacts, "report.json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["verdict"] == "leak" and result["findings"][0]["task"] == RENDER_STATEMENT, result["reason"]

@@ -45,6 +45,7 @@ from bilge.agent.watch import FULL_READ_TASKS, FdScan, Watch
 from bilge.config import AgentConfig as AgentConfig  # re-exported by bilge.agent
 from bilge.model import STAGE_CENSUS, STAGE_FD_SCAN, STAGE_FLUSH, STAGE_TASK_HOOKS, STAGE_WATCH
 from bilge.samplers import process as proc_sampler
+from bilge.samplers import wallclock
 
 log = logging.getLogger("bilge.agent")
 
@@ -89,7 +90,7 @@ class Agent:
     """
 
     def __init__(self, config: AgentConfig, role: str = "main", parent_id: int | None = None,
-                 store: Store | None = None, clock: Callable[[], float] = time.time,
+                 store: Store | None = None, clock: Callable[[], float] = wallclock.now,
                  monotonic: Callable[[], float] = time.monotonic,
                  thread_clock: Callable[[], float] = time.thread_time) -> None:
         self.config = config
@@ -502,6 +503,7 @@ def start(config: AgentConfig, role: str = "main", parent_id: int | None = None)
     agent = current()
     if agent is not None:
         return agent
+    wallclock.anchor(config.clock_anchor)  # before the first reading: the run's times, whatever the clock does
     agent = Agent(config, role=role, parent_id=parent_id)
     _current.put(agent)
     _install_fork_hooks()

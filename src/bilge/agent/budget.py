@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from bilge.model import BudgetState, StageCost, StageRun
+from bilge.samplers import wallclock
 
 MAX_RUNS = 200
 
@@ -146,7 +147,7 @@ class Meter:
     """Measures the agent thread's own CPU for one piece of work: ``with Meter() as m: ...; m.cpu``."""
 
     def __init__(self, cpu_clock: Callable[[], float] = time.thread_time,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = wallclock.now) -> None:
         self._cpu_clock = cpu_clock
         self._wall_clock = wall_clock
         self.cpu = 0.0

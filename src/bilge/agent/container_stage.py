@@ -17,6 +17,7 @@ from typing import Any
 from bilge.agent.census_stage import WALL_FLOOR
 from bilge.agent.outbox import Outbox
 from bilge.model import ContainerGrowth
+from bilge.samplers import wallclock
 from bilge.samplers.budget import CpuBudget
 from bilge.samplers.containers import ContainerScanner, keeps_pace
 
@@ -96,7 +97,7 @@ class ContainerStage:
             discovery = False
         else:
             return
-        started = time.time()
+        started = wallclock.now()
         counted = self._scanner.counted
         seconds, readings = self._scanner.scan(discovery)
         if self._scanner.counted is not counted:
@@ -110,7 +111,7 @@ class ContainerStage:
             # (its length then is known): one reading sooner to judge it by.
             self._keep(*previous, 0.0, self._scanner.starting)
         if readings:  # none until a container's length has moved
-            ended = time.time()
+            ended = wallclock.now()
             self._keep(ended, tasks, ended - started, readings)
 
     def _keep(self, t: float, tasks: int, seconds: float, readings: tuple[tuple[str, str, int, str], ...]) -> None:

@@ -56,6 +56,7 @@ from bilge.model import (
     StageRun,
 )
 from bilge.samplers import holders as holder_sampler
+from bilge.samplers import wallclock
 from bilge.samplers.allocations import prepare_window
 from bilge.samplers.native_sites import NativeWindow
 from bilge.samplers.sampled_allocations import Episode, SampledAllocations
@@ -141,7 +142,7 @@ class Explain:
     def __init__(self, outbox: Outbox, watch: Watch, census: CensusStage, counts: Counts, budget: Budget,
                  ledger: Ledger, show_values: bool = False,
                  growing_containers: Callable[[], list[str]] = lambda: [],
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = wallclock.now, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._outbox, self._watch, self._census, self._counts = outbox, watch, census, counts
         self.growing_containers = growing_containers
         self._budget, self._ledger = budget, ledger

@@ -20,6 +20,7 @@ from bilge.agent import recycle
 from bilge.agent.census_stage import Counts
 from bilge.agent.outbox import Store
 from bilge.agent.watch import Watch
+from bilge.samplers import wallclock
 
 log = logging.getLogger("bilge.agent")
 
@@ -107,7 +108,7 @@ class Recycler:
             return
         snapshot = self._forensic_snapshot(reason, rss, per_second)
         with self._store_lock:
-            claimed = self._store.claim_recycle(process_id, time.time(), reason, rss, watch.tasks_done, snapshot,
+            claimed = self._store.claim_recycle(process_id, wallclock.now(), reason, rss, watch.tasks_done, snapshot,
                                                 self.policy.min_interval, urgent=reason.startswith("forecast"))
         if claimed:
             self.reason = reason

@@ -12,7 +12,6 @@ bounded: the holder search stops after ``HOLDER_SECONDS``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from bilge.agent.census_stage import MIN_TYPE_GROWTH, CensusStage, Counts
 from bilge.agent.outbox import Outbox
 from bilge.model import GENERIC_TYPES, STAGE_SNAPSHOT, ContainerGrowth, StageRun
 from bilge.samplers import holders as holder_sampler
+from bilge.samplers import wallclock
 
 # Types listed, at most, by count and by growth.
 TOP_TYPES = 15
@@ -54,7 +54,7 @@ class Snapshots:
 
     def __init__(self, outbox: Outbox, census: CensusStage, counts: Counts, ledger: Ledger,
                  tasks_done: Callable[[], int], show_values: bool = False,
-                 clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = wallclock.now,
                  growing_containers: Callable[[], Sequence[ContainerGrowth]] = lambda: ()) -> None:
         self._outbox, self._census, self._counts, self._ledger = outbox, census, counts, ledger
         self._growing_containers = growing_containers

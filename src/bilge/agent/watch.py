@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from bilge.agent.outbox import Outbox
 from bilge.samplers import containers as container_sampler
 from bilge.samplers import process as proc_sampler
+from bilge.samplers import wallclock
 from bilge.samplers.suspicion import MIN_HEAP_GROWTH, Suspicion
 
 # smaps_rollup makes the kernel walk every mapping (1 ms at 50 MB, 15 ms at
@@ -84,7 +85,7 @@ class Watch:
     """
 
     def __init__(self, outbox: Outbox, paused: Callable[[], bool] = lambda: False,
-                 clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = wallclock.now,
                  cpu_clock: Callable[[], float] = time.process_time,
                  thread_clock: Callable[[], float] = time.thread_time) -> None:
         self._outbox = outbox
@@ -277,7 +278,7 @@ class FdScan:
     """
 
     def __init__(self, outbox: Outbox, watch: Watch, min_interval: float = 1.0,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = wallclock.now, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._outbox, self._watch = outbox, watch
         self._min_interval = min_interval
         self._clock, self._monotonic = clock, monotonic

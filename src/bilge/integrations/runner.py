@@ -23,6 +23,7 @@ from typing import Any
 from bilge.config import AgentConfig
 from bilge.errors import BilgeError, CommandError
 from bilge.integrations.monitor import Recorder, RunView
+from bilge.samplers import wallclock
 from bilge.store import sqlite as store
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,7 +165,7 @@ def run(data_dir: str, command: Sequence[str], environ: Mapping[str, str] | None
     run_id = store.start_run(path, shlex.join(argv))
     recorder = Recorder(view, run_id)
     base = os.environ if environ is None else environ
-    config = AgentConfig.for_run(path, run_id, base, options)
+    config = AgentConfig.for_run(path, run_id, base, options, clock_anchor=wallclock.here())
     for warning in config.warnings:
         sys.stderr.write("bilge: warning: %s\n" % warning)
     env = _with_bootstrap(config.to_environment(base))

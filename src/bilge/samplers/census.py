@@ -22,6 +22,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from bilge.samplers import wallclock
+
 
 @dataclass(frozen=True)
 class CensusResult:
@@ -110,7 +112,7 @@ class Census:
                 mean = float(getattr(cls, "__basicsize__", 16) or 16)
             rows.append((name, count, int(mean * count)))
         del counts, sampled_bytes, sampled_count
-        return CensusResult(t=time.time(), objects=total, duration=time.thread_time() - started, sized=sized,
+        return CensusResult(t=wallclock.now(), objects=total, duration=time.thread_time() - started, sized=sized,
                             types=tuple(_keep_largest(rows, self.max_types)))
 
 

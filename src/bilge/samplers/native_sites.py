@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 from bilge.model import MALLOC, AllocationSite, AllocationWindow
+from bilge.samplers import wallclock
 from bilge.samplers.allocations import owner_of
 
 __all__ = ["NativeWindow", "TRACER"]
@@ -91,7 +91,7 @@ class NativeWindow:
         if self._in_use is None or self.active or self._in_use() is None:
             return False
         self._reset()
-        self._opened = time.time() if began is None else began
+        self._opened = wallclock.now() if began is None else began
         self.active = True
         self.opened += 1
         return True
@@ -122,7 +122,7 @@ class NativeWindow:
         if not self.active:
             return None
         with self._lock:
-            if not self._done and time.time() - self._opened > self.max_seconds:
+            if not self._done and wallclock.now() - self._opened > self.max_seconds:
                 # The tracer is inert from now on and removes itself at its next call event.
                 self._stopped = True
                 self._finish("too few tasks within %.0f s" % self.max_seconds)
@@ -150,7 +150,7 @@ class NativeWindow:
             sites = tuple(AllocationSite(file=file, line=line, size=size, count=count, owner=owner_of(file),
                                          traceback=self._stacks.get((file, line), ("%s:%d" % (file, line),)))
                           for size, count, (file, line) in ranked)
-        result = AllocationWindow(started=self._opened, ended=time.time(), tasks=max(0, self._tasks),
+        result = AllocationWindow(started=self._opened, ended=wallclock.now(), tasks=max(0, self._tasks),
                                   status=self._status, peak_memory=0, sites=sites, tracer=TRACER)
         self._kept, self._pending, self._stacks, self._user_code = {}, {}, {}, {}
         self._frame = None

@@ -53,6 +53,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from bilge.model import AllocationSite, AllocationWindow, TypeSite
+from bilge.samplers import wallclock
 from bilge.samplers.allocations import (
     innermost_user_frame,
     is_own,
@@ -116,7 +117,7 @@ class SampledAllocations:
     def __init__(self, episodes: int = 16, min_episodes: int = 3, max_seconds: float = 600.0,
                  max_episode_seconds: float = 1.0, gap_tasks: int = 3, max_sites: int = 10,
                  join_seconds: float = 0.01, max_memory: int = 32 << 20,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = wallclock.now) -> None:
         self.episodes = episodes
         self.min_episodes = min_episodes
         self.max_seconds = max_seconds

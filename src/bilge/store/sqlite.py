@@ -39,6 +39,7 @@ from bilge.model import (
     TaskRecord,
     TypeSite,
 )
+from bilge.samplers import wallclock
 from bilge.store import schema
 from bilge.store.salvage import Salvage, salvage
 
@@ -152,7 +153,7 @@ def start_run(data_dir: str, command: str) -> int:
             _check_version(conn, path)
             cur = conn.execute(
                 "INSERT INTO runs (started, command, hostname) VALUES (?, ?, ?)",
-                (time.time(), command, socket.gethostname()),
+                (wallclock.now(), command, socket.gethostname()),
             )
             return int(cur.lastrowid or 0)
         finally:
@@ -175,7 +176,8 @@ def end_run(data_dir: str, run_id: int, exit_code: int) -> None:
     with _translated("updating store", path):
         conn = schema.connect(path)
         try:
-            conn.execute("UPDATE runs SET ended = ?, exit_code = ? WHERE id = ?", (time.time(), exit_code, run_id))
+            conn.execute("UPDATE runs SET ended = ?, exit_code = ? WHERE id = ?", (wallclock.now(), exit_code,
+                                                                                    run_id))
         finally:
             conn.close()
 

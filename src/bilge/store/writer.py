@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bilge.model import BudgetState, StageCost, StageRun
+from bilge.samplers import wallclock
 from bilge.store import schema
 
 SampleRow = tuple[Any, ...]
@@ -57,7 +57,7 @@ class StoreWriter:
         conn.execute(
             "INSERT INTO processes (run_id, pid, ppid, parent_id, role, started, argv, python) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (self.run_id, pid, ppid, parent_id, role, time.time(), argv, _python_version()),
+            (self.run_id, pid, ppid, parent_id, role, wallclock.now(), argv, _python_version()),
         )
         return int(conn.lastrowid or 0)
 
