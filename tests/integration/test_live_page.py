@@ -31,6 +31,18 @@ needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium: apt-get update && apt-get install -y chromium")
 
 
+def screenshot(url: str, artifacts: Path, name: str, size: str) -> tuple[list[bytes], int]:
+    """The page at ``url`` in a ``size`` ("width,height") window, kept as ``name`` in the artifacts: its pixel
+    rows and bytes per pixel, once Chromium took it without a console problem at exactly that size."""
+    shot = artifacts / name
+    taken = chromium(url, artifacts / "profile", "--screenshot=%s" % shot, "--window-size=%s" % size,
+                     "--hide-scrollbars", "--virtual-time-budget=3000")
+    assert taken.returncode == 0 and console_problems(taken.stderr) == [], taken.stderr
+    width, height, rows, bpp = png_pixels(shot)
+    assert (width, height) == tuple(int(n) for n in size.split(","))
+    return rows, bpp
+
+
 def tasks_now(dom: str) -> int:
     """The tasks the live processes ran, as the page's "Processes now" table shows them."""
     return sum(int(n.replace(",", "")) for n in re.findall(r'<td class="num tasks-now">([\d,]+)</td>', dom))
@@ -80,12 +92,7 @@ def test_live_page_refreshes_itself_while_the_worker_runs(launcher: Launcher, re
 
     # At a phone's width the charts scale down to a third, and their 2-px lines mostly blend into the background.
     for name, size, lines in (("live-1280.png", "1280,1800", 100), ("live-phone.png", "390,6000", 40)):
-        shot = artifacts / name
-        taken = chromium(url, artifacts / "profile", "--screenshot=%s" % shot, "--window-size=%s" % size,
-                         "--hide-scrollbars", "--virtual-time-budget=3000")
-        assert taken.returncode == 0 and console_problems(taken.stderr) == [], taken.stderr
-        width, height, rows, bpp = png_pixels(shot)
-        assert (width, height) == tuple(int(n) for n in size.split(","))
+        rows, bpp = screenshot(url, artifacts, name, size)
         assert count_colour(rows, bpp, RSS_BLUE) > lines, "%s: no memory chart on screen" % name
 
     # The fleet page over this node and one that is down: it lists both, follows the worker without a reload
@@ -107,12 +114,7 @@ def test_live_page_refreshes_itself_while_the_worker_runs(launcher: Launcher, re
         after = chromium(fleet_url, artifacts / "profile", "--dump-dom", "--virtual-time-budget=6000")
         assert after.returncode == 0 and tasks_now(after.stdout) > tasks_now(before.stdout), "the fleet page is stale"
         for name, size in (("fleet-1280.png", "1280,1000"), ("fleet-phone.png", "390,2400")):
-            shot = artifacts / name
-            taken = chromium(fleet_url, artifacts / "profile", "--screenshot=%s" % shot, "--window-size=%s" % size,
-                             "--hide-scrollbars", "--virtual-time-budget=2000")
-            assert taken.returncode == 0 and console_problems(taken.stderr) == [], taken.stderr
-            width, height, rows, bpp = png_pixels(shot)
-            assert (width, height) == tuple(int(n) for n in size.split(","))
+            rows, bpp = screenshot(fleet_url, artifacts, name, size)
             badges = sum(count_colour(rows, bpp, colour) for colour in VERDICT_COLOURS)
             assert badges > 200, "%s: no verdict badge on screen" % name
     assert fleet.returncode == 0, fleet.stderr

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import functools
 import json
-import signal
-import threading
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import click
 
 from bilge.cli.run import address, warn_if_wide
+from bilge.cli.serve import serve_until_stopped
 
 if TYPE_CHECKING:
     from bilge.integrations.fleet import Fleet
@@ -70,19 +69,8 @@ def fleet(nodes: tuple[str, ...], prometheus: str | None, token: str | None, htt
                          "node's `bilge run --http` address" % prometheus)
     warn_if_wide(host, port, http_token, "the fleet page")
     server = FleetServer(read, host, port, token=http_token or None)
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    server.start()
-    click.echo("bilge: serving the fleet page of %d nodes on http://%s/ (Ctrl-C to stop)"
-               % (len(first.nodes), server.address), err=True)
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        server.close()
-    return 0
+    return serve_until_stopped(server, "serving the fleet page of %d nodes on http://%s/ (Ctrl-C to stop)"
+                               % (len(first.nodes), server.address))
 
 
 def _from_nodes(urls: list[str], token: str | None) -> Fleet:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Any
 
 import click
 
@@ -33,11 +34,16 @@ def serve(data_dir: str, run_id: int | None, http: str, http_token: str | None) 
     host, port = address(http)
     run = store.load_run(data_dir, run_id)  # a missing or unreadable store fails here, in one line
     server = monitor_server(RunView(data_dir, run_id=run.run.id, record=False), host, port, http_token)
+    return serve_until_stopped(server, "serving run %d of %s on http://%s/ (Ctrl-C to stop)"
+                               % (run.run.id, data_dir, server.address))
+
+
+def serve_until_stopped(server: Any, saying: str) -> int:
+    """Start ``server``, say ``saying`` on stderr, serve until Ctrl-C or SIGTERM, close it; exit code 0."""
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
-    click.echo("bilge: serving run %d of %s on http://%s/ (Ctrl-C to stop)" % (run.run.id, data_dir, server.address),
-               err=True)
+    click.echo("bilge: " + saying, err=True)
     try:
         stop.wait()
     except KeyboardInterrupt:
