@@ -181,7 +181,8 @@ def test_the_worker_serves_every_task_whatever_happens_to_its_data_dir(
     else:  # deleted: said in one line
         assert done.returncode == 2 and done.stderr.startswith("bilge: error: ") and not done.stdout
     if fault == "locked":
-        assert tasks_recorded(data_dir) > 300
+        # The flushes that failed while it was locked left their task rows for the next: none is missing.
+        assert tasks_recorded(data_dir) == len(JOBS)
     if done.returncode == 0:
         (artifacts / "agent-errors.txt").write_text("\n".join("%s: %s" % e for e in agent_errors(data_dir)))
 

@@ -407,10 +407,16 @@ class Agent:
             rows = self.outbox.drain()
             runs = self.ledger.drain_runs()
             if any(rows[k] for k in rows) or runs or final:
-                self.store.flush(self.process_id, ended=self._clock() if final else None,
-                                 stage_costs=self.ledger.totals(), stage_runs=runs,
-                                 budget=self.budget.state(self._clock()), gc_stats=proc_sampler.gc_generations(),
-                                 **rows)
+                try:
+                    self.store.flush(self.process_id, ended=self._clock() if final else None,
+                                     stage_costs=self.ledger.totals(), stage_runs=runs,
+                                     budget=self.budget.state(self._clock()),
+                                     gc_stats=proc_sampler.gc_generations(), **rows)
+                except Exception:
+                    # The store is busy, full or gone for now, and the flush rolled back: its task rows and samples
+                    # wait for the next one, within the buffers' bounds (past them they are dropped and counted).
+                    self.outbox.requeue(rows["tasks"], rows["samples"])
+                    raise
         finally:
             self._store_lock.release()
 

@@ -224,6 +224,13 @@ class Outbox:
         if len(self.errors) < 100:
             self.errors.append((t, source, message))
 
+    def requeue(self, tasks: Sequence[tuple[Any, ...]], samples: Sequence[tuple[Any, ...]]) -> None:
+        """Put back the task rows and samples of a flush that failed, for the next one (rows are ``drain``'s)."""
+        for row in tasks:
+            self.add_task(*row)
+        for sample in samples:
+            self._bounded(self.samples, sample)
+
     def _bounded(self, buffer: deque[tuple[Any, ...]], row: tuple[Any, ...]) -> None:
         if len(buffer) >= self.limit:
             self.dropped_samples += 1

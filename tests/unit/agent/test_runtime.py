@@ -198,6 +198,38 @@ def test_a_store_that_fails_at_the_final_flush_never_raises_into_the_host(
         agent.store.close()  # type: ignore[attr-defined]
 
 
+def test_the_rows_of_a_failed_flush_wait_for_the_next_one(
+    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch, wait_for: Callable[..., bool]
+) -> None:
+    """A store locked (or full) for one flush loses no task row: they go in with the next flush, in order."""
+    agent = Agent(fast_config(store))
+    agent.start()
+    try:
+        assert wait_for(lambda: agent.process_id is not None)
+        real = agent.store.flush
+        failures = [sqlite3.OperationalError("database is locked")]
+
+        def busy_once(*args: object, **kwargs: object) -> None:
+            if failures:
+                raise failures.pop()
+            real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(agent.store, "flush", busy_once)
+        for i in range(20):
+            agent.task_started(i, "shop.before")
+            agent.task_finished(i)
+        with pytest.raises(sqlite3.OperationalError):
+            agent.flush()
+        for i in range(20, 30):
+            agent.task_started(i, "shop.after")
+            agent.task_finished(i)
+        agent.stop()
+    finally:
+        agent.store.close()  # type: ignore[attr-defined]
+    (proc,) = stored(store).processes
+    assert [t.name for t in proc.tasks] == ["shop.before"] * 20 + ["shop.after"] * 10
+
+
 def test_agent_without_a_store_does_not_crash(tmp_path: Path, wait_for: Callable[..., bool]) -> None:
     """No database in the data dir: the thread records the failure and ends; the host keeps running."""
     agent = Agent(AgentConfig(data_dir=str(tmp_path), run_id=1, sample_interval=0.02))
