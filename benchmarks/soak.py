@@ -185,6 +185,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds one run may take")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain run (no overhead figure)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "soak.json"))
+    ap.add_argument("--keep", metavar="DIR", default=None, help="keep the bilge run's data dir and logs here")
     args = ap.parse_args()
     work = jobs(args.tasks)
     folder = tempfile.mkdtemp(prefix="bilge-soak-")
@@ -193,6 +194,8 @@ def main() -> int:
         if not args.no_plain:
             runs.append(run(args, work, False, folder))
         shutil.copy(os.path.join(folder, "report.json"), args.out.replace(".json", "-report.json"))
+        if args.keep:
+            shutil.copytree(folder, args.keep, dirs_exist_ok=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     result: dict[str, Any] = {"args": vars(args), "runs": runs}
