@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -177,15 +178,24 @@ def test_task_hooks_never_raise_into_the_host(
     assert proc.tasks == ()
 
 
+@contextmanager
+def registered(store: tuple[str, int], wait_for: Callable[..., bool]) -> Iterator[Agent]:
+    """A started agent whose process is registered in the store; its store is closed after (stop it inside)."""
+    agent = Agent(fast_config(store))
+    agent.start()
+    try:
+        assert wait_for(lambda: agent.process_id is not None)
+        yield agent
+    finally:
+        agent.store.close()  # type: ignore[attr-defined]
+
+
 def test_a_store_that_fails_at_the_final_flush_never_raises_into_the_host(
     store: tuple[str, int], monkeypatch: pytest.MonkeyPatch, wait_for: Callable[..., bool]
 ) -> None:
     """stop() runs in the host's shutdown hooks: a full disk there is contained (a Celery child would log a
     traceback for its worker_process_shutdown handler)."""
-    agent = Agent(fast_config(store))
-    agent.start()
-    try:
-        assert wait_for(lambda: agent.process_id is not None)
+    with registered(store, wait_for) as agent:
         agent.task_started("k", "shop.task")
         agent.task_finished("k")
 
@@ -194,18 +204,13 @@ def test_a_store_that_fails_at_the_final_flush_never_raises_into_the_host(
 
         monkeypatch.setattr(agent.store, "flush", full)
         agent.stop()  # must not raise
-    finally:
-        agent.store.close()  # type: ignore[attr-defined]
 
 
 def test_the_rows_of_a_failed_flush_wait_for_the_next_one(
     store: tuple[str, int], monkeypatch: pytest.MonkeyPatch, wait_for: Callable[..., bool]
 ) -> None:
     """A store locked (or full) for one flush loses no task row: they go in with the next flush, in order."""
-    agent = Agent(fast_config(store))
-    agent.start()
-    try:
-        assert wait_for(lambda: agent.process_id is not None)
+    with registered(store, wait_for) as agent:
         real = agent.store.flush
         failures = [sqlite3.OperationalError("database is locked")]
 
@@ -224,8 +229,6 @@ def test_the_rows_of_a_failed_flush_wait_for_the_next_one(
             agent.task_started(i, "shop.after")
             agent.task_finished(i)
         agent.stop()
-    finally:
-        agent.store.close()  # type: ignore[attr-defined]
     (proc,) = stored(store).processes
     assert [t.name for t in proc.tasks] == ["shop.before"] * 20 + ["shop.after"] * 10
 
