@@ -102,12 +102,19 @@ def run(args: argparse.Namespace, work: list[tuple[str, int]], under_bilge: bool
     proc = subprocess.Popen(command, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     out: dict[str, Any] = {"mode": "bilge" if under_bilge else "plain"}
+    # Each pool child's RSS every few seconds, read from outside (psutil) in both runs alike.
+    rss: dict[int, list[tuple[float, int]]] = {}
+    next_look = 0.0
     try:
         while results.hlen("completed") < len(work):
             if proc.poll() is not None:
                 raise SystemExit("the worker exited early (%s); see %s" % (proc.returncode, log.name))
             if time.monotonic() - started > args.timeout:
                 raise SystemExit("timed out: %d of %d jobs completed" % (results.hlen("completed"), len(work)))
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + 5.0
+                for pid, value in pool_rss(proc.pid, under_bilge).items():
+                    rss.setdefault(pid, []).append((round(time.monotonic() - started, 1), value))
             time.sleep(0.5)
         out["seconds"] = round(time.monotonic() - started, 1)
         out["jobs_per_second"] = round(len(work) / out["seconds"], 1)
@@ -139,9 +146,40 @@ def run(args: argparse.Namespace, work: list[tuple[str, int]], under_bilge: bool
     out["completed_twice_or_more"] = sum(1 for c in counts if c > 1)
     out["never_completed"] = len(work) - len(completed)
     out["flaky_executions"] = sum(int(v) for v in results.hgetall("executions").values())
+    out["pool_rss"] = {str(pid): points for pid, points in rss.items()}
     if under_bilge:
         out.update(store_facts(data, args.leak, out["seconds"]))
     return out
+
+
+def pool_rss(pid: int, under_bilge: bool) -> dict[int, int]:
+    """RSS of each pool child of the worker started as ``pid`` (``bilge run``'s child is Celery's main process)."""
+    import psutil
+
+    try:
+        main = psutil.Process(pid)
+        if under_bilge:
+            main = main.children()[0]
+        return {c.pid: c.memory_info().rss for c in main.children()}
+    except (psutil.Error, IndexError):
+        return {}
+
+
+def rss_table(run: dict[str, Any]) -> list[str]:
+    """Per pool child seen for at least 60 s: RSS at 25 %, 50 % and 100 % of its observed life, in MiB."""
+    lines = []
+    for pid, points in sorted(run["pool_rss"].items()):
+        if len(points) < 3 or points[-1][0] - points[0][0] < 60:
+            continue
+        first, last = points[0][0], points[-1][0]
+
+        def at(share: float, points: list[Any] = points, first: float = first, last: float = last) -> float:
+            when = first + share * (last - first)
+            return next(v for t, v in points if t >= when) / 2**20
+
+        lines.append("| %s | %s | %.0f-%.0f s | %.1f | %.1f | %.1f | %+.1f |" % (
+            run["mode"], pid, first, last, at(0.25), at(0.5), at(1.0), at(1.0) - at(0.25)))
+    return lines
 
 
 def store_facts(data: str, leak: int, seconds: float) -> dict[str, Any]:
@@ -211,6 +249,10 @@ def main() -> int:
     for c in runs[0].get("children", []):
         print("| %(pid)d | %(tasks)d | %(leaky_calls)d | %(rss_first)d | %(rss_after_warmup)d | %(rss_last)d | "
               "%(fed_after_warmup)d | %(beyond_leak_after_warmup)d |" % c)
+    print("\n| run | pool child | seen | RSS at 25 % (MiB) | at 50 % | at the end | end - 25 % |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for run_ in runs:
+        print("\n".join(rss_table(run_)))
     if len(runs) == 2:
         print("\nthroughput bilge/plain: %.3f (%s vs %s jobs/s)" % (result["throughput_bilge_over_plain"],
                                                                      runs[0]["jobs_per_second"],

@@ -37,8 +37,12 @@ def holder_for(type_name: str | None, groups: Sequence[Sequence[Holder]],
         # Python container holds them at all: then say that (held from C).
         from_c = [h for h in found if held_from_c(h)]
         return max(from_c, key=lambda h: (h.targets, h.t)) if from_c else None
-    pool = grew or found
-    return max(pool, key=lambda h: (h.targets, h.t)) if pool else None
+    if grew:
+        # The path that gained the most between searches: a big static table whose sampled count wobbles
+        # (390, then 408) also "held more", by less than what the leak adds.
+        gains = gained(per_process)
+        return max(grew, key=lambda h: (gains.get(id(h), 0), h.targets, h.t))
+    return max(found, key=lambda h: (h.targets, h.t)) if found else None
 
 
 # A container holding many more objects of a type than the type grew by
@@ -90,24 +94,26 @@ def runs_through(path: str, other: str) -> bool:
     return len(path) > len(other) and path.startswith(other) and path[len(other)] in "[.-{ <"
 
 
-def growing(groups: Sequence[Sequence[Holder]]) -> list[Holder]:
-    """Holders whose path held more targets at a later search of the same process (one group per process).
-
-    A path rooted at a C-held registry (``<atexit callbacks>…``) grows by
-    construction: the search names a registry only when it grew since the
-    previous look.
-    """
-    out = []
+def gained(groups: Sequence[Sequence[Holder]]) -> dict[int, int]:
+    """By ``id`` of each holder: how much more its path held than at its first search in the same process
+    (targets, or the container's length when targets are sampled, whichever gained more). A path rooted at a
+    C-held registry (``<atexit callbacks>…``) gained all it holds: the search names a registry only when it
+    grew since the previous look."""
+    gains: dict[int, int] = {}
     for holders in groups:
-        out += [h for h in holders if _held_by_c_registry(h)]
         first_seen: dict[tuple[str, str], Holder] = {}
         for h in sorted(holders, key=lambda h: h.t):
-            first_seen.setdefault((h.type, h.path), h)
-        # Targets are a lower bound (bulk containers are sampled), so the
-        # growing container's own length counts too.
-        out += [h for h in holders if h.targets > first_seen[(h.type, h.path)].targets
-                or (h.container_len or 0) > (first_seen[(h.type, h.path)].container_len or 0)]
-    return out
+            first = first_seen.setdefault((h.type, h.path), h)
+            gains[id(h)] = h.targets if _held_by_c_registry(h) else max(
+                h.targets - first.targets, (h.container_len or 0) - (first.container_len or 0))
+    return gains
+
+
+def growing(groups: Sequence[Sequence[Holder]]) -> list[Holder]:
+    """Holders whose path held more at a later search of the same process (one group per process), and those
+    rooted at a C-held registry (see ``gained``)."""
+    gains = gained(groups)
+    return [h for holders in groups for h in holders if gains[id(h)] > 0]
 
 
 def from_container(g: ContainerGrowth, type_name: str) -> Holder:

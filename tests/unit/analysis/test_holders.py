@@ -49,3 +49,20 @@ def test_a_path_inside_a_growing_container_holds_the_type_before_a_bigger_one_se
     kept = cell("app._RECENT_FAILURES[...]->traceback.tb_frame.f_back->cell", 29)
     assert holder_for("cell", [[static, kept]]) == static  # nothing else to go by: the most-sampled
     assert holder_for("cell", [[static, kept]], ["app._RECENT_FAILURES"]) == kept
+
+
+def test_the_holder_is_the_path_that_gained_most_not_a_bigger_table_whose_sample_wobbled() -> None:
+    """Seen in a fleet test's CI run (a child's first two holder searches): the archive the leak fills went 214 ->
+    324 dicts while typing's overload registry, a static table whose sampled count wobbles, went 390 -> 408.
+    Both "held more at a later search"; the archive gained 110, the registry 18 (sampling noise): the archive."""
+    def h(t: float, path: str, kind: str, length: int, targets: int) -> Holder:
+        return Holder(t=t, started=t - 0.6, type="dict", path=path, root_kind="module-global", container_type=kind,
+                      container_len=length, targets=targets)
+
+    first = [h(30.0, "apps.billing._STATEMENT_ARCHIVE[...][...][...]", "dict", 220, 868),
+             h(30.0, "typing._overload_registry[...][...]", "collections.defaultdict", 362, 390),
+             h(30.0, "apps.billing._STATEMENT_ARCHIVE[...]", "dict", 220, 214)]
+    second = [h(32.2, "typing._overload_registry[...][...]", "collections.defaultdict", 362, 408),
+              h(32.2, "apps.billing._STATEMENT_ARCHIVE[...]", "dict", 324, 324)]
+    holder = holder_for("dict", [first + second])
+    assert holder is not None and holder.path == "apps.billing._STATEMENT_ARCHIVE[...]"
