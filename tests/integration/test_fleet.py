@@ -51,7 +51,9 @@ def test_status_lists_every_node_with_processes_verdict_and_memory(
         done = celery_bilge(env, "status", "--format", "json", "--timeout", "3")
         nodes = {k: v for k, v in json.loads(done.stdout or "{}").get("nodes", {}).items()
                  if k.split("@")[0] + "@" in ours | {bare + "@"}}
-        if len(nodes) == 4 and all(v["status"] == "ok" for k, v in nodes.items() if not k.startswith(bare)):
+        # ... and their agents flush every few seconds: wait until the store shows the tasks too.
+        if len(nodes) == 4 and all(v["status"] == "ok" for k, v in nodes.items() if not k.startswith(bare)) and sum(
+                p["tasks"] for v in nodes.values() for p in v["processes"]) > 0:
             break
         time.sleep(1)
     (artifacts / "status.json").write_text(json.dumps(nodes, indent=2))
@@ -141,9 +143,12 @@ def test_the_same_leak_has_one_signature_on_every_node_and_across_a_restart(
     send_all(producer, billing_jobs(6000, seed=37), queue)
 
     def found_again() -> bool:
+        # Held by the archive, as the first run found it: a diagnosis made right after the restarted child's
+        # first holder search can name a static table from that one sample (seen once in CI: a wcwidth table,
+        # another signature; recorded for issue 9), and the next diagnosis replaces it.
         nonlocal nodes, groups
         nodes, groups = _fleet_findings(base, {names[0]})
-        return any(_held(n, RENDER_STATEMENT) for n in nodes.values())
+        return any("_STATEMENT_ARCHIVE" in f["holder"] for n in nodes.values() for f in _held(n, RENDER_STATEMENT))
 
     restarted.wait_for(found_again, 300, lambda: "findings after the restart: %s" % json.dumps(nodes)[:3000],
                        interval=3)
