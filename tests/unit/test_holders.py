@@ -77,6 +77,20 @@ def test_module_global_dict_is_named_with_its_module(app: types.ModuleType) -> N
     assert best == HolderPath(MODULE + ".Order", MODULE + "._ORDERS[...]", "module-global", "dict", 300, 300, 2)
 
 
+def test_a_modules_own_globals_and_namespaces_are_never_holders(app: types.ModuleType) -> None:
+    """A module whose globals are 40 dict tables does not hold "40 dicts" (the path would name only the first,
+    often ``__builtins__``: seen in CI as ``wcwidth.table_overrides.__builtins__``), and no module or function
+    holds builtins' namespace: the dicts that grow are the ones in ``_SESSIONS``."""
+    for i in range(40):
+        setattr(app, "TABLE_%d" % i, {"k": i})
+    for i in range(30):
+        app._SESSIONS[i] = {"session": i}
+    result = find_holders(["dict"], max_paths_per_type=50)
+    texts = [p.path for p in paths_of(result, "dict")]
+    assert MODULE + "._SESSIONS[...]" in texts
+    assert not [t for t in texts if t.startswith(MODULE + ".TABLE_") or t.endswith("__builtins__")], texts
+
+
 def test_class_attribute_list_is_named_from_the_class(app: types.ModuleType) -> None:
     """A list in a class attribute is named ``module.Class.attr[...]`` with root kind class-attribute."""
     app.AuditLog.entries.extend(app.AuditEntry() for _ in range(200))

@@ -7,8 +7,10 @@ answers from a table instead of diagnosing in the worker's main process,
 and the next run in the same data dir can tell a new leak from a known one.
 
 It diagnoses when something asks (``/metrics`` and ``/health``), while a
-live process is suspect (the agent's own trend test fired), every
-``QUIET_EVERY`` seconds otherwise, never more often than ``DIAGNOSE_EVERY``
+live process is suspect (the agent's own trend test fired), when an agent
+stored new explain evidence (a holder search, an allocation window: the
+recorded holder of a finding is the latest evidence's, not the first
+search's), every ``QUIET_EVERY`` seconds otherwise, never more often than ``DIAGNOSE_EVERY``
 seconds or ``COST_RATIO`` times what the last diagnosis took, and once
 more when the command has exited. A diagnosis that fails is reported once on stderr
 and never stops the supervisor or the worker.
@@ -115,18 +117,28 @@ class RunView:
 
 def suspect(data_dir: str, run_id: int) -> bool:
     """Whether a live process of the run is suspect now (one indexed query, no diagnosis)."""
+    return news(data_dir, run_id)[0]
+
+
+def news(data_dir: str, run_id: int) -> tuple[bool, tuple[int, int]]:
+    """Whether a live process of the run is suspect now, and a mark of the explain evidence stored so far (the
+    newest holder path's and window's row ids: it changes when an agent stores a search or a window). Three
+    indexed queries, no diagnosis."""
     conn = sqlite3.connect("file:%s?mode=ro" % store.db_path(data_dir), uri=True,
                            timeout=schema.BUSY_TIMEOUT_MS / 1000)
     try:
         row = conn.execute("SELECT 1 FROM processes WHERE run_id = ? AND ended IS NULL AND suspect = 1 LIMIT 1",
                            (run_id,)).fetchone()
+        (holders,) = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM holders").fetchone()
+        (windows,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM windows").fetchone()
     finally:
         conn.close()
-    return row is not None
+    return row is not None, (holders, windows)
 
 
 class Recorder:
-    """Records the run's findings while it runs (when a process is suspect) and once at its end."""
+    """Records the run's findings while it runs (when a process is suspect or new evidence came) and once at its
+    end."""
 
     def __init__(self, view: RunView, run_id: int, every: float = CHECK_EVERY) -> None:
         self.view = view
@@ -134,6 +146,10 @@ class Recorder:
         self.every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bilge-recorder", daemon=True)
+        # The evidence mark (``news``) the latest diagnosis saw, and the one read since.
+        self._evidence: tuple[int, int] | None = None
+        self._read: tuple[int, int] | None = None
+        self._read_at = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -141,7 +157,14 @@ class Recorder:
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
             # The view redoes its diagnosis only once the last one is old enough.
-            self._diagnose(lambda: self.view.age() >= QUIET_EVERY or suspect(self.view.data_dir, self.run_id))
+            self._diagnose(self._due)
+
+    def _due(self) -> bool:
+        self._read_at = time.time()
+        suspect_now, self._read = news(self.view.data_dir, self.run_id)
+        # A finding recorded right after a process's first holder search names what that one search saw; the
+        # next search (or window) corrects it, and a fleet query reads the record, not a fresh diagnosis.
+        return self.view.age() >= QUIET_EVERY or suspect_now or self._read != self._evidence
 
     def close(self, timeout: float = FINAL_TIMEOUT) -> None:
         """Stop, then diagnose the finished run once, for at most ``timeout`` seconds.
@@ -170,7 +193,11 @@ class Recorder:
     def _diagnose(self, wanted: Callable[[], bool], fresh: bool = False) -> None:
         try:
             if wanted():
+                before = self.view.diagnosed_at
                 self.view.diagnosis(fresh=fresh)
+                if self.view.diagnosed_at != before and self.view.read_at >= self._read_at:
+                    # Only a diagnosis of data read after the mark has seen that evidence.
+                    self._evidence = self._read
         except (BilgeError, sqlite3.Error) as exc:
             self.view.warn_once("diagnose", "cannot diagnose the run for its findings: %s" % exc)
         except Exception as exc:  # noqa: BLE001 - a bug in the analysis must not take the supervisor down

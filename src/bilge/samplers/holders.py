@@ -215,6 +215,16 @@ class _Search:
         self.secondary: set[tuple[int, type]] = set()
         self.kinds: dict[type, int] = {}  # 0 skip, 1 walk, 2 walk and count as target
         self.own: set[int] = set()  # ids of objects no path may go through: ours, bilge's
+        # ids of the modules' namespaces: never targets. Every module and
+        # function refers to builtins' namespace (``__builtins__``), every
+        # function to its module's (``__globals__``): when dicts grow, each
+        # would hold "a dict" of its own.
+        self.namespaces: set[int] = set()
+        # Node indexes of those namespaces: never holders either. A module's
+        # globals of the type (wcwidth.table_overrides' 44 dict tables) are
+        # that many names, not a container that grows with the calls, and the
+        # path would name only the first of them.
+        self.namespace_nodes: set[int] = set()
 
     def release(self) -> None:
         """Drop every reference to inspected objects."""
@@ -225,6 +235,8 @@ class _Search:
         self.roots.clear()
         self.seen.clear()
         self.kinds.clear()
+        self.namespaces.clear()
+        self.namespace_nodes.clear()
 
     def index_bytes(self) -> int:
         """What the walk's bookkeeping costs, measured (containers) and estimated (their int keys)."""
@@ -254,11 +266,14 @@ class _Search:
             namespace = getattr(module, "__dict__", None) if isinstance(module, types.ModuleType) else None
             if type(namespace) is not dict or id(namespace) in self.seen:
                 continue
+            self.namespaces.add(id(namespace))
             if is_own_module(name):
                 self.seen.add(id(namespace))  # never walked, never a path
                 self.own.add(id(namespace))
                 continue
-            self.roots[self._add_node(namespace, -1)] = (name, MODULE_GLOBAL)
+            node = self._add_node(namespace, -1)
+            self.roots[node] = (name, MODULE_GLOBAL)
+            self.namespace_nodes.add(node)
         names = {thread.ident: thread.name for thread in threading.enumerate()}
         frames = sys._current_frames()
         try:
@@ -292,7 +307,7 @@ class _Search:
 
     def _walk(self) -> None:
         nodes, parents, seen, holdings, fanout = self.nodes, self.parents, self.seen, self.holdings, self.fanout
-        samples = self.samples
+        samples, namespaces, namespace_nodes = self.samples, self.namespaces, self.namespace_nodes
         kinds, get_referents = self.kinds, gc.get_referents
         index = 0
         while index < len(nodes):
@@ -301,6 +316,7 @@ class _Search:
             node = nodes[index]
             referents = get_referents(node)
             bulk: dict[type, int] | None = None
+            counts = index not in namespace_nodes
             if len(referents) > fanout and self._is_data(node, index):
                 bulk = {}
             for referent in referents:
@@ -310,7 +326,7 @@ class _Search:
                     kind = self._kind(cls)
                 if kind == 0:
                     continue
-                if kind == 2:
+                if kind == 2 and counts and id(referent) not in namespaces:
                     held = holdings.get((index, cls), 0)
                     if not held:
                         samples[(index, cls)] = referent

@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -23,6 +24,37 @@ def test_close_records_the_final_diagnosis(one_process: tuple[str, int]) -> None
     conn.close()
     assert diagnosed is not None
     assert not suspect(data_dir, run_id)
+
+
+def test_new_evidence_is_diagnosed_and_recorded(one_process: tuple[str, int], monkeypatch: pytest.MonkeyPatch,
+                                                wait_for: Callable[..., bool]) -> None:
+    """A holder search stored after the latest diagnosis is diagnosed at the next check though nothing is suspect
+    (a fleet query reads the recorded findings, and a first search's holder must not stand until QUIET_EVERY);
+    with nothing new, nothing suspect and the diagnosis recent, no check diagnoses."""
+    data_dir, run_id = one_process
+    monkeypatch.setattr("bilge.integrations.monitor.DIAGNOSE_EVERY", 0.0)
+    monkeypatch.setattr("bilge.integrations.monitor.READ_EVERY", 0.0)
+    view = RunView(data_dir)
+    recorder = Recorder(view, run_id, every=0.05)
+    recorder.start()
+    try:
+        assert wait_for(lambda: view.diagnosed_at > 0, 10)  # the first check: evidence never seen
+        first = view.diagnosed_at
+        time.sleep(0.5)
+        assert view.diagnosed_at == first
+        conn = sqlite3.connect(db_path(data_dir))
+        with conn:
+            (process_id,) = conn.execute("SELECT id FROM processes WHERE run_id = ?", (run_id,)).fetchone()
+            conn.execute("INSERT INTO holders (process_id, t, started, type, path, root_kind, targets) "
+                         "VALUES (?, ?, ?, 'dict', 'app.CACHE[...]', 'module-global', 12)",
+                         (process_id, time.time(), time.time()))
+        conn.close()
+        assert wait_for(lambda: view.diagnosed_at > first, 10)
+        second = view.diagnosed_at
+        time.sleep(0.5)
+        assert view.diagnosed_at == second
+    finally:
+        recorder.close()
 
 
 def test_a_vanished_store_is_warned_about_once(store: tuple[str, int], capsys: pytest.CaptureFixture[str]) -> None:
