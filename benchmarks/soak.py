@@ -102,8 +102,10 @@ def run(args: argparse.Namespace, work: list[tuple[str, int]], under_bilge: bool
     proc = subprocess.Popen(command, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     out: dict[str, Any] = {"mode": "bilge" if under_bilge else "plain"}
-    # Each pool child's RSS every few seconds, read from outside (psutil) in both runs alike.
-    rss: dict[int, list[tuple[float, int]]] = {}
+    # Each pool child's RSS every few seconds, read from outside (psutil) in both runs alike, with the jobs it
+    # had completed by then (soak_app counts them per pid): children compare at equal job counts.
+    rss: dict[int, list[tuple[float, int, int]]] = {}
+    cpu: dict[str, float] = {}  # CPU seconds by process (role:pid), at its last look
     next_look = 0.0
     try:
         while results.hlen("completed") < len(work):
@@ -113,9 +115,12 @@ def run(args: argparse.Namespace, work: list[tuple[str, int]], under_bilge: bool
                 raise SystemExit("timed out: %d of %d jobs completed" % (results.hlen("completed"), len(work)))
             if time.monotonic() >= next_look:
                 next_look = time.monotonic() + 5.0
+                done = {int(k): int(v) for k, v in results.hgetall("per_pid").items()}
+                cpu.update(tree_cpu(proc.pid, under_bilge))
                 for pid, value in pool_rss(proc.pid, under_bilge).items():
-                    rss.setdefault(pid, []).append((round(time.monotonic() - started, 1), value))
+                    rss.setdefault(pid, []).append((round(time.monotonic() - started, 1), value, done.get(pid, 0)))
             time.sleep(0.5)
+        cpu.update(tree_cpu(proc.pid, under_bilge))
         out["seconds"] = round(time.monotonic() - started, 1)
         out["jobs_per_second"] = round(len(work) / out["seconds"], 1)
         if under_bilge:
@@ -147,8 +152,32 @@ def run(args: argparse.Namespace, work: list[tuple[str, int]], under_bilge: bool
     out["never_completed"] = len(work) - len(completed)
     out["flaky_executions"] = sum(int(v) for v in results.hgetall("executions").values())
     out["pool_rss"] = {str(pid): points for pid, points in rss.items()}
+    # Where the run's CPU went, read from outside alike in both runs: the pool children (tasks and, under bilge,
+    # the agent in them), Celery's main process, bilge's supervisor.
+    out["cpu_seconds"] = {role: round(sum(v for k, v in cpu.items() if k.startswith(role + ":")), 1)
+                          for role in ("children", "main", "supervisor")}
+    out["child_cpu_ms_per_job"] = round(1000 * out["cpu_seconds"]["children"] / len(work), 3)
     if under_bilge:
         out.update(store_facts(data, args.leak, out["seconds"]))
+    return out
+
+
+def tree_cpu(pid: int, under_bilge: bool) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the supervisor (under bilge), Celery's main process and each pool
+    child, keyed ``role:pid``."""
+    import psutil
+
+    out: dict[str, float] = {}
+    try:
+        top = psutil.Process(pid)
+        main = top.children()[0] if under_bilge else top
+        if under_bilge:
+            out["supervisor:%d" % top.pid] = sum(top.cpu_times()[:2])
+        out["main:%d" % main.pid] = sum(main.cpu_times()[:2])
+        for child in main.children():
+            out["children:%d" % child.pid] = sum(child.cpu_times()[:2])
+    except (psutil.Error, IndexError):
+        pass
     return out
 
 
@@ -175,11 +204,44 @@ def rss_table(run: dict[str, Any]) -> list[str]:
 
         def at(share: float, points: list[Any] = points, first: float = first, last: float = last) -> float:
             when = first + share * (last - first)
-            return next(v for t, v in points if t >= when) / 2**20
+            return next(p[1] for p in points if p[0] >= when) / 2**20
 
         lines.append("| %s | %s | %.0f-%.0f s | %.1f | %.1f | %.1f | %+.1f |" % (
             run["mode"], pid, first, last, at(0.25), at(0.5), at(1.0), at(1.0) - at(0.25)))
     return lines
+
+
+# Job counts at which children are compared across the two runs.
+MILESTONES = (1000, 2500, 5000, 10000, 15000, 20000)
+
+
+def by_jobs(run: dict[str, Any], leak: int, share: float) -> dict[int, list[float]]:
+    """Per milestone, each child's RSS (MiB) at its first sample with at least that many jobs completed, less
+    what the leaky calls among them were fed (``share`` of its jobs are leaky, ``leak`` bytes each)."""
+    out: dict[int, list[float]] = {}
+    for points in run["pool_rss"].values():
+        for milestone in MILESTONES:
+            hit = next((p for p in points if len(p) > 2 and p[2] >= milestone), None)
+            if hit is not None:
+                out.setdefault(milestone, []).append((hit[1] - share * hit[2] * leak) / 2**20)
+    return out
+
+
+def compare_by_jobs(runs: list[dict[str, Any]], leak: int, share: float) -> list[dict[str, Any]]:
+    """Bilge's children against plain ones at equal job counts: the median RSS beyond the leak of each, and
+    their difference (what bilge's agent adds, once the workload's own growth is the same in both)."""
+    tables = [by_jobs(r, leak, share) for r in runs]
+    rows = []
+    for milestone in MILESTONES:
+        cells = [sorted(t.get(milestone, [])) for t in tables]
+        if not all(cells):
+            continue
+        medians = [c[len(c) // 2] for c in cells]
+        rows.append({"jobs": milestone, "children": [len(c) for c in cells],
+                     "median_mib": [round(m, 1) for m in medians],
+                     "range_mib": [[round(c[0], 1), round(c[-1], 1)] for c in cells],
+                     "bilge_minus_plain_mib": round(medians[0] - medians[1], 1) if len(medians) == 2 else None})
+    return rows
 
 
 def store_facts(data: str, leak: int, seconds: float) -> dict[str, Any]:
@@ -239,6 +301,9 @@ def main() -> int:
     result: dict[str, Any] = {"args": vars(args), "runs": runs}
     if len(runs) == 2:
         result["throughput_bilge_over_plain"] = round(runs[0]["jobs_per_second"] / runs[1]["jobs_per_second"], 3)
+    from soak_app import MIX
+
+    result["by_jobs"] = compare_by_jobs(runs, args.leak, MIX["soak.leaky"] / sum(MIX.values()))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
@@ -253,6 +318,14 @@ def main() -> int:
     print("|---|---:|---|---:|---:|---:|---:|")
     for run_ in runs:
         print("\n".join(rss_table(run_)))
+    print("\n| jobs completed by the child | children (bilge, plain) | median RSS beyond the leak, MiB (bilge, plain) "
+          "| range | bilge - plain |")
+    print("|---:|---|---|---|---:|")
+    for row in result["by_jobs"]:
+        print("| %(jobs)d | %(children)s | %(median_mib)s | %(range_mib)s | %(bilge_minus_plain_mib)s |" % row)
+    for run_ in runs:
+        print("%s: CPU seconds %s, pool children %.3f ms per job" % (run_["mode"], run_["cpu_seconds"],
+                                                                   run_["child_cpu_ms_per_job"]))
     if len(runs) == 2:
         print("\nthroughput bilge/plain: %.3f (%s vs %s jobs/s)" % (result["throughput_bilge_over_plain"],
                                                                      runs[0]["jobs_per_second"],

@@ -7,8 +7,8 @@
 - ``soak.plain`` does a little arithmetic.
 
 Every task counts its successful completion per job in the ``completed``
-hash (``HINCRBY``) and its executions in ``executions``, on the results
-Redis (``SOAK_RESULTS_URL``): a job completed exactly once has 1 in
+hash (``HINCRBY``), the jobs each pool child completed in ``per_pid``, and
+its executions in ``executions``, on the results Redis (``SOAK_RESULTS_URL``): a job completed exactly once has 1 in
 ``completed``, whatever its retries. Broker: ``SOAK_BROKER_URL``;
 ``acks_late`` is on, so a recycled or killed child's task is redelivered.
 """
@@ -39,6 +39,7 @@ def _count(job: int) -> int:
         _results = redis.Redis.from_url(os.environ["SOAK_RESULTS_URL"])
     pipe = _results.pipeline(transaction=False)
     pipe.hincrby("completed", str(job), 1)
+    pipe.hincrby("per_pid", str(os.getpid()), 1)
     pipe.execute()
     return job
 

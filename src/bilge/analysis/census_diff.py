@@ -27,6 +27,11 @@ MIN_COUNT_PER_CALL = 0.5
 # censuses to explain a leak (the trend verdict's ``tail_ratio``: one notion
 # of "still growing at the end" for memory and for types).
 TAIL_RATIO = DEFAULT_POLICY.tail_ratio
+# A later half shorter than this share of the window's progress is no later
+# half: two censuses a task apart (the others were taken while bilge's own
+# explain stage ran, and left out) say nothing about a type gained once in
+# three calls.
+MIN_LATE_SHARE = 0.1
 
 
 def type_growth(censuses: Sequence[Census], calls: int | None, min_count: float = 0.0) -> tuple[TypeGrowth, ...]:
@@ -72,7 +77,8 @@ def _still_growing(censuses: Sequence[Census], counts: Sequence[int], min_count:
     A cache filling during warm-up grows steadily over the first censuses and
     by a few churned objects after: it explains growth that has stopped, not
     a leak. Progress is counted in tasks done (in census steps when no task
-    ran); with fewer than three censuses there is no later half to judge.
+    ran); with fewer than three censuses, or a later half shorter than
+    ``MIN_LATE_SHARE`` of the window, there is no later half to judge.
     """
     if len(counts) < 3:
         return True
@@ -83,6 +89,8 @@ def _still_growing(censuses: Sequence[Census], counts: Sequence[int], min_count:
     if total <= 0 or late <= 0:
         return True
     share = late / total
+    if share < MIN_LATE_SHARE:
+        return True
     return counts[-1] - counts[middle] >= max(TAIL_RATIO * (counts[-1] - counts[0]), min_count) * share
 
 

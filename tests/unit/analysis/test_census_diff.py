@@ -166,3 +166,20 @@ def test_the_later_half_must_also_clear_its_share_of_the_floor() -> None:
     assert not next(g for g in growth if g.type == "dict").steady
     assert next(g for g in type_growth(censuses([{"dict": (n, 232 * n), "cell": (10, 480)} for n in counts]),
                                        calls=None, min_count=100.0) if g.type == "dict").steady
+
+
+def test_a_later_half_one_task_long_cannot_veto() -> None:
+    """Censuses after 0, 648 and 649 tasks (the others fell in bilge's own explain stage and were left out): a
+    type gained once in three calls rose 1 -> 207 and could not rise in that one task; it stays steady. Once the
+    later half spans a real share of the window (649 -> 1300 tasks), a type flat over it is not."""
+    def at(done: Sequence[int], counts: Sequence[int]) -> list[Census]:
+        return [Census(t=float(i), tasks_done=d, objects=n, duration=0.01,
+                       types={"app.ArchivedOrder": (n, 24 * n), "cell": (1, 48)})
+                for i, (d, n) in enumerate(zip(done, counts))]
+
+    def steady(done: Sequence[int], counts: Sequence[int]) -> bool:
+        growth = type_growth(at(done, counts), calls=216, min_count=108.0)
+        return next(g for g in growth if g.type == "app.ArchivedOrder").steady
+
+    assert steady([0, 648, 649], [2, 207, 207])
+    assert not steady([0, 649, 1300], [2, 207, 207 + 3])
