@@ -145,10 +145,13 @@ def lasting_leak(per_process: Sequence[Sequence[TaskRecord]],
 
 
 def _overruled(g: TaskGrowth, adder: TaskGrowth | None) -> bool:
-    """Whether both exact measures name another task than the window regression's ``g``: the items counted
-    around each call say another task adds to the growing container, and the heap blocks of gc-free calls say
-    ``g``'s calls keep fewer than the others' (a short window's RSS regression can pass MIN_T on noise)."""
-    return adder is not None and adder.task != g.task and g.support <= -MIN_T
+    """Whether the exact measures name another task than the window regression's ``g``: the items counted
+    around each call say another task adds to the growing container, and the heap blocks of gc-free calls lean
+    against ``g`` (its calls keep fewer than the others'). RSS is the one measure left for ``g``, and RSS
+    carries more than what is kept: a short window's noise, and the cyclic garbage a retried task leaves for
+    the collector to free late (a retry's exception, traceback and frames), which RSS keeps as a high-water
+    mark. Neutral blocks (t = 0) do not overrule it: then nothing but the items speaks against it."""
+    return adder is not None and adder.task != g.task and g.support < 0
 
 
 def _others_mean(growths: Sequence[TaskGrowth], g: TaskGrowth) -> float:

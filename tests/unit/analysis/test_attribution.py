@@ -180,6 +180,22 @@ def test_the_window_regression_is_overruled_when_both_exact_measures_name_anothe
     assert leaking_task([noise, no_items, other]) == noise
 
 
+def test_a_retried_tasks_garbage_in_rss_does_not_outweigh_the_counted_items() -> None:
+    """benchmarks/zoo_extra/retried_lookups, pooled over its two children: convert_total's retries leave cyclic
+    garbage the collector frees late, so its calls' RSS regression passes MIN_T (8.5 KB a call), while its
+    gc-free calls keep fewer heap blocks than the others' (t = -0.98) and render_invoice adds one item a call to
+    the archive list every time. The exact measures name render_invoice."""
+    retried = TaskGrowth(task="convert_total", calls=591, bytes_per_call=8450.0, blocks_per_call=4.05, score=4.06,
+                         support=-0.98, items_per_call=0.0, items_score=-20.66)
+    adder = TaskGrowth(task="render_invoice", calls=573, bytes_per_call=3496.0, blocks_per_call=4.89, score=0.0,
+                       support=0.51, items_per_call=1.0, items_score=math.inf)
+    other = TaskGrowth(task="tag_order", calls=549, bytes_per_call=-1480.0, blocks_per_call=4.99, score=-0.66,
+                       support=0.71, items_per_call=0.0, items_score=-20.2)
+    assert leaking_task([retried, adder, other]) == adder
+    # Blocks that lean towards the retried task keep it named.
+    assert leaking_task([replace(retried, support=0.5), adder, other]).task == "convert_total"
+
+
 def test_the_leaking_task_is_named_when_heap_blocks_were_read_on_one_task_in_eight() -> None:
     """A big heap: the agent read blocks on one task in eight only; RSS windows still name the leaker."""
     tasks = [t if t.seq % 8 == 0 else replace(t, blocks_before=None, blocks_after=None)
