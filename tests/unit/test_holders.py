@@ -85,7 +85,7 @@ def test_a_modules_own_globals_and_namespaces_are_never_holders(app: types.Modul
         setattr(app, "TABLE_%d" % i, {"k": i})
     for i in range(30):
         app._SESSIONS[i] = {"session": i}
-    result = find_holders(["dict"], max_paths_per_type=50)
+    result = find_holders(["dict"], max_paths_per_type=50, max_seconds=30)
     texts = [p.path for p in paths_of(result, "dict")]
     assert MODULE + "._SESSIONS[...]" in texts
     assert not [t for t in texts if t.startswith(MODULE + ".TABLE_") or t.endswith("__builtins__")], texts
