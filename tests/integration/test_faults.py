@@ -421,6 +421,9 @@ def test_a_very_slow_disk_never_slows_a_task(launcher: Launcher, redis_db: Any, 
 
     def watch(worker: Worker) -> None:
         worker.wait_for(lambda: tasks_recorded(data_dir) >= 50, 120, "the first tasks recorded")
+        # Read once before the loop too: on a fast run every job may be done by the time the first flush is
+        # recorded, and the loop would never run (the children live on until the worker stops).
+        children.update(p.pid for p in worker.pool_children())
         while len(executions(redis_db.client)) < len(JOBS) and worker.process.poll() is None:
             children.update(p.pid for p in worker.pool_children())
             time.sleep(0.2)
