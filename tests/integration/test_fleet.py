@@ -40,18 +40,30 @@ def test_status_lists_every_node_with_processes_verdict_and_memory(
                        artifacts / ("data%d" % i))
     bare = "bare-%s" % queue
     launcher.start(celery_command("apps.billing", "prefork", 1, name=bare, queue=queue), env, bare, None)
+    ours = {"%s@" % n for n in names}
+    nodes: dict[str, Any] = {}
+
+    def status() -> subprocess.CompletedProcess[str]:
+        nonlocal nodes
+        done = celery_bilge(env, "status", "--format", "json", "--timeout", "3")
+        nodes = {k: v for k, v in json.loads(done.stdout or "{}").get("nodes", {}).items()
+                 if k.split("@")[0] + "@" in ours | {bare + "@"}}
+        return done
+
+    # Workers come up at different speeds: the jobs go once all four answer (a CI run sent them while only the
+    # bare worker was up, and it ran all 600: no bilge node had a task to show).
+    for _ in range(30):
+        status()
+        if len(nodes) == 4:
+            break
+        time.sleep(1)
     send_all(producer_app(url, queue), billing_jobs(600), queue)
     deadline = time.monotonic() + 120
     while finished(redis_db.client) < 600 and time.monotonic() < deadline:
         time.sleep(0.5)
-
-    ours = {"%s@" % n for n in names}
-    nodes: dict[str, Any] = {}
-    for _ in range(20):  # workers come up at different speeds
-        done = celery_bilge(env, "status", "--format", "json", "--timeout", "3")
-        nodes = {k: v for k, v in json.loads(done.stdout or "{}").get("nodes", {}).items()
-                 if k.split("@")[0] + "@" in ours | {bare + "@"}}
-        # ... and their agents flush every few seconds: wait until the store shows the tasks too.
+    for _ in range(20):
+        done = status()
+        # The agents flush every few seconds: wait until the stores show the tasks too.
         if len(nodes) == 4 and all(v["status"] == "ok" for k, v in nodes.items() if not k.startswith(bare)) and sum(
                 p["tasks"] for v in nodes.values() for p in v["processes"]) > 0:
             break

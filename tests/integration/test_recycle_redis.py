@@ -55,9 +55,11 @@ def test_leaking_children_are_recycled_between_tasks_and_every_task_runs_exactly
         assert ended is not None, "a recycled child should have written its end"
         evidence = json.loads(snapshot)
         assert evidence["reason"].startswith("soft-limit") and evidence["growth_bytes_per_task"] > 0
-    # Replacements forked by billiard, each with its own agent (the last one may come up as the worker stops).
+    # Replacements forked by billiard, each with its own agent. The last replacement of each of the two pool
+    # slots may come up as the worker stops, unrecorded (a CI run recycled both slots near the end: 4 recycles,
+    # 4 children recorded): the two first children plus every replacement but those two.
     children = _query(data_dir, "SELECT COUNT(*) FROM processes WHERE parent_id IS NOT NULL")[0][0]
-    assert children >= 1 + len(recycles), "recycled children should have been replaced"
+    assert children >= 2 + len(recycles) - 2, "recycled children should have been replaced"
     # The worker kept serving: replacement children ran tasks after the first recycle (the last recycle may be
     # claimed after the last task, so only the first is a fair mark).
     after = _query(data_dir, "SELECT COUNT(*) FROM tasks WHERE started > (SELECT MIN(t) FROM recycles)")[0][0]
