@@ -219,12 +219,12 @@ class _Search:
         # function refers to builtins' namespace (``__builtins__``), every
         # function to its module's (``__globals__``): when dicts grow, each
         # would hold "a dict" of its own.
+        # Those namespaces are never holders either (the roots of kind
+        # MODULE_GLOBAL): a module's globals of the type
+        # (wcwidth.table_overrides' 44 dict tables) are that many names, not a
+        # container that grows with the calls, and the path would name only
+        # the first of them.
         self.namespaces: set[int] = set()
-        # Node indexes of those namespaces: never holders either. A module's
-        # globals of the type (wcwidth.table_overrides' 44 dict tables) are
-        # that many names, not a container that grows with the calls, and the
-        # path would name only the first of them.
-        self.namespace_nodes: set[int] = set()
 
     def release(self) -> None:
         """Drop every reference to inspected objects."""
@@ -236,7 +236,6 @@ class _Search:
         self.seen.clear()
         self.kinds.clear()
         self.namespaces.clear()
-        self.namespace_nodes.clear()
 
     def index_bytes(self) -> int:
         """What the walk's bookkeeping costs, measured (containers) and estimated (their int keys)."""
@@ -271,9 +270,7 @@ class _Search:
                 self.seen.add(id(namespace))  # never walked, never a path
                 self.own.add(id(namespace))
                 continue
-            node = self._add_node(namespace, -1)
-            self.roots[node] = (name, MODULE_GLOBAL)
-            self.namespace_nodes.add(node)
+            self.roots[self._add_node(namespace, -1)] = (name, MODULE_GLOBAL)
         names = {thread.ident: thread.name for thread in threading.enumerate()}
         frames = sys._current_frames()
         try:
@@ -307,7 +304,7 @@ class _Search:
 
     def _walk(self) -> None:
         nodes, parents, seen, holdings, fanout = self.nodes, self.parents, self.seen, self.holdings, self.fanout
-        samples, namespaces, namespace_nodes = self.samples, self.namespaces, self.namespace_nodes
+        samples, namespaces, roots = self.samples, self.namespaces, self.roots
         kinds, get_referents = self.kinds, gc.get_referents
         index = 0
         while index < len(nodes):
@@ -316,7 +313,7 @@ class _Search:
             node = nodes[index]
             referents = get_referents(node)
             bulk: dict[type, int] | None = None
-            counts = index not in namespace_nodes
+            counts = index not in roots or roots[index][1] != MODULE_GLOBAL
             if len(referents) > fanout and self._is_data(node, index):
                 bulk = {}
             for referent in referents:
