@@ -105,6 +105,13 @@ class Sample:
     gc_garbage: int | None = None
     gc_enabled: int | None = None
     gc_frozen: int | None = None
+    # Full collections seen by the agent so far, and the Python heap blocks
+    # after the latest (what survived it): in a process that runs tasks, read
+    # at the end of task number floor_task, the first to end after it; see
+    # agent.watch.Watch.floor.
+    gc_full: int | None = None
+    heap_after_full: int | None = None
+    floor_task: int | None = None
 
 
 @dataclass(frozen=True)

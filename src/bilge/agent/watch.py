@@ -105,6 +105,10 @@ class Watch:
         # their items are counted around each read task.
         self.counted: tuple[tuple[str, ...], ...] = ()
         self.tasks_done = 0
+        # (full collections seen, heap blocks at the first task end after the
+        # latest, that task's number): the floor the analysis judges garbage
+        # by (analysis/garbage.py).
+        self.floor: tuple[int, int | None, int | None] = (proc_sampler.FULL_GC[0][0], None, None)
         self.last_rss: int | None = None
         self.last_blocks: int | None = None
         self.last_fds: int | None = None
@@ -187,6 +191,13 @@ class Watch:
             if every > 1:
                 # Gaps of 1 .. 2N-1 tasks: N on average, never in step with the host's order.
                 self._next_read = done + self._random.randrange(1, 2 * every)
+        full = proc_sampler.FULL_GC[0][0]
+        if full != self.floor[0]:
+            # The first task end after a full collection: its heap is what
+            # survived the collection, plus at most this task's own garbage
+            # (at the collection itself the running task's temporaries
+            # count too, thousands of blocks for a parsed payload).
+            self.floor = (full, blocks1 if blocks1 is not None else proc_sampler.heap_blocks(), done)
         now = self._clock()
         if done <= FULL_TASKS or not (done // TASK_BURST) % TASK_DUTY:
             self._add_row(done, name, t0, now, rss0, rss1, blocks0, blocks1, failed,
@@ -213,7 +224,7 @@ class Watch:
         self._outbox.add_sample(
             (self._clock(), rss, uss, pss, self.last_heap_blocks, g0, g1, g2, collections, collected,
              self.last_fds, proc_sampler.thread_count(), self.tasks_done, malloc_used, malloc_free)
-            + proc_sampler.gc_state())
+            + proc_sampler.gc_state() + (self.floor if self.tasks_done else proc_sampler.FULL_GC[0] + (None,)))
         if self.tasks_done == 0:
             # A process that runs no tasks is judged on time.
             self.rss_suspicion.add(rss)

@@ -14,6 +14,7 @@ from bilge.analysis import (
     census_diff,
     containers,
     findings,
+    garbage,
     holders,
     kind,
     own_activity,
@@ -217,6 +218,15 @@ def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
         trend_start = samples[min(result.window_start, len(samples) - 1)].t
         explain_start = samples[len(samples) // 4].t
     window = replace(_explain_window(p, explain_start, result.verdict == LEAK, on_heap), data=raw)
+    if by_task and result.verdict == LEAK and not (window.containers or window.holders):
+        # Nothing is seen holding the growth: it may be garbage that full collections free.
+        rejudged = garbage.judged(result, p.samples, p.tasks[min(result.window_start, len(p.tasks) - 1)].seq
+                                  if p.tasks else 0, heap_policy, _task_rate(p.tasks[len(p.tasks) // 2:]),
+                                  p.tasks, raw.tasks)
+        if rejudged.verdict != LEAK:
+            confirmed = None
+            window = replace(_explain_window(p, explain_start, False), data=raw)
+        result = rejudged
     late = [s for s in samples if s.t >= trend_start]
     line = trend.fitted_line([s.t for s in late], [float(s.rss or 0) for s in late])
     per_hour = _per_hour(p.tasks[result.window_start:], growth) if by_task else None

@@ -116,7 +116,7 @@ def _flat_reason(p: float, slope: float, growth: float, policy: TrendPolicy, uni
             and slope >= policy.min_slope and growth >= policy.min_growth:
         return ("growth after warm-up is too small to matter: %s, under %s a day"
                 % (per_day_text(slope, rate, policy, unit),
-                   _size(policy.min_per_day * policy.unit_bytes)))
+                   size_text(policy.min_per_day * policy.unit_bytes)))
     return "growth after warm-up is too small to matter (%+.0f bytes per %s, %+.0f KiB over the window)" % (
         slope * policy.unit_bytes, unit, growth * policy.unit_bytes / 1024)
 
@@ -125,11 +125,12 @@ def per_day_text(slope: float, rate: float | None, policy: TrendPolicy, unit: st
     """What a slope (y-units per x-unit) comes to in a day at the observed rate ("" when the rate is not known)."""
     if not rate:
         return ""
-    return "~%s a day at the observed %.3g %ss per second" % (_size(slope * rate * DAY * policy.unit_bytes), rate,
+    return "~%s a day at the observed %.3g %ss per second" % (size_text(slope * rate * DAY * policy.unit_bytes), rate,
                                                                unit)
 
 
-def _size(n: float) -> str:
+def size_text(n: float) -> str:
+    """Bytes as a short human figure ("1.5 MiB")."""
     for factor, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
         if abs(n) >= factor:
             return "%.1f %s" % (n / factor, suffix)

@@ -264,11 +264,21 @@ def heap_blocks() -> int:
 # Garbage collections since count_gc_runs() was called, kept by a gc callback
 # so a task can read it for the price of a list index.
 GC_RUNS = [0]
+# (full collections seen, Python heap blocks right after the latest one), one
+# tuple so a reader in another thread never pairs a count with another
+# collection's blocks. What survives a full collection is what the process
+# keeps; blocks read at any other time also count the cyclic garbage waiting
+# for one (exceptions with their tracebacks and frames, after every retry).
+# The read is one walk over pymalloc's pools, next to the collection's own
+# walk over every tracked object.
+FULL_GC: list[tuple[int, int | None]] = [(0, None)]
 
 
 def _on_gc(phase: str, info: dict[str, int]) -> None:
     if phase == "stop":
         GC_RUNS[0] += 1
+        if info.get("generation") == 2:
+            FULL_GC[0] = (FULL_GC[0][0] + 1, sys.getallocatedblocks())
 
 
 def count_gc_runs() -> None:

@@ -67,7 +67,10 @@ CREATE TABLE IF NOT EXISTS samples (
     malloc_free INTEGER,
     gc_garbage INTEGER,
     gc_enabled INTEGER,
-    gc_frozen INTEGER
+    gc_frozen INTEGER,
+    gc_full INTEGER,
+    heap_after_full INTEGER,
+    floor_task INTEGER
 );
 CREATE INDEX IF NOT EXISTS samples_by_process ON samples (process_id, t);
 CREATE TABLE IF NOT EXISTS tasks (

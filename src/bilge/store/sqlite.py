@@ -278,7 +278,8 @@ def _read(conn: sqlite3.Connection, path: str, run_id: int | None) -> RunData:
     samples: dict[int, list[Sample]] = defaultdict(list)
     for r in conn.execute(
         "SELECT s.process_id, s.t, s.rss, s.uss, s.pss, s.heap_blocks, s.gc_collections, s.fds, s.threads, "
-        "s.tasks_done, s.malloc_used, s.malloc_free, s.gc_garbage, s.gc_enabled, s.gc_frozen "
+        "s.tasks_done, s.malloc_used, s.malloc_free, s.gc_garbage, s.gc_enabled, s.gc_frozen, s.gc_full, "
+        "s.heap_after_full, s.floor_task "
         "FROM samples s JOIN processes p ON p.id = s.process_id WHERE p.run_id = ? "
         "ORDER BY s.process_id, s.t", (run.id,)
     ):

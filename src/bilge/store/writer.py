@@ -130,7 +130,8 @@ class StoreWriter:
                 _insert(conn,
                     "INSERT INTO samples (process_id, t, rss, uss, pss, heap_blocks, gc_gen0, gc_gen1, gc_gen2, "
                     "gc_collections, gc_collected, fds, threads, tasks_done, malloc_used, malloc_free, gc_garbage, "
-                    "gc_enabled, gc_frozen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "gc_enabled, gc_frozen, gc_full, heap_after_full, floor_task) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(process_id,) + row for row in samples],
                 )
             if tasks:

@@ -1,0 +1,165 @@
+"""Growth that full garbage collections take back: cyclic garbage, not a leak.
+
+A task that raises leaves its exception, traceback and frames in reference
+cycles; Celery's retries raise on every retried try. Objects that live
+through a young collection while the task runs are promoted, and once they
+are garbage only a full collection frees them, which CPython runs rarely
+(when a quarter more objects wait than the heap holds). Between full
+collections the Python heap, and RSS with it, climbs like a leak; at each it
+falls back. Users file it as a leak (celery/celery#6058, #4371) and a trend
+test on RSS or heap blocks agrees with them.
+
+What survives a full collection is what the process keeps: the agent reads
+the heap's blocks at the first task end after each one (``Watch.floor``),
+and the floor of a task the agent's own work overlapped is left out (its
+temporaries, a tracemalloc snapshot say, count there). When
+collections take back growth of the size the verdict saw, the verdict is
+judged again on those floors alone: a leak raises them, garbage does not.
+It is judged again only when nothing is seen holding the growth (no
+module-level container growing, no holder path): a container that grows is
+a leak whatever the collector frees beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from bilge.analysis import trend
+from bilge.analysis.kind import BLOCK_BYTES
+from bilge.analysis.trend import TrendPolicy
+from bilge.model import INCONCLUSIVE, LEAK, NO_LEAK, Sample, TaskRecord, Trend
+
+# Collections must have taken back, at once, at least this share of the heap's
+# growth over the judged window for that growth to be judged as garbage.
+MIN_TAKEN_SHARE = 0.5
+# Floors the verdict needs: two give a first comparison (inconclusive at
+# best), three a trend and a no-leak.
+MIN_FLOORS = 2
+NO_LEAK_FLOORS = 3
+
+
+@dataclass(frozen=True)
+class Collections:
+    """The full collections of one process from the judged window on, the last one before it first.
+
+    ``taken`` are the blocks each took back (the heap's reading before it
+    less its floor); ``floors`` (tasks done, heap blocks after it) those
+    that can be compared: read apart from the agent's own work.
+    """
+
+    floors: tuple[tuple[int, int], ...]
+    taken: tuple[int, ...]
+    net: int  # heap blocks over the judged window, last reading less first
+    rss_between: int | None  # RSS at the last floor less RSS at the first
+
+    collected_at: tuple[int, ...]  # tasks done at each
+
+    @property
+    def tasks_between(self) -> float:
+        """Tasks from one full collection to the next, on average (0: one seen)."""
+        return (self.collected_at[-1] - self.collected_at[0]) / max(1, len(self.collected_at) - 1)
+
+
+def collections(samples: Sequence[Sample], start: int, tasks: Sequence[TaskRecord] = (),
+                stored: Sequence[TaskRecord] = ()) -> Collections | None:
+    """The full collections seen in samples whose ``tasks_done`` ≥ ``start`` (None when the agent did not read
+    them).
+
+    Args:
+        samples: the process's samples.
+        start: the first task of the judged window.
+        tasks: the process's tasks with the agent's own activity taken out
+            (``own_activity.without_activity``): a floor read at the end of
+            one of them is taken re-based from there.
+        stored: the tasks as stored: a floor read at the end of one stored
+            but taken out is left out.
+    """
+    rebased = {t.seq: t.blocks_after for t in tasks}
+    left_out = {t.seq for t in stored} - set(rebased)
+    floors: list[tuple[int, int, int | None]] = []  # (task, raw floor, re-based floor)
+    taken: list[int] = []
+    collected_at: list[int] = []
+    rss_at: list[int | None] = []
+    window: list[int] = []
+    prev: Sample | None = None
+    for s in samples:
+        if s.heap_blocks is not None and s.tasks_done >= start:
+            window.append(s.heap_blocks)
+        if (prev is not None and s.gc_full is not None and prev.gc_full is not None and s.gc_full > prev.gc_full
+                and s.heap_after_full is not None):
+            at = s.floor_task if s.floor_task is not None else s.tasks_done
+            if s.tasks_done < start:
+                # Only the latest collection before the window is kept: the window's reference.
+                floors, taken, collected_at, rss_at = [], [], [], []
+            taken.append(max(0, (prev.heap_blocks or 0) - s.heap_after_full))
+            collected_at.append(at)
+            if at not in left_out:
+                floors.append((at, s.heap_after_full, rebased.get(at)))
+                rss_at.append(s.rss)
+        prev = s
+    if not taken or len(window) < 2:
+        return None
+    first_rss, last_rss = (rss_at[0], rss_at[-1]) if rss_at else (None, None)
+    # One provenance for all: re-based when every floor's task was stored (an
+    # old process stores some tasks only), else as read.
+    rebase = all(f[2] is not None for f in floors)
+    return Collections(floors=tuple((at, (rb if rebase else raw) or 0) for at, raw, rb in floors),
+                       taken=tuple(taken), net=window[-1] - window[0], collected_at=tuple(collected_at),
+                       rss_between=last_rss - first_rss if first_rss is not None and last_rss is not None else None)
+
+
+def judged(verdict: Trend, samples: Sequence[Sample], start: int, policy: TrendPolicy,
+           rate: float | None, tasks: Sequence[TaskRecord] = (), stored: Sequence[TaskRecord] = ()) -> Trend:
+    """A leak verdict judged again when full collections take back growth of its size.
+
+    Args:
+        verdict: the verdict on RSS or heap blocks after each task.
+        samples: the process's samples.
+        start: the task the verdict's window starts at.
+        policy: the heap-block thresholds (``diagnose.HEAP_POLICY``), applied to the floors.
+        rate: tasks per second, for the policy's bytes-a-day test.
+        tasks, stored: the process's tasks re-based and as stored (see ``collections``).
+
+    Returns:
+        ``verdict`` itself unless the growth is garbage's size; then a leak when
+        the floors rise materially, else inconclusive (too few floors, or RSS
+        rose more than garbage accounts for) or no-leak.
+    """
+    if verdict.verdict != LEAK:
+        return verdict
+    seen = collections(samples, start, tasks, stored)
+    if seen is None or max(seen.taken) < MIN_TAKEN_SHARE * max(seen.net, 1):
+        return verdict
+    garbage = ("the growth looks like cyclic garbage: the heap grew by %+d blocks over the window and full "
+               "collections took back up to %d (~%s) at a time; nothing is seen holding it" % (
+                   seen.net, max(seen.taken), trend.size_text(max(seen.taken) * BLOCK_BYTES)))
+    if len(seen.floors) < MIN_FLOORS:
+        needed = max(int(seen.tasks_between) or verdict.points // 2, 1)
+        read = "was read once, at task %d" % seen.floors[0][0] if seen.floors else \
+            "could not be read apart from bilge's own work"
+        return replace(verdict, verdict=INCONCLUSIVE, needed=needed, reason=(
+            "%s; what survives a full collection %s: about %d more tasks are needed to see more full collections "
+            "and tell a leak from garbage" % (garbage, read, needed)))
+    (t0, f0), (t1, f1) = seen.floors[0], seen.floors[-1]
+    slope = (f1 - f0) / max(1, t1 - t0)
+    per_day = slope * rate * trend.DAY if rate else None
+    material = slope >= policy.min_slope and f1 - f0 >= policy.min_growth and (
+        policy.min_per_day is None or per_day is None or per_day >= policy.min_per_day)
+    floors = "the heap after each full collection (what survives) went %d → %d over tasks %d-%d (%+.2f blocks a " \
+             "task, %d collections)" % (f0, f1, t0, t1, slope, len(seen.floors))
+    if material:
+        return replace(verdict, reason="%s; %s: it keeps growing" % (verdict.reason, floors))
+    tooth = max(seen.taken) * BLOCK_BYTES
+    if len(seen.floors) >= NO_LEAK_FLOORS and seen.rss_between is not None and seen.rss_between <= tooth:
+        return replace(verdict, verdict=NO_LEAK, needed=0, reason=(
+            "no leak: %s; %s, and RSS between them rose %s, within what the garbage occupies between "
+            "collections: a high-water mark. Break the cycles (clear exc.__traceback__, del the exception "
+            "in except blocks) to lower it" % (garbage, floors, trend.size_text(seen.rss_between))))
+    more = max(1, NO_LEAK_FLOORS - len(seen.floors))
+    needed = max(int(seen.tasks_between * more), 1)
+    rss = "" if seen.rss_between is None or seen.rss_between <= tooth else (
+        ", though RSS rose %s between them, more than the garbage occupies" % trend.size_text(seen.rss_between))
+    return replace(verdict, verdict=INCONCLUSIVE, needed=needed, reason=(
+        "%s; %s, not enough to call it a leak%s; about %d more tasks (%d more full collections) are needed to "
+        "tell a leak from garbage" % (garbage, floors, rss, needed, more)))
