@@ -159,6 +159,9 @@ class AllocationSite:
     count: int
     owner: str
     traceback: tuple[str, ...]
+    # The task name whose measured calls left the most here beyond what the
+    # other names left (sampled allocation windows; None when unknown).
+    task: str | None = None
 
 
 @dataclass(frozen=True)

@@ -75,12 +75,16 @@ Step = Callable[[Draft], Draft]
 
 
 def locate(d: Draft) -> Draft:
-    """The top surviving allocation site. tracemalloc sees only Python's allocators: a native leak is located by
-    the native window alone (or not at all, rather than invented)."""
+    """The top surviving allocation site, of those the leaking task left when it is named and left any (another
+    task's can be its garbage: a retried task's tracebacks survive a measured call until a full collection).
+    tracemalloc sees only Python's allocators: a native leak is located by the native window alone (or not at
+    all, rather than invented)."""
     tracer = MALLOC if d.leak.kind == kind.NATIVE else TRACEMALLOC
     found = sites.leak_sites(d.leak.windows, tracer)
     if not found:
         return d
+    if d.leak.task:
+        found = tuple(s for s in found if s.task == d.leak.task) or found
     return replace(d, where=sites.location(found[0]),
                    evidence=d.evidence + (sites.describe(found[0], d.leak.windows, tracer),))
 

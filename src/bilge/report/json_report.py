@@ -61,7 +61,7 @@ def process_dict(p: ProcessDiagnosis) -> dict[str, Any]:
         "snapshots": [dict(s.summary, t=s.t, tasks_done=s.tasks_done, seconds=s.seconds) for s in p.snapshots],
         "allocation_sites": [
             {"file": s.file, "line": s.line, "bytes": s.size, "blocks": s.count, "owner": s.owner,
-             "traceback": list(s.traceback)} for s in p.sites
+             "traceback": list(s.traceback), "task": s.task} for s in p.sites
         ],
         "cost": cost_dict(p.cost),
     }

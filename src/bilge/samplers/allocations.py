@@ -198,13 +198,13 @@ def _merge_same_line(sites: list[Site]) -> list[Site]:
 
 
 def merge_sites(sites: Iterable[Site]) -> list[Site]:
-    """Sites merged by (file, line), sizes and counts added, first traceback kept."""
+    """Sites merged by (file, line), sizes and counts added, first traceback and task name kept."""
     merged: dict[tuple[str, int], Site] = {}
     for s in sites:
         key = (s.file, s.line)
         m = merged.get(key)
         merged[key] = s if m is None else Site(m.file, m.line, m.size + s.size, m.count + s.count, m.owner,
-                                              m.traceback)
+                                              m.traceback, m.task or s.task)
     return list(merged.values())
 
 

@@ -50,7 +50,7 @@ import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bilge.model import AllocationSite, AllocationWindow, TypeSite
 from bilge.samplers import wallclock
@@ -298,7 +298,13 @@ class SampledAllocations:
 
     def _close(self, status: str) -> AllocationWindow:
         self.active = False
-        kept = [s for s in self._sites if sum(self._specific((s.file, s.line)).values()) > 0]
+        kept = []
+        for s in self._sites:
+            specific = self._specific((s.file, s.line))
+            if sum(specific.values()) > 0:
+                # Named by the task that leaves the most there: the line of a
+                # leak is the leaking task's, not a retried task's garbage.
+                kept.append(replace(s, task=max(specific, key=specific.__getitem__)))
         ranked = sorted(kept, key=lambda s: -s.size)[:self.max_sites] if status == "done" else []
         result = AllocationWindow(started=self._opened, ended=self._clock(), tasks=self._done, status=status,
                                   peak_memory=self._peak, sites=tuple(ranked),

@@ -122,7 +122,8 @@ CREATE TABLE IF NOT EXISTS sites (
     size INTEGER NOT NULL,
     count INTEGER NOT NULL,
     owner TEXT NOT NULL,
-    traceback TEXT NOT NULL
+    traceback TEXT NOT NULL,
+    task TEXT
 );
 CREATE TABLE IF NOT EXISTS type_sites (
     window_id INTEGER NOT NULL,

@@ -170,9 +170,9 @@ class StoreWriter:
                 )
                 window_id = conn.lastrowid
                 _insert(conn,
-                    "INSERT INTO sites (window_id, rank, file, line, size, count, owner, traceback) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(window_id, rank, s.file, s.line, s.size, s.count, s.owner, "\n".join(s.traceback))
+                    "INSERT INTO sites (window_id, rank, file, line, size, count, owner, traceback, task) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(window_id, rank, s.file, s.line, s.size, s.count, s.owner, "\n".join(s.traceback), s.task)
                      for rank, s in enumerate(window.sites)],
                 )
                 _insert(conn,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from bilge.agent.census_stage import MIN_TYPE_GROWTH, Counts
 from bilge.agent.outbox import MAX_TASK_NAMES, OTHER_NAME, Outbox
 from bilge.agent.watch import FULL_READ_TASKS, MAX_READ_EVERY, MAX_YOUNG_READ_EVERY, FdScan, Watch
+from bilge.samplers import process as proc_sampler
 
 
 class FakeClock:
@@ -34,6 +36,33 @@ def test_the_watch_stores_one_row_per_finished_task_with_its_duration_and_memory
     assert row[:4] == (1, "shop.a", 100.0, 100.25)
     assert watch.task_finished("never started") is None
     assert watch.tasks_done == 1
+
+
+def test_the_first_task_end_after_a_full_collection_reads_the_floor_the_samples_carry() -> None:
+    """What survives a full collection is read once, at the next task end (its number kept), and every sample
+    carries the latest: (full collections seen, heap blocks, task)."""
+    proc_sampler.count_gc_runs()
+    gc.disable()  # no collection of the host's own while the test counts them
+    try:
+        outbox = Outbox()
+        watch = Watch(outbox)
+        watch.task_started(1, "shop.a")
+        watch.task_finished(1)
+        seen = proc_sampler.FULL_GC[0][0]
+        assert watch.floor == (seen, None, None)
+        gc.collect()
+        assert proc_sampler.FULL_GC[0][0] == seen + 1
+        watch.task_started(2, "shop.a")
+        watch.task_finished(2)
+        full, blocks, task = watch.floor
+        assert (full, task) == (seen + 1, 2) and blocks is not None and blocks > 0
+        watch.task_started(3, "shop.a")
+        watch.task_finished(3)
+        assert watch.floor == (full, blocks, 2)
+        watch.sample()
+        assert outbox.samples[-1][-3:] == (full, blocks, 2)
+    finally:
+        gc.enable()
 
 
 def test_task_rows_leave_nothing_in_the_heap_between_flushes() -> None:

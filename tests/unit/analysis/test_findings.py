@@ -13,12 +13,13 @@ from bilge.analysis.findings import (
     emit,
     growing_container,
     growing_holders,
+    locate,
     name_holders,
     native_owner,
     rank,
     same_bar,
 )
-from bilge.model import ContainerGrowth, Holder, TaskGrowth, TypeGrowth
+from bilge.model import AllocationSite, AllocationWindow, ContainerGrowth, Holder, TaskGrowth, TypeGrowth
 
 SEARCH = TaskGrowth(task="shop.search", calls=500, bytes_per_call=4096.0, blocks_per_call=30.0, score=12.0)
 
@@ -107,3 +108,19 @@ def test_the_pipeline_runs_its_steps_in_order_and_the_last_writes_the_findings()
     full = FindingsPipeline()(replace(leak, holder_groups=((held("shop.Order", "shop._ORDERS", 40),),)))
     assert (full[0].type, full[0].holder) == ("shop.Order", "shop._ORDERS")
     assert full[0].bytes_per_call is not None
+
+
+def test_the_line_is_the_leaking_tasks_when_it_left_one() -> None:
+    """A retried task's exception messages outweigh the leak's strings in one window (its garbage survives the
+    measured call): the line is the one shop.search's calls left; without one of its own, the top line."""
+    def site(line: int, size: int, task: str | None) -> AllocationSite:
+        return AllocationSite(file="/srv/app/tasks.py", line=line, size=size, count=10, owner="user",
+                              traceback=(), task=task)
+
+    def located(*sites: AllocationSite) -> str | None:
+        window = AllocationWindow(started=0.0, ended=1.0, tasks=12, status="done", peak_memory=0, sites=sites)
+        d = draft((grew("str"),))
+        return locate(replace(d, leak=replace(d.leak, windows=(window,)))).where
+
+    assert located(site(38, 4928, "shop.convert"), site(29, 3075, "shop.search")) == "/srv/app/tasks.py:29"
+    assert located(site(38, 4928, "shop.convert"), site(29, 3075, None)) == "/srv/app/tasks.py:38"

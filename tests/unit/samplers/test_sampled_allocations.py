@@ -107,6 +107,7 @@ def test_episodes_name_the_line_whose_allocations_stay_and_not_what_a_task_retur
     assert result is not None and result.status == "done" and result.tasks == 8
     assert (result.sites[0].file, result.sites[0].line) == (__file__, LEAK_LINE), result.sites[:3]
     assert result.sites[0].owner == "user"
+    assert result.sites[0].task == "shop.leaky"  # the name whose measured calls left it
     transient = inspect.getsourcelines(_transient_task)[1] + 2
     assert not any(s.file == __file__ and s.line == transient for s in result.sites), result.sites
     assert not tracemalloc.is_tracing()
