@@ -100,8 +100,13 @@ def kept_per_call(g: TaskGrowth) -> float:
     return max(g.bytes_per_call, g.blocks_per_call * BLOCK_BYTES)
 
 
-def leaking_task(growths: Sequence[TaskGrowth]) -> TaskGrowth | None:
-    """The task the growth follows, if one stands out (see the module docstring)."""
+def leaking_task(growths: Sequence[TaskGrowth], garbage: bool = False) -> TaskGrowth | None:
+    """The task the growth follows, if one stands out (see the module docstring).
+
+    ``garbage``: full collections took back most of the heap's growth, so
+    RSS and the heap blocks of each call measure garbage as much as what is
+    kept; then only the exact item counts name a task against them.
+    """
     # Items counted around each task are exact (a container's length waits
     # for no collector and counts no return value still in flight), so they
     # come before the heap blocks' in-task deltas. Exact counts make the t
@@ -111,7 +116,7 @@ def leaking_task(growths: Sequence[TaskGrowth]) -> TaskGrowth | None:
             and g.items_per_call - _others_mean(growths, g) >= MIN_ITEMS_PER_CALL]
     adder = max(adds, key=lambda g: g.items_per_call) if adds else None
     for g in growths:
-        if _significant(g) and (g.bytes_per_call > 0 or g.blocks_per_call > 0) and not _overruled(g, adder):
+        if _significant(g) and (g.bytes_per_call > 0 or g.blocks_per_call > 0) and not _overruled(g, adder, garbage):
             return g
     if adder is not None:
         return adder
@@ -122,7 +127,7 @@ def leaking_task(growths: Sequence[TaskGrowth]) -> TaskGrowth | None:
 
 
 def lasting_leak(per_process: Sequence[Sequence[TaskRecord]],
-                 growths: Sequence[TaskGrowth] | None = None) -> TaskGrowth | None:
+                 growths: Sequence[TaskGrowth] | None = None, garbage: bool = False) -> TaskGrowth | None:
     """The leaking task over these tasks (``growths``: their ``task_growth``), if its growth lasts.
 
     Over the later half of each process's tasks the task must still keep
@@ -132,7 +137,7 @@ def lasting_leak(per_process: Sequence[Sequence[TaskRecord]],
     nothing once the cache evicts; a leaking task keeps on.
     """
     growths = task_growth(per_process) if growths is None else growths
-    leaky = leaking_task(growths)
+    leaky = leaking_task(growths, garbage)
     if leaky is None:
         return None
     late = next((g for g in task_growth([tasks[len(tasks) // 2:] for tasks in per_process])
@@ -144,14 +149,15 @@ def lasting_leak(per_process: Sequence[Sequence[TaskRecord]],
     return leaky if lasting else None
 
 
-def _overruled(g: TaskGrowth, adder: TaskGrowth | None) -> bool:
+def _overruled(g: TaskGrowth, adder: TaskGrowth | None, garbage: bool = False) -> bool:
     """Whether the exact measures name another task than the window regression's ``g``: the items counted
     around each call say another task adds to the growing container, and the heap blocks of gc-free calls lean
     against ``g`` (its calls keep fewer than the others'). RSS is the one measure left for ``g``, and RSS
     carries more than what is kept: a short window's noise, and the cyclic garbage a retried task leaves for
     the collector to free late (a retry's exception, traceback and frames), which RSS keeps as a high-water
-    mark. Neutral blocks (t = 0) do not overrule it: then nothing but the items speaks against it."""
-    return adder is not None and adder.task != g.task and g.support < 0
+    mark. Neutral blocks (t = 0) do not overrule it: then nothing but the items speaks against it, unless full
+    collections took back most of the heap's growth (``garbage``): then the blocks count garbage too."""
+    return adder is not None and adder.task != g.task and (g.support < 0 or garbage)
 
 
 def _others_mean(growths: Sequence[TaskGrowth], g: TaskGrowth) -> float:

@@ -92,6 +92,7 @@ class _Window:
     holders: tuple[Holder, ...]  # the process's, without static tables (see holders.plausible)
     on_heap: bool = False  # the verdict rests on the Python heap alone (RSS has not followed)
     containers: tuple[ContainerGrowth, ...] = ()  # module-level containers still growing in the window
+    garbage: bool = False  # full collections took back most of the heap's growth (analysis/garbage.py)
 
 
 def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY, heap_policy: TrendPolicy = HEAP_POLICY,
@@ -218,8 +219,10 @@ def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
         trend_start = samples[min(result.window_start, len(samples) - 1)].t
         explain_start = samples[len(samples) // 4].t
     window = replace(_explain_window(p, explain_start, result.verdict == LEAK, on_heap), data=raw)
-    if by_task and result.verdict == LEAK and not (window.containers or window.holders):
-        # Nothing is seen holding the growth: it may be garbage that full collections free.
+    if by_task and result.verdict == LEAK and not (window.containers or holders.growing([window.holders])):
+        # Nothing is seen holding more and more: the growth may be garbage
+        # that full collections free (a holder found once can be a static
+        # table the search reached first, pygments' styles say).
         rejudged = garbage.judged(result, p.samples, p.tasks[min(result.window_start, len(p.tasks) - 1)].seq
                                   if p.tasks else 0, heap_policy, _task_rate(p.tasks[len(p.tasks) // 2:]),
                                   p.tasks, raw.tasks)
@@ -403,10 +406,12 @@ def _explain_window(p: ProcessData, start: float, leaking: bool, on_heap: bool =
         # stage left there, among others) cannot make it native.
         leak_kind, evidence = kind.PYTHON_OBJECTS, (
             "the verdict rests on the Python heap's growth (RSS has not followed); " + evidence[0],) + evidence[1:]
-    leaky = attribution.lasting_leak([tasks]) if leaking else None
+    swept = garbage.dominated(garbage.collections(p.samples, tasks[0].seq), HEAP_POLICY.min_growth) \
+        if leaking and tasks else False
+    leaky = attribution.lasting_leak([tasks], garbage=swept) if leaking else None
     censuses = _window_censuses(p.censuses, start, own_activity.activity(p))
     return _Window(data=p, tasks=tasks, samples=samples, censuses=censuses,
-                   kind=leak_kind, evidence=evidence, leaky=leaky,
+                   kind=leak_kind, evidence=evidence, leaky=leaky, garbage=swept,
                    holders=holders.plausible(p) if leaking else (), on_heap=on_heap,
                    containers=containers.growing(p.container_scans, tasks[0].seq if tasks else 0) if leaking
                    else ())
@@ -476,7 +481,7 @@ def _pooled_findings(
 ) -> tuple[Finding, ...]:
     if not leaking:
         return ()
-    leaky = attribution.lasting_leak([w.tasks for _, w in leaking], growth)
+    leaky = attribution.lasting_leak([w.tasks for _, w in leaking], growth, garbage=any(w.garbage for _, w in leaking))
     task = leaky.task if leaky else None
     per_process = []
     total_calls = 0

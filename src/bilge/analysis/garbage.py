@@ -16,8 +16,9 @@ temporaries, a tracemalloc snapshot say, count there). When
 collections take back growth of the size the verdict saw, the verdict is
 judged again on those floors alone: a leak raises them, garbage does not.
 It is judged again only when nothing is seen holding the growth (no
-module-level container growing, no holder path): a container that grows is
-a leak whatever the collector frees beside it.
+module-level container growing, no holder path seen holding more at a later
+search): a container that grows is a leak whatever the collector frees
+beside it.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def collections(samples: Sequence[Sample], start: int, tasks: Sequence[TaskRecor
     rss_at: list[int | None] = []
     window: list[int] = []
     prev: Sample | None = None
+    # The heap's highest reading since the previous floor: a sample can fall
+    # between a collection and the task end that reads its floor, already low.
+    peak = 0
     for s in samples:
         if s.heap_blocks is not None and s.tasks_done >= start:
             window.append(s.heap_blocks)
@@ -92,11 +96,13 @@ def collections(samples: Sequence[Sample], start: int, tasks: Sequence[TaskRecor
             if s.tasks_done < start:
                 # Only the latest collection before the window is kept: the window's reference.
                 floors, taken, collected_at, rss_at = [], [], [], []
-            taken.append(max(0, (prev.heap_blocks or 0) - s.heap_after_full))
+            taken.append(max(0, peak - s.heap_after_full))
             collected_at.append(at)
             if at not in left_out:
                 floors.append((at, s.heap_after_full, rebased.get(at)))
                 rss_at.append(s.rss)
+            peak = 0
+        peak = max(peak, s.heap_blocks or 0)
         prev = s
     if not taken or len(window) < 2:
         return None
@@ -107,6 +113,12 @@ def collections(samples: Sequence[Sample], start: int, tasks: Sequence[TaskRecor
     return Collections(floors=tuple((at, (rb if rebase else raw) or 0) for at, raw, rb in floors),
                        taken=tuple(taken), net=window[-1] - window[0], collected_at=tuple(collected_at),
                        rss_between=last_rss - first_rss if first_rss is not None and last_rss is not None else None)
+
+
+def dominated(seen: Collections | None, min_blocks: float = 1) -> bool:
+    """Whether full collections took back, at once, at least half of what the heap grew over the window (and at
+    least ``min_blocks``): then the heap's and RSS's growth are mostly garbage's, per call as well as in all."""
+    return seen is not None and max(seen.taken) >= MIN_TAKEN_SHARE * max(seen.net, min_blocks)
 
 
 def judged(verdict: Trend, samples: Sequence[Sample], start: int, policy: TrendPolicy,
@@ -129,7 +141,7 @@ def judged(verdict: Trend, samples: Sequence[Sample], start: int, policy: TrendP
     if verdict.verdict != LEAK:
         return verdict
     seen = collections(samples, start, tasks, stored)
-    if seen is None or max(seen.taken) < MIN_TAKEN_SHARE * max(seen.net, 1):
+    if seen is None or not dominated(seen):
         return verdict
     garbage = ("the growth looks like cyclic garbage: the heap grew by %+d blocks over the window and full "
                "collections took back up to %d (~%s) at a time; nothing is seen holding it" % (

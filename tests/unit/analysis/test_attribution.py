@@ -196,6 +196,21 @@ def test_a_retried_tasks_garbage_in_rss_does_not_outweigh_the_counted_items() ->
     assert leaking_task([replace(retried, support=0.5), adder, other]).task == "convert_total"
 
 
+def test_when_full_collections_take_back_the_growth_the_counted_items_name_the_task() -> None:
+    """The soak with a leak (benchmarks/soak.py --leak 16384): soak.flaky's retries leave 7 blocks of cyclic
+    garbage a gc-free call, so its blocks support it (t = +315) and RSS favours it; soak.leaky keeps one 16 KiB
+    bytes a call in a list the agent counts, one item a call. Where full collections took back most of the
+    heap's growth, blocks and RSS measure garbage: the items name soak.leaky."""
+    flaky = TaskGrowth(task="soak.flaky", calls=5000, bytes_per_call=9000.0, blocks_per_call=7.0, score=32.7,
+                       support=315.0, items_per_call=0.0, items_score=-30.0)
+    leaky = TaskGrowth(task="soak.leaky", calls=5000, bytes_per_call=-1200.0, blocks_per_call=1.0, score=-3.7,
+                       support=40.0, items_per_call=1.0, items_score=math.inf)
+    assert leaking_task([flaky, leaky]) == flaky
+    assert leaking_task([flaky, leaky], garbage=True) == leaky
+    # Without counted items nothing speaks against the regression.
+    assert leaking_task([flaky, replace(leaky, items_per_call=0.0, items_score=0.0)], garbage=True) == flaky
+
+
 def test_the_leaking_task_is_named_when_heap_blocks_were_read_on_one_task_in_eight() -> None:
     """A big heap: the agent read blocks on one task in eight only; RSS windows still name the leaker."""
     tasks = [t if t.seq % 8 == 0 else replace(t, blocks_before=None, blocks_after=None)
