@@ -118,3 +118,15 @@ def test_only_a_leak_verdict_is_judged_again() -> None:
     # Collections that take back little beside a steady climb leave the verdict alone.
     small = retrying(garbage_per_retry=3, leak_blocks=30)
     assert garbage.judged(leak, small.samples, 1500, TrendPolicy(), None) is leak
+
+
+def test_a_collections_take_counts_from_the_highest_reading_before_it() -> None:
+    """A sample can fall between a full collection and the task end that reads its floor: the heap is already
+    low there, and the take is counted from the reading before it."""
+    def at(tasks: int, heap: int, full: int, floor: int | None = None) -> Sample:
+        return Sample(tasks * 0.01, BASE_RSS, None, None, heap, full, 12, 2, tasks, gc_full=full,
+                      heap_after_full=floor, floor_task=tasks - 1 if floor else None)
+
+    seen = garbage.collections((at(90, 700_000, 0), at(100, 900_000, 0), at(110, 400_000, 0),
+                                at(120, 420_000, 1, 380_000)), 0)
+    assert seen is not None and seen.taken == (520_000,)
