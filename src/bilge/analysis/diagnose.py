@@ -460,7 +460,12 @@ def _types(window: _Window, task: str | None) -> tuple[tuple[TypeGrowth, ...], i
     else:
         basis = float(calls)
     floor = census_diff.MIN_COUNT_PER_CALL * basis
-    return census_diff.type_growth(cs, calls, floor), calls, floor
+    grown = census_diff.type_growth(cs, calls, floor)
+    if window.garbage:
+        # Counts include garbage waiting for a full collection: its types are not what the process keeps.
+        collected = garbage.collected_types(window.data.censuses, window.data.samples)
+        grown = tuple(t for t in grown if t.type not in collected)
+    return grown, calls, floor
 
 
 KIND_PREFERENCE = (kind.FILE_DESCRIPTORS, kind.UNCOLLECTABLE, kind.PYTHON_OBJECTS, kind.FRAGMENTATION, kind.NATIVE)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from bilge.analysis import trend
 from bilge.analysis.kind import BLOCK_BYTES
 from bilge.analysis.trend import TrendPolicy
-from bilge.model import INCONCLUSIVE, LEAK, NO_LEAK, Sample, TaskRecord, Trend
+from bilge.model import INCONCLUSIVE, LEAK, NO_LEAK, Census, Sample, TaskRecord, Trend
 
 # Collections must have taken back, at once, at least this share of the heap's
 # growth over the judged window for that growth to be judged as garbage.
@@ -38,6 +38,9 @@ MIN_TAKEN_SHARE = 0.5
 # best), three a trend and a no-leak.
 MIN_FLOORS = 2
 NO_LEAK_FLOORS = 3
+# A type a full collection took back: it had gained at least this many
+# objects since the first count, and the collection left under half of them.
+MIN_COLLECTED = 20
 
 
 @dataclass(frozen=True)
@@ -175,3 +178,31 @@ def judged(verdict: Trend, samples: Sequence[Sample], start: int, policy: TrendP
     return replace(verdict, verdict=INCONCLUSIVE, needed=needed, reason=(
         "%s; %s, not enough to call it a leak%s; about %d more tasks (%d more full collections) are needed to "
         "tell a leak from garbage" % (garbage, floors, rss, needed, more)))
+
+
+def collected_types(censuses: Sequence[Census], samples: Sequence[Sample]) -> frozenset[str]:
+    """Types a full collection between two counts took back at least half the growth of.
+
+    Garbage's types (a retried task's frames and tracebacks, a dropped
+    minidom tree's nodes) fall at every full collection; a leaked object is
+    reachable, so its type's count does not.
+    """
+    if len(censuses) < 2:
+        return frozenset()
+    full, i, at = [], 0, 0
+    for c in censuses:
+        while i < len(samples) and samples[i].t <= c.t:
+            at = samples[i].gc_full or at
+            i += 1
+        full.append(at)
+    base = censuses[0].types
+    out = set()
+    for (a, fa), (b, fb) in zip(zip(censuses, full), zip(censuses[1:], full[1:])):
+        if fb <= fa:
+            continue
+        for name, (before, _) in a.types.items():
+            gain = before - base.get(name, (0, 0))[0]
+            after = b.types.get(name, (0, 0))[0] - base.get(name, (0, 0))[0]
+            if gain >= MIN_COLLECTED and after < MIN_TAKEN_SHARE * gain:
+                out.add(name)
+    return frozenset(out)

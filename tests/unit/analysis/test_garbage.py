@@ -10,6 +10,7 @@ from bilge.model import (
     INCONCLUSIVE,
     LEAK,
     NO_LEAK,
+    Census,
     ContainerScan,
     ProcessData,
     ProcessDiagnosis,
@@ -130,3 +131,21 @@ def test_a_collections_take_counts_from_the_highest_reading_before_it() -> None:
     seen = garbage.collections((at(90, 700_000, 0), at(100, 900_000, 0), at(110, 400_000, 0),
                                 at(120, 420_000, 1, 380_000)), 0)
     assert seen is not None and seen.taken == (520_000,)
+
+
+def test_the_types_a_full_collection_takes_back_are_garbage_and_a_leaked_type_is_not() -> None:
+    """A retried task's frames and tracebacks rise between full collections and fall at one; the leaked
+    orders keep rising; a type that gained too few objects to tell is left alone."""
+    def count(tasks: int, frames: int, orders: int, few: int) -> Census:
+        return Census(tasks * 0.01 + 0.005, tasks, 0, 0.01, {"frame": (frames, frames * 400),
+                                                              "shop.Order": (orders, orders * 64), "cell": (few, 0)})
+
+    def sample(tasks: int, full: int) -> Sample:
+        return Sample(tasks * 0.01, BASE_RSS, None, None, BASE_BLOCKS, full, 12, 2, tasks, gc_full=full,
+                      heap_after_full=BASE_BLOCKS, floor_task=tasks)
+
+    censuses = (count(0, 0, 0, 3), count(300, 180, 100, 12), count(600, 390, 200, 20), count(900, 60, 300, 5))
+    samples = tuple(sample(t, 0 if t < 700 else 1) for t in range(0, 1000, 10))
+    assert garbage.collected_types(censuses, samples) == {"frame"}
+    # Without a full collection between the counts, nothing is taken back.
+    assert garbage.collected_types(censuses, tuple(replace(s, gc_full=0) for s in samples)) == frozenset()
