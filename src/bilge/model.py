@@ -254,8 +254,10 @@ STAGE_NATIVE_WINDOW = "native-window"  # glibc in-use bytes per user line
 STAGE_HOLDER_SEARCH = "holder-search"  # who keeps the growing types alive
 STAGE_FD_SCAN = "fd-scan"  # what open descriptors point to
 STAGE_SNAPSHOT = "snapshot"  # a census and a holder search a user asked for (`bilge snapshot`)
+STAGE_FULL_COLLECTION = "full-collection"  # one gc.collect(): is the heap's growth garbage? (agent.explain)
 STAGES = (STAGE_WATCH, STAGE_TASK_HOOKS, STAGE_CENSUS, STAGE_FLUSH, STAGE_RECOUNT, STAGE_ALLOCATION_WINDOW,
-          STAGE_ALLOCATION_EPISODE, STAGE_NATIVE_WINDOW, STAGE_HOLDER_SEARCH, STAGE_FD_SCAN, STAGE_SNAPSHOT)
+          STAGE_ALLOCATION_EPISODE, STAGE_NATIVE_WINDOW, STAGE_HOLDER_SEARCH, STAGE_FD_SCAN, STAGE_SNAPSHOT,
+          STAGE_FULL_COLLECTION)
 # Stages whose runs leave a step in the process's memory (tracemalloc's
 # tables, peaks glibc and pymalloc keep, caches filled while naming sites):
 # the analysis drops the tasks that overlapped them and takes the step,

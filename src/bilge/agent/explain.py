@@ -12,6 +12,14 @@ Nothing here runs until the process shows growth that outlives warm-up
    a deque filling to its ``maxlen`` stops before it is explained;
 2. when the Python heap grows, some type must have grown in each of the last
    counts (a census or the stage's own recount): a leak adds objects steadily;
+   Before that count, when no full garbage collection ran since the process
+   first looked suspect, the stage runs one (``gc.collect()``, paid from the
+   budget; never in a process that turned the collector off): garbage that
+   waits for a full collection (a retried task's tracebacks, a dropped
+   minidom tree) climbs like a leak until one runs, which CPython delays
+   while the heap is big. When it takes back over half the growth, the
+   suspicion starts over and nothing is opened; the collection's floor is
+   what the analysis judges garbage by (``analysis/garbage.py``);
 3. when only RSS grows (the heap is flat), it must have grown by a whole
    ``MIN_GROWTH`` more, and glibc's in-use bytes (where ``mallinfo2``
    reads them) by at least half as much: RSS that rises while they stay
@@ -36,6 +44,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -49,6 +59,7 @@ from bilge.agent.watch import TaskReading, Watch
 from bilge.model import (
     STAGE_ALLOCATION_EPISODE,
     STAGE_ALLOCATION_WINDOW,
+    STAGE_FULL_COLLECTION,
     STAGE_HOLDER_SEARCH,
     STAGE_NATIVE_WINDOW,
     STAGE_RECOUNT,
@@ -56,6 +67,7 @@ from bilge.model import (
     StageRun,
 )
 from bilge.samplers import holders as holder_sampler
+from bilge.samplers import process as proc_sampler
 from bilge.samplers import wallclock
 from bilge.samplers.allocations import prepare_window
 from bilge.samplers.native_sites import NativeWindow
@@ -97,6 +109,13 @@ NATIVE_TRACED_SHARE = 0.5
 NATIVE_IN_USE_SHARE = 0.5
 NATIVE_SLOWDOWN = 4.0
 MAX_HOLDER_SEARCHES = 4
+# Full collections the stage may run in one process, and the tasks between
+# two: each holds the interpreter for its length (~120 ns per tracked object).
+MAX_COLLECTIONS = 4
+COLLECT_EVERY_TASKS = 500
+# A collection that leaves less than this share of the growth since the
+# process first looked suspect says the growth was garbage.
+GARBAGE_LEFT = 0.5
 HOLDER_SECONDS = 0.5
 HOLDER_INDEX_BYTES = 24 << 20
 # Recounts asking "is a type growing steadily?" wait this long at first,
@@ -163,6 +182,9 @@ class Explain:
         self._next_recount = 0.0
         self._recount_wait = RECOUNT_EVERY
         self._first_suspect: tuple[int, float, float, int | None] | None = None
+        self._full_at_suspect = 0  # full collections seen when the process first looked suspect
+        self.collections = 0
+        self._next_collection = 0
         self._levels: deque[tuple[int, float, float]] = deque(maxlen=LEVELS_KEPT)
         self.reason: str | None = None
         self._names: dict[str, _NameStats] = {}
@@ -281,6 +303,7 @@ class Explain:
         self._levels.append((tasks, rss, heap))
         if self._first_suspect is None:
             self._first_suspect = (tasks, rss, heap, watch.malloc.in_use())
+            self._full_at_suspect = proc_sampler.FULL_GC[0][0]
             return None
         t0, rss0, heap0, malloc0 = self._first_suspect
         if tasks < t0 + max(PERSIST_TASKS, t0 // 2):
@@ -312,12 +335,46 @@ class Explain:
             self._opened_rss_per_task = (rss - rss0) / max(1, tasks - t0)
             return ("RSS kept growing for %d tasks after the process first looked suspect (%+.0f KiB) while the "
                     "Python heap stayed flat" % (tasks - t0, (rss - rss0) / 1024))
+        if self._collected_garbage(tasks, heap0, heap):
+            return None
         steady = self._steady_types()
         if not steady:
             return None
         self._native_first = False
         return ("the Python heap kept growing for %d tasks after the process first looked suspect (%+.0f blocks) "
                 "and %s grew in every count since" % (tasks - t0, heap - heap0, ", ".join(steady[:3])))
+
+    def _collected_garbage(self, tasks: int, heap0: float, heap: float) -> bool:
+        """Whether one full collection takes back most of the heap's growth since the process first looked
+        suspect (see the module docstring); then the suspicion starts over."""
+        if (self.collections >= MAX_COLLECTIONS or tasks < self._next_collection or not gc.isenabled()
+                or proc_sampler.FULL_GC[0][0] != self._full_at_suspect or heap <= heap0):
+            return False
+        # A full collection visits every tracked object, as a count does.
+        expected = max(2 * self._census.last_count_seconds, proc_sampler.FULL_GC_SECONDS[0])
+        if not self._budget.affords(expected, expected):
+            return False
+        self.collections += 1
+        self._next_collection = tasks + COLLECT_EVERY_TASKS
+        meter = Meter(wall_clock=self._clock)
+        with meter:
+            before = sys.getallocatedblocks()
+            freed = gc.collect()
+            after = sys.getallocatedblocks()
+        wall = meter.ended - meter.started
+        # It holds the interpreter: the running task waits as long.
+        self._budget.charge(meter.cpu, wall)
+        garbage = after - heap0 < GARBAGE_LEFT * (heap - heap0)
+        outcome = "%s: %d objects freed, heap blocks %d -> %d (%+d since the process looked suspect)" % (
+            "garbage" if garbage else "not garbage", freed, before, after, after - heap0)
+        self._ledger.record(StageRun(STAGE_FULL_COLLECTION, "the Python heap grew %+.0f blocks in %d tasks with no "
+                                     "full collection" % (heap - heap0, tasks - self._first_suspect[0])
+                                     if self._first_suspect else "the Python heap grew", meter.started,
+                                     meter.ended, meter.cpu, wall, outcome))
+        if garbage:
+            self._first_suspect = None
+            self._levels.clear()
+        return garbage
 
     def _level_near(self, tasks: int) -> tuple[int, float, float]:
         """The kept (tasks, rss, heap) level whose task count is nearest ``tasks``."""

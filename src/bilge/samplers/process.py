@@ -14,6 +14,7 @@ import re
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -272,13 +273,20 @@ GC_RUNS = [0]
 # The read is one walk over pymalloc's pools, next to the collection's own
 # walk over every tracked object.
 FULL_GC: list[tuple[int, int | None]] = [(0, None)]
+# How long the latest full collection took (0.0: none seen yet).
+FULL_GC_SECONDS = [0.0]
+_full_started = [0.0]
 
 
 def _on_gc(phase: str, info: dict[str, int]) -> None:
+    if info.get("generation") == 2:
+        if phase == "start":
+            _full_started[0] = time.perf_counter()
+            return
+        FULL_GC_SECONDS[0] = time.perf_counter() - _full_started[0]
+        FULL_GC[0] = (FULL_GC[0][0] + 1, sys.getallocatedblocks())
     if phase == "stop":
         GC_RUNS[0] += 1
-        if info.get("generation") == 2:
-            FULL_GC[0] = (FULL_GC[0][0] + 1, sys.getallocatedblocks())
 
 
 def count_gc_runs() -> None:

@@ -350,3 +350,65 @@ def test_a_module_level_container_growing_at_every_scan_opens_a_window_without_s
     assert opened and opened[0].reason.startswith("opened: %s._SEEN_KEYS grew at each of the latest" % __name__), \
         opened
     assert (store.windows[0].sites[0].file, store.windows[0].sites[0].line) == (__file__, SEEN_LINE)
+
+
+class _Node:
+    def __init__(self, parent: _Node | None) -> None:
+        self.parent = parent
+        self.children: list[_Node] = []
+
+
+def _tree(size: int) -> None:
+    """A dropped tree whose nodes refer to each other (minidom's parentNode): only the collector frees it."""
+    root = _Node(None)
+    for _ in range(size):
+        root.children.append(_Node(root))
+
+
+def test_a_full_collection_tells_garbage_waiting_for_it_from_a_leak() -> None:
+    """No full collection since the process looked suspect: the stage runs one, paid from the budget. Trees
+    dropped in cycles are taken back (garbage: the suspicion starts over); kept invoices are not. Never with
+    the collector off, and at most once per COLLECT_EVERY_TASKS."""
+    import gc
+    import sys
+
+    from bilge.agent.explain import COLLECT_EVERY_TASKS
+    from bilge.model import STAGE_FULL_COLLECTION
+    from bilge.samplers import process as proc_sampler
+
+    proc_sampler.count_gc_runs()
+    agent, store = _agent()
+    explain = agent.explain
+
+    def suspect_since_now() -> None:
+        explain._first_suspect = (300, 0.0, 0.0, None)
+        explain._full_at_suspect = proc_sampler.FULL_GC[0][0]
+
+    gc.collect()
+    gc.disable()
+    try:
+        heap0 = sys.getallocatedblocks()
+        for _ in range(50):
+            _tree(200)
+        heap = sys.getallocatedblocks()
+        suspect_since_now()
+        assert not explain._collected_garbage(600, heap0, heap)  # the host turned the collector off
+        gc.enable()
+        assert explain._collected_garbage(600, heap0, heap)
+        assert explain._first_suspect is None and explain.collections == 1
+        suspect_since_now()
+        assert not explain._collected_garbage(600 + COLLECT_EVERY_TASKS - 1, heap0, heap)  # too soon
+        gc.collect()
+        assert not explain._collected_garbage(600 + COLLECT_EVERY_TASKS, heap0, heap)  # one ran meanwhile
+        heap0 = sys.getallocatedblocks()
+        for i in range(2000):
+            _leaky_task(i)
+        suspect_since_now()
+        assert not explain._collected_garbage(600 + COLLECT_EVERY_TASKS, heap0, sys.getallocatedblocks())
+        assert explain.collections == 2 and explain._first_suspect is not None
+    finally:
+        gc.enable()
+    agent.stop()
+    runs = [r for r in store.stage_runs if r.stage == STAGE_FULL_COLLECTION]
+    assert [r.outcome.split(":")[0] for r in runs] == ["garbage", "not garbage"], runs
+    assert all(r.cpu_seconds > 0 and r.slowed_seconds > 0 for r in runs)
