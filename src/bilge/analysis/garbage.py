@@ -144,7 +144,7 @@ def judged(verdict: Trend, samples: Sequence[Sample], start: int, policy: TrendP
     if verdict.verdict != LEAK:
         return verdict
     seen = collections(samples, start, tasks, stored)
-    if seen is None or not dominated(seen):
+    if seen is None or not dominated(seen, policy.min_growth):
         return verdict
     garbage = ("the growth looks like cyclic garbage: the heap grew by %+d blocks over the window and full "
                "collections took back up to %d (~%s) at a time; nothing is seen holding it" % (
@@ -206,3 +206,10 @@ def collected_types(censuses: Sequence[Census], samples: Sequence[Sample]) -> fr
             if gain >= MIN_COLLECTED and after < MIN_TAKEN_SHARE * gain:
                 out.add(name)
     return frozenset(out)
+
+
+def awaited(samples: Sequence[Sample]) -> bool:
+    """Whether no full collection ran while the process ran tasks, its collector on (the agent counted them):
+    garbage promoted out of the young generations may still be waiting for one."""
+    counted = [s for s in samples if s.tasks_done and s.gc_full is not None]
+    return bool(counted) and counted[-1].gc_full == counted[0].gc_full and all(s.gc_enabled for s in counted)

@@ -396,6 +396,9 @@ def test_a_full_collection_tells_garbage_waiting_for_it_from_a_leak() -> None:
         gc.enable()
         assert explain._collected_garbage(600, heap0, heap)
         assert explain._first_suspect is None and explain.collections == 1
+        # Its floor is the watch's now, and a sample carries it at once.
+        full, floor, _ = agent.watch.floor
+        assert full == proc_sampler.FULL_GC[0][0] and floor is not None and floor < heap
         suspect_since_now()
         assert not explain._collected_garbage(600 + COLLECT_EVERY_TASKS - 1, heap0, heap)  # too soon
         gc.collect()
@@ -409,6 +412,7 @@ def test_a_full_collection_tells_garbage_waiting_for_it_from_a_leak() -> None:
     finally:
         gc.enable()
     agent.stop()
+    assert any(row[-3] == full and row[-2] is not None for row in store.samples)
     runs = [r for r in store.stage_runs if r.stage == STAGE_FULL_COLLECTION]
     assert [r.outcome.split(":")[0] for r in runs] == ["garbage", "not garbage"], runs
     assert all(r.cpu_seconds > 0 and r.slowed_seconds > 0 for r in runs)

@@ -281,7 +281,8 @@ def test_the_pool_parent_with_few_samples_says_when_it_will_be_judged() -> None:
 def test_a_leak_nothing_explains_while_the_explain_stage_ran_is_inconclusive() -> None:
     """RSS and heap drift up after every task whatever its name, no type grows, and holder searches ran in the
     process meanwhile: not a leak to report but an inconclusive verdict saying what more is needed. The same
-    drift with no explain activity stays a leak (nothing bilge did can have caused it)."""
+    drift with no explain activity stays a leak (nothing bilge did can have caused it), once full collections
+    ran (none ran: it may be garbage waiting for one)."""
     from bilge.model import AgentCost, StageRun
 
     flat = process(2, None)
@@ -295,6 +296,13 @@ def test_a_leak_nothing_explains_while_the_explain_stage_ran_is_inconclusive() -
     assert diagnosis.verdict == INCONCLUSIVE
     assert diagnosis.findings == ()
     assert "no task, object type or holder explains the growth" in diagnosis.processes[0].reason
+    # Nor when no full collection ran while the collector was on: garbage may be waiting for one.
+    awaiting = replace(drifting_process, samples=tuple(replace(s, gc_full=2, gc_enabled=1, heap_after_full=1)
+                                                       for s in drifting_process.samples))
+    assert diagnose(RunData(run=RUN, processes=(awaiting,))).verdict == INCONCLUSIVE
+    collected = replace(awaiting, samples=tuple(replace(s, gc_full=2 + s.tasks_done // 500,
+                                                        heap_after_full=s.heap_blocks) for s in awaiting.samples))
+    assert diagnose(RunData(run=RUN, processes=(collected,))).verdict == LEAK
 
 
 def test_a_verdict_resting_on_the_heap_is_never_native() -> None:
