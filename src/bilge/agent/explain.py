@@ -364,8 +364,11 @@ class Explain:
         wall = meter.ended - meter.started
         # It holds the interpreter: the running task waits as long.
         self._budget.charge(meter.cpu, wall)
-        # Its floor, stored at once (the worker may stop before the next sample).
+        # Its floor, stored at once (the worker may stop before the next
+        # task); the next task end reads it again without the running
+        # task's temporaries.
         self._watch.floor = (proc_sampler.FULL_GC[0][0], after, self._watch.tasks_done)
+        self._watch.floor_between = True
         self._watch.sample()
         garbage = after - heap0 < GARBAGE_LEFT * (heap - heap0)
         outcome = "%s: %d objects freed, heap blocks %d -> %d (%+d since the process looked suspect)" % (

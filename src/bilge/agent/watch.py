@@ -109,6 +109,9 @@ class Watch:
         # latest, that task's number): the floor the analysis judges garbage
         # by (analysis/garbage.py).
         self.floor: tuple[int, int | None, int | None] = (proc_sampler.FULL_GC[0][0], None, None)
+        # A floor read between tasks (after the explain stage's own
+        # collection), replaced at the next task end.
+        self.floor_between = False
         self.last_rss: int | None = None
         self.last_blocks: int | None = None
         self.last_fds: int | None = None
@@ -192,12 +195,13 @@ class Watch:
                 # Gaps of 1 .. 2N-1 tasks: N on average, never in step with the host's order.
                 self._next_read = done + self._random.randrange(1, 2 * every)
         full = proc_sampler.FULL_GC[0][0]
-        if full != self.floor[0]:
+        if full != self.floor[0] or self.floor_between:
             # The first task end after a full collection: its heap is what
             # survived the collection, plus at most this task's own garbage
             # (at the collection itself the running task's temporaries
             # count too, thousands of blocks for a parsed payload).
             self.floor = (full, blocks1 if blocks1 is not None else proc_sampler.heap_blocks(), done)
+            self.floor_between = False
         now = self._clock()
         if done <= FULL_TASKS or not (done // TASK_BURST) % TASK_DUTY:
             self._add_row(done, name, t0, now, rss0, rss1, blocks0, blocks1, failed,

@@ -229,7 +229,7 @@ def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
         # table the search reached first, pygments' styles say).
         rejudged = garbage.judged(result, p.samples, p.tasks[min(result.window_start, len(p.tasks) - 1)].seq
                                   if p.tasks else 0, heap_policy, _task_rate(p.tasks[len(p.tasks) // 2:]),
-                                  p.tasks, raw.tasks)
+                                  p.tasks, raw.tasks, result.slope if on_heap else None)
         if rejudged.verdict != LEAK:
             confirmed = None
             window = replace(_explain_window(p, explain_start, False), data=raw)

@@ -38,6 +38,9 @@ MIN_TAKEN_SHARE = 0.5
 # best), three a trend and a no-leak.
 MIN_FLOORS = 2
 NO_LEAK_FLOORS = 3
+# Floors rising at under this share of the heap's growth the verdict saw
+# leave it undecided: mostly garbage, perhaps something kept besides.
+KEPT_SHARE = 0.5
 # A type a full collection took back: it had gained at least this many
 # objects since the first count, and the collection left under half of them.
 MIN_COLLECTED = 20
@@ -105,6 +108,18 @@ def collections(samples: Sequence[Sample], start: int, tasks: Sequence[TaskRecor
                 floors.append((at, s.heap_after_full, rebased.get(at)))
                 rss_at.append(s.rss)
             peak = 0
+        elif (prev is not None and s.gc_full is not None and s.gc_full == prev.gc_full and collected_at
+              and s.floor_task is not None and s.floor_task != prev.floor_task and s.heap_after_full is not None):
+            # The same collection's floor read again at a task end (the
+            # first was read between tasks, with a task's temporaries).
+            at = s.floor_task
+            collected_at[-1] = at
+            if floors and floors[-1][0] == prev.floor_task:
+                floors.pop()
+                rss_at.pop()
+            if at not in left_out:
+                floors.append((at, s.heap_after_full, rebased.get(at)))
+                rss_at.append(s.rss)
         peak = max(peak, s.heap_blocks or 0)
         prev = s
     if not taken or len(window) < 2:
@@ -125,7 +140,8 @@ def dominated(seen: Collections | None, min_blocks: float = 1) -> bool:
 
 
 def judged(verdict: Trend, samples: Sequence[Sample], start: int, policy: TrendPolicy,
-           rate: float | None, tasks: Sequence[TaskRecord] = (), stored: Sequence[TaskRecord] = ()) -> Trend:
+           rate: float | None, tasks: Sequence[TaskRecord] = (), stored: Sequence[TaskRecord] = (),
+           claimed: float | None = None) -> Trend:
     """A leak verdict judged again when full collections take back growth of its size.
 
     Args:
@@ -135,6 +151,8 @@ def judged(verdict: Trend, samples: Sequence[Sample], start: int, policy: TrendP
         policy: the heap-block thresholds (``diagnose.HEAP_POLICY``), applied to the floors.
         rate: tasks per second, for the policy's bytes-a-day test.
         tasks, stored: the process's tasks re-based and as stored (see ``collections``).
+        claimed: the heap blocks per task the verdict saw, when it rests on the heap: floors that rise
+            far slower than that say part of the growth is garbage.
 
     Returns:
         ``verdict`` itself unless the growth is garbage's size; then a leak when
@@ -163,8 +181,17 @@ def judged(verdict: Trend, samples: Sequence[Sample], start: int, policy: TrendP
         policy.min_per_day is None or per_day is None or per_day >= policy.min_per_day)
     floors = "the heap after each full collection (what survives) went %d → %d over tasks %d-%d (%+.2f blocks a " \
              "task, %d collections)" % (f0, f1, t0, t1, slope, len(seen.floors))
-    if material:
+    if material and (claimed is None or slope >= KEPT_SHARE * claimed):
         return replace(verdict, reason="%s; %s: it keeps growing" % (verdict.reason, floors))
+    if material and claimed is not None:
+        # What survives grows, far slower than the heap the verdict saw:
+        # part of it garbage, part perhaps kept.
+        more = max(1, NO_LEAK_FLOORS + 1 - len(seen.floors))
+        needed = max(int(seen.tasks_between * more), 1)
+        return replace(verdict, verdict=INCONCLUSIVE, needed=needed, reason=(
+            "%s; %s, under %.0f%% of the %+.2f blocks a task the heap grew: part of the growth is garbage; about "
+            "%d more tasks (%d more full collections) are needed to tell whether the rest is kept" % (
+                garbage, floors, 100 * KEPT_SHARE, claimed, needed, more)))
     tooth = max(seen.taken) * BLOCK_BYTES
     if len(seen.floors) >= NO_LEAK_FLOORS and seen.rss_between is not None and seen.rss_between <= tooth:
         return replace(verdict, verdict=NO_LEAK, needed=0, reason=(

@@ -149,3 +149,15 @@ def test_the_types_a_full_collection_takes_back_are_garbage_and_a_leaked_type_is
     assert garbage.collected_types(censuses, samples) == {"frame"}
     # Without a full collection between the counts, nothing is taken back.
     assert garbage.collected_types(censuses, tuple(replace(s, gc_full=0) for s in samples)) == frozenset()
+
+
+def test_floors_rising_far_slower_than_the_heap_the_verdict_saw_leave_it_undecided() -> None:
+    """Floors rise ~10 blocks a task: a leak on their own, but the heap verdict saw 1000 blocks a task, so most
+    of its growth was garbage: inconclusive, not a leak; with a verdict on RSS (no claim in blocks) it stands."""
+    samples = retrying(leak_blocks=30).samples
+    policy = TrendPolicy(min_growth=1500, min_slope=0.05)
+    leak = Trend(LEAK, 1000.0, 1e-9, 1.0, 150, 300, "the heap grows")
+    assert garbage.judged(leak, samples, 1500, policy, None).verdict == LEAK
+    undecided = garbage.judged(leak, samples, 1500, policy, None, claimed=1000.0)
+    assert undecided.verdict == INCONCLUSIVE and "part of the growth is garbage" in undecided.reason
+    assert garbage.judged(leak, samples, 1500, policy, None, claimed=15.0).verdict == LEAK
