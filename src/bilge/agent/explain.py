@@ -116,6 +116,10 @@ COLLECT_EVERY_TASKS = 500
 # A collection that leaves less than this share of the growth since the
 # process first looked suspect says the growth was garbage.
 GARBAGE_LEFT = 0.5
+# Heap growth (blocks) below which no collection is run: a full collection
+# also empties the interpreter's free lists (thousands of blocks), so less
+# growth cannot be told from them.
+GARBAGE_MIN_GROWTH = 4 * MIN_HEAP_GROWTH
 HOLDER_SECONDS = 0.5
 HOLDER_INDEX_BYTES = 24 << 20
 # Recounts asking "is a type growing steadily?" wait this long at first,
@@ -348,7 +352,7 @@ class Explain:
         """Whether one full collection takes back most of the heap's growth since the process first looked
         suspect (see the module docstring); then the suspicion starts over."""
         if (self.collections >= MAX_COLLECTIONS or tasks < self._next_collection or not gc.isenabled()
-                or proc_sampler.FULL_GC[0][0] != self._full_at_suspect or heap <= heap0):
+                or proc_sampler.FULL_GC[0][0] != self._full_at_suspect or heap - heap0 < GARBAGE_MIN_GROWTH):
             return False
         # A full collection visits every tracked object, as a count does.
         expected = max(2 * self._census.last_count_seconds, proc_sampler.FULL_GC_SECONDS[0])

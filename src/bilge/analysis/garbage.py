@@ -164,6 +164,11 @@ def judged(verdict: Trend, samples: Sequence[Sample], start: int, policy: TrendP
     seen = collections(samples, start, tasks, stored)
     if seen is None or not dominated(seen, policy.min_growth):
         return verdict
+    if claimed is None and samples and max(seen.taken) * BLOCK_BYTES < MIN_TAKEN_SHARE * verdict.slope * max(
+            0, samples[-1].tasks_done - start):
+        # A verdict on RSS that grew far more than any collection took back
+        # (a native leak; a collection also empties free lists).
+        return verdict
     garbage = ("the growth looks like cyclic garbage: the heap grew by %+d blocks over the window and full "
                "collections took back up to %d (~%s) at a time; nothing is seen holding it" % (
                    seen.net, max(seen.taken), trend.size_text(max(seen.taken) * BLOCK_BYTES)))
