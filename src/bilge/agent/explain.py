@@ -116,10 +116,11 @@ COLLECT_EVERY_TASKS = 500
 # A collection that leaves less than this share of the growth since the
 # process first looked suspect says the growth was garbage.
 GARBAGE_LEFT = 0.5
-# Heap growth (blocks) below which no collection is run: a full collection
-# also empties the interpreter's free lists (thousands of blocks), so less
-# growth cannot be told from them.
-GARBAGE_MIN_GROWTH = 4 * MIN_HEAP_GROWTH
+# Unreachable objects a collection must find for the growth it took back to
+# be garbage: a full collection also empties the interpreter's free lists
+# (thousands of blocks) while it finds next to nothing in a process whose
+# growth is kept (native_malloc: 26-32 objects; garbage: thousands).
+GARBAGE_MIN_OBJECTS = 1000
 HOLDER_SECONDS = 0.5
 HOLDER_INDEX_BYTES = 24 << 20
 # Recounts asking "is a type growing steadily?" wait this long at first,
@@ -352,7 +353,7 @@ class Explain:
         """Whether one full collection takes back most of the heap's growth since the process first looked
         suspect (see the module docstring); then the suspicion starts over."""
         if (self.collections >= MAX_COLLECTIONS or tasks < self._next_collection or not gc.isenabled()
-                or proc_sampler.FULL_GC[0][0] != self._full_at_suspect or heap - heap0 < GARBAGE_MIN_GROWTH):
+                or proc_sampler.FULL_GC[0][0] != self._full_at_suspect or heap <= heap0):
             return False
         # A full collection visits every tracked object, as a count does.
         expected = max(2 * self._census.last_count_seconds, proc_sampler.FULL_GC_SECONDS[0])
@@ -374,7 +375,7 @@ class Explain:
         self._watch.floor = (proc_sampler.FULL_GC[0][0], after, self._watch.tasks_done)
         self._watch.floor_between = True
         self._watch.sample()
-        garbage = after - heap0 < GARBAGE_LEFT * (heap - heap0)
+        garbage = after - heap0 < GARBAGE_LEFT * (heap - heap0) and freed >= GARBAGE_MIN_OBJECTS
         outcome = "%s: %d objects freed, heap blocks %d -> %d (%+d since the process looked suspect)" % (
             "garbage" if garbage else "not garbage", freed, before, after, after - heap0)
         self._ledger.record(StageRun(STAGE_FULL_COLLECTION, "the Python heap grew %+.0f blocks in %d tasks with no "

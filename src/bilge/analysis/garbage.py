@@ -34,6 +34,9 @@ from bilge.model import INCONCLUSIVE, LEAK, NO_LEAK, Census, Sample, TaskRecord,
 # Collections must have taken back, at once, at least this share of the heap's
 # growth over the judged window for that growth to be judged as garbage.
 MIN_TAKEN_SHARE = 0.5
+# A full collection also empties the interpreter's free lists: blocks taken
+# back from no garbage at all (~3,600 in a zoo worker).
+FREE_LIST_BLOCKS = 4096
 # Floors the verdict needs: two give a first comparison (inconclusive at
 # best), three a trend and a no-leak.
 MIN_FLOORS = 2
@@ -135,8 +138,9 @@ def collections(samples: Sequence[Sample], start: int, tasks: Sequence[TaskRecor
 
 def dominated(seen: Collections | None, min_blocks: float = 1) -> bool:
     """Whether full collections took back, at once, at least half of what the heap grew over the window (and at
-    least ``min_blocks``): then the heap's and RSS's growth are mostly garbage's, per call as well as in all."""
-    return seen is not None and max(seen.taken) >= MIN_TAKEN_SHARE * max(seen.net, min_blocks)
+    least ``min_blocks``), beyond what emptying the free lists gives back: then the heap's and RSS's growth are
+    mostly garbage's, per call as well as in all."""
+    return seen is not None and max(seen.taken) >= MIN_TAKEN_SHARE * max(seen.net, min_blocks) + FREE_LIST_BLOCKS
 
 
 def judged(verdict: Trend, samples: Sequence[Sample], start: int, policy: TrendPolicy,

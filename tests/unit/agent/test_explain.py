@@ -358,11 +358,12 @@ class _Node:
         self.children: list[_Node] = []
 
 
-def _tree(size: int) -> None:
-    """A dropped tree whose nodes refer to each other (minidom's parentNode): only the collector frees it."""
+def _tree(size: int) -> _Node:
+    """A tree whose nodes refer to each other (minidom's parentNode): once dropped, only the collector frees it."""
     root = _Node(None)
     for _ in range(size):
         root.children.append(_Node(root))
+    return root
 
 
 def test_a_full_collection_tells_garbage_waiting_for_it_from_a_leak() -> None:
@@ -385,12 +386,13 @@ def test_a_full_collection_tells_garbage_waiting_for_it_from_a_leak() -> None:
         explain._full_at_suspect = proc_sampler.FULL_GC[0][0]
 
     gc.collect()
+    heap0 = sys.getallocatedblocks()
+    trees = [_tree(200) for _ in range(50)]
+    gc.collect()  # they live through a full collection: in the oldest generation now
+    del trees  # garbage that waits for the next full collection
+    heap = sys.getallocatedblocks()
     gc.disable()
     try:
-        heap0 = sys.getallocatedblocks()
-        for _ in range(50):
-            _tree(200)
-        heap = sys.getallocatedblocks()
         suspect_since_now()
         assert not explain._collected_garbage(600, heap0, heap)  # the host turned the collector off
         gc.enable()
