@@ -248,7 +248,8 @@ def cost_line(cost: AgentCost) -> str:
             what = "episode" if r.reason.startswith(EPISODE) else r.stage
             counts[what] = counts.get(what, 0) + 1
     if counts:
-        line += "; " + ", ".join("%d %s%s" % (n, what, "" if n == 1 else "s") for what, n in counts.items())
+        line += "; " + ", ".join("%d %s%s" % (n, what, "" if n == 1 else "es" if what.endswith("h") else "s")
+                                 for what, n in counts.items())
     return line
 
 

@@ -139,6 +139,8 @@ def test_cost_line_lists_costly_stages_first_slowed_time_and_runs() -> None:
     assert cost_line(COST) == (
         "bilge cost: 0.42 s CPU (census 0.30, allocation-window 0.10, holder-search 0.02, flush <0.01), "
         "tasks slowed 0.08 s; explain opened: rss grows; 2 episodes, 1 holder-search")
+    again = replace(COST, runs=COST.runs + (StageRun(STAGE_HOLDER_SEARCH, "again", 30.0, 30.1, 0.02, 0.0, "found"),))
+    assert cost_line(again).endswith("; 2 episodes, 2 holder-searches")
 
 
 def test_cost_line_without_slowed_time_or_runs() -> None:
