@@ -115,7 +115,8 @@ def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY, heap_policy: Tr
     leaking = [(d, w) for d, w in judged if d.verdict == LEAK]
     growth = attribution.task_growth([w.tasks for _, w in leaking]) if leaking else ()
     findings = _pooled_findings(leaking, growth)
-    if findings and _unexplained(findings[0]) and all(
+    awaited = all(d.tasks_observed and garbage.awaited(w.data.samples) for d, w in leaking)
+    if findings and (_unexplained(findings[0]) or awaited and _unheld(findings[0])) and all(
             d.tasks_observed and (_explained_meanwhile(w.data) or w.on_heap or garbage.awaited(w.data.samples))
             for d, w in leaking):
         # A leak in processes that ran tasks while bilge's explain stage ran
@@ -170,6 +171,11 @@ def _explained_meanwhile(p: ProcessData) -> bool:
 
 def _unexplained(f: Finding) -> bool:
     return f.task is None and f.type is None and f.holder is None
+
+
+def _unheld(f: Finding) -> bool:
+    """A type alone: garbage waiting for a full collection has types that grow too (a dropped tree's nodes)."""
+    return f.task is None and f.holder is None
 
 
 def _unexplained_process(d: ProcessDiagnosis) -> ProcessDiagnosis:

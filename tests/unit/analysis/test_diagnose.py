@@ -303,6 +303,18 @@ def test_a_leak_nothing_explains_while_the_explain_stage_ran_is_inconclusive() -
     collected = replace(awaiting, samples=tuple(replace(s, gc_full=2 + s.tasks_done // 500,
                                                         heap_after_full=s.heap_blocks) for s in awaiting.samples))
     assert diagnose(RunData(run=RUN, processes=(collected,))).verdict == LEAK
+    # A type alone (no task, no holder) does not explain it either while no full collection ran: garbage
+    # waiting for one has growing types too (a dropped minidom tree's nodes).
+    nodes = tuple(replace(c, types={**c.types, "xml.dom.minidom.Element": (20 * c.tasks_done, 2000 * c.tasks_done)})
+                  for c in flat.censuses)
+    typed = replace(drifting_process, censuses=nodes)
+    assert diagnose(RunData(run=RUN, processes=(typed,))).findings[0].type == "xml.dom.minidom.Element"
+    assert diagnose(RunData(run=RUN, processes=(typed,))).verdict == LEAK
+    assert diagnose(RunData(run=RUN, processes=(replace(typed, samples=awaiting.samples),))).verdict == INCONCLUSIVE
+    # A leak its task explains stays one, full collection or not.
+    named = process(2, "shop.search")
+    named = replace(named, samples=tuple(replace(s, gc_full=2, gc_enabled=1, heap_after_full=1) for s in named.samples))
+    assert diagnose(RunData(run=RUN, processes=(named,))).verdict == LEAK
 
 
 def test_a_verdict_resting_on_the_heap_is_never_native() -> None:
