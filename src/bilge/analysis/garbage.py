@@ -80,14 +80,12 @@ def collections(samples: Sequence[Sample], start: int, tasks: Sequence[TaskRecor
         samples: the process's samples.
         start: the first task of the judged window.
         tasks: the process's tasks with the agent's own activity taken out
-            (``own_activity.without_activity``): a floor read at the end of
-            one of them is taken re-based from there.
-        stored: the tasks as stored: a floor read at the end of one stored
-            but taken out is left out.
+            (``own_activity.without_activity``), and ``stored``, the tasks as
+            stored: a floor read at the end of one stored but taken out is
+            left out (the agent's temporaries count there).
     """
-    rebased = {t.seq: t.blocks_after for t in tasks}
-    left_out = {t.seq for t in stored} - set(rebased)
-    floors: list[tuple[int, int, int | None]] = []  # (task, raw floor, re-based floor)
+    left_out = {t.seq for t in stored} - {t.seq for t in tasks}
+    floors: list[tuple[int, int]] = []  # (task, heap blocks)
     taken: list[int] = []
     collected_at: list[int] = []
     rss_at: list[int | None] = []
@@ -108,7 +106,7 @@ def collections(samples: Sequence[Sample], start: int, tasks: Sequence[TaskRecor
             taken.append(max(0, peak - s.heap_after_full))
             collected_at.append(at)
             if at not in left_out:
-                floors.append((at, s.heap_after_full, rebased.get(at)))
+                floors.append((at, s.heap_after_full))
                 rss_at.append(s.rss)
             peak = 0
         elif (prev is not None and s.gc_full is not None and s.gc_full == prev.gc_full and collected_at
@@ -121,17 +119,17 @@ def collections(samples: Sequence[Sample], start: int, tasks: Sequence[TaskRecor
                 floors.pop()
                 rss_at.pop()
             if at not in left_out:
-                floors.append((at, s.heap_after_full, rebased.get(at)))
+                floors.append((at, s.heap_after_full))
                 rss_at.append(s.rss)
         peak = max(peak, s.heap_blocks or 0)
         prev = s
     if not taken or len(window) < 2:
         return None
     first_rss, last_rss = (rss_at[0], rss_at[-1]) if rss_at else (None, None)
-    # One provenance for all: re-based when every floor's task was stored (an
-    # old process stores some tasks only), else as read.
-    rebase = all(f[2] is not None for f in floors)
-    return Collections(floors=tuple((at, (rb if rebase else raw) or 0) for at, raw, rb in floors),
+    # As read, not re-based: re-basing takes out the step across bilge's own
+    # work, and a collection that falls there (the explain stage's own among
+    # them) would be taken out with it.
+    return Collections(floors=tuple(floors),
                        taken=tuple(taken), net=window[-1] - window[0], collected_at=tuple(collected_at),
                        rss_between=last_rss - first_rss if first_rss is not None and last_rss is not None else None)
 
