@@ -340,7 +340,7 @@ class Explain:
             self._opened_rss_per_task = (rss - rss0) / max(1, tasks - t0)
             return ("RSS kept growing for %d tasks after the process first looked suspect (%+.0f KiB) while the "
                     "Python heap stayed flat" % (tasks - t0, (rss - rss0) / 1024))
-        if self._collected_garbage(tasks, heap0, heap):
+        if self._collected_garbage(tasks, t0, heap0, heap):
             return None
         steady = self._steady_types()
         if not steady:
@@ -349,7 +349,7 @@ class Explain:
         return ("the Python heap kept growing for %d tasks after the process first looked suspect (%+.0f blocks) "
                 "and %s grew in every count since" % (tasks - t0, heap - heap0, ", ".join(steady[:3])))
 
-    def _collected_garbage(self, tasks: int, heap0: float, heap: float) -> bool:
+    def _collected_garbage(self, tasks: int, t0: int, heap0: float, heap: float) -> bool:
         """Whether one full collection takes back most of the heap's growth since the process first looked
         suspect (see the module docstring); then the suspicion starts over."""
         if (self.collections >= MAX_COLLECTIONS or tasks < self._next_collection or not gc.isenabled()
@@ -379,9 +379,8 @@ class Explain:
         outcome = "%s: %d objects freed, heap blocks %d -> %d (%+d since the process looked suspect)" % (
             "garbage" if garbage else "not garbage", freed, before, after, after - heap0)
         self._ledger.record(StageRun(STAGE_FULL_COLLECTION, "the Python heap grew %+.0f blocks in %d tasks with no "
-                                     "full collection" % (heap - heap0, tasks - self._first_suspect[0])
-                                     if self._first_suspect else "the Python heap grew", meter.started,
-                                     meter.ended, meter.cpu, wall, outcome))
+                                     "full collection" % (heap - heap0, tasks - t0), meter.started, meter.ended,
+                                     meter.cpu, wall, outcome))
         if garbage:
             self._first_suspect = None
             self._levels.clear()

@@ -394,22 +394,22 @@ def test_a_full_collection_tells_garbage_waiting_for_it_from_a_leak() -> None:
     gc.disable()
     try:
         suspect_since_now()
-        assert not explain._collected_garbage(600, heap0, heap)  # the host turned the collector off
+        assert not explain._collected_garbage(600, 300, heap0, heap)  # the host turned the collector off
         gc.enable()
-        assert explain._collected_garbage(600, heap0, heap)
+        assert explain._collected_garbage(600, 300, heap0, heap)
         assert explain._first_suspect is None and explain.collections == 1
         # Its floor is the watch's now, and a sample carries it at once.
         full, floor, _ = agent.watch.floor
         assert full == proc_sampler.FULL_GC[0][0] and floor is not None and floor < heap
         suspect_since_now()
-        assert not explain._collected_garbage(600 + COLLECT_EVERY_TASKS - 1, heap0, heap)  # too soon
+        assert not explain._collected_garbage(600 + COLLECT_EVERY_TASKS - 1, 300, heap0, heap)  # too soon
         gc.collect()
-        assert not explain._collected_garbage(600 + COLLECT_EVERY_TASKS, heap0, heap)  # one ran meanwhile
+        assert not explain._collected_garbage(600 + COLLECT_EVERY_TASKS, 300, heap0, heap)  # one ran meanwhile
         heap0 = sys.getallocatedblocks()
         for i in range(2000):
             _leaky_task(i)
         suspect_since_now()
-        assert not explain._collected_garbage(600 + COLLECT_EVERY_TASKS, heap0, sys.getallocatedblocks())
+        assert not explain._collected_garbage(600 + COLLECT_EVERY_TASKS, 300, heap0, sys.getallocatedblocks())
         assert explain.collections == 2 and explain._first_suspect is not None
     finally:
         gc.enable()
