@@ -148,7 +148,7 @@ class AgentConfig:
     sample_interval: float = 0.5
     census_budget: float = 0.005
     census_min_interval: float = 1.0
-    sizing_every: int = 5
+    sizing_every: int = 10
     buffer_limit: int = 20000
     show_values: bool = False
     explain: bool = True

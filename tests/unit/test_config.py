@@ -59,7 +59,7 @@ def test_defaults_match_the_agent_and_are_not_written() -> None:
     assert back == config
     assert (back.cpu_share, back.cpu_period, back.slowed_per_hour) == (0.01, 600.0, 1.0)
     assert (back.sample_interval, back.census_budget, back.census_min_interval, back.sizing_every, back.buffer_limit,
-            back.show_values, back.explain, back.recycle) == (0.5, 0.005, 1.0, 5, 20000, False, True, RecyclePolicy())
+            back.show_values, back.explain, back.recycle) == (0.5, 0.005, 1.0, 10, 20000, False, True, RecyclePolicy())
 
 
 def test_field_names_and_defaults_are_those_of_the_agent_runtime() -> None:

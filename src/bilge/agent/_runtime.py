@@ -71,7 +71,7 @@ HOOK_TIMING_EVERY = 64
 # The census and the container scans spend this part of their share in a
 # settled process that shows no sign of growth (see Agent._counting_pace);
 # a process is young for at most YOUNG_SECONDS.
-CALM_PACE = 0.25
+CALM_PACE = 0.1
 YOUNG_SECONDS = 30.0
 # Seconds a control request waits for the stages' lock (a tick, a flush).
 CONTROL_WAIT = 10.0

@@ -99,7 +99,7 @@ class CensusStage:
     """
 
     def __init__(self, outbox: Outbox, counts: Counts, tasks_done: Callable[[], int], share: float = 0.005,
-                 min_interval: float = 1.0, sizing_every: int = 5,
+                 min_interval: float = 1.0, sizing_every: int = 10,
                  pace: Callable[[], float] = lambda: 1.0,
                  clock: Callable[[], float] = time.monotonic,
                  cpu_clock: Callable[[], float] = time.process_time) -> None:

@@ -5,7 +5,7 @@ counters, fds, glibc's arena, USS one time in ``USS_EVERY``) and, at a read
 task's end, one RSS read and one ``sys.getallocatedblocks()`` (~25-50 µs in
 all in a real worker, where the caches are cold after the task). Every task
 is read while that costs at most a small share of the task (1 % while a
-process is young, 0.25 % after); else one task in N, at both ends, and the
+process is young, 0.1 % after); else one task in N, at both ends, and the
 other tasks cost a dictionary entry and a row.
 The two suspicion rings (RSS and heap blocks after each read task) are the
 agent's early, in-process signal; the real verdict is the analysis's.
@@ -49,7 +49,7 @@ TASK_DUTY = 10
 # own duration and the process's CPU time per task (Celery's own work per
 # message included): what the reads take from throughput and from CPU.
 YOUNG_READ_SHARE = 0.01
-READ_SHARE = 0.0025
+READ_SHARE = 0.001
 MAX_YOUNG_READ_EVERY = 8
 MAX_READ_EVERY = 64
 FULL_READ_TASKS = 3000

@@ -213,28 +213,28 @@ def _tasks(watch: Watch, count: int, first: int = 0) -> None:
 def test_past_the_young_phase_one_task_in_about_n_reads_memory_at_both_ends() -> None:
     """Read tasks carry exact before/after RSS and blocks; the others only their name and times; all are rows.
 
-    A read costs 4.5 µs in the task's thread (timed there, one read in READ_TIMING_EVERY) and a task
-    lasts 1 ms: 2 x 4.5 µs against 0.25 % of 1 ms is one task in 4."""
+    A read costs 4.4 µs in the task's thread (timed there, one read in READ_TIMING_EVERY) and a task
+    lasts 1 ms: 2 x 4.4 µs against 0.1 % of 1 ms is one task in 9."""
     outbox = Outbox()
-    watch = Watch(outbox, clock=Steps(1e-3), thread_clock=Steps(4.5e-6))
+    watch = Watch(outbox, clock=Steps(1e-3), thread_clock=Steps(4.4e-6))
     heap: list[tuple[float, float]] = []
     watch.heap_suspicion.add = lambda value, at=None: heap.append((value, at))  # type: ignore[method-assign]
     watch.tasks_done = FULL_READ_TASKS
     _tasks(watch, 4000)
-    assert watch.read_every == 4
+    assert watch.read_every == 9
     rows = list(outbox.tasks)
     assert [row[0] for row in rows] == list(range(FULL_READ_TASKS + 1, FULL_READ_TASKS + 4001))
     # The first task is read at its end only: its timing is what sets N.
     rows = rows[1:]
     read = [row[0] for row in rows if None not in (row[4], row[5], row[6], row[7])]
     assert all(row[4:8] == (None, None, None, None) for row in rows if row[0] not in set(read))
-    assert 850 < len(read) < 1150  # one in 4, at random gaps
+    assert 380 < len(read) < 520  # one in 9, at random gaps
     gaps = {b - a for a, b in zip(read, read[1:])}
-    assert min(gaps) == 1 and max(gaps) == 7  # 1 .. 2N-1: never in step with a repeating order
+    assert min(gaps) == 1 and max(gaps) == 17  # 1 .. 2N-1: never in step with a repeating order
     assert [at for _, at in heap][-len(read):] == read  # the ring knows which task each reading followed
 
 
-def test_reads_are_weighed_against_the_task_one_percent_while_young_a_quarter_percent_after() -> None:
+def test_reads_are_weighed_against_the_task_one_percent_while_young_a_tenth_of_a_percent_after() -> None:
     """What a read costs (the median of the latest timings) against a task's duration sets how often
     tasks are read: every task while within the share, else one in N (capped lower while young)."""
     watch = Watch(Outbox())
@@ -250,13 +250,13 @@ def test_reads_are_weighed_against_the_task_one_percent_while_young_a_quarter_pe
     assert watch.read_every == MAX_YOUNG_READ_EVERY
     watch.tasks_done = FULL_READ_TASKS
     for _ in range(5):
-        watch.note_read_cost(10e-6)
-    assert watch.read_every == 1  # 10 µs is 0.2 % of 5 ms
+        watch.note_read_cost(4e-6)
+    assert watch.read_every == 1  # 4 µs is 0.08 % of 5 ms
     for _ in range(5):
         watch.note_read_cost(40e-6)
-    assert watch.read_every == 7  # 2 x 40 / 12.5 µs
+    assert watch.read_every == 16  # 2 x 40 / 5 µs
     watch.note_read_cost(5e-3)  # a thread switch inside one timing is not the read's cost
-    assert watch.read_every == 7
+    assert watch.read_every == 16
     for _ in range(5):
         watch.note_read_cost(1e-3)
     assert watch.read_every == MAX_READ_EVERY
@@ -355,7 +355,7 @@ def test_a_task_read_after_unread_ones_reads_its_own_start(monkeypatch: pytest.M
     heap = [1000]
     monkeypatch.setattr(proc_sampler, "heap_blocks", lambda: heap[0])
     outbox = Outbox()
-    thread_clock = Steps(4.5e-6)
+    thread_clock = Steps(4.4e-6)
     watch = Watch(outbox, clock=Steps(1e-3), thread_clock=thread_clock)
     watch.tasks_done = FULL_READ_TASKS
     for phase in range(2):
@@ -367,7 +367,7 @@ def test_a_task_read_after_unread_ones_reads_its_own_start(monkeypatch: pytest.M
             heap[0] += 10  # each task keeps 10 blocks
             watch.task_finished(key)
         if phase == 0:
-            assert watch.read_every == 4
+            assert watch.read_every == 9
             thread_clock.step = 1e-7  # reads became cheap: every task again
             for _ in range(5):
                 watch.note_read_cost(1e-7)
