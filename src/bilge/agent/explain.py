@@ -71,7 +71,7 @@ from bilge.samplers import process as proc_sampler
 from bilge.samplers import wallclock
 from bilge.samplers.allocations import prepare_window
 from bilge.samplers.native_sites import NativeWindow
-from bilge.samplers.sampled_allocations import Episode, SampledAllocations
+from bilge.samplers.sampled_allocations import AT_TASK_END, ON, Episode, SampledAllocations
 from bilge.samplers.suspicion import MIN_GROWTH, MIN_HEAP_GROWTH
 
 # Growth must go on for this many tasks (or half as many as the process
@@ -217,12 +217,20 @@ class Explain:
     # ----------------------------------------------------------- task thread --
     def task_started(self, key: object, name: str) -> None:
         """At a task's start: an armed episode may start tracing."""
-        self.window.on_task_started(key, name)
+        window = self.window
+        # Checked here, not only inside: a call fewer on almost every task, in cold caches.
+        if window.state in ON:
+            window.on_task_started(key, name)
 
     def task_finished(self, key: object, reading: TaskReading | None) -> None:
         """At a task's end: the episode's first snapshot, the native window's boundary, the names' statistics."""
-        traced = self.window.tracing
-        self.window.on_task_finished(key)
+        window = self.window
+        state = window.state
+        if reading is not None and reading.rss is None and state not in AT_TASK_END and not self.native.active:
+            # An unread task with no window moving: nothing to do (most tasks of an old process).
+            return
+        traced = state in ON
+        window.on_task_finished(key)
         if self.native.active:
             self.native.on_task_finished()
             if reading is not None:

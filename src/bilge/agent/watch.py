@@ -74,6 +74,9 @@ class TaskReading(NamedTuple):
     blocks_delta: int | None
 
 
+_new_tuple = tuple.__new__
+
+
 class Watch:
     """Samples the process every tick and reads its memory after every task.
 
@@ -92,6 +95,11 @@ class Watch:
         self._add_row = outbox.add_task
         self._paused = paused
         self._clock = clock
+        # Task times in the task hooks: the C clock plus the anchor's offset
+        # when the clock is the run's wall clock (a Python clock is one more
+        # call at each task end, where cold caches make every call count).
+        self._task_clock, self._task_offset = ((time.monotonic, wallclock.offset()) if clock is wallclock.now
+                                               else (clock, 0.0))
         self._cpu_clock = cpu_clock
         self._thread_clock = thread_clock
         self._rss = proc_sampler.RssReader()
@@ -144,21 +152,21 @@ class Watch:
         if len(running) >= MAX_RUNNING:
             running.pop(next(iter(running)))
         counted = self.counted
+        t0 = self._task_clock() + self._task_offset
         if self.read_every == 1 and self._read_end_at == self.tasks_done:
             # Memory is read once per task, at its end: what happens between
             # tasks is Celery's own bookkeeping, the same for every task name.
-            running[key] = (name, self._clock(), self.last_rss, proc_sampler.GC_RUNS[0], self.last_blocks, True,
+            running[key] = (name, t0, self.last_rss, proc_sampler.GC_RUNS[0], self.last_blocks, True,
                             counted, container_sampler.count(counted) if counted else None)
         elif self.read_every == 1 or self.tasks_done + 1 >= self._next_read:
             # A sampled read task (the one numbered _next_read), or the first
             # read after sparse reads: the last reading is some tasks old, and
             # the growth since would be charged to this task.
-            running[key] = (name, self._clock(), self._rss.read(), proc_sampler.GC_RUNS[0],
-                            proc_sampler.heap_blocks(), True, counted,
-                            container_sampler.count(counted) if counted else None)
+            running[key] = (name, t0, self._rss.read(), proc_sampler.GC_RUNS[0], proc_sampler.heap_blocks(), True,
+                            counted, container_sampler.count(counted) if counted else None)
         else:
             # Most tasks of an old process: the name and the times only.
-            running[key] = (name, self._clock(), None, proc_sampler.GC_RUNS[0], None, False, (), None)
+            running[key] = (name, t0, None, proc_sampler.GC_RUNS[0], None, False, (), None)
 
     def task_finished(self, key: Any, failed: bool = False) -> TaskReading | None:
         """Read memory after a read task, keep every task's row and feed the suspicion rings."""
@@ -202,14 +210,15 @@ class Watch:
             # count too, thousands of blocks for a parsed payload).
             self.floor = (full, blocks1 if blocks1 is not None else proc_sampler.heap_blocks(), done)
             self.floor_between = False
-        now = self._clock()
+        now = self._task_clock() + self._task_offset
         if done <= FULL_TASKS or not (done // TASK_BURST) % TASK_DUTY:
             self._add_row(done, name, t0, now, rss0, rss1, blocks0, blocks1, failed,
                                   proc_sampler.GC_RUNS[0] - gc0, items0 if items1 is not None else None, items1)
         seconds = now - t0 if now > t0 else 0.0
         self.task_seconds += (seconds - self.task_seconds) * (0.01 if self.task_seconds else 1.0)
-        return TaskReading(name, seconds, rss1, blocks1,
-                           None if blocks0 is None or blocks1 is None else blocks1 - blocks0)
+        # tuple.__new__ builds the named tuple in C (its own __new__ is Python: one more call).
+        return _new_tuple(TaskReading, (name, seconds, rss1, blocks1,
+                                        None if blocks0 is None or blocks1 is None else blocks1 - blocks0))
 
     # ---------------------------------------------------------- agent thread --
     def sample(self) -> None:

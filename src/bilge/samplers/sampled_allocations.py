@@ -67,6 +67,8 @@ IDLE, ARMED, STARTED, WARMING, TRACING = "idle", "armed", "started", "warming", 
 MEASURED, COOLING, AWAITING = "measured", "cooling", "awaiting"
 # States in which tracemalloc is on.
 ON = (STARTED, WARMING, TRACING, MEASURED, COOLING, AWAITING)
+# States in which a task's end moves the window on.
+AT_TASK_END = (ARMED, WARMING, TRACING, COOLING)
 # Warm-up tasks traced at most before the measured one, whatever its name.
 MAX_WARMUPS = 3
 # A wanted task that does not come within this many tasks: any task will do.
@@ -385,7 +387,7 @@ class SampledAllocations:
 
     def on_task_finished(self, key: object) -> None:
         """At every task end, in the task's thread: an armed window starts tracing; a traced task is done."""
-        if self.state not in (ARMED, WARMING, TRACING, COOLING):
+        if self.state not in AT_TASK_END:
             return
         with self._lock:
             if self.state == ARMED:

@@ -38,3 +38,8 @@ def here() -> tuple[float, float]:
 def now() -> float:
     """Wall-clock seconds since the epoch, continuous from the anchor."""
     return _wall + (time.monotonic() - _mono)
+
+
+def offset() -> float:
+    """What ``now()`` adds to ``time.monotonic()``: a hot path reads the C clock and adds this itself."""
+    return _wall - _mono
