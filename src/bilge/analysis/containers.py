@@ -11,13 +11,23 @@ evicting cache all stop or shrink).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from functools import reduce
 
+from bilge.analysis.stats import binomial_at_most
 from bilge.model import ContainerGrowth, ContainerScan
 from bilge.samplers.containers import keeps_pace
 
 MIN_SCANS = 3
 MIN_ELEMENTS = 16
+# A container fills at a slowing pace when its last third (in tasks) adds
+# under SLOWING_RATIO of its first third's rate per task, and a constant
+# rate would give so few in the last third with probability under
+# SLOWING_ALPHA: a cache whose keys repeat (a coupon collector: each new
+# key turns up ever more rarely), which a leak's one-entry-per-call is not.
+SLOWING_RATIO = 0.5
+SLOWING_ALPHA = 1e-3
 
 
 def growing(scans: Sequence[ContainerScan], since_tasks: int = 0) -> tuple[ContainerGrowth, ...]:
@@ -39,7 +49,8 @@ def growing(scans: Sequence[ContainerScan], since_tasks: int = 0) -> tuple[Conta
     for path, points in series.items():
         if len(points) < MIN_SCANS or points[-1][0] != last_scan:
             continue  # not read throughout (too short at first, or cut from a scan): no steady series
-        if not keeps_pace(points, min_growth=MIN_ELEMENTS):
+        part = thirds(points)
+        if not keeps_pace(points, min_growth=MIN_ELEMENTS) or part is not None and slowing([part]) is not None:
             continue
         (t0, n0), (t1, n1) = points[0], points[-1]
         container, element = kinds[path]
@@ -56,3 +67,68 @@ def merged(groups: Sequence[Sequence[ContainerGrowth]]) -> tuple[ContainerGrowth
             if g.path not in best or g.per_task > best[g.path].per_task:
                 best[g.path] = g
     return tuple(sorted(best.values(), key=lambda g: -g.per_task))
+
+
+def thirds(points: Sequence[tuple[int, int]]) -> tuple[int, int, int, int] | None:
+    """(events, tasks) in the first third and in the last third (in tasks) of a container's lengths, as (tasks
+    done, length) readings in order; None when they do not grow enough to tell.
+
+    Items are counted in units of the steps' greatest common divisor (a list
+    extended by 50 at a time counts 50 items as one event).
+    """
+    if len(points) < 4:
+        return None
+    (t0, n0), (t1, n1) = points[0], points[-1]
+    if t1 <= t0 or n1 - n0 < MIN_ELEMENTS:
+        return None
+    first_end = [p for p in points if p[0] <= t0 + (t1 - t0) / 3][-1]
+    last_start = [p for p in points if p[0] >= t1 - (t1 - t0) / 3][0]
+    early_tasks, late_tasks = first_end[0] - t0, t1 - last_start[0]
+    early, late = first_end[1] - n0, n1 - last_start[1]
+    if early_tasks <= 0 or late_tasks <= 0 or early <= 0 or late < 0:
+        return None
+    unit = reduce(math.gcd, [abs(b[1] - a[1]) for a, b in zip(points, points[1:])]) or 1
+    return early // unit, early_tasks, late // unit, late_tasks
+
+
+def slowing(parts: Sequence[tuple[int, int, int, int]]) -> tuple[float, float] | None:
+    """(first third's, last third's) events per task, pooled over ``thirds`` of one container in one or more
+    processes, when they slow significantly (see SLOWING_RATIO); None when they do not.
+
+    The test is conditional on the two thirds' total: under a constant rate
+    per task the last third's share of it follows its share of the tasks.
+    """
+    early, early_tasks, late, late_tasks = (sum(part[i] for part in parts) for i in range(4))
+    if not early or not early_tasks or not late_tasks:
+        return None
+    early_rate, late_rate = early / early_tasks, late / late_tasks
+    if late_rate >= SLOWING_RATIO * early_rate \
+            or binomial_at_most(late, early + late, late_tasks / (early_tasks + late_tasks)) >= SLOWING_ALPHA:
+        return None
+    return early_rate, late_rate
+
+
+def filling(windows: Sequence[tuple[Sequence[ContainerScan], int]]) -> tuple[tuple[str, float, float], ...]:
+    """(path, first third's, last third's events per task) of the containers filling at a slowing pace, pooled
+    over processes (their scans, each from its window's first task), most events first.
+
+    Pooled: sibling processes of one worker run the same code, and one
+    child's window may be too short to tell alone.
+    """
+    parts: dict[str, list[tuple[int, int, int, int]]] = {}
+    for scans, since_tasks in windows:
+        series: dict[str, list[tuple[int, int]]] = {}
+        window = [scan for scan in scans if scan.tasks_done >= since_tasks]
+        for scan in window:
+            for path, _, length, _ in scan.lengths:
+                series.setdefault(path, []).append((scan.tasks_done, length))
+        for path, points in series.items():
+            part = thirds(points) if points[-1][0] == window[-1].tasks_done else None
+            if part is not None:
+                parts.setdefault(path, []).append(part)
+    out = []
+    for path, found in parts.items():
+        rates = slowing(found)
+        if rates is not None:
+            out.append((sum(p[0] + p[2] for p in found), path, rates))
+    return tuple((path, early, late) for _, path, (early, late) in sorted(out, reverse=True))

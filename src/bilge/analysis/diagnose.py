@@ -133,6 +133,12 @@ def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY, heap_policy: Tr
         # tree's cycles) climbs like a leak until it runs.
         judged = [(_unexplained_process(d), w) if d.verdict == LEAK else (d, w) for d, w in judged]
         growth, findings = (), ()
+    filled = _filling(findings[0], judged, leaking) if findings else None
+    if filled is not None:
+        # What holds the growth is a cache still filling, ever more slowly:
+        # bounded if its keys are, which only a longer run tells.
+        judged = [(_still_filling(d, *filled), w) if d.verdict == LEAK else (d, w) for d, w in judged]
+        growth, findings = (), ()
     if findings:
         judged = [_reconciled(d, w, findings[0]) for d, w in judged]
     earlier = run.earlier_findings
@@ -161,6 +167,38 @@ def _reconciled(d: ProcessDiagnosis, w: _Window, first: Finding) -> tuple[Proces
             or w.kind not in MEMORY_KINDS or first.kind not in MEMORY_KINDS:
         return d, w
     return replace(d, kind=first.kind), replace(w, kind=first.kind)
+
+
+def _filling(first: Finding, judged: Sequence[tuple[ProcessDiagnosis, _Window]],
+             leaking: Sequence[tuple[ProcessDiagnosis, _Window]]) -> tuple[str, float, float] | None:
+    """The module-level container the first finding's holder runs through, when it fills at a slowing pace over
+    the run's processes and no leaking process has another container growing at its pace; else None."""
+    if first.holder is None:
+        return None
+    # Over each container's whole series, not the judged window alone: a
+    # cache's fill slows from its first entry, and the container stage only
+    # starts reading a container once it has grown for a while.
+    filled = [f for f in containers.filling([(w.data.container_scans, 0) for _, w in judged if w.tasks])
+              if _under(first.holder, f[0])]
+    if not filled:
+        return None
+    steady = {g.path for _, w in leaking for g in w.containers} - {filled[0][0]}
+    return None if steady else filled[0]
+
+
+def _still_filling(d: ProcessDiagnosis, path: str, early: float, late: float) -> ProcessDiagnosis:
+    more = max(d.tasks_observed // 2, TIME_POLICY.min_points)
+    return replace(d, verdict=INCONCLUSIVE, findings=(), trend_line=None, confirmed_after_tasks=None,
+                   confirmed_after_calls=None, reason=(
+        "memory grows after warm-up (%s), but what holds the growth, %s, fills at a slowing pace (%.3g new "
+        "entries per task in the first third of its readings, %.3g in the last): a cache whose keys repeat is "
+        "bounded by how many keys there are; about %d more tasks are needed to tell it from a leak"
+        % (d.reason, path, early, late, more)))
+
+
+def _under(holder_path: str, container_path: str) -> bool:
+    """Whether a holder path runs through a container's path (the container itself, an item or an attribute)."""
+    return holder_path == container_path or holder_path.startswith((container_path + "[", container_path + "."))
 
 
 def _explained_meanwhile(p: ProcessData) -> bool:

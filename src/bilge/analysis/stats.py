@@ -13,6 +13,8 @@ See docs/statistics.md for why these and not least squares.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -55,3 +57,18 @@ def mann_kendall(y: ArrayLike) -> tuple[float, float]:
         (z score, p-value); p is small when y tends to increase.
     """
     return trendtest.mann_kendall([float(v) for v in np.asarray(y, dtype=float)])
+
+
+def binomial_at_most(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space (exact; n up to a few thousand is instant)."""
+    if k >= n or p <= 0.0:
+        return 1.0
+    if k < 0:
+        return 0.0
+    if p >= 1.0:
+        return 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    lg = math.lgamma
+    terms = [lg(n + 1) - lg(i + 1) - lg(n - i + 1) + i * log_p + (n - i) * log_q for i in range(k + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(t - top) for t in terms))

@@ -38,3 +38,44 @@ def test_merged_keeps_the_fastest_per_path() -> None:
     b = containers.growing(scans([64, 164, 264, 364, 464]))
     (g,) = containers.merged([a, b])
     assert g.last == 464
+
+
+def coupon(n_keys: int, draws: int, every: int) -> list[int]:
+    """Distinct keys seen after each ``every`` uniform draws from ``n_keys`` (expected, rounded): a cache whose
+    keys repeat."""
+    return [round(n_keys * (1 - (1 - 1 / n_keys) ** t)) for t in range(every, draws + 1, every)]
+
+
+def test_a_cache_whose_keys_repeat_fills_at_a_slowing_pace_and_is_not_growing() -> None:
+    """300 keys drawn 1,600 times: the last third of the readings adds under half the first third's rate, far
+    beyond chance; such a container is filling, not growing."""
+    lengths = coupon(300, 1600, 200)
+    assert containers.growing(scans(lengths, path="app._DEFINITIONS", every=200)) == ()
+    ((path, early, late),) = containers.filling([(scans(lengths, path="app._DEFINITIONS", every=200), 0)])
+    assert path == "app._DEFINITIONS" and late < 0.5 * early
+
+
+def test_a_leak_at_a_steady_rate_is_not_filling_nor_is_a_short_or_flat_series() -> None:
+    steady = [64 + 33 * i + (i % 2) * 3 for i in range(9)]
+    assert containers.filling([(scans(steady), 0)]) == ()
+    assert containers.growing(scans(steady))
+    assert containers.filling([(scans([10, 300, 310]), 0)]) == ()  # three readings say nothing of thirds
+    assert containers.filling([(scans([5, 6, 7, 8, 9, 10]), 0)]) == ()  # under MIN_ELEMENTS in all
+
+
+def test_a_slowdown_within_chance_is_not_filling_and_items_come_in_units_of_the_steps() -> None:
+    """Few events: 13 then 4 is under a third of the rate, but not beyond chance. A list extended 50 at a time
+    counts each extension once: 600 then 50 items are 12 events and 1."""
+    assert containers.thirds([(100, 0), (200, 13), (300, 13), (400, 17)]) == (13, 100, 4, 100)
+    assert containers.slowing([(13, 100, 4, 100)]) is None
+    assert containers.thirds([(100, 0), (400, 600), (700, 650), (1000, 700)]) == (12, 300, 1, 300)
+    assert containers.slowing([(12, 300, 1, 300)]) is None  # p ~ 0.002 for 13 events: not below SLOWING_ALPHA
+
+
+def test_filling_pools_the_processes_of_a_run() -> None:
+    """One child's readings alone are too few to tell; its sibling's and its own together are."""
+    one = [(0, 0), (100, 20), (200, 38), (300, 50), (400, 58), (500, 66), (600, 70)]
+    assert containers.slowing([containers.thirds(one)]) is None  # type: ignore[list-item]
+    part = containers.thirds(one)
+    assert part is not None
+    assert containers.slowing([part, part]) is not None

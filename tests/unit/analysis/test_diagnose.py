@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from itertools import accumulate
 
@@ -469,3 +470,22 @@ def test_children_of_one_leak_report_one_memory_kind(monkeypatch: pytest.MonkeyP
     diagnosis = diagnose(RunData(run=RUN, processes=(process(2, "shop.search"), process(3, "shop.search", seed=1))))
     assert len(calls) == 2 and diagnosis.kind == PYTHON_OBJECTS
     assert [p.kind for p in diagnosis.processes] == [PYTHON_OBJECTS, PYTHON_OBJECTS]
+
+
+def test_growth_held_by_a_cache_filling_at_a_slowing_pace_is_inconclusive() -> None:
+    """The leak's holder is a module-level dict whose scans show it filling ever more slowly (300 keys drawn
+    again and again: a coupon collector): a cache still filling, inconclusive with how many more tasks would
+    tell. The same dict gaining one entry per call at a steady pace stays a leak."""
+    leaking = process(2, "shop.search")
+    found = _holders("shop.Order", "app._DEFINITIONS[...]", (150, 350))
+
+    def scanned(lengths: Callable[[int], int]) -> ProcessData:
+        scans = tuple(ContainerScan(t.ended + 0.001, t.seq, (("app._DEFINITIONS", "dict", lengths(t.seq), "dict"),))
+                      for t in leaking.tasks if t.seq % 100 == 0)
+        return replace(leaking, holders=found, container_scans=scans)
+
+    filling = diagnose(RunData(run=RUN, processes=(scanned(lambda seq: round(300 * (1 - (299 / 300) ** seq))),)))
+    assert filling.verdict == INCONCLUSIVE and not filling.findings
+    assert "app._DEFINITIONS, fills at a slowing pace" in filling.processes[0].reason
+    steady = diagnose(RunData(run=RUN, processes=(scanned(lambda seq: seq // 3),)))
+    assert steady.verdict == LEAK and steady.findings[0].holder == "app._DEFINITIONS[...]"

@@ -113,3 +113,14 @@ def test_mann_kendall_tie_correction_lowers_the_variance() -> None:
     var_ties = (n * (n - 1) * (2 * n + 5) - 4 * (2 * 1 * 9)) / 18
     assert z_ties == pytest.approx((24 - 1) / np.sqrt(var_ties))
     assert z_plain == pytest.approx((28 - 1) / np.sqrt(n * (n - 1) * (2 * n + 5) / 18))
+
+
+def test_binomial_at_most_is_the_exact_lower_tail() -> None:
+    from math import comb
+
+    from bilge.analysis.stats import binomial_at_most
+
+    assert abs(binomial_at_most(3, 10, 0.5) - sum(comb(10, i) for i in range(4)) / 1024) < 1e-12
+    assert binomial_at_most(10, 10, 0.3) == 1.0 and binomial_at_most(-1, 10, 0.3) == 0.0
+    assert binomial_at_most(0, 5, 0.0) == 1.0 and binomial_at_most(4, 5, 1.0) == 0.0
+    assert 0 < binomial_at_most(40, 2000, 0.5) < 1e-300 or binomial_at_most(40, 2000, 0.5) == 0.0  # no overflow
