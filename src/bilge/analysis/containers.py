@@ -35,15 +35,7 @@ def growing(scans: Sequence[ContainerScan], since_tasks: int = 0) -> tuple[Conta
     window = [s for s in scans if s.tasks_done >= since_tasks]
     if len(window) < MIN_SCANS:
         return ()
-    series: dict[str, list[tuple[int, int]]] = {}
-    kinds: dict[str, tuple[str, str]] = {}
-    for scan in window:
-        for path, container, length, element in scan.lengths:
-            series.setdefault(path, []).append((scan.tasks_done, length))
-            if element != "?":
-                kinds[path] = (container, element)
-            else:
-                kinds.setdefault(path, (container, element))
+    series, kinds = _series(window)
     last_scan = window[-1].tasks_done
     out = []
     for path, points in series.items():
@@ -57,6 +49,20 @@ def growing(scans: Sequence[ContainerScan], since_tasks: int = 0) -> tuple[Conta
         out.append(ContainerGrowth(path=path, container_type=container, element_type=element, first=n0, last=n1,
                                    tasks=t1 - t0, scans=len(points)))
     return tuple(sorted(out, key=lambda g: -g.per_task))
+
+
+def _series(scans: Sequence[ContainerScan]) -> tuple[dict[str, list[tuple[int, int]]], dict[str, tuple[str, str]]]:
+    """Per path, its (tasks done, length) readings in order, and its (container type, newest element type)."""
+    series: dict[str, list[tuple[int, int]]] = {}
+    kinds: dict[str, tuple[str, str]] = {}
+    for scan in scans:
+        for path, container, length, element in scan.lengths:
+            series.setdefault(path, []).append((scan.tasks_done, length))
+            if element != "?":
+                kinds[path] = (container, element)
+            else:
+                kinds.setdefault(path, (container, element))
+    return series, kinds
 
 
 def merged(groups: Sequence[Sequence[ContainerGrowth]]) -> tuple[ContainerGrowth, ...]:
@@ -108,22 +114,18 @@ def slowing(parts: Sequence[tuple[int, int, int, int]]) -> tuple[float, float] |
     return early_rate, late_rate
 
 
-def filling(windows: Sequence[tuple[Sequence[ContainerScan], int]]) -> tuple[tuple[str, float, float], ...]:
+def filling(groups: Sequence[Sequence[ContainerScan]]) -> tuple[tuple[str, float, float], ...]:
     """(path, first third's, last third's events per task) of the containers filling at a slowing pace, pooled
-    over processes (their scans, each from its window's first task), most events first.
+    over processes (one group of scans each), most events first.
 
     Pooled: sibling processes of one worker run the same code, and one
-    child's window may be too short to tell alone.
+    child's readings may be too few to tell alone.
     """
     parts: dict[str, list[tuple[int, int, int, int]]] = {}
-    for scans, since_tasks in windows:
-        series: dict[str, list[tuple[int, int]]] = {}
-        window = [scan for scan in scans if scan.tasks_done >= since_tasks]
-        for scan in window:
-            for path, _, length, _ in scan.lengths:
-                series.setdefault(path, []).append((scan.tasks_done, length))
+    for scans in groups:
+        series, _ = _series(scans)
         for path, points in series.items():
-            part = thirds(points) if points[-1][0] == window[-1].tasks_done else None
+            part = thirds(points) if points[-1][0] == scans[-1].tasks_done else None
             if part is not None:
                 parts.setdefault(path, []).append(part)
     out = []

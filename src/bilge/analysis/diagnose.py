@@ -178,7 +178,7 @@ def _filling(first: Finding, judged: Sequence[tuple[ProcessDiagnosis, _Window]],
     # Over each container's whole series, not the judged window alone: a
     # cache's fill slows from its first entry, and the container stage only
     # starts reading a container once it has grown for a while.
-    filled = [f for f in containers.filling([(w.data.container_scans, 0) for _, w in judged if w.tasks])
+    filled = [f for f in containers.filling([w.data.container_scans for _, w in judged if w.tasks])
               if _under(first.holder, f[0])]
     if not filled:
         return None

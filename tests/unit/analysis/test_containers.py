@@ -51,16 +51,16 @@ def test_a_cache_whose_keys_repeat_fills_at_a_slowing_pace_and_is_not_growing() 
     beyond chance; such a container is filling, not growing."""
     lengths = coupon(300, 1600, 200)
     assert containers.growing(scans(lengths, path="app._DEFINITIONS", every=200)) == ()
-    ((path, early, late),) = containers.filling([(scans(lengths, path="app._DEFINITIONS", every=200), 0)])
+    ((path, early, late),) = containers.filling([scans(lengths, path="app._DEFINITIONS", every=200)])
     assert path == "app._DEFINITIONS" and late < 0.5 * early
 
 
 def test_a_leak_at_a_steady_rate_is_not_filling_nor_is_a_short_or_flat_series() -> None:
     steady = [64 + 33 * i + (i % 2) * 3 for i in range(9)]
-    assert containers.filling([(scans(steady), 0)]) == ()
+    assert containers.filling([scans(steady)]) == ()
     assert containers.growing(scans(steady))
-    assert containers.filling([(scans([10, 300, 310]), 0)]) == ()  # three readings say nothing of thirds
-    assert containers.filling([(scans([5, 6, 7, 8, 9, 10]), 0)]) == ()  # under MIN_ELEMENTS in all
+    assert containers.filling([scans([10, 300, 310])]) == ()  # three readings say nothing of thirds
+    assert containers.filling([scans([5, 6, 7, 8, 9, 10])]) == ()  # under MIN_ELEMENTS in all
 
 
 def test_a_slowdown_within_chance_is_not_filling_and_items_come_in_units_of_the_steps() -> None:
