@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from support.bilge_data import bilge_report
 from support.brokers import AMQP_URL, producer_app, send_all, unique_queue
@@ -106,6 +107,27 @@ def _fleet_findings(env: dict[str, str], ours: set[str]) -> tuple[dict[str, Any]
     return nodes, [g for g in groups if g["nodes"]]
 
 
+def _progress(names: list[str], workers: list[Any], nodes: dict[str, Any]) -> str:
+    """Per node: its tasks and held findings when it answered; else whether its worker still runs, and its log."""
+    lines = []
+    for name, worker in zip(names, workers):
+        (answer,) = [v for k, v in nodes.items() if k.split("@")[0] == name] or [None]
+        if answer is not None:
+            lines.append("%s: tasks %s, held findings %s" % (
+                name, [p["tasks"] for p in answer["processes"]],
+                [(f["task"], f["holder"]) for f in answer.get("findings") or [] if f["holder"]]))
+            continue
+        code = worker.process.poll()
+        try:
+            tree = [(p.pid, p.status(), p.cpu_times().user) for p in [psutil.Process(worker.pid)]
+                    + psutil.Process(worker.pid).children(recursive=True)]
+        except psutil.Error as exc:
+            tree = [("gone", type(exc).__name__)]
+        lines.append("%s: no answer; exit code %s; processes (pid, state, user CPU s) %s; log tail:\n%s" % (
+            name, code, tree, worker.log_tail(25)))
+    return "\n".join(lines)
+
+
 def _held(node: dict[str, Any], task: str) -> list[dict[str, Any]]:
     return [f for f in node.get("findings") or [] if f["task"] == task and f["holder"]]
 
@@ -136,7 +158,7 @@ def test_the_same_leak_has_one_signature_on_every_node_and_across_a_restart(
         return len(nodes) == 4 and all(_held(n, VAT if k.startswith(names[3]) else RENDER_STATEMENT)
                                        for k, n in nodes.items())
 
-    workers[0].wait_for(found_everywhere, 300, lambda: "findings on every node: %s" % json.dumps(nodes)[:3000],
+    workers[0].wait_for(found_everywhere, 300, lambda: "findings on every node: %s" % _progress(names, workers, nodes),
                         interval=3)
     (artifacts / "findings.json").write_text(json.dumps({"nodes": nodes, "groups": groups}, indent=2))
     render = [g for g in groups if g["task"] == RENDER_STATEMENT and g["holder"]]

@@ -10,11 +10,12 @@ import threading
 import types
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from bilge.samplers import census, code_name
-from bilge.samplers.holders import HolderPath, HolderSearch, find_holders, registry_counts
+from bilge.samplers.holders import HolderPath, HolderSearch, _in_search_order, find_holders, registry_counts
 
 MODULE = "bilge_holders_fixture.app"
 
@@ -355,3 +356,20 @@ def test_paths_through_bilge_are_ignored(app: types.ModuleType, monkeypatch: pyt
     monkeypatch.setattr(census, "_holders_test_cache", [app.Order() for _ in range(20)], raising=False)
     result = find_holders([MODULE + ".Order"], max_seconds=5.0)
     assert all("bilge.samplers" not in path.path for path in result.paths)
+
+
+def test_the_walk_starts_from_the_modules_of_growing_containers_then_the_applications(
+        app: types.ModuleType, tmp_path: Path) -> None:
+    """Breadth-first under a time budget, a search on a loaded machine can end among a thousand library modules
+    (seen in CI: a constant wcwidth table named instead of the growing audit list): the modules of containers
+    seen growing come first, then the application's own (outside the standard library and site-packages)."""
+    own = types.ModuleType("bilge_holders_fixture.views")
+    own.__file__ = str(tmp_path / "views.py")
+    sys.modules[own.__name__] = own
+    try:
+        order = [name for name, _ in _in_search_order([MODULE + "._SESSIONS[...]", "no.such.module._X"])]
+        assert order[0] == MODULE
+        assert order.index(own.__name__) < min(order.index("json"), order.index("gc"), order.index("pytest"))
+        assert sorted(order) == sorted(sys.modules)  # every module, once
+    finally:
+        del sys.modules[own.__name__]

@@ -631,7 +631,8 @@ class Explain:
         # Bounded well below the search's own defaults: it runs in the user's
         # worker, whose RSS keeps part of whatever peak the search reaches.
         search = holder_sampler.find_holders(wanted, max_seconds=HOLDER_SECONDS, max_index_bytes=HOLDER_INDEX_BYTES,
-                                             show_values=self._show_values, registries_before=self._registries)
+                                             show_values=self._show_values, registries_before=self._registries,
+                                             first=self.growing_containers())
         # A C-held registry (atexit's callbacks) that grew between two
         # searches names what holds objects no Python container refers to.
         self._registries = holder_sampler.registry_counts()

@@ -87,10 +87,11 @@ class Snapshots:
             growth = sorted(((count - reference.get(name, 0), name) for name, count in now.items()
                              if reference and count > reference.get(name, 0)), reverse=True)
             wanted = (wanted_asked or self._grown(growth, now)) if search_holders else []
+            containers = list(self._growing_containers()) if search_holders else []
             search = holder_sampler.find_holders(wanted, max_seconds=HOLDER_SECONDS,
                                                  max_index_bytes=HOLDER_INDEX_BYTES,
-                                                 show_values=self._show_values) if wanted else None
-            containers = list(self._growing_containers()) if search_holders else []
+                                                 show_values=self._show_values,
+                                                 first=[c.path for c in containers]) if wanted else None
             t = self._clock()
             if search is not None:
                 self._outbox.add_holders(t, meter.started, search.paths)

@@ -176,14 +176,20 @@ def growing_container(d: Draft) -> Draft:
 
 
 def container_holders(d: Draft) -> Draft:
-    """A type the holder search missed (it ran late, or sampled), or found only in a place never seen growing:
-    a container of that type growing at every scan holds it."""
+    """A type the holder search missed (it ran late, sampled, or ran out of time before reaching the
+    application's modules), or found only on a path never seen growing (one search, a constant table of that
+    type): a container of that type growing at every scan holds it."""
     holder_of = dict(d.holder_of)
+    grown = d.leak.grown
+    seen_growing = {id(h) for h in holders.growing(d.leak.holder_groups)}
     for t in d.ranked:
-        if holder_of.get(t.type) is None or t.type not in d.held_growing:
-            g = next((g for g in d.leak.grown if g.element_type == t.type), None)
-            if g is not None:
-                holder_of[t.type] = holders.from_container(g, t.type)
+        h = holder_of.get(t.type)
+        if h is not None and (id(h) in seen_growing or any(
+                h.path == g.path or holders.runs_through(h.path, g.path) for g in grown)):
+            continue
+        g = next((g for g in grown if g.element_type == t.type), None)
+        if g is not None:
+            holder_of[t.type] = holders.from_container(g, t.type)
     return replace(d, holder_of=MappingProxyType(holder_of))
 
 

@@ -10,7 +10,8 @@ Algorithm: one breadth-first walk **forward from the roots**, each reachable
 object visited once with ``gc.get_referents``, no heap scan per step:
 
 - roots, in order of preference: the ``__dict__`` of every module in
-  ``sys.modules`` (bilge's own excluded), then the local variables of every
+  ``sys.modules`` (bilge's own excluded; those of containers seen growing
+  first, then the application's, then the libraries'), then the local variables of every
   other thread's frames (``sys._current_frames()``; the calling thread is
   never a root, so the search's own lists and the caller's locals are never
   on a path). Classes, closures and module objects met on the way re-root
@@ -55,6 +56,7 @@ inspected objects are held only during the call.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import threading
 import time
@@ -156,7 +158,7 @@ def _grown_registry(before: Mapping[str, int] | None) -> tuple[str, int] | None:
 
 def find_holders(type_names: Sequence[str], max_targets_per_type: int = 50, max_paths_per_type: int = 3,
                  max_seconds: float = 1.0, max_index_bytes: int = 64 << 20, show_values: bool = False,
-                 registries_before: Mapping[str, int] | None = None) -> HolderSearch:
+                 registries_before: Mapping[str, int] | None = None, first: Sequence[str] = ()) -> HolderSearch:
     """Find the holder paths of the instances of the given types; never raises.
 
     Args:
@@ -171,6 +173,8 @@ def find_holders(type_names: Sequence[str], max_targets_per_type: int = 50, max_
         registries_before: ``registry_counts()`` at an earlier moment (the
             previous search): one that grew since names what holds objects
             no Python container refers to.
+        first: paths (``pkg.mod._CACHE``) of containers seen growing: their
+            modules are walked first (see ``_in_search_order``).
 
     Returns:
         A ``HolderSearch``; on error or over budget, what was found so far
@@ -179,7 +183,7 @@ def find_holders(type_names: Sequence[str], max_targets_per_type: int = 50, max_
     started = time.perf_counter()
     try:
         search = _Search(frozenset(type_names), max(1, max_targets_per_type), started + max_seconds,
-                         max_index_bytes, show_values, _grown_registry(registries_before))
+                         max_index_bytes, show_values, _grown_registry(registries_before), first)
         try:
             paths = search.run(max(1, max_paths_per_type))
             return HolderSearch(paths, search.reason == "", search.reason, len(search.nodes),
@@ -192,12 +196,59 @@ def find_holders(type_names: Sequence[str], max_targets_per_type: int = 50, max_
                             time.perf_counter() - started)
 
 
+def _in_search_order(first: Sequence[str]) -> list[tuple[str, Any]]:
+    """``sys.modules``' items, the walk's roots: the modules of ``first`` (paths of containers seen growing),
+    then the application's own modules, then the standard library's and installed packages'.
+
+    The walk is breadth-first and stops at its time budget: on a loaded
+    machine it can end inside the first level, among a thousand library
+    modules imported before the application's (seen in CI: a search that
+    visited 22,000 objects, never reached ``apps.billing._VAT_AUDIT`` and
+    named a constant ``wcwidth`` table). Leaks mostly live in the
+    application's code, and a container seen growing names its module.
+    The order also breaks ties between paths of equal length.
+    """
+    modules = list(sys.modules.items())
+    hinted = set()
+    for path in first:
+        # The longest dotted prefix that is a module: "pkg.mod._CACHE[...]" is in pkg.mod.
+        parts = path.split("[", 1)[0].split(".")
+        for end in range(len(parts) - 1, 0, -1):
+            if ".".join(parts[:end]) in sys.modules:
+                hinted.add(".".join(parts[:end]))
+                break
+    installed = _installed_prefixes()
+
+    def rank(item: tuple[str, Any]) -> int:
+        name, module = item
+        if name in hinted:
+            return 0
+        where = getattr(module, "__file__", None)
+        return 2 if not isinstance(where, str) or where.startswith(installed) else 1
+
+    return sorted(modules, key=rank)  # stable: sys.modules' order within each rank
+
+
+def _installed_prefixes() -> tuple[str, ...]:
+    """Where the standard library and installed packages live (their modules are not the application's)."""
+    import sysconfig
+
+    try:
+        found = {sysconfig.get_path(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    except (KeyError, OSError, ValueError):
+        found = set()
+    found.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+    return tuple(sorted(os.path.join(p, "") for p in found if p))
+
+
 class _Search:
     """The walk's state; every reference it holds is dropped by ``release``."""
 
     def __init__(self, wanted: frozenset[str], fanout: int, deadline: float, max_bytes: int,
-                 show_values: bool = False, registry: tuple[str, int] | None = None) -> None:
+                 show_values: bool = False, registry: tuple[str, int] | None = None,
+                 first: Sequence[str] = ()) -> None:
         self.registry = registry
+        self.first = first
         self.show_values = show_values
         self.wanted = wanted
         self.fanout = fanout
@@ -261,7 +312,7 @@ class _Search:
 
     def _add_roots(self) -> None:
         own_thread = threading.get_ident()
-        for name, module in list(sys.modules.items()):
+        for name, module in _in_search_order(self.first):
             namespace = getattr(module, "__dict__", None) if isinstance(module, types.ModuleType) else None
             if type(namespace) is not dict or id(namespace) in self.seen:
                 continue

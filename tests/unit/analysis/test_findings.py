@@ -101,6 +101,20 @@ def test_a_container_growing_at_every_scan_holds_a_type_the_search_missed() -> N
         "<thread reporter> frame run() local 'samples'", "thread-stack")
 
 
+def test_a_container_growing_at_every_scan_holds_a_type_one_search_found_only_in_a_constant_table() -> None:
+    """Seen in CI: the first search ran out of time among library modules and found dicts only in wcwidth's
+    constant table; the audit list, growing at every scan, holds them. A path seen growing keeps its place."""
+    grown = (container("apps.billing._VAT_AUDIT", "dict"),)
+    table = held("dict", "wcwidth.table_overrides.WIDE_OVERRIDES[...]", 24)
+    d = replace(draft((), groups=((table,),), grown=grown), ranked=(grew("dict"),), holder_of={"dict": table})
+    holder = container_holders(d).holder_of["dict"]
+    assert holder is not None and holder.path == "apps.billing._VAT_AUDIT"
+    groups = ((held("dict", "shop._ORDERS", 40), held("dict", "shop._ORDERS", 90, t=2.0, length=300)),)
+    d = replace(draft((), groups=groups, grown=grown), ranked=(grew("dict"),), holder_of={"dict": groups[0][1]})
+    holder = container_holders(d).holder_of["dict"]
+    assert holder is not None and holder.path == "shop._ORDERS"
+
+
 def test_the_pipeline_runs_its_steps_in_order_and_the_last_writes_the_findings() -> None:
     leak = draft((grew("shop.Order"),)).leak
     bare = FindingsPipeline(steps=(emit,))(leak)
