@@ -106,6 +106,8 @@ class TaskRows:
         self._names: list[str] = []
         self._ids: dict[str, int] = {}
         self.dropped = 0  # rows refused because the buffer was full
+        # Called (in the task's thread) when a buffer grows past its high-water mark: memory the agent takes.
+        self.on_grow: Callable[[], None] = lambda: None
 
     def __len__(self) -> int:
         return self._active.n
@@ -131,6 +133,7 @@ class TaskRows:
             if offset + _ROW.size > len(active.buf):
                 # Past the high-water mark only: a malloc'd buffer, no pymalloc blocks.
                 active.buf.extend(bytes(max(_GROW_ROWS, n) * _ROW.size))
+                self.on_grow()
             _ROW.pack_into(active.buf, offset, seq, name_id, _NONE if rss0 is None else rss0,
                            _NONE if rss1 is None else rss1, _NONE if blocks0 is None else blocks0,
                            _NONE if blocks1 is None else blocks1, gc_runs, _NONE if items0 is None else items0,

@@ -217,6 +217,7 @@ def test_past_the_young_phase_one_task_in_about_n_reads_memory_at_both_ends() ->
     lasts 1 ms: 2 x 4.4 µs against 0.1 % of 1 ms is one task in 9."""
     outbox = Outbox()
     watch = Watch(outbox, clock=Steps(1e-3), thread_clock=Steps(4.4e-6))
+    outbox.tasks.on_grow = lambda: None  # 4000 unflushed rows grow the buffer: no re-basing here (see below)
     heap: list[tuple[float, float]] = []
     watch.heap_suspicion.add = lambda value, at=None: heap.append((value, at))  # type: ignore[method-assign]
     watch.tasks_done = FULL_READ_TASKS
@@ -232,6 +233,28 @@ def test_past_the_young_phase_one_task_in_about_n_reads_memory_at_both_ends() ->
     gaps = {b - a for a, b in zip(read, read[1:])}
     assert min(gaps) == 1 and max(gaps) == 17  # 1 .. 2N-1: never in step with a repeating order
     assert [at for _, at in heap][-len(read):] == read  # the ring knows which task each reading followed
+
+
+def test_the_rings_skip_the_reading_after_the_agent_took_memory_and_re_base_across_it() -> None:
+    """A census, a scan or a young process's flush keeps some of the agent's own bookkeeping, and the task rows'
+    buffer grows to its high-water mark: the reading right after is skipped and the next one re-based, so the
+    step is not the host's growth (in a process of empty tasks, it opened windows)."""
+    outbox = Outbox()
+    watch = Watch(outbox, clock=Steps(1e-3), thread_clock=Steps(1e-7))
+    added: list[float] = []
+    gaps: list[int] = []
+    watch.heap_suspicion.add = lambda value, at=None: added.append(at)  # type: ignore[method-assign]
+    watch.heap_suspicion.gap = lambda: gaps.append(watch.tasks_done)  # type: ignore[method-assign]
+    _tasks(watch, 10)
+    assert gaps == [2]  # the first row grew the (empty) buffer
+    added.clear()
+    gaps.clear()
+    watch.own_work()
+    _tasks(watch, 3, first=10)
+    assert gaps == [11] and added == [12, 13]
+    outbox.tasks.on_grow()
+    _tasks(watch, 2, first=13)
+    assert gaps == [11, 14] and added == [12, 13, 15]
 
 
 def test_reads_are_weighed_against_the_task_one_percent_while_young_a_tenth_of_a_percent_after() -> None:
