@@ -4,6 +4,7 @@ They run inside users' workers, so every reading is defensive: a failure
 yields ``None`` for that field instead of an exception.
 """
 
+import os
 from typing import Any
 
 # bilge's own runtime, which the samplers never report on (the demo app is an
@@ -28,6 +29,16 @@ def thread_local(thread: str, function: str, local: str) -> str:
     """``<thread audit-flusher> frame _flusher() local 'pending'``: a local of a function (its ``code_name``)
     running in a named thread."""
     return "<thread %s> frame %s() local '%s'" % (thread, function, local)
+
+
+# Where the standard library's and installed packages' source files live.
+STDLIB_DIR = os.path.dirname(os.__file__) + os.sep
+INSTALLED = "-packages/"  # site-packages, dist-packages
+
+
+def is_library_file(filename: str) -> bool:
+    """True for a source file of the standard library or of an installed package (not the application's)."""
+    return filename.startswith(STDLIB_DIR) or INSTALLED in filename
 
 
 def is_own_module(name: str) -> bool:

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from bilge.samplers import EXIT_CALLBACKS, LRU_CACHE, code_name, thread_local
+from bilge.samplers import EXIT_CALLBACKS, INSTALLED, LRU_CACHE, code_name, is_library_file, thread_local
 from bilge.samplers.census import type_name
 
 # A container is followed once it has moved while at least this long:
@@ -83,7 +83,6 @@ QUIET_EVERY = 4
 _CONTAINERS = (dict, list, set, collections.deque)
 _OWN = "bilge."
 _DEMO = "bilge.demo."
-_INSTALLED = "-packages/"  # site-packages, dist-packages
 _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ())) - {"__main__"}
 # Standard-library modules whose module-level containers grow with what a
 # program does (handlers, filters, threads, pickling registrations).
@@ -100,7 +99,6 @@ if type(_LRU_DICT) is not _GETSET:
 _CO_OPTIMIZED = 0x1  # a function's frame (a module's or class body's f_locals is its namespace)
 # Frames of a thread's stack read, from the innermost.
 MAX_FRAMES = 32
-_STDLIB_DIR = os.path.dirname(os.__file__) + os.sep
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _DEMO_DIR = _OWN_DIR + "demo" + os.sep
 
@@ -301,7 +299,7 @@ def _discover(seen_before: ModulesSeen | None = None) -> tuple[list[Route], Modu
                     modules_seen[module_name] = before
                 else:
                     depth = 2 if module_name in _STDLIB_REGISTRIES else 1
-                    installed = _INSTALLED in str(namespace.get("__file__") or "")
+                    installed = INSTALLED in str(namespace.get("__file__") or "")
                     first = len(routes)
                     _discover_in(namespace, (module_name,), routes, kinds, depth, classes=not installed)
                     modules_seen[module_name] = (key, tuple(routes[first:]))
@@ -382,8 +380,7 @@ def _readable(frame: Any) -> bool:
     if not code.co_flags & _CO_OPTIMIZED or frame.f_trace is not None:
         return False
     filename = code.co_filename
-    if type(filename) is not str or filename.startswith("<") or filename.startswith(_STDLIB_DIR) \
-            or _INSTALLED in filename:
+    if type(filename) is not str or filename.startswith("<") or is_library_file(filename):
         return False
     return not filename.startswith(_OWN_DIR) or filename.startswith(_DEMO_DIR)
 

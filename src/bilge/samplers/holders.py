@@ -56,7 +56,6 @@ inspected objects are held only during the call.
 from __future__ import annotations
 
 import gc
-import os
 import sys
 import threading
 import time
@@ -67,7 +66,7 @@ from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
-from bilge.samplers import EXIT_CALLBACKS, LRU_CACHE, code_name, is_own_module, thread_local, values
+from bilge.samplers import EXIT_CALLBACKS, LRU_CACHE, code_name, is_library_file, is_own_module, thread_local, values
 from bilge.samplers.census import type_name
 
 __all__ = ["HolderPath", "HolderSearch", "find_holders"]
@@ -217,28 +216,14 @@ def _in_search_order(first: Sequence[str]) -> list[tuple[str, Any]]:
             if ".".join(parts[:end]) in sys.modules:
                 hinted.add(".".join(parts[:end]))
                 break
-    installed = _installed_prefixes()
-
     def rank(item: tuple[str, Any]) -> int:
         name, module = item
         if name in hinted:
             return 0
         where = getattr(module, "__file__", None)
-        return 2 if not isinstance(where, str) or where.startswith(installed) else 1
+        return 2 if not isinstance(where, str) or is_library_file(where) else 1
 
     return sorted(modules, key=rank)  # stable: sys.modules' order within each rank
-
-
-def _installed_prefixes() -> tuple[str, ...]:
-    """Where the standard library and installed packages live (their modules are not the application's)."""
-    import sysconfig
-
-    try:
-        found = {sysconfig.get_path(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")}
-    except (KeyError, OSError, ValueError):
-        found = set()
-    found.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
-    return tuple(sorted(os.path.join(p, "") for p in found if p))
 
 
 class _Search:
