@@ -95,7 +95,7 @@ def growing_holders(d: Draft) -> Draft:
     groups, grown = d.leak.holder_groups, d.leak.grown
     held = {h.type for h in holders.growing(groups)}
     held |= {h.type for group in groups for h in group
-             if any(h.path == g.path or holders.runs_through(h.path, g.path) for g in grown)}
+             if holders.within(h.path, (g.path for g in grown))}
     held |= {g.element_type for g in grown}
     return replace(d, held_growing=frozenset(held))
 
@@ -184,8 +184,7 @@ def container_holders(d: Draft) -> Draft:
     seen_growing = {id(h) for h in holders.growing(d.leak.holder_groups)}
     for t in d.ranked:
         h = holder_of.get(t.type)
-        if h is not None and (id(h) in seen_growing or any(
-                h.path == g.path or holders.runs_through(h.path, g.path) for g in grown)):
+        if h is not None and (id(h) in seen_growing or holders.within(h.path, (g.path for g in grown))):
             continue
         g = next((g for g in grown if g.element_type == t.type), None)
         if g is not None:

@@ -10,7 +10,7 @@ table of the same type.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from bilge.model import ContainerGrowth, Holder, ProcessData
 
@@ -28,7 +28,7 @@ def holder_for(type_name: str | None, groups: Sequence[Sequence[Holder]],
     found = [h for group in per_process for h in group]
     grew = growing(per_process)
     if not grew:
-        inside = [h for h in found if any(h.path == g or runs_through(h.path, g) for g in growing_paths)]
+        inside = [h for h in found if within(h.path, growing_paths)]
         if inside:
             return max(inside, key=lambda h: (h.targets, h.t))
     if not grew and any(len({h.started for h in group}) >= 2 for group in per_process):
@@ -92,6 +92,11 @@ def held_from_c(h: Holder) -> bool:
 def runs_through(path: str, other: str) -> bool:
     """Whether holder ``path`` continues ``other`` (``a._X[...]->traceback`` runs through ``a._X[...]``)."""
     return len(path) > len(other) and path.startswith(other) and path[len(other)] in "[.-{ <"
+
+
+def within(path: str, containers: Iterable[str]) -> bool:
+    """Whether holder ``path`` is one of ``containers`` or runs through one of them."""
+    return any(path == other or runs_through(path, other) for other in containers)
 
 
 def gained(groups: Sequence[Sequence[Holder]]) -> dict[int, int]:
