@@ -11,6 +11,7 @@ the scoring is exactly the public one.
     python benchmarks/zoo_extra.py --cases per_job_logger --tasks 1500
     python benchmarks/zoo_extra.py --with-public --modes bilge,plain  # all cases
     python benchmarks/zoo_extra.py --with-public --repeat 5           # flake rate per cell
+    python benchmarks/zoo_extra.py --rescore /tmp/bilge-zoo-extra     # this checkout's analysis, kept runs
 
 Run it with the project's interpreter (``.venv/bin/python``): the harness
 starts workers with it, and ``bilge`` must be on PATH (the venv's bin is put
@@ -47,7 +48,12 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=1,
                         help="run every case this many times; writes flakes.md/flakes.json (cells that differ)")
+    parser.add_argument("--rescore", type=Path, metavar="DIR",
+                        help="re-diagnose the runs kept under DIR (a results folder or a --repeat root) with "
+                             "this checkout's analysis and score them again; the agent's data stay as recorded")
     args = parser.parse_args()
+    if args.rescore:
+        return rescore(args.rescore, args.zoo)
     if args.repeat > 1:
         return repeat(args)
 
@@ -85,8 +91,14 @@ def repeat(args: argparse.Namespace) -> int:
         subprocess.run(argv, env=dict(os.environ, ZOO_RESULTS_DIR=str(root / ("repeat-%d" % n))))
     runs = [json.loads((root / ("repeat-%d" % n) / "summary.json").read_text())
             for n in range(1, args.repeat + 1) if (root / ("repeat-%d" % n) / "summary.json").is_file()]
+    _write_flakes(root, runs)
+    return 0
+
+
+def _write_flakes(root: Path, runs: list[object], name: str = "flakes") -> None:
+    """The flake table of these runs, as ``<name>.json`` and ``<name>.md`` under root (and printed)."""
     table = flakes(runs)
-    (root / "flakes.json").write_text(json.dumps(table, indent=2))
+    (root / (name + ".json")).write_text(json.dumps(table, indent=2))
     lines = ["| case | mode | cell | right in | flake rate |", "|---|---|---|---|---|"]
     lines += ["| %s | %s | %s | %d of %d | %.0f %% |" % (r["case"], r["mode"], r["cell"], r["right"], r["runs"],
                                                       100 * r["flake_rate"])
@@ -94,8 +106,47 @@ def repeat(args: argparse.Namespace) -> int:
     lines.append("")
     lines.append("%d runs; %d scored cells; %d always right; %d wrong in every run; %d flaky." % (
         len(runs), table["scored"], table["always_right"], table["always_wrong"], table["flaky"]))
-    (root / "flakes.md").write_text("\n".join(lines) + "\n")
+    (root / (name + ".md")).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def rescore(root: Path, zoo: Path) -> int:
+    """Score the kept bilge runs under root again, with the analysis of the ``bilge`` on PATH.
+
+    An analysis change is judged on the very data the agent recorded in
+    earlier runs (every repeat of every case), without re-running workers:
+    the harness's own scoring, the case's truth. Writes ``rescored.json``
+    (and ``rescored-flakes.*`` for several runs) under root.
+    """
+    sys.path.insert(0, str(zoo))
+    from benchlib import scoring  # the harness's scoring, unchanged
+
+    folders = sorted(p.parent for p in root.glob("**/summary.json"))
+    if not folders:
+        print("zoo_extra: no results folder (summary.json) under %s" % root, file=sys.stderr)
+        return 2
+    runs = []
+    for folder in folders:
+        rows = []
+        for data in sorted(folder.glob("artifacts/*.bilge/bilge-data")):
+            case = data.parent.name[:-len(".bilge")]
+            case_dir = EXTRA / case if (EXTRA / case).is_dir() else zoo / "zoo" / case
+            truth = json.loads((case_dir / "truth.json").read_text())
+            proc = subprocess.run(["bilge", "report", "--data-dir", str(data), "--format", "json"],
+                                  capture_output=True, text=True, timeout=600)
+            try:
+                score = scoring.score_bilge(truth, str(case_dir), json.loads(proc.stdout))
+            except ValueError:
+                print("zoo_extra: %s: bilge report failed: %s" % (data, proc.stderr[-500:]), file=sys.stderr)
+                score = {}
+            rows.append({"case": case, "mode": "bilge", "score": score})
+            wrong = [c for c in CELLS if isinstance(score.get(c), dict) and score[c].get("correct") is False]
+            print("%s %s: %s" % (folder.name, case, "wrong " + ", ".join(
+                "%s=%s" % (c, score[c].get("predicted")) for c in wrong) if wrong else "right"))
+        runs.append({"folder": str(folder), "rows": rows})
+    (root / "rescored.json").write_text(json.dumps(runs, indent=1))
+    if len(runs) > 1:
+        _write_flakes(root, runs, "rescored-flakes")
     return 0
 
 

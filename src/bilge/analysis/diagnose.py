@@ -115,23 +115,16 @@ def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY, heap_policy: Tr
     leaking = [(d, w) for d, w in judged if d.verdict == LEAK]
     growth = attribution.task_growth([w.tasks for _, w in leaking]) if leaking else ()
     findings = _pooled_findings(leaking, growth)
-    awaited = all(d.tasks_observed and garbage.awaited(w.data.samples) for d, w in leaking)
-    if findings and (_unexplained(findings[0]) or awaited and _unheld(findings[0])) and all(
-            d.tasks_observed and (_explained_meanwhile(w.data) or w.on_heap or garbage.awaited(w.data.samples))
-            for d, w in leaking):
-        # A leak in processes that ran tasks while bilge's explain stage ran
-        # in them, which no task, type or holder explains, is more often a
-        # cache still filling or what the explain stage left in memory than
-        # a leak (in the zoo's runs: 6 benign processes against 3 leaking
-        # ones): say what more is needed. So is a verdict that rests on the
-        # Python heap alone: it sees a slow leak long before RSS does, and
-        # as readily a library's cache still filling by a block every few
-        # tasks (5 of the zoo's 5 benign cases once judged by what a heap
-        # trend costs in a day); only a task, type or holder tells them apart.
-        # And so is growth in a process where no full collection ran while
-        # the collector is on: garbage that waits for one (a dropped minidom
-        # tree's cycles) climbs like a leak until it runs.
-        judged = [(_unexplained_process(d), w) if d.verdict == LEAK else (d, w) for d, w in judged]
+    if findings and _unexplained_leak(findings[0], leaking):
+        # A leak verdict nothing explains is itself a warning sign (issue 9):
+        # in processes that ran tasks, a leak names a task, a type or a
+        # holder. Growth none of them explains is as often a cache still
+        # filling, memory bilge's own explain stage left behind, or garbage
+        # waiting for a full collection (in the zoo's runs more often than a
+        # leak): say which it may be and what more is needed. So is a type
+        # alone while no full collection ran (a dropped minidom tree's
+        # nodes grow too until one runs).
+        judged = [(_unexplained_process(d, w), w) if d.verdict == LEAK else (d, w) for d, w in judged]
         growth, findings = (), ()
     filled = _filling(findings[0], judged, leaking) if findings else None
     if filled is not None:
@@ -216,11 +209,30 @@ def _unheld(f: Finding) -> bool:
     return f.task is None and f.holder is None
 
 
-def _unexplained_process(d: ProcessDiagnosis) -> ProcessDiagnosis:
-    return replace(d, verdict=INCONCLUSIVE, findings=(), trend_line=None, reason=(
-        "memory grows after warm-up (%s), but no task, object type or holder explains the growth: it may be a "
-        "cache still filling or memory bilge's own explain stage left behind; about %d more tasks are needed"
-        % (d.reason, max(d.tasks_observed // 2, TIME_POLICY.min_points))))
+def _unexplained_leak(first: Finding, leaking: Sequence[tuple[ProcessDiagnosis, _Window]]) -> bool:
+    """Whether the run's first finding leaves the leaking processes' growth unexplained.
+
+    Only processes that ran tasks of more than one name can be asked for a
+    task: the pool's parent is judged on time, and a process running one
+    task (``bilge.guard``'s callable, a worker with one task type) has named
+    it by running it.
+    """
+    if not all(d.tasks_observed for d, _ in leaking) or len({t.name for _, w in leaking for t in w.data.tasks}) < 2:
+        return False
+    return _unexplained(first) or _unheld(first) and all(garbage.awaited(w.data.samples) for _, w in leaking)
+
+
+def _unexplained_process(d: ProcessDiagnosis, w: _Window) -> ProcessDiagnosis:
+    if _explained_meanwhile(w.data):
+        cause = "bilge's own explain stage ran in this process meanwhile and may have left it"
+    elif garbage.awaited(w.data.samples):
+        cause = "no full collection ran while the collector was on, so it may be garbage waiting for one"
+    else:
+        cause = "a cache still filling looks the same until it stops"
+    return replace(d, verdict=INCONCLUSIVE, findings=(), trend_line=None, confirmed_after_tasks=None,
+                   confirmed_after_calls=None, reason=(
+        "memory grows after warm-up (%s), but no task, object type or holder explains the growth: %s; about %d "
+        "more tasks are needed" % (d.reason, cause, max(d.tasks_observed // 2, TIME_POLICY.min_points))))
 
 
 def _overall(processes: Sequence[ProcessDiagnosis]) -> tuple[str, str]:

@@ -279,11 +279,11 @@ def test_the_pool_parent_with_few_samples_says_when_it_will_be_judged() -> None:
     assert diagnosis.verdict == NO_LEAK
 
 
-def test_a_leak_nothing_explains_while_the_explain_stage_ran_is_inconclusive() -> None:
-    """RSS and heap drift up after every task whatever its name, no type grows, and holder searches ran in the
-    process meanwhile: not a leak to report but an inconclusive verdict saying what more is needed. The same
-    drift with no explain activity stays a leak (nothing bilge did can have caused it), once full collections
-    ran (none ran: it may be garbage waiting for one)."""
+def test_a_leak_nothing_explains_is_inconclusive_and_says_what_it_may_be() -> None:
+    """RSS and heap drift up after every task whatever its name, and no type grows: not a leak to report
+    (issue 9: a leak verdict with nothing attributed is a warning sign) but an inconclusive verdict saying
+    what the growth may be and what more is needed: memory bilge's explain stage left when it ran in the
+    process meanwhile, garbage when no full collection ran, else a cache still filling."""
     from bilge.model import AgentCost, StageRun
 
     flat = process(2, None)
@@ -291,21 +291,21 @@ def test_a_leak_nothing_explains_while_the_explain_stage_ran_is_inconclusive() -
                              + 1500 * t.seq, blocks_before=(t.blocks_before or 0) + 20 * t.seq,
                              blocks_after=(t.blocks_after or 0) + 20 * t.seq) for t in flat.tasks)
     drifting_process = replace(flat, tasks=drifting)
-    assert diagnose(RunData(run=RUN, processes=(drifting_process,))).verdict == LEAK
+    quiet = diagnose(RunData(run=RUN, processes=(drifting_process,)))
+    assert quiet.verdict == INCONCLUSIVE
+    assert quiet.findings == () and quiet.processes[0].confirmed_after_tasks is None
+    assert "no task, object type or holder explains the growth: a cache still filling" in quiet.processes[0].reason
     searches = tuple(StageRun("holder-search", "suspect", t, t + 0.05, 0.05, 0.0, "done") for t in (6.0, 9.0))
     diagnosis = diagnose(RunData(run=RUN, processes=(replace(drifting_process, cost=AgentCost(runs=searches)),)))
     assert diagnosis.verdict == INCONCLUSIVE
     assert diagnosis.findings == ()
-    assert "no task, object type or holder explains the growth" in diagnosis.processes[0].reason
-    # Nor when no full collection ran while the collector was on: garbage may be waiting for one.
+    assert "explains the growth: bilge's own explain stage ran" in diagnosis.processes[0].reason
     awaiting = replace(drifting_process, samples=tuple(replace(s, gc_full=2, gc_enabled=1, heap_after_full=1)
                                                        for s in drifting_process.samples))
-    assert diagnose(RunData(run=RUN, processes=(awaiting,))).verdict == INCONCLUSIVE
-    collected = replace(awaiting, samples=tuple(replace(s, gc_full=2 + s.tasks_done // 500,
-                                                        heap_after_full=s.heap_blocks) for s in awaiting.samples))
-    assert diagnose(RunData(run=RUN, processes=(collected,))).verdict == LEAK
+    diagnosis = diagnose(RunData(run=RUN, processes=(awaiting,)))
+    assert diagnosis.verdict == INCONCLUSIVE and "garbage waiting for one" in diagnosis.processes[0].reason
     # A type alone (no task, no holder) does not explain it either while no full collection ran: garbage
-    # waiting for one has growing types too (a dropped minidom tree's nodes).
+    # waiting for one has growing types too (a dropped minidom tree's nodes); once collections ran, it does.
     nodes = tuple(replace(c, types={**c.types, "xml.dom.minidom.Element": (20 * c.tasks_done, 2000 * c.tasks_done)})
                   for c in flat.censuses)
     typed = replace(drifting_process, censuses=nodes)
