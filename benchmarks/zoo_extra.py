@@ -135,7 +135,12 @@ def rescore(root: Path, zoo: Path) -> int:
             proc = subprocess.run(["bilge", "report", "--data-dir", str(data), "--format", "json"],
                                   capture_output=True, text=True, timeout=600)
             try:
-                score = scoring.score_bilge(truth, str(case_dir), json.loads(proc.stdout))
+                report = json.loads(proc.stdout)
+                # The run's case folder was a scratch copy, gone now: a location
+                # in it counts as in the case's folder, as it did for the run.
+                where = str(((report.get("findings") or [{}])[0]).get("location") or "")
+                origin = Path(where).parent if where.startswith("/") and Path(where).parent.name == case else case_dir
+                score = scoring.score_bilge(truth, str(origin), report)
             except ValueError:
                 print("zoo_extra: %s: bilge report failed: %s" % (data, proc.stderr[-500:]), file=sys.stderr)
                 score = {}

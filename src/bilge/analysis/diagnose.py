@@ -30,6 +30,7 @@ from bilge.model import (
     LEAK,
     MALLOC,
     NO_LEAK,
+    STAGE_HOLDER_SEARCH,
     TRACEMALLOC,
     Census,
     ContainerGrowth,
@@ -219,12 +220,29 @@ def _unexplained_leak(first: Finding, leaking: Sequence[tuple[ProcessDiagnosis, 
     """
     if not all(d.tasks_observed for d, _ in leaking) or len({t.name for _, w in leaking for t in w.data.tasks}) < 2:
         return False
-    return _unexplained(first) or _unheld(first) and all(garbage.awaited(w.data.samples) for _, w in leaking)
+    if _unexplained(first):
+        return True
+    # Python objects nothing is seen holding, while no full collection ran:
+    # cyclic garbage (a parsed document's tree, an exception's frames) grows
+    # just so until one runs. A type alone does not tell them apart, nor does
+    # the task that makes the garbage; the heap's floor after a collection
+    # would, and so would a holder search (garbage has no path from a root).
+    awaited = all(garbage.awaited(w.data.samples) for _, w in leaking)
+    return awaited and (_unheld(first) or first.kind == kind.PYTHON_OBJECTS and first.holder is None
+                        and not any(_searched(w.data) for _, w in leaking))
+
+
+def _searched(p: ProcessData) -> bool:
+    """Whether bilge's explain stage searched the process for what holds its growing types."""
+    return bool(p.holders) or bool(p.cost and any(r.stage == STAGE_HOLDER_SEARCH for r in p.cost.runs))
 
 
 def _unexplained_process(d: ProcessDiagnosis, w: _Window) -> ProcessDiagnosis:
     if _explained_meanwhile(w.data):
         cause = "bilge's own explain stage ran in this process meanwhile and may have left it"
+    elif garbage.awaited(w.data.samples) and not _searched(w.data):
+        cause = ("no full collection ran while the collector was on and bilge has not searched for what holds the "
+                 "growing objects yet, so it may be cyclic garbage waiting for a collection")
     elif garbage.awaited(w.data.samples):
         cause = "no full collection ran while the collector was on, so it may be garbage waiting for one"
     else:

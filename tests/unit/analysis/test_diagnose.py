@@ -303,7 +303,7 @@ def test_a_leak_nothing_explains_is_inconclusive_and_says_what_it_may_be() -> No
     awaiting = replace(drifting_process, samples=tuple(replace(s, gc_full=2, gc_enabled=1, heap_after_full=1)
                                                        for s in drifting_process.samples))
     diagnosis = diagnose(RunData(run=RUN, processes=(awaiting,)))
-    assert diagnosis.verdict == INCONCLUSIVE and "garbage waiting for one" in diagnosis.processes[0].reason
+    assert diagnosis.verdict == INCONCLUSIVE and "garbage waiting for" in diagnosis.processes[0].reason
     # A type alone (no task, no holder) does not explain it either while no full collection ran: garbage
     # waiting for one has growing types too (a dropped minidom tree's nodes); once collections ran, it does.
     nodes = tuple(replace(c, types={**c.types, "xml.dom.minidom.Element": (20 * c.tasks_done, 2000 * c.tasks_done)})
@@ -312,10 +312,18 @@ def test_a_leak_nothing_explains_is_inconclusive_and_says_what_it_may_be() -> No
     assert diagnose(RunData(run=RUN, processes=(typed,))).findings[0].type == "xml.dom.minidom.Element"
     assert diagnose(RunData(run=RUN, processes=(typed,))).verdict == LEAK
     assert diagnose(RunData(run=RUN, processes=(replace(typed, samples=awaiting.samples),))).verdict == INCONCLUSIVE
-    # A leak its task explains stays one, full collection or not.
+    # A leak its task explains stays one once full collections ran, or once bilge searched for holders and the
+    # leak is not of Python objects nothing holds. Before either, its task and type alone do not tell it from the
+    # cyclic garbage the task makes (xml_invoices: minidom trees dropped without unlink()): inconclusive.
     named = process(2, "shop.search")
-    named = replace(named, samples=tuple(replace(s, gc_full=2, gc_enabled=1, heap_after_full=1) for s in named.samples))
     assert diagnose(RunData(run=RUN, processes=(named,))).verdict == LEAK
+    waiting = replace(named, samples=tuple(replace(s, gc_full=2, gc_enabled=1, heap_after_full=1)
+                                           for s in named.samples))
+    diagnosis = diagnose(RunData(run=RUN, processes=(waiting,)))
+    assert diagnosis.verdict == INCONCLUSIVE, diagnosis.processes[0].reason
+    assert "bilge has not searched for what holds the growing objects yet" in diagnosis.processes[0].reason
+    searched = replace(waiting, cost=AgentCost(runs=searches[:1]))
+    assert diagnose(RunData(run=RUN, processes=(searched,))).verdict == LEAK
 
 
 def test_a_verdict_resting_on_the_heap_is_never_native() -> None:
