@@ -6,7 +6,7 @@ Data flows one way: ``RunData`` (from the store) → per-process
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from bilge.analysis import (
@@ -111,30 +111,14 @@ def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY, heap_policy: Tr
             (an agent's censuses run among the tasks; ``bilge.guard`` counts
             between its measured calls, and re-bases its readings itself).
     """
-    judged = [_judge(p, policy, heap_policy, native_policy, census_steps)
-              for p in run.processes if p.samples or p.tasks]
+    judged = tuple(_judge(p, policy, heap_policy, native_policy, census_steps)
+                   for p in run.processes if p.samples or p.tasks)
     leaking = [(d, w) for d, w in judged if d.verdict == LEAK]
     growth = attribution.task_growth([w.tasks for _, w in leaking]) if leaking else ()
-    findings = _pooled_findings(leaking, growth)
-    if findings and _unexplained_leak(findings[0], leaking):
-        # A leak verdict nothing explains is itself a warning sign (issue 9):
-        # in processes that ran tasks, a leak names a task, a type or a
-        # holder. Growth none of them explains is as often a cache still
-        # filling, memory bilge's own explain stage left behind, or garbage
-        # waiting for a full collection (in the zoo's runs more often than a
-        # leak): say which it may be and what more is needed. So is a type
-        # alone while no full collection ran (a dropped minidom tree's
-        # nodes grow too until one runs).
-        judged = [(_unexplained_process(d, w), w) if d.verdict == LEAK else (d, w) for d, w in judged]
-        growth, findings = (), ()
-    filled = _filling(findings[0], judged, leaking) if findings else None
-    if filled is not None:
-        # What holds the growth is a cache still filling, ever more slowly:
-        # bounded if its keys are, which only a longer run tells.
-        judged = [(_still_filling(d, *filled), w) if d.verdict == LEAK else (d, w) for d, w in judged]
-        growth, findings = (), ()
-    if findings:
-        judged = [_reconciled(d, w, findings[0]) for d, w in judged]
+    verdicts = Verdicts(judged=judged, growth=tuple(growth), findings=_pooled_findings(leaking, growth))
+    for rule in RUN_RULES:
+        verdicts = rule(verdicts)
+    judged, growth, findings = verdicts.judged, verdicts.growth, verdicts.findings
     earlier = run.earlier_findings
     processes = tuple(_signed(_with_findings(d, w), earlier) if d.verdict == LEAK else d for d, w in judged)
     findings = signature.stamped(findings, earlier)
@@ -143,6 +127,50 @@ def diagnose(run: RunData, policy: TrendPolicy = DEFAULT_POLICY, heap_policy: Tr
     return Diagnosis(run=run.run, verdict=verdict, kind=findings[0].kind if findings else None,
                      confidence=confidence, findings=findings, processes=processes, reason=reason,
                      task_growth=growth, recycling=recycling.summarise(run))
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """The run's per-process verdicts (with the window each was explained from) and the findings pooled from its
+    leaking processes, as the run-level rules leave them."""
+
+    judged: tuple[tuple[ProcessDiagnosis, _Window], ...]
+    growth: tuple[TaskGrowth, ...] = ()
+    findings: tuple[Finding, ...] = ()
+
+    @property
+    def leaking(self) -> tuple[tuple[ProcessDiagnosis, _Window], ...]:
+        return tuple((d, w) for d, w in self.judged if d.verdict == LEAK)
+
+    def undecided(self, why: Callable[[ProcessDiagnosis, _Window], ProcessDiagnosis]) -> Verdicts:
+        """Every leaking process re-judged by ``why`` (to an inconclusive verdict), and no findings."""
+        return Verdicts(judged=tuple((why(d, w), w) if d.verdict == LEAK else (d, w) for d, w in self.judged))
+
+
+def unexplained(v: Verdicts) -> Verdicts:
+    """A leak verdict nothing explains is itself a warning sign (issue 9): in processes that ran tasks, a leak
+    names a task, a type or a holder. Growth none of them explains is as often a cache still filling, memory
+    bilge's own explain stage left behind, or garbage waiting for a full collection (in the zoo's runs more
+    often than a leak): say which it may be and what more is needed."""
+    return v.undecided(_unexplained_process) if v.findings and _unexplained_leak(v.findings[0], v.leaking) else v
+
+
+def still_filling(v: Verdicts) -> Verdicts:
+    """What holds the growth is a cache still filling, ever more slowly: bounded if its keys are, which only a
+    longer run tells."""
+    filled = _filling(v.findings[0], v.judged, v.leaking) if v.findings else None
+    return v.undecided(lambda d, _: _still_filling(d, *filled)) if filled is not None else v
+
+
+def one_kind(v: Verdicts) -> Verdicts:
+    """One leak, one kind: the leaking processes the first finding covers take its kind (see ``_reconciled``)."""
+    if not v.findings:
+        return v
+    return replace(v, judged=tuple(_reconciled(d, w, v.findings[0]) for d, w in v.judged))
+
+
+# The run-level rules, in order: each takes the verdicts the one before left (like the findings' steps).
+RUN_RULES: tuple[Callable[[Verdicts], Verdicts], ...] = (unexplained, still_filling, one_kind)
 
 
 def _signed(d: ProcessDiagnosis, earlier: Mapping[str, float] | None) -> ProcessDiagnosis:
