@@ -297,61 +297,83 @@ def _overall(processes: Sequence[ProcessDiagnosis]) -> tuple[str, str]:
     return INCONCLUSIVE, "pid %d: %s" % (undecided.pid, undecided.reason)
 
 
+@dataclass(frozen=True)
+class _Verdict:
+    """One process's memory verdict before it is explained: on the tasks' series, or on time for a process
+    that runs none (the pool's parent)."""
+
+    trend: Trend
+    confirmed: int | None  # tasks after which the verdict was certain
+    growth: float | None  # bytes per task (None: judged on time)
+    on_heap: bool  # the verdict rests on the Python heap alone (RSS has not followed)
+    by_task: bool
+    trend_start: float  # when the judged window starts
+    explain_start: float  # when the explain window starts (a quarter in)
+
+
 def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
            native_policy: TrendPolicy | None, census_steps: bool = True) -> tuple[ProcessDiagnosis, _Window]:
     spans = own_activity.agent_work(raw) if census_steps else own_activity.activity(raw)
     p = replace(raw, tasks=own_activity.without_activity(raw.tasks, spans))
     samples = [s for s in p.samples if s.rss is not None]
-    by_task = len(p.tasks) >= policy.min_points or not samples
-    growth: float | None = None
-    on_heap = False
-    if by_task:
+    v = _verdict(p, samples, policy, heap_policy, native_policy)
+    window = replace(_explain_window(p, v.explain_start, v.trend.verdict == LEAK, v.on_heap), data=raw)
+    if v.by_task and v.trend.verdict == LEAK and not (window.containers or holders.growing([window.holders])):
+        # Nothing is seen holding more and more: the growth may be garbage
+        # that full collections free (a holder found once can be a static
+        # table the search reached first, pygments' styles say).
+        rejudged = garbage.judged(v.trend, p.samples, p.tasks[min(v.trend.window_start, len(p.tasks) - 1)].seq
+                                  if p.tasks else 0, heap_policy, _task_rate(p.tasks[len(p.tasks) // 2:]),
+                                  p.tasks, raw.tasks, v.trend.slope if v.on_heap else None)
+        if rejudged.verdict != LEAK:
+            v = replace(v, confirmed=None)
+            window = replace(_explain_window(p, v.explain_start, False), data=raw)
+        v = replace(v, trend=rejudged)
+    return _process_diagnosis(raw, p, samples, v, window), window
+
+
+def _verdict(p: ProcessData, samples: Sequence[Sample], policy: TrendPolicy, heap_policy: TrendPolicy,
+             native_policy: TrendPolicy | None) -> _Verdict:
+    if len(p.tasks) >= policy.min_points or not samples:
         result, confirmed, growth, on_heap = _task_verdict(p, policy, heap_policy, native_policy)
         if on_heap and result.verdict == LEAK:
             # RSS has not followed (its slope is ~0): the growth is the
             # heap's, at ~64 bytes a block (an estimate; the reason gives blocks).
             growth = result.slope * kind.BLOCK_BYTES
-        trend_start = p.tasks[min(result.window_start, len(p.tasks) - 1)].started if p.tasks else 0.0
-        explain_start = _quarter_in(p.tasks).started if p.tasks else 0.0
-    else:
-        x, y = trend.as_arrays([(s.t, s.rss) for s in samples])
-        result = trend.assess(x, y, TIME_POLICY, unit="sample")
-        if result.verdict == INCONCLUSIVE and result.needed and p.info.role == POOL_PARENT:
-            result = replace(result, reason=(
-                "the pool's parent runs no tasks and is judged on its memory over time: %d samples so far, "
-                "%d needed for a verdict (~%.0f more minutes at one sample every 0.5 s)"
-                % (result.points, TIME_POLICY.min_points, result.needed * 0.5 / 60)))
-        confirmed = None
-        trend_start = samples[min(result.window_start, len(samples) - 1)].t
-        explain_start = samples[len(samples) // 4].t
-    window = replace(_explain_window(p, explain_start, result.verdict == LEAK, on_heap), data=raw)
-    if by_task and result.verdict == LEAK and not (window.containers or holders.growing([window.holders])):
-        # Nothing is seen holding more and more: the growth may be garbage
-        # that full collections free (a holder found once can be a static
-        # table the search reached first, pygments' styles say).
-        rejudged = garbage.judged(result, p.samples, p.tasks[min(result.window_start, len(p.tasks) - 1)].seq
-                                  if p.tasks else 0, heap_policy, _task_rate(p.tasks[len(p.tasks) // 2:]),
-                                  p.tasks, raw.tasks, result.slope if on_heap else None)
-        if rejudged.verdict != LEAK:
-            confirmed = None
-            window = replace(_explain_window(p, explain_start, False), data=raw)
-        result = rejudged
-    late = [s for s in samples if s.t >= trend_start]
+        return _Verdict(result, confirmed, growth, on_heap, True,
+                        p.tasks[min(result.window_start, len(p.tasks) - 1)].started if p.tasks else 0.0,
+                        _quarter_in(p.tasks).started if p.tasks else 0.0)
+    x, y = trend.as_arrays([(s.t, s.rss) for s in samples])
+    result = trend.assess(x, y, TIME_POLICY, unit="sample")
+    if result.verdict == INCONCLUSIVE and result.needed and p.info.role == POOL_PARENT:
+        result = replace(result, reason=(
+            "the pool's parent runs no tasks and is judged on its memory over time: %d samples so far, "
+            "%d needed for a verdict (~%.0f more minutes at one sample every 0.5 s)"
+            % (result.points, TIME_POLICY.min_points, result.needed * 0.5 / 60)))
+    return _Verdict(result, None, None, False, False, samples[min(result.window_start, len(samples) - 1)].t,
+                    samples[len(samples) // 4].t)
+
+
+def _process_diagnosis(raw: ProcessData, p: ProcessData, samples: Sequence[Sample], v: _Verdict,
+                       window: _Window) -> ProcessDiagnosis:
+    """The process's verdict, explained by its window, as the reports show it."""
+    result = v.trend
+    late = [s for s in samples if s.t >= v.trend_start]
     line = trend.fitted_line([s.t for s in late], [float(s.rss or 0) for s in late])
-    per_hour = _per_hour(p.tasks[result.window_start:], growth) if by_task else None
+    per_hour = _per_hour(p.tasks[result.window_start:], v.growth) if v.by_task else None
     if per_hour is None:
         per_hour = (line[1][1] - line[0][1]) / (line[1][0] - line[0][0]) * 3600 \
             if line and line[1][0] > line[0][0] else None
     leaky = window.leaky
     fds = [s.fds for s in samples if s.fds is not None]
-    diag = ProcessDiagnosis(
+    return ProcessDiagnosis(
         pid=p.info.pid, role=p.info.role, verdict=result.verdict, kind=window.kind,
         confidence=round(result.confidence, 6),
-        growth_bytes_per_task=growth if p.tasks else None,
-        growth_bytes_per_hour=per_hour, tasks_observed=len(raw.tasks), confirmed_after_tasks=confirmed,
+        growth_bytes_per_task=v.growth if p.tasks else None,
+        growth_bytes_per_hour=per_hour, tasks_observed=len(raw.tasks), confirmed_after_tasks=v.confirmed,
         tasks_excluded=len(raw.tasks) - len(p.tasks),
-        confirmed_after_calls=_calls([t for t in raw.tasks if t.seq <= confirmed], leaky.task)
-        if confirmed and leaky else None,
+        confirmed_after_calls=_calls([t for t in raw.tasks if t.seq <= v.confirmed], leaky.task)
+        if v.confirmed and leaky else None,
         rss_start=samples[0].rss if samples else None, rss_end=samples[-1].rss if samples else None,
         reason=result.reason, rss_series=tuple((s.t, int(s.rss or 0)) for s in samples),
         fds_start=fds[0] if fds else None, fds_end=fds[-1] if fds else None,
@@ -359,7 +381,6 @@ def _judge(raw: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
         sites=sites.leak_sites(p.windows, MALLOC if window.kind == kind.NATIVE else TRACEMALLOC),
         cost=raw.cost, snapshots=raw.snapshots,
     )
-    return diag, window
 
 
 MAX_PLOT_POINTS = 400
