@@ -38,9 +38,10 @@ MIN_TAKEN_SHARE = 0.5
 # back from no garbage at all (~3,600 in a zoo worker).
 FREE_LIST_BLOCKS = 4096
 # Floors the verdict needs: two give a first comparison (inconclusive at
-# best), three a trend and a no-leak.
+# best: one difference, which garbage one collection missed and the next
+# takes moves as much as a leak), three a trend (a leak or a no-leak).
 MIN_FLOORS = 2
-NO_LEAK_FLOORS = 3
+TREND_FLOORS = 3
 # Floors rising at under this share of the heap's growth the verdict saw
 # leave it undecided: mostly garbage, perhaps something kept besides.
 KEPT_SHARE = 0.5
@@ -189,23 +190,28 @@ def judged(verdict: Trend, samples: Sequence[Sample], start: int, policy: TrendP
     floors = "the heap after each full collection (what survives) went %d → %d over tasks %d-%d (%+.2f blocks a " \
              "task, %d collections)" % (f0, f1, t0, t1, slope, len(seen.floors))
     if material and (claimed is None or slope >= KEPT_SHARE * claimed):
-        return replace(verdict, reason="%s; %s: it keeps growing" % (verdict.reason, floors))
+        if len(seen.floors) >= TREND_FLOORS:
+            return replace(verdict, reason="%s; %s: it keeps growing" % (verdict.reason, floors))
+        needed = max(int(seen.tasks_between), 1)
+        return replace(verdict, verdict=INCONCLUSIVE, needed=needed, reason=(
+            "%s; %s: one rise between two collections, which garbage the first missed moves as much as a leak; "
+            "about %d more tasks (1 more full collection) are needed to tell" % (garbage, floors, needed)))
     if material and claimed is not None:
         # What survives grows, far slower than the heap the verdict saw:
         # part of it garbage, part perhaps kept.
-        more = max(1, NO_LEAK_FLOORS + 1 - len(seen.floors))
+        more = max(1, TREND_FLOORS + 1 - len(seen.floors))
         needed = max(int(seen.tasks_between * more), 1)
         return replace(verdict, verdict=INCONCLUSIVE, needed=needed, reason=(
             "%s; %s, under %.0f%% of the %+.2f blocks a task the heap grew: part of the growth is garbage; about "
             "%d more tasks (%d more full collections) are needed to tell whether the rest is kept" % (
                 garbage, floors, 100 * KEPT_SHARE, claimed, needed, more)))
     tooth = max(seen.taken) * BLOCK_BYTES
-    if len(seen.floors) >= NO_LEAK_FLOORS and seen.rss_between is not None and seen.rss_between <= tooth:
+    if len(seen.floors) >= TREND_FLOORS and seen.rss_between is not None and seen.rss_between <= tooth:
         return replace(verdict, verdict=NO_LEAK, needed=0, reason=(
             "no leak: %s; %s, and RSS between them rose %s, within what the garbage occupies between "
             "collections: a high-water mark. Break the cycles (clear exc.__traceback__, del the exception "
             "in except blocks) to lower it" % (garbage, floors, trend.size_text(seen.rss_between))))
-    more = max(1, NO_LEAK_FLOORS - len(seen.floors))
+    more = max(1, TREND_FLOORS - len(seen.floors))
     needed = max(int(seen.tasks_between * more), 1)
     rss = "" if seen.rss_between is None or seen.rss_between <= tooth else (
         ", though RSS rose %s between them, more than the garbage occupies" % trend.size_text(seen.rss_between))

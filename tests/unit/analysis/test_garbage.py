@@ -82,6 +82,16 @@ def test_a_leak_under_the_garbage_is_still_a_leak() -> None:
     assert "keeps growing" in judged.reason
 
 
+def test_floors_rising_between_two_collections_alone_are_not_a_leak_yet() -> None:
+    """The same kept growth with full collections every 1,400 tasks: two floors in the judged half are one
+    difference (garbage one collection missed and the next took moves it as much: retry_storm in one run):
+    inconclusive, one more collection needed; with three the leak stands."""
+    judged = child(retrying(leak_blocks=30, every=1400))
+    assert judged.verdict == INCONCLUSIVE, judged.reason
+    assert "one rise between two collections" in judged.reason and "1 more full collection" in judged.reason
+    assert child(retrying(leak_blocks=30, every=700)).verdict == LEAK
+
+
 def test_one_full_collection_in_the_window_is_not_enough_to_clear_a_leak_verdict() -> None:
     """Full collections every 1,400 tasks: one floor in the judged half, inconclusive with what is needed."""
     judged = child(retrying(every=1400, garbage_per_retry=300))
