@@ -84,9 +84,14 @@ def _held_by_c_registry(h: Holder) -> bool:
     return h.root_kind == "registry" and h.path.startswith("<")
 
 
+def unrooted(h: Holder) -> bool:
+    """A climb that reached no root at all (``<held from C>``): held by C code, or garbage no root reaches."""
+    return h.root_kind == "unknown"
+
+
 def held_from_c(h: Holder) -> bool:
     """No Python container holds it: a path from a C-held registry, or from nothing gc-visible."""
-    return h.root_kind == "unknown" or _held_by_c_registry(h)
+    return unrooted(h) or _held_by_c_registry(h)
 
 
 def runs_through(path: str, other: str) -> bool:

@@ -115,6 +115,23 @@ def test_a_container_growing_at_every_scan_holds_a_type_one_search_found_only_in
     assert holder is not None and holder.path == "shop._ORDERS"
 
 
+def test_a_container_growing_at_every_scan_names_the_leak_over_a_type_held_from_no_root() -> None:
+    """retried_lookups, 1 run of 5: the retried calls' tracebacks (garbage until a full collection, and more
+    at each search) led, "held" by a climb that reached no root; the invoices' dict grew at every scan. The
+    container names the leak. A type held from a root keeps its place."""
+    grown = (container("app._RENDERED_INVOICES", "str"),)
+    rootless = replace(held("traceback", "<held from C>[...]->tuple[...].exc->traceback.tb_next", 40),
+                       root_kind="unknown")
+    d = replace(draft((grew("traceback"),), grown=grown), ranked=(grew("traceback"),),
+                holder_of={"traceback": rootless}, held_growing=frozenset({"traceback"}))
+    owner = growing_container(d).owner
+    assert owner is not None and owner.path == "app._RENDERED_INVOICES"
+    rooted = held("shop.Order", "shop._ORDERS", 40)
+    d = replace(draft((grew("shop.Order"),), grown=grown), ranked=(grew("shop.Order"),),
+                holder_of={"shop.Order": rooted}, held_growing=frozenset({"shop.Order"}))
+    assert growing_container(d).owner is None
+
+
 def test_the_pipeline_runs_its_steps_in_order_and_the_last_writes_the_findings() -> None:
     leak = draft((grew("shop.Order"),)).leak
     bare = FindingsPipeline(steps=(emit,))(leak)
