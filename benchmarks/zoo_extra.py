@@ -11,7 +11,7 @@ the scoring is exactly the public one.
     python benchmarks/zoo_extra.py --cases per_job_logger --tasks 1500
     python benchmarks/zoo_extra.py --with-public --modes bilge,plain  # all cases
     python benchmarks/zoo_extra.py --with-public --repeat 5           # flake rate per cell
-    python benchmarks/zoo_extra.py --rescore /tmp/bilge-zoo-extra     # this checkout's analysis, kept runs
+    python benchmarks/zoo_extra.py --rescore /tmp/bilge-zoo-extra     # this interpreter's analysis, kept runs
 
 Run it with the project's interpreter (``.venv/bin/python``): the harness
 starts workers with it, and ``bilge`` must be on PATH (the venv's bin is put
@@ -111,7 +111,8 @@ def _write_flakes(root: Path, runs: list[object], name: str = "flakes") -> None:
 
 
 def rescore(root: Path, zoo: Path) -> int:
-    """Score the kept bilge runs under root again, with the analysis of the ``bilge`` on PATH.
+    """Score the kept bilge runs under root again, with the analysis of this interpreter's ``bilge`` (as the
+    harness runs ``bilge`` from this interpreter's bin directory).
 
     An analysis change is judged on the very data the agent recorded in
     earlier runs (every repeat of every case), without re-running workers:
@@ -132,8 +133,8 @@ def rescore(root: Path, zoo: Path) -> int:
             case = data.parent.name[:-len(".bilge")]
             case_dir = EXTRA / case if (EXTRA / case).is_dir() else zoo / "zoo" / case
             truth = json.loads((case_dir / "truth.json").read_text())
-            proc = subprocess.run(["bilge", "report", "--data-dir", str(data), "--format", "json"],
-                                  capture_output=True, text=True, timeout=600)
+            argv = [sys.executable, "-m", "bilge", "report", "--data-dir", str(data), "--format", "json"]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
             try:
                 report = json.loads(proc.stdout)
                 # The run's case folder was a scratch copy, gone now: a location
