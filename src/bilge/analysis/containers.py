@@ -28,7 +28,7 @@ MIN_ELEMENTS = 16
 # more rarely), which a leak's one-entry-per-call is not. A significance
 # test alone, no floor on the slowdown: a leak's entries follow the binomial
 # model closely (its containers' dispersion across scans was 1.0-1.6 in the
-# zoo's runs, and their p 0.03-0.7), while a skewed key set's cache slows
+# zoo's runs, and their p 0.011 at the least), while a skewed key set's cache slows
 # gently but surely (tenant_settings: 0.56 of its first rate, p = 3e-9,
 # called a leak under the old floor of half the first rate).
 SLOWING_ALPHA = 1e-3
