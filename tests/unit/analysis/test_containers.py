@@ -79,3 +79,13 @@ def test_filling_pools_the_processes_of_a_run() -> None:
     part = containers.thirds(one)
     assert part is not None
     assert containers.slowing([part, part]) is not None
+
+
+def test_a_gentle_slowdown_beyond_chance_is_filling_and_a_faster_last_third_never_is() -> None:
+    """tenant_settings' pooled thirds in the run the old rule missed: 266 entries in the first third, 148 in
+    the last over as many tasks (0.56 of the rate, p ~ 3e-9): a cache whose keys repeat, though it slows by
+    less than half. A leak's container that happens to gain more late is never filling."""
+    rates = containers.slowing([(266, 1000, 148, 1000)])
+    assert rates is not None and rates == (0.266, 0.148)
+    assert containers.slowing([(148, 1000, 266, 1000)]) is None
+    assert containers.slowing([(300, 1000, 280, 1000)]) is None  # 0.93: within chance
