@@ -77,6 +77,10 @@ TARGET_PATIENCE = 20
 EXPLORE = 2
 MAX_NAMES = 64
 MAX_SITES = 1024
+# Sites kept per task name beyond the window's top ones: a task whose
+# garbage is megabytes must not crowd another task's leak of a few
+# kilobytes out of the result.
+SITES_PER_NAME = 3
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ class SampledAllocations:
         max_seconds: the window closes at this age, with what it has.
         max_episode_seconds: an episode still tracing after this long is stopped.
         gap_tasks: untraced tasks between two episodes, on average.
-        max_sites: sites reported.
+        max_sites: sites reported (and each task name's ``SITES_PER_NAME`` largest).
         join_seconds: time the type join may take per episode.
         max_memory: tracemalloc's own memory an episode may use (bytes).
         clock: wall clock.
@@ -157,6 +161,9 @@ class SampledAllocations:
         self._warm_name = ""
         self._warm_t0 = 0.0
         self._first: tracemalloc.Snapshot | None = None
+        # The measured task ran in the main thread (prefork, solo): a trace
+        # rooted in a thread's bootstrap is then another thread's doing.
+        self._in_main = True
         self._ended: tracemalloc.Snapshot | None = None
         self._joined: tuple[TypeSite, ...] = ()
         # (S1, S2, join) per finished episode, compared in the agent thread.
@@ -307,7 +314,7 @@ class SampledAllocations:
                 # Named by the task that leaves the most there: the line of a
                 # leak is the leaking task's, not a retried task's garbage.
                 kept.append(replace(s, task=max(specific, key=specific.__getitem__)))
-        ranked = sorted(kept, key=lambda s: -s.size)[:self.max_sites] if status == "done" else []
+        ranked = _ranked(kept, self.max_sites) if status == "done" else []
         result = AllocationWindow(started=self._opened, ended=self._clock(), tasks=self._done, status=status,
                                   peak_memory=self._peak, sites=tuple(ranked),
                                   type_sites=self._pooled_types() if status == "done" else ())
@@ -349,6 +356,7 @@ class SampledAllocations:
                 self._warm_name, self._warm_t0 = name, time.perf_counter()
                 return
             t = time.perf_counter()
+            self._in_main = threading.current_thread() is threading.main_thread()
             self._first = tracemalloc.take_snapshot()
             self._key, self._name = key, name
             self._t0 = time.perf_counter()
@@ -443,7 +451,7 @@ class SampledAllocations:
                 # Compared at once, untraced, and dropped: a snapshot kept
                 # until the agent thread's next tick would sit in the
                 # process's memory readings for hundreds of tasks.
-                self._to_compare.append((self._name, _left_behind(self._first, self._ended, second),  # type: ignore[arg-type]
+                self._to_compare.append((self._name, _left_behind(self._first, self._ended, second, self._in_main),  # type: ignore[arg-type]
                                          joined))
             else:
                 self._granted = 0  # the host stopped tracing: leave its tracemalloc alone from now on
@@ -478,28 +486,48 @@ class SampledAllocations:
         self._waited = 0
 
 
-def _left_behind(first: tracemalloc.Snapshot, ended: tracemalloc.Snapshot, second: tracemalloc.Snapshot
-                 ) -> list[AllocationSite]:
+def _ranked(sites: list[AllocationSite], top: int) -> list[AllocationSite]:
+    """The ``top`` largest sites, and each task name's ``SITES_PER_NAME`` largest, largest first."""
+    by_size = sorted(sites, key=lambda s: -s.size)
+    chosen = by_size[:top]
+    per_name = Counter(s.task for s in chosen)
+    for s in by_size[top:]:
+        if per_name[s.task] < SITES_PER_NAME:
+            per_name[s.task] += 1
+            chosen.append(s)
+    return chosen
+
+
+def _left_behind(first: tracemalloc.Snapshot, ended: tracemalloc.Snapshot, second: tracemalloc.Snapshot,
+                 in_main: bool = False) -> list[AllocationSite]:
     """Per traceback, what the measured task left behind: the smaller of C − A and B − A.
 
     A is the measured task's start, C its end, B the start of the task after
     the cool-down. C − A holds the leak and what the task still had in
     flight at its end; B − A holds the leak and what is in flight at a later
     task start (the next message, whose size depends on its task). Only
-    the leak is in both. Traces are grouped first and the few groups checked
-    for bilge's own frames (no pattern matching per trace: this runs in the
-    task's thread).
+    the leak is in both. One exception, when the task ran in the main
+    thread (``in_main``): a trace made by another thread (rooted in a
+    thread's bootstrap) counts from B − A alone, since what the task handed
+    to a thread (a queue, a reporter) may be kept there after C and the next
+    message is never another thread's. Traces are grouped first and the few
+    groups checked for bilge's own frames (no pattern matching per trace:
+    this runs in the task's thread).
     """
     start = {stat.traceback: stat for stat in first.statistics("traceback")}
     end = {stat.traceback: stat for stat in ended.statistics("traceback")}
     sites = []
     for stat in second.statistics("traceback"):
         at_start, at_end = start.get(stat.traceback), end.get(stat.traceback)
-        if at_end is None:
-            continue
         base_size, base_count = (at_start.size, at_start.count) if at_start else (0, 0)
-        size = min(stat.size, at_end.size) - base_size
-        count = min(stat.count, at_end.count) - base_count
+        if (in_main and (at_end is None or stat.size > at_end.size)
+                and _in_another_thread(stat.traceback, second.traceback_limit)):
+            size, count = stat.size - base_size, stat.count - base_count
+        elif at_end is None:
+            continue
+        else:
+            size = min(stat.size, at_end.size) - base_size
+            count = min(stat.count, at_end.count) - base_count
         if size <= 0 or count <= 0:
             continue
         frames = list(stat.traceback)  # oldest first
@@ -510,3 +538,14 @@ def _left_behind(first: tracemalloc.Snapshot, ended: tracemalloc.Snapshot, secon
                                     owner=owner_of(site.filename),
                                     traceback=tuple("%s:%d" % (f.filename, f.lineno) for f in reversed(frames))))
     return sites
+
+
+_THREAD_ROOT = threading.__file__
+
+
+def _in_another_thread(traceback: tracemalloc.Traceback, limit: int) -> bool:
+    """True when the whole traceback is known (shorter than the snapshot's ``limit``, or its total depth says
+    so) and starts in ``threading``: a thread's bootstrap, not the main thread's stack."""
+    frames = list(traceback)  # oldest first
+    whole = len(frames) < limit or traceback.total_nframe == len(frames)
+    return bool(frames) and whole and frames[0].filename == _THREAD_ROOT

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import queue
+import threading
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -277,3 +279,83 @@ def test_an_episode_the_budget_does_not_admit_is_never_started() -> None:
     episodes, _ = window.poll()
     assert len(episodes) == 2 and len(traced) == 6
     assert window.state == "idle" and not tracemalloc.is_tracing()
+
+
+_BULKY: list[object] = []
+
+
+def _bulky_task(i: int) -> object:
+    # Three lines that each keep far more than the leak: a task whose retried
+    # calls leave megabytes of tracebacks until a full collection.
+    _BULKY.append("a" * 40_000)
+    _BULKY.append("b" * 30_000)
+    _BULKY.append("c" * 20_000)
+    return None
+
+
+def test_a_task_whose_sites_fill_the_top_does_not_crowd_another_tasks_leak_out() -> None:
+    """The window reports its top sites and each task name's largest: the small leak of one task survives
+    beside three larger sites of another."""
+    window = SampledAllocations(episodes=8, max_sites=2)
+    assert window.open()
+    window.arm(8, frames=4)
+    try:
+        _drive(window, 300, lambda i: ("shop.leaky", _leaky_task) if i % 2 else ("shop.bulky", _bulky_task))
+    finally:
+        _BULKY.clear()
+    _, result = window.poll()
+    assert result is not None and result.status == "done"
+    assert (result.sites[0].task, result.sites[0].size > 30_000) == ("shop.bulky", True), result.sites
+    leak = [s for s in result.sites if s.task == "shop.leaky"]
+    assert leak and (leak[0].file, leak[0].line) == (__file__, LEAK_LINE), result.sites
+
+
+class _Reporter:
+    """A thread that keeps every timing it is handed, as a metrics reporter that never reports."""
+
+    def __init__(self) -> None:
+        self.inbox: queue.Queue[tuple[str, int]] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="metrics-reporter", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        samples = []
+        while True:
+            item = self.inbox.get()
+            if item is None:
+                self.inbox.task_done()
+                return
+            samples.append({"task": item[0], "n": item[1], "note": str(item[1]) * 30})  # the reporter's line
+            self.inbox.task_done()
+
+
+REPORTER_LINE = inspect.getsourcelines(_Reporter._run)[1] + 7
+
+
+def test_what_a_task_hands_to_a_thread_that_keeps_it_after_the_task_ends_is_left_behind() -> None:
+    """The reporter thread appends after the measured task's end (after snapshot C, before B): its line is a
+    site of the timed task."""
+    reporter = _Reporter()
+    window = SampledAllocations(episodes=6)
+    assert window.open()
+    window.arm(6, frames=6)
+
+    def timed(i: int) -> object:
+        reporter.inbox.put(("shop.timed", i))
+        return None
+
+    try:
+        for i in range(200):
+            name, task = ("shop.timed", timed) if i % 3 == 0 else ("shop.render", _transient_task)
+            window.on_task_started(i, name)
+            result = task(i)
+            window.on_task_finished(i)
+            del result
+            reporter.inbox.join()  # the thread runs only now, after the task's end
+    finally:
+        reporter.inbox.put(None)  # type: ignore[arg-type]
+        reporter.thread.join(5)
+    _, result = window.poll()
+    assert result is not None and result.status == "done"
+    kept = [(s.file, s.line, s.task) for s in result.sites]
+    assert (__file__, REPORTER_LINE, "shop.timed") in kept, result.sites
