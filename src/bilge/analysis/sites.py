@@ -22,7 +22,11 @@ DONE = "done"
 MIN_TYPE_SHARE = 0.3
 
 
-MIN_NATIVE_RISES = 3
+# A leak repeats: a line that kept fewer blocks than this over all windows
+# made something once (a container's array resized as it grew, a buffer).
+# Native sites below it are dropped; Python ones rank after the lines that
+# kept blocks again and again (the leaked objects themselves).
+MIN_NATIVE_RISES = MIN_REPEATS = 3
 
 
 def done(windows: Sequence[AllocationWindow], tracer: str = TRACEMALLOC) -> list[AllocationWindow]:
@@ -31,12 +35,13 @@ def done(windows: Sequence[AllocationWindow], tracer: str = TRACEMALLOC) -> list
 
 
 def leak_sites(windows: Sequence[AllocationWindow], tracer: str = TRACEMALLOC) -> tuple[AllocationSite, ...]:
-    """Merged, ranked sites of the completed windows of ``tracer``."""
+    """Merged, ranked sites of the completed windows of ``tracer``: the user's code first, then the lines that
+    kept blocks repeatedly, then by bytes."""
     merged = merge_sites(s for window in done(windows, tracer) for s in window.sites)
     if tracer == MALLOC:
         # One rise never freed is a buffer made once; a leak repeats.
         merged = [s for s in merged if s.count >= MIN_NATIVE_RISES]
-    return tuple(sorted(merged, key=lambda s: (s.owner != "user", -s.size)))
+    return tuple(sorted(merged, key=lambda s: (s.owner != "user", s.count < MIN_REPEATS, -s.size)))
 
 
 def type_site(type_name: str, windows: Sequence[AllocationWindow]) -> TypeSite | None:
