@@ -162,6 +162,10 @@ class AllocationSite:
     # The task name whose measured calls left the most here beyond what the
     # other names left (sampled allocation windows; None when unknown).
     task: str | None = None
+    # Bytes of ``size`` that a C extension allocated itself and registered
+    # with tracemalloc under its own domain (numpy's array data): native
+    # memory a Python object owns, not Python's allocators.
+    native: int = 0
 
 
 @dataclass(frozen=True)

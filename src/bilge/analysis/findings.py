@@ -77,10 +77,15 @@ Step = Callable[[Draft], Draft]
 def locate(d: Draft) -> Draft:
     """The top surviving allocation site, of those the leaking task left when it is named and left any (another
     task's can be its garbage: a retried task's tracebacks survive a measured call until a full collection).
-    tracemalloc sees only Python's allocators: a native leak is located by the native window alone (or not at
-    all, rather than invented)."""
+    tracemalloc sees Python's allocators and what C extensions register with it: a native leak is located by the
+    native window, else by the native bytes tracemalloc saw (numpy's array data), or not at all, rather than
+    invented."""
     tracer = MALLOC if d.leak.kind == kind.NATIVE else TRACEMALLOC
     found = sites.leak_sites(d.leak.windows, tracer)
+    if not found and tracer == MALLOC:
+        # Native bytes tracemalloc saw after all: a C extension registered them (numpy's array data).
+        found = sites.native_traced(d.leak.windows)
+        tracer = TRACEMALLOC
     if not found:
         return d
     if d.leak.task:

@@ -149,10 +149,18 @@ def _traced_share(windows: Sequence[AllocationWindow], tasks: Sequence[TaskRecor
     per_task_rss = (usable[-1].rss_after - usable[0].rss_after) / max(1, usable[-1].seq - usable[0].seq)  # type: ignore[operator]
     if per_task_rss <= 0:
         return None
-    per_task_traced = sum(sum(s.size for s in w.sites) for w in done) / sum(w.tasks for w in done)
+    episodes = sum(w.tasks for w in done)
+    # Bytes a C extension allocated itself and registered with tracemalloc
+    # (numpy's array data) are native memory, whoever owns them.
+    per_task_native = sum(sum(s.native for s in w.sites) for w in done) / episodes
+    per_task_traced = sum(sum(s.size for s in w.sites) for w in done) / episodes - per_task_native
     share = per_task_traced / per_task_rss
-    return share, ("allocations traced by tracemalloc kept %+.0f bytes per task, ~%.0f%% of the RSS growth "
-                   "(%+.0f bytes per task)" % (per_task_traced, 100 * min(share, 9.99), per_task_rss))
+    text = ("allocations traced by tracemalloc kept %+.0f bytes per task, ~%.0f%% of the RSS growth (%+.0f bytes "
+            "per task)" % (per_task_traced, 100 * min(share, 9.99), per_task_rss))
+    if per_task_native > 0:
+        text += ", besides %+.0f bytes per task of native memory a C extension allocated itself and registered " \
+                "with tracemalloc (numpy's array data)" % per_task_native
+    return share, text
 
 
 def _uncollectable(samples: Sequence[Sample], heap_grows: bool) -> str | None:

@@ -44,6 +44,13 @@ def leak_sites(windows: Sequence[AllocationWindow], tracer: str = TRACEMALLOC) -
     return tuple(sorted(merged, key=lambda s: (s.owner != "user", s.count < MIN_REPEATS, -s.size)))
 
 
+def native_traced(windows: Sequence[AllocationWindow]) -> tuple[AllocationSite, ...]:
+    """Merged tracemalloc sites that kept native bytes a C extension registered (numpy's array data), most
+    native bytes first: a native leak's lines when no native window ran."""
+    merged = merge_sites(s for window in done(windows) for s in window.sites if s.native > 0)
+    return tuple(sorted(merged, key=lambda s: (s.owner != "user", s.count < MIN_REPEATS, -s.native)))
+
+
 def type_site(type_name: str, windows: Sequence[AllocationWindow]) -> TypeSite | None:
     """Where most sampled window-born objects of ``type_name`` were allocated, over all windows."""
     counts: Counter[tuple[str, int, str]] = Counter()
@@ -79,5 +86,6 @@ def describe(site: AllocationSite, windows: Sequence[AllocationWindow], tracer: 
         return ("native window over %d tasks: glibc in-use bytes rose by %+d in %d allocations never freed at "
                 "%s:%d (%s), counting what the libraries it calls allocated" % (
                     tasks, site.size, site.count, site.file, site.line, site.owner))
-    return "allocation window over %d tasks: %s:%d kept %+d bytes in %d blocks (%s)" % (
-        tasks, site.file, site.line, site.size, site.count, site.owner)
+    return "allocation window over %d tasks: %s:%d kept %+d bytes in %d blocks (%s)%s" % (
+        tasks, site.file, site.line, site.size, site.count, site.owner,
+        ", %d of them native memory a C extension allocated itself" % site.native if site.native else "")

@@ -204,7 +204,7 @@ def merge_sites(sites: Iterable[Site]) -> list[Site]:
         key = (s.file, s.line)
         m = merged.get(key)
         merged[key] = s if m is None else Site(m.file, m.line, m.size + s.size, m.count + s.count, m.owner,
-                                              m.traceback, m.task or s.task)
+                                              m.traceback, m.task or s.task, m.native + s.native)
     return list(merged.values())
 
 

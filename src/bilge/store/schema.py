@@ -123,7 +123,8 @@ CREATE TABLE IF NOT EXISTS sites (
     count INTEGER NOT NULL,
     owner TEXT NOT NULL,
     traceback TEXT NOT NULL,
-    task TEXT
+    task TEXT,
+    native INTEGER
 );
 CREATE TABLE IF NOT EXISTS type_sites (
     window_id INTEGER NOT NULL,

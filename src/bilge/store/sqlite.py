@@ -369,12 +369,14 @@ def _summary(text: str) -> dict[str, Any]:
 
 def _read_windows(conn: sqlite3.Connection, run_id: int) -> dict[int, list[AllocationWindow]]:
     sites: dict[int, list[AllocationSite]] = defaultdict(list)
-    for wid, file, line, size, count, owner, tb, task in conn.execute(
-        "SELECT s.window_id, s.file, s.line, s.size, s.count, s.owner, s.traceback, s.task FROM sites s JOIN windows w "
+    for wid, file, line, size, count, owner, tb, task, native in conn.execute(
+        "SELECT s.window_id, s.file, s.line, s.size, s.count, s.owner, s.traceback, s.task, s.native FROM sites s "
+        "JOIN windows w "
         "ON w.id = s.window_id JOIN processes p ON p.id = w.process_id WHERE p.run_id = ? ORDER BY s.window_id, "
         "s.rank", (run_id,)
     ):
-        sites[wid].append(AllocationSite(file, line, size, count, owner, tuple(tb.split("\n")) if tb else (), task))
+        sites[wid].append(AllocationSite(file, line, size, count, owner, tuple(tb.split("\n")) if tb else (), task,
+                                         native or 0))
     joined: dict[int, list[TypeSite]] = defaultdict(list)
     for row in conn.execute(
         "SELECT t.window_id, t.type, t.file, t.line, t.count, t.sampled, t.owner FROM type_sites t JOIN windows w "

@@ -170,9 +170,10 @@ class StoreWriter:
                 )
                 window_id = conn.lastrowid
                 _insert(conn,
-                    "INSERT INTO sites (window_id, rank, file, line, size, count, owner, traceback, task) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(window_id, rank, s.file, s.line, s.size, s.count, s.owner, "\n".join(s.traceback), s.task)
+                    "INSERT INTO sites (window_id, rank, file, line, size, count, owner, traceback, task, native) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(window_id, rank, s.file, s.line, s.size, s.count, s.owner, "\n".join(s.traceback), s.task,
+                      s.native)
                      for rank, s in enumerate(window.sites)],
                 )
                 _insert(conn,

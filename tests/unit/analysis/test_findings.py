@@ -155,3 +155,18 @@ def test_the_line_is_the_leaking_tasks_when_it_left_one() -> None:
 
     assert located(site(38, 4928, "shop.convert"), site(29, 3075, "shop.search")) == "/srv/app/tasks.py:29"
     assert located(site(38, 4928, "shop.convert"), site(29, 3075, None)) == "/srv/app/tasks.py:38"
+
+
+def test_a_native_leak_without_a_native_window_is_located_by_the_native_bytes_tracemalloc_saw() -> None:
+    """numpy registers its array data with tracemalloc: a native leak whose only windows traced Python's
+    allocators is located at the line whose traced bytes were native, not at the line that kept the most."""
+    def located(*sites: AllocationSite) -> str | None:
+        window = AllocationWindow(started=0.0, ended=1.0, tasks=12, status="done", peak_memory=0, sites=sites)
+        d = draft((grew("numpy.ndarray"),))
+        leak = replace(d.leak, windows=(window,), kind=kind.NATIVE)
+        return locate(replace(d, leak=leak)).where
+
+    dicts = AllocationSite("/srv/app/tasks.py", 12, 90_000, 400, "user", (), "shop.index")
+    arrays = AllocationSite("/srv/app/tasks.py", 30, 50_000, 24, "user", (), "shop.index", native=49_152)
+    assert located(dicts, arrays) == "/srv/app/tasks.py:30"
+    assert located(dicts) is None  # no native bytes seen anywhere: no line rather than a Python one

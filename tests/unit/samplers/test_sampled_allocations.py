@@ -359,3 +359,29 @@ def test_what_a_task_hands_to_a_thread_that_keeps_it_after_the_task_ends_is_left
     assert result is not None and result.status == "done"
     kept = [(s.file, s.line, s.task) for s in result.sites]
     assert (__file__, REPORTER_LINE, "shop.timed") in kept, result.sites
+
+
+def _array_task(i: int) -> object:
+    import numpy as np
+
+    _KEPT.append(np.full(512, float(i)))  # the array line: 4 KiB of numpy's own malloc, registered with tracemalloc
+    return None
+
+
+ARRAY_LINE = inspect.getsourcelines(_array_task)[1] + 3
+
+
+def test_the_bytes_a_c_extension_registered_are_told_apart_from_pythons_own() -> None:
+    """numpy tracks its array data in its own tracemalloc domain: the array line's kept bytes are mostly
+    native; the dict line's are Python's."""
+    pytest.importorskip("numpy")
+    window = SampledAllocations(episodes=8)
+    assert window.open()
+    window.arm(8, frames=4)
+    _drive(window, 200, lambda i: ("shop.embed", _array_task) if i % 2 else ("shop.leaky", _leaky_task))
+    _, result = window.poll()
+    assert result is not None and result.status == "done"
+    by_line = {(s.file, s.line): s for s in result.sites}
+    array, leak = by_line[(__file__, ARRAY_LINE)], by_line[(__file__, LEAK_LINE)]
+    assert array.native >= 4096 and 0.9 * array.size <= array.native <= array.size, array
+    assert leak.native == 0, leak
