@@ -122,13 +122,14 @@ def classify(
     heap_grows = block_growth >= MIN_BLOCK_GROWTH and (strong or (block_p < BLOCK_ALPHA and share >= MIN_HEAP_SHARE))
     traced = _traced_share(windows, tasks)
     if traced is not None:
-        traced_share, traced_text = traced
+        traced_share, traced_text, native_share = traced
         # Sampled episodes see what a task allocated itself; a leak that keeps
         # what was allocated before it (its message's payload) escapes them.
         # A strong, steady growth of heap blocks that accounts for most of
         # the RSS growth is Python memory whatever the episodes traced.
         if traced_share < MIN_TRACED_SHARE and not (strong and heap_grows and share >= HEAP_EXPLAINS):
-            return _outside_python(samples, rss_growth, "heap blocks %s; %s" % (text, traced_text))
+            return _outside_python(samples, rss_growth, "heap blocks %s; %s" % (text, traced_text),
+                                   native_share >= MIN_ALLOCATOR_SHARE)
         if not heap_grows and traced_share >= PYTHON_TRACED_SHARE:
             heap_grows = True
             text += "; " + traced_text
@@ -140,8 +141,10 @@ def classify(
     return _outside_python(samples, rss_growth, "heap blocks %s" % text)
 
 
-def _traced_share(windows: Sequence[AllocationWindow], tasks: Sequence[TaskRecord]) -> tuple[float, str] | None:
-    """Share of the RSS growth per task that allocations traced by tracemalloc explain."""
+def _traced_share(windows: Sequence[AllocationWindow], tasks: Sequence[TaskRecord]
+                  ) -> tuple[float, str, float] | None:
+    """Shares of the RSS growth per task that allocations traced by tracemalloc explain: in Python's allocators
+    (with its description) and in C extensions' own domains."""
     done = [w for w in windows if w.status == "done" and w.tasks and w.tracer == TRACEMALLOC]
     usable = [t for t in tasks if t.rss_after is not None]
     if not done or len(usable) < 2:
@@ -160,7 +163,7 @@ def _traced_share(windows: Sequence[AllocationWindow], tasks: Sequence[TaskRecor
     if per_task_native > 0:
         text += ", besides %+.0f bytes per task of native memory a C extension allocated itself and registered " \
                 "with tracemalloc (numpy's array data)" % per_task_native
-    return share, text
+    return share, text, per_task_native / per_task_rss
 
 
 def _uncollectable(samples: Sequence[Sample], heap_grows: bool) -> str | None:
@@ -179,7 +182,8 @@ def _uncollectable(samples: Sequence[Sample], heap_grows: bool) -> str | None:
     return None
 
 
-def _outside_python(samples: Sequence[Sample], rss_growth: float, heap_text: str) -> tuple[str, tuple[str, ...]]:
+def _outside_python(samples: Sequence[Sample], rss_growth: float, heap_text: str, native_traced: bool = False
+                    ) -> tuple[str, tuple[str, ...]]:
     used_growth, used_p, used_text = _growth([(s.t, s.malloc_used) for s in samples])
     free_growth, free_p, free_text = _growth([(s.t, s.malloc_free) for s in samples])
     flat = "RSS grew by %.0f KiB while open fds and the Python heap stayed flat (%s)" % (rss_growth / 1024, heap_text)
@@ -187,6 +191,9 @@ def _outside_python(samples: Sequence[Sample], rss_growth: float, heap_text: str
         return NATIVE, (flat + "; allocator statistics unavailable",)
     if used_p < BLOCK_ALPHA and used_growth >= MIN_ALLOCATOR_SHARE * rss_growth:
         return NATIVE, (flat + "; glibc in-use bytes (mallinfo2) %s" % used_text,)
+    if native_traced:
+        # The extension's own bytes were traced: they are the leak, whatever glibc's counters showed in time.
+        return NATIVE, (flat + "; glibc in-use bytes %s" % used_text,)
     if free_p < BLOCK_ALPHA and free_growth >= MIN_ALLOCATOR_SHARE * rss_growth:
         return FRAGMENTATION, (flat + "; glibc in-use bytes stayed flat (%s) while free-but-held bytes %s: "
                                "freed memory is kept, not reused" % (used_text, free_text),)

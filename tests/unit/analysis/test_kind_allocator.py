@@ -130,3 +130,13 @@ def test_traced_bytes_a_c_extension_registered_are_native_memory_with_a_python_o
     assert "+4096 bytes per task of native memory a C extension allocated itself" in evidence[0]
     strings = _window(kept_bytes=20 * 4200)
     assert classify(series(rss=65536, used=65536), tasks, [strings])[0] == PYTHON_OBJECTS
+
+
+def test_traced_native_bytes_outweigh_allocator_counters_that_did_not_move_in_time() -> None:
+    """glibc's counters are read twice a second and may not show the extension's bytes in a short window: the
+    traced native bytes name the kind, where the counters alone would say fragmentation."""
+    tasks = _tasks(600, rss_per_task=4096, blocks_per_task=1)
+    arrays = _window(kept_bytes=20 * 4200, native=20 * 4096)
+    kind, evidence = classify(series(rss=65536, used=0, free=65536), tasks, [arrays])
+    assert kind == NATIVE and "no allocator counter" not in evidence[0]
+    assert classify(series(rss=65536, used=0, free=65536), tasks, [_window(kept_bytes=20 * 200)])[0] == FRAGMENTATION
