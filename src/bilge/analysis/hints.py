@@ -144,9 +144,10 @@ def hint(kind: str | None, task: str | None, type_name: str | None, count_per_ca
                 "child." % where.capitalize())
     if kind == NATIVE and type_name and holder is not None:
         return ("%s keeps %s objects in %s (%s of them), and their memory is native (allocated outside "
-                "Python's allocator, by the library behind them): close or release each one when done "
-                "(its close()/free()/release() method, a `with` block), or don't keep them." % (
-                    where.capitalize(), type_name, holder.path, holder.container_len or "many"))
+                "Python's allocator, by the library behind them) and goes with each object: remove them from "
+                "%s when done or bound it, and close or release those that have a close()/free()/release() "
+                "method (a `with` block)." % (
+                    where.capitalize(), type_name, holder.path, holder.container_len or "many", holder.path))
     if kind == NATIVE:
         return ("%s grows RSS while the Python heap stays flat: memory allocated outside Python's allocator "
                 "(a C extension, ctypes malloc, a native library handle) is not freed." % where.capitalize())
