@@ -166,20 +166,26 @@ def same_bar(d: Draft) -> Draft:
     return replace(d, ranked=ranked)
 
 
+# Objects user code never makes itself, kept only as parts of what it keeps: containers, and the frames,
+# tracebacks and cells of exceptions and closures.
+_PARTS = GENERIC_TYPES | {"frame", "traceback", "cell"}
+
+
 def growing_container(d: Draft) -> Draft:
     """No counted type, or only a builtin one nothing was seen holding as it grew (a tuple count bilge's own
     window moved, "held" by a constant table such as ssl's error codes), or one whose holder search reached no
-    root at all: the container that grows through the window names the leak better. A path from no root is
-    what garbage waiting for a collection gives too (a retried task's tracebacks, which keep coming and so
-    "grow" between searches), and a module-level container growing at every scan is held for certain. A
-    container of weak references is bookkeeping of what leaks (logging's list of every handler), never what
-    keeps it alive."""
+    root at all: the container that grows through the window names the leak better. The interpreter's own
+    parts count as builtins here: exceptions kept in a list lead with their tracebacks' frames, which a search
+    that ran early may not reach. A path from no root is what garbage waiting for a collection gives too (a
+    retried task's tracebacks, which keep coming and so "grow" between searches), and a module-level container
+    growing at every scan is held for certain. A container of weak references is bookkeeping of what leaks
+    (logging's list of every handler), never what keeps it alive."""
     if d.owner is not None or d.leak.kind != kind.PYTHON_OBJECTS:
         return d
     strong = [g for g in d.leak.grown if not holders.is_weak(g.element_type)]
     first = d.ranked[0] if d.ranked else None
     holder = d.holder_of.get(first.type) if first else None
-    if strong and (first is None or (first.type in GENERIC_TYPES and first.type not in d.held_growing)
+    if strong and (first is None or (first.type in _PARTS and first.type not in d.held_growing)
                    or holder is not None and holders.unrooted(holder)):
         return replace(d, owner=strong[0])
     return d

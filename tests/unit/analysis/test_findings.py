@@ -170,3 +170,14 @@ def test_a_native_leak_without_a_native_window_is_located_by_the_native_bytes_tr
     arrays = AllocationSite("/srv/app/tasks.py", 30, 50_000, 24, "user", (), "shop.index", native=49_152)
     assert located(dicts, arrays) == "/srv/app/tasks.py:30"
     assert located(dicts) is None  # no native bytes seen anywhere: no line rather than a Python one
+
+
+def test_a_container_growing_at_every_scan_names_the_leak_over_a_type_no_search_found_held() -> None:
+    """stored_tracebacks, 2 runs of 5: the kept exceptions' frames led and the one search per child found only
+    tuples; the failures list grew at every scan. Frames are parts of what the code keeps: the container names
+    the leak. Frames seen held as they grew keep their place."""
+    grown = (container("app._RECENT_FAILURES", "app.PricingError"),)
+    d = replace(draft((grew("frame"),), grown=grown), ranked=(grew("frame"),), holder_of={"frame": None})
+    owner = growing_container(d).owner
+    assert owner is not None and owner.path == "app._RECENT_FAILURES"
+    assert growing_container(replace(d, held_growing=frozenset({"frame"}))).owner is None
