@@ -83,6 +83,37 @@ MAX_SITES = 1024
 SITES_PER_NAME = 3
 
 
+class _OwnedLock:
+    """A lock that knows which thread holds it.
+
+    Snapshots, the type join and the comparisons allocate while it is held,
+    and an allocation can start a collection that runs the host's
+    finalizers; a finalizer that runs a task eagerly (``task.apply()``)
+    comes back into the hooks on the same thread. The window's entry points
+    return at once then (that task is not measured) instead of waiting on a
+    lock their own thread holds.
+    """
+
+    __slots__ = ("_lock", "_owner")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner = 0
+
+    def __enter__(self) -> _OwnedLock:
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._owner = 0
+        self._lock.release()
+
+    def mine(self) -> bool:
+        """True when the calling thread holds the lock (a re-entry)."""
+        return self._owner == threading.get_ident()
+
+
 @dataclass(frozen=True)
 class Episode:
     """One episode, as the budget sees it.
@@ -133,7 +164,7 @@ class SampledAllocations:
         self.join_seconds = join_seconds
         self.max_memory = max_memory
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = _OwnedLock()
         self._rng = random.Random(0x6B11)
         self.active = False
         self._reset()
@@ -213,6 +244,8 @@ class SampledAllocations:
         ``admit`` is asked (in the task's thread) right before each episode
         starts tracing; False ends the grant (the budget is spent).
         """
+        if self._lock.mine():
+            return
         with self._lock:
             if not self.active:
                 return
@@ -225,7 +258,7 @@ class SampledAllocations:
 
     def poll(self) -> tuple[list[Episode], AllocationWindow | None]:
         """Finished episodes since the last poll, and the window's result once it closes."""
-        if not self.active:
+        if not self.active or self._lock.mine():
             return [], None
         with self._lock:
             tracing = self.state in ON
@@ -253,7 +286,7 @@ class SampledAllocations:
 
     def close_now(self) -> tuple[list[Episode], AllocationWindow | None]:
         """Close with what the window has (the agent stops); a result if it pooled ``min_episodes``."""
-        if not self.active:
+        if not self.active or self._lock.mine():
             return [], None
         with self._lock:
             if self.state in (MEASURED, AWAITING):
@@ -298,7 +331,7 @@ class SampledAllocations:
 
     def abort(self) -> None:
         """Stop tracing now (agent shutdown, errors); the window closes without a result."""
-        if not self.active:
+        if not self.active or self._lock.mine():
             return
         with self._lock:
             if self.state in ON:
@@ -330,7 +363,7 @@ class SampledAllocations:
     # ----------------------------------------------------------- task thread --
     def on_task_started(self, key: object, name: str) -> None:
         """At every task start, in the task's thread: warm-up, snapshot A of a wanted task, or B after it."""
-        if self.state not in ON:
+        if self.state not in ON or self._lock.mine():
             return
         with self._lock:
             if self.state == AWAITING:
@@ -395,7 +428,7 @@ class SampledAllocations:
 
     def on_task_finished(self, key: object) -> None:
         """At every task end, in the task's thread: an armed window starts tracing; a traced task is done."""
-        if self.state not in AT_TASK_END:
+        if self.state not in AT_TASK_END or self._lock.mine():
             return
         with self._lock:
             if self.state == ARMED:

@@ -385,3 +385,30 @@ def test_the_bytes_a_c_extension_registered_are_told_apart_from_pythons_own() ->
     array, leak = by_line[(__file__, ARRAY_LINE)], by_line[(__file__, LEAK_LINE)]
     assert array.native >= 4096 and 0.9 * array.size <= array.native <= array.size, array
     assert leak.native == 0, leak
+
+
+def test_a_finalizer_that_runs_a_task_inside_a_snapshot_does_not_deadlock_the_window(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collection during a snapshot runs the host's finalizers on the task's thread; one that runs a task
+    eagerly comes back into the hooks while the window holds its lock. The re-entered hooks return at once."""
+    window = SampledAllocations(episodes=4)
+    real = tracemalloc.take_snapshot
+    reentered = []
+
+    def snapshot_with_a_finalizer() -> tracemalloc.Snapshot:
+        window.on_task_started("from a __del__", "shop.cleanup")  # task.apply() inside a finalizer
+        window.on_task_finished("from a __del__")
+        reentered.append(window.poll())
+        return real()
+
+    monkeypatch.setattr(sampled_allocations.tracemalloc, "take_snapshot", snapshot_with_a_finalizer)
+    assert window.open()
+    window.arm(4)
+    worker = threading.Thread(target=_drive, args=(window, 80, lambda i: ("shop.task", _transient_task)),
+                              daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the window deadlocked on its own lock"
+    assert reentered and all(r == ([], None) for r in reentered)
+    episodes, _ = window.poll()
+    assert [e.outcome for e in episodes] == ["done"] * 4
