@@ -162,7 +162,7 @@ def _traced_share(windows: Sequence[AllocationWindow], tasks: Sequence[TaskRecor
             "per task)" % (per_task_traced, 100 * min(share, 9.99), per_task_rss))
     if per_task_native > 0:
         text += ", besides %+.0f bytes per task of native memory a C extension allocated itself and registered " \
-                "with tracemalloc (numpy's array data)" % per_task_native
+                "with tracemalloc (such as numpy's array data)" % per_task_native
     return share, text, per_task_native / per_task_rss
 
 
