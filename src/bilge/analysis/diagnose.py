@@ -521,13 +521,19 @@ def _as_task_count(x: Sequence[float], prefix: int | None) -> int | None:
     return int(x[prefix - 1]) if prefix else None
 
 
+def _traced_native(p: ProcessData) -> bool:
+    """Whether the episodes saw native bytes an extension registered survive: native memory measured, not
+    inferred from RSS steps."""
+    return any(s.native for w in p.windows for s in w.sites)
+
+
 def _explain_window(p: ProcessData, start: float, leaking: bool, on_heap: bool = False) -> _Window:
     tasks = tuple(t for t in p.tasks if t.started >= start)
     samples = tuple(s for s in p.samples if s.t >= start)
     first_task = p.tasks[0].started if p.tasks else start
     earlier = tuple(s for s in p.samples if first_task <= s.t < start)
     leak_kind, evidence = kind.classify(samples, tasks, p.windows, p.fd_snapshots, earlier) if leaking else (None, ())
-    if on_heap and leak_kind in (kind.NATIVE, kind.FRAGMENTATION):
+    if on_heap and leak_kind in (kind.NATIVE, kind.FRAGMENTATION) and not _traced_native(p):
         # The verdict itself rests on the Python heap's growth while RSS has
         # not followed: RSS growth in the window (steps bilge's own explain
         # stage left there, among others) cannot make it native.

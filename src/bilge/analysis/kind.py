@@ -120,17 +120,27 @@ def classify(
     strong = block_p < BLOCK_STRONG_ALPHA and (per_task >= MIN_BLOCKS_PER_TASK if tasks else
                                                block_growth >= 10 * MIN_BLOCK_GROWTH)
     heap_grows = block_growth >= MIN_BLOCK_GROWTH and (strong or (block_p < BLOCK_ALPHA and share >= MIN_HEAP_SHARE))
-    traced = _traced_share(windows, tasks)
+    traced = _traced(windows, tasks)
     if traced is not None:
-        traced_share, traced_text, native_share = traced
+        traced_bytes, native_bytes, rss_bytes, traced_text = traced
+        # Native bytes the episodes saw survive (an extension's own, e.g.
+        # numpy's array data) outweighing both the Python bytes they saw and
+        # what the heap's new blocks hold: small Python owners of large
+        # native buffers. Measured, so they stand even where RSS stayed flat
+        # in the window (glibc reusing freed memory).
+        if native_bytes > max(traced_bytes, per_task * BLOCK_BYTES) and (
+                rss_bytes <= 0 or native_bytes >= MIN_ALLOCATOR_SHARE * rss_bytes):
+            return _outside_python(samples, rss_growth, "heap blocks %s; %s" % (text, traced_text), True)
+        traced_share = traced_bytes / rss_bytes if rss_bytes > 0 else None
         # Sampled episodes see what a task allocated itself; a leak that keeps
         # what was allocated before it (its message's payload) escapes them.
         # A strong, steady growth of heap blocks that accounts for most of
         # the RSS growth is Python memory whatever the episodes traced.
-        if traced_share < MIN_TRACED_SHARE and not (strong and heap_grows and share >= HEAP_EXPLAINS):
+        if traced_share is not None and traced_share < MIN_TRACED_SHARE and not (
+                strong and heap_grows and share >= HEAP_EXPLAINS):
             return _outside_python(samples, rss_growth, "heap blocks %s; %s" % (text, traced_text),
-                                   native_share >= MIN_ALLOCATOR_SHARE)
-        if not heap_grows and traced_share >= PYTHON_TRACED_SHARE:
+                                   native_bytes >= MIN_ALLOCATOR_SHARE * rss_bytes)
+        if traced_share is not None and not heap_grows and traced_share >= PYTHON_TRACED_SHARE:
             heap_grows = True
             text += "; " + traced_text
     uncollectable = _uncollectable(samples, heap_grows)
@@ -141,29 +151,28 @@ def classify(
     return _outside_python(samples, rss_growth, "heap blocks %s" % text)
 
 
-def _traced_share(windows: Sequence[AllocationWindow], tasks: Sequence[TaskRecord]
-                  ) -> tuple[float, str, float] | None:
-    """Shares of the RSS growth per task that allocations traced by tracemalloc explain: in Python's allocators
-    (with its description) and in C extensions' own domains."""
+def _traced(windows: Sequence[AllocationWindow], tasks: Sequence[TaskRecord]
+            ) -> tuple[float, float, float, str] | None:
+    """Bytes per task the allocation episodes saw survive, in Python's allocators and in C extensions' own
+    tracemalloc domains, the RSS growth per task, and their description."""
     done = [w for w in windows if w.status == "done" and w.tasks and w.tracer == TRACEMALLOC]
     usable = [t for t in tasks if t.rss_after is not None]
     if not done or len(usable) < 2:
         return None
     per_task_rss = (usable[-1].rss_after - usable[0].rss_after) / max(1, usable[-1].seq - usable[0].seq)  # type: ignore[operator]
-    if per_task_rss <= 0:
-        return None
     episodes = sum(w.tasks for w in done)
     # Bytes a C extension allocated itself and registered with tracemalloc
     # (numpy's array data) are native memory, whoever owns them.
     per_task_native = sum(sum(s.native for s in w.sites) for w in done) / episodes
     per_task_traced = sum(sum(s.size for s in w.sites) for w in done) / episodes - per_task_native
-    share = per_task_traced / per_task_rss
-    text = ("allocations traced by tracemalloc kept %+.0f bytes per task, ~%.0f%% of the RSS growth (%+.0f bytes "
-            "per task)" % (per_task_traced, 100 * min(share, 9.99), per_task_rss))
+    text = "allocations traced by tracemalloc kept %+.0f bytes per task" % per_task_traced
+    if per_task_rss > 0:
+        text += ", ~%.0f%% of the RSS growth (%+.0f bytes per task)" % (
+            100 * min(per_task_traced / per_task_rss, 9.99), per_task_rss)
     if per_task_native > 0:
         text += ", besides %+.0f bytes per task of native memory a C extension allocated itself and registered " \
                 "with tracemalloc (such as numpy's array data)" % per_task_native
-    return share, text, per_task_native / per_task_rss
+    return per_task_traced, per_task_native, per_task_rss, text
 
 
 def _uncollectable(samples: Sequence[Sample], heap_grows: bool) -> str | None:

@@ -140,3 +140,14 @@ def test_traced_native_bytes_outweigh_allocator_counters_that_did_not_move_in_ti
     kind, evidence = classify(series(rss=65536, used=0, free=65536), tasks, [arrays])
     assert kind == NATIVE and "no allocator counter" not in evidence[0]
     assert classify(series(rss=65536, used=0, free=65536), tasks, [_window(kept_bytes=20 * 200)])[0] == FRAGMENTATION
+
+
+def test_traced_native_bytes_name_the_kind_where_rss_stayed_flat_in_the_window() -> None:
+    """embedding_cache, 1 run of 5: glibc reused freed memory, so one child's RSS barely moved over its window
+    while a heap block per call (the arrays' owners) rose steadily; the episodes saw 4 KiB of numpy's data
+    survive per call against ~70 bytes of Python's. Native, not Python objects."""
+    tasks = _tasks(600, rss_per_task=0, blocks_per_task=1)
+    arrays = _window(kept_bytes=20 * 4170, native=20 * 4096)
+    kind, evidence = classify(series(rss=0, blocks=300, used=0), tasks, [arrays])
+    assert kind == NATIVE, evidence
+    assert classify(series(rss=0, blocks=300, used=0), tasks, [_window(kept_bytes=20 * 4170)])[0] == PYTHON_OBJECTS
