@@ -131,18 +131,19 @@ def classify(
         if native_bytes > max(traced_bytes, per_task * BLOCK_BYTES) and (
                 rss_bytes <= 0 or native_bytes >= MIN_ALLOCATOR_SHARE * rss_bytes):
             return _outside_python(samples, rss_growth, "heap blocks %s; %s" % (text, traced_text), True)
-        traced_share = traced_bytes / rss_bytes if rss_bytes > 0 else None
         # Sampled episodes see what a task allocated itself; a leak that keeps
         # what was allocated before it (its message's payload) escapes them.
         # A strong, steady growth of heap blocks that accounts for most of
         # the RSS growth is Python memory whatever the episodes traced.
-        if traced_share is not None and traced_share < MIN_TRACED_SHARE and not (
-                strong and heap_grows and share >= HEAP_EXPLAINS):
-            return _outside_python(samples, rss_growth, "heap blocks %s; %s" % (text, traced_text),
-                                   native_bytes >= MIN_ALLOCATOR_SHARE * rss_bytes)
-        if traced_share is not None and not heap_grows and traced_share >= PYTHON_TRACED_SHARE:
-            heap_grows = True
-            text += "; " + traced_text
+        # Without RSS growth over the window's read tasks there is no share to judge.
+        if rss_bytes > 0:
+            traced_share = traced_bytes / rss_bytes
+            if traced_share < MIN_TRACED_SHARE and not (strong and heap_grows and share >= HEAP_EXPLAINS):
+                return _outside_python(samples, rss_growth, "heap blocks %s; %s" % (text, traced_text),
+                                       native_bytes >= MIN_ALLOCATOR_SHARE * rss_bytes)
+            if not heap_grows and traced_share >= PYTHON_TRACED_SHARE:
+                heap_grows = True
+                text += "; " + traced_text
     uncollectable = _uncollectable(samples, heap_grows)
     if uncollectable:
         return UNCOLLECTABLE, (uncollectable,)
