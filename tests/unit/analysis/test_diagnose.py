@@ -326,6 +326,33 @@ def test_a_leak_nothing_explains_is_inconclusive_and_says_what_it_may_be() -> No
     assert diagnose(RunData(run=RUN, processes=(searched,))).verdict == LEAK
 
 
+def test_a_native_leak_its_task_alone_explains_waits_for_a_full_collection_or_a_line() -> None:
+    """xml_invoices (second five-repeat run, 1 of 5): a child's RSS grew with its heap flat, so the kind said
+    native, and the task making the growth was named; no line, no type, no holder, no search, and no full
+    collection had run: cyclic garbage outside pymalloc looks just so. Inconclusive, saying what it may be.
+    Once a native window gave the line, or a full collection ran, it is a leak."""
+    from bilge.analysis.kind import NATIVE
+    from bilge.model import MALLOC, AllocationSite, AllocationWindow
+
+    leaking = process(2, "shop.search")
+    flat = replace(leaking, tasks=tuple(replace(t, blocks_before=100_000, blocks_after=100_000)
+                                        for t in leaking.tasks),
+                   censuses=tuple(replace(c, types={"dict": c.types["dict"]}) for c in leaking.censuses))
+    collected = replace(flat, samples=tuple(replace(s, heap_blocks=100_000, gc_full=2 + s.tasks_done // 200,
+                                                    gc_enabled=1, heap_after_full=100_000) for s in flat.samples))
+    diagnosis = diagnose(RunData(run=RUN, processes=(collected,)))
+    assert (diagnosis.verdict, diagnosis.kind, diagnosis.findings[0].task) == (LEAK, NATIVE, "shop.search")
+    waiting = replace(collected, samples=tuple(replace(s, gc_full=2) for s in collected.samples))
+    diagnosis = diagnose(RunData(run=RUN, processes=(waiting,)))
+    assert diagnosis.verdict == INCONCLUSIVE, diagnosis.processes[0].reason
+    assert "garbage waiting for a collection" in diagnosis.processes[0].reason
+    native = AllocationWindow(started=8.0, ended=9.0, tasks=40, status="done", peak_memory=0, tracer=MALLOC,
+                              sites=(AllocationSite("app.py", 30, 40 * 4096, 40, "user", (), native=40 * 4096),))
+    diagnosis = diagnose(RunData(run=RUN, processes=(replace(waiting, windows=(native,)),)))
+    assert diagnosis.verdict == LEAK, diagnosis.processes[0].reason
+    assert diagnosis.findings[0].location is not None and diagnosis.findings[0].location.endswith("app.py:30")
+
+
 def test_a_verdict_resting_on_the_heap_is_never_native() -> None:
     """The heap grows with every leaky call; RSS after tasks climbed 24 MiB between a quarter and half of the
     run (what explain-stage steps leave) and is flat after it, and traced episodes kept little: alone, the kind
