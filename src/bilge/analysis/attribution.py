@@ -177,10 +177,59 @@ def _exact_blocks(
 
 
 def _items(
+    per_process: Sequence[Sequence[TaskRecord]], names: list[str], window: int = WINDOW
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per task name, the items its calls add to the containers counted around them, and the t statistic of
+    that effect against the other names'.
+
+    Over windows of consecutive tasks when there are enough (the same
+    regression as the memory's): a task may hand its item to another
+    thread (a queue a reporter thread drains into its own list), which
+    appends it after the task ended, between two tasks, where no in-task
+    delta sees it; a window holding the call holds the append too, but
+    for its edge. Else the in-task deltas (exact, but blind to such
+    appends).
+    """
+    rows, grown = _item_windows(per_process, names, window)
+    if len(rows) >= 3 * len(names) + 5:
+        return _robust_regress(np.asarray(rows, dtype=float), np.asarray(grown, dtype=float))
+    return _in_task_items(per_process, names)
+
+
+def _item_windows(per_process: Sequence[Sequence[TaskRecord]], names: list[str],
+                  window: int) -> tuple[list[list[int]], list[float]]:
+    """Rows of per-name task counts over spans of at least ``window`` consecutive tasks between two tasks whose
+    items were counted, with the items added across each span (as ``_windows`` for memory)."""
+    index = {n: i for i, n in enumerate(names)}
+    rows: list[list[int]] = []
+    grown: list[float] = []
+    for tasks in per_process:
+        before: TaskRecord | None = None
+        start = 0
+        for i, t in enumerate(tasks):
+            if t.items_after is None:
+                continue
+            if before is None or t.seq - before.seq < window:
+                if before is None:
+                    before, start = t, i
+                continue
+            chunk = tasks[start + 1:i + 1]
+            # Whole spans only (long runs record tasks in bursts; bilge's own work is cut out).
+            if len(chunk) == t.seq - before.seq and before.items_after is not None:
+                counts = [0] * len(names)
+                for c in chunk:
+                    counts[index[c.name]] += 1
+                rows.append(counts)
+                grown.append(float(t.items_after - before.items_after))
+            before, start = t, i
+    return rows, grown
+
+
+def _in_task_items(
     per_process: Sequence[Sequence[TaskRecord]], names: list[str]
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Per task name, the items its calls added to the containers counted around them (the mean: counts are
-    exact, no outlier to weigh down), and the t statistic of that mean against the other names' calls."""
+    """Per task name, the mean of the items its calls added (counts are exact, no outlier to weigh down), and
+    the t statistic of that mean against the other names' calls."""
     added: dict[str, list[float]] = {n: [] for n in names}
     for tasks in per_process:
         for record in tasks:

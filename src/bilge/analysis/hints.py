@@ -29,6 +29,10 @@ class Evidence:
         return "each call of %s" % self.task if self.task else "the process"
 
 
+# Holder.root_kind of a local variable in another thread's frame (see samplers.holders).
+THREAD_STACK = "thread-stack"
+
+
 def _path(e: Evidence) -> str:
     return e.holder.path if e.holder else ""
 
@@ -94,7 +98,9 @@ def _held_from_c(e: Evidence) -> str | None:
     if path.startswith("<signal handlers>"):
         return ("%s installs signal handlers that keep their objects alive (%s): install one handler per "
                 "process and restore the previous one when done." % (e.where.capitalize(), path))
-    if path.startswith("<"):
+    if path.startswith("<") and not (e.holder and e.holder.root_kind == THREAD_STACK):
+        # A thread's local is a Python container (its frame's locals): only the other bracketed roots are held
+        # from C.
         return ("%s leaves %s objects that no Python container refers to (%s): they are held from C code, by an "
                 "extension module or an interpreter registry (codecs, audit hooks, a C library's callback "
                 "table); release them through the API that registered them." % (
