@@ -440,7 +440,13 @@ def _task_verdict(p: ProcessData, policy: TrendPolicy, heap_policy: TrendPolicy,
         if heap.verdict == LEAK else None
     if result.verdict == LEAK:
         # Either series may confirm first: RSS stalls while a leak refills
-        # memory freed earlier, heap blocks keep counting every object.
+        # memory freed earlier, heap blocks keep counting every object. The
+        # heap's is the corroborated one when a growing container lowers its
+        # floor, as when RSS has not moved (a leak of 1 KiB strings: ~1.5
+        # blocks a task, under the floor for a short child's window).
+        if heap_confirmed is None:
+            corroborated = _corroborated_heap_verdict(p, bx, by, heap_policy, rate)
+            heap_confirmed = corroborated[1] if corroborated is not None else None
         confirmed = [c for c in (_as_task_count(x, trend.confirmed_after(x, y, policy)), heap_confirmed) if c]
         return result, min(confirmed) if confirmed else None, result.slope, False
     if heap.verdict != LEAK:

@@ -435,6 +435,23 @@ def test_a_slow_heap_trend_under_the_floor_is_a_leak_when_a_module_level_contain
     assert diagnosis.processes[0].verdict == NO_LEAK
 
 
+def test_a_corroborated_heap_trend_confirms_a_leak_rss_confirms_later() -> None:
+    """detection.py's 1 KiB leak (a dict and an 824-byte str per call, kept in a module-level list): RSS confirms
+    the leak late (its noise against ~300 B a task), the heap's ~0.5 blocks a task is under the block floor
+    alone, and the list grew at every scan. The corroborated heap trend confirms it sooner, as it does when RSS
+    has not moved at all: ``confirmed_after`` takes whichever series confirms first."""
+    base = process(2, None)
+    kept = _seen_keys(base, 1, "shop.search")
+    grown = tuple(accumulate(1024 if t.name == "shop.search" else 0 for t in kept.tasks))
+    tasks = tuple(replace(t, rss_before=(t.rss_before or 0) + (grown[i - 1] if i else 0),
+                          rss_after=(t.rss_after or 0) + grown[i]) for i, t in enumerate(kept.tasks))
+    child = diagnose(RunData(run=RUN, processes=(replace(kept, tasks=tasks),))).processes[0]
+    assert child.verdict == LEAK and child.reason.startswith("memory grows steadily"), child.reason
+    alone = diagnose(RunData(run=RUN, processes=(replace(kept, tasks=tasks, container_scans=()),))).processes[0]
+    assert alone.confirmed_after_tasks is not None and child.confirmed_after_tasks is not None
+    assert child.confirmed_after_tasks < alone.confirmed_after_tasks
+
+
 def test_scans_since_a_quarter_in_corroborate_a_heap_trend_the_second_half_has_few_scans_of() -> None:
     """A short, busy child: its container stage's budget paid for scans in the first part of the run only (two
     in the judged second half). The set grew at every scan from a quarter in, at the same pace, and still at
