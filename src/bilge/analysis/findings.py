@@ -21,6 +21,7 @@ from bilge.model import (
     GENERIC_TYPES,
     MALLOC,
     TRACEMALLOC,
+    AllocationSite,
     AllocationWindow,
     ContainerGrowth,
     Finding,
@@ -59,6 +60,11 @@ class Draft:
     leak: Leak
     evidence: tuple[str, ...]  # the leak's, plus what the steps add
     where: str | None = None  # the top allocation site (file:line)
+    # A native leak with no native line: where the leaking task's surviving
+    # Python allocations were made in the user's code (its Python owners'
+    # birthplace), for a finding that names such an owner.
+    owner_where: str | None = None
+    owner_evidence: tuple[str, ...] = ()
     # Types held by a path seen growing (between searches, or a container
     # growing at every scan): the ones keeping the growth alive.
     held_growing: frozenset[str] = frozenset()
@@ -87,11 +93,33 @@ def locate(d: Draft) -> Draft:
         found = sites.native_traced(d.leak.windows)
         tracer = TRACEMALLOC
     if not found:
-        return d
-    if d.leak.task:
-        found = tuple(s for s in found if s.task == d.leak.task) or found
+        return _owner_site(d) if d.leak.kind == kind.NATIVE else d
+    found = _tasks_own(found, d.leak.task)
     return replace(d, where=sites.location(found[0]),
                    evidence=d.evidence + (sites.describe(found[0], d.leak.windows, tracer),))
+
+
+def _tasks_own(found: tuple[AllocationSite, ...], task: str | None) -> tuple[AllocationSite, ...]:
+    """The sites the leaking task left, when it is named and left any."""
+    return tuple(s for s in found if s.task == task) or found if task else found
+
+
+def _owner_site(d: Draft) -> Draft:
+    """A native leak no native window measured: the user's line whose Python allocations the leaking task kept.
+    When the finding names the Python type owning the native memory (a connection kept in a dict), that line is
+    where the owners are made (``sqlite3.connect``); a finding with no owner type gets no line from it."""
+    found = tuple(s for s in _tasks_own(sites.leak_sites(d.leak.windows, TRACEMALLOC), d.leak.task)
+                  if s.owner == "user")
+    if not found:
+        return d
+    return replace(d, owner_where=sites.location(found[0]),
+                   owner_evidence=(sites.describe(found[0], d.leak.windows, TRACEMALLOC)
+                                   + ": where the Python objects owning the native memory are made",))
+
+
+def _owner_line(d: Draft) -> tuple[str | None, tuple[str, ...]]:
+    """A finding's line and its evidence: the native (or traced) line, else its owners' birthplace."""
+    return (d.where, ()) if d.where or d.owner_where is None else (d.owner_where, d.owner_evidence)
 
 
 def growing_holders(d: Draft) -> Draft:
@@ -233,14 +261,15 @@ def emit(d: Draft) -> Draft:
                                                                                  t.bytes_delta),)
             + (("held by %s (%s, %s of %s)" % (holder.path, holder.root_kind, holder.container_len,
                                                  holder.container_type),) if holder else ())
-            + ((sites.describe_type_site(born),) if born else ()),
+            + ((sites.describe_type_site(born),) if born else ())
+            + (_owner_line(d)[1] if i == 0 and not (born and born.owner == "user") else ()),
             # A native leak's line is where the native bytes were allocated;
             # else the user's line that made this type's window-born objects
             # is the most specific answer; else the top surviving bytes (user
             # code first), for the first finding.
             location=d.where if leak.kind == kind.NATIVE and d.where
             else sites.location(born) if born and (born.owner == "user" or d.where is None)
-            else (d.where if i == 0 else None),
+            else (_owner_line(d)[0] if i == 0 else None),
             holder=holder.path if holder else None, values=holder.values if holder else ()))
     return replace(d, findings=tuple(out))
 
@@ -259,13 +288,15 @@ def _container_finding(d: Draft, g: ContainerGrowth, bytes_per_call: float | Non
     per_call = (leaky.items_per_call if leaky.items_per_call > 0 else g.per_task * g.tasks / leaky.calls) \
         if leaky and leaky.calls else None
     holder = holders.from_container(g, type_name)
+    line, line_evidence = _owner_line(d)
     return Finding(
         task=leak.task, type=type_name, kind=leak.kind, bytes_per_call=bytes_per_call,
         count_per_call=round(per_call, 3) if per_call is not None else None,
         hint=hints.hint(leak.kind, leak.task, type_name, per_call, holder),
-        pids=leak.pids, location=d.where, holder=g.path,
-        evidence=d.evidence + ("%s (a %s of %s) grew from %d to %d entries over %d tasks, never shrinking"
-                               % (g.path, g.container_type, g.element_type, g.first, g.last, g.tasks),))
+        pids=leak.pids, location=line, holder=g.path,
+        evidence=d.evidence + line_evidence + ("%s (a %s of %s) grew from %d to %d entries over %d tasks, never "
+                                               "shrinking" % (g.path, g.container_type, g.element_type, g.first,
+                                                              g.last, g.tasks),))
 
 
 STEPS: tuple[Step, ...] = (locate, growing_holders, name_holders, rank, native_owner, same_bar, growing_container,

@@ -172,6 +172,29 @@ def test_a_native_leak_without_a_native_window_is_located_by_the_native_bytes_tr
     assert located(dicts) is None  # no native bytes seen anywhere: no line rather than a Python one
 
 
+def test_a_native_leak_with_a_python_owner_and_no_native_window_is_located_where_the_owners_are_made() -> None:
+    """sqlite_per_call, 1 of 5 runs: no native window ran in either child (the others located the connections'
+    native bytes at sqlite3.connect's line), so the finding naming sqlite3.Connection in app._OPEN_REPORTS had
+    no line. The allocation window saw the leaking task keep Python allocations at that line: where the owners
+    are made. A native finding naming no owner type gets no line from it (a ctypes malloc has no Python owner)."""
+    connect = AllocationSite("/srv/app/tasks.py", 21, 11_776, 97, "user", (), "shop.report")
+    library = AllocationSite("/srv/lib/sqlite_helpers.py", 40, 50_000, 300, "library", (), "shop.report")
+    other = AllocationSite("/srv/app/tasks.py", 60, 20_000, 90, "user", (), "shop.price")
+    window = AllocationWindow(started=0.0, ended=1.0, tasks=12, status="done", peak_memory=0,
+                              sites=(library, other, connect))
+    report = replace(SEARCH, task="shop.report")
+    base = draft((grew("sqlite3.Connection"),), leak_kind=kind.NATIVE)
+    d = locate(replace(base, leak=replace(base.leak, windows=(window,), leaky=report)))
+    assert d.where is None and d.owner_where == "/srv/app/tasks.py:21"
+    found = emit(replace(d, ranked=(grew("sqlite3.Connection"),))).findings[0]
+    assert found.location == "/srv/app/tasks.py:21"
+    assert any("where the Python objects owning the native memory are made" in e for e in found.evidence)
+    owned = emit(replace(d, owner=container("app._OPEN", "sqlite3.Connection"))).findings[0]
+    assert owned.location == "/srv/app/tasks.py:21"
+    bare = emit(d).findings[0]
+    assert bare.type is None and bare.location is None
+
+
 def test_a_container_growing_at_every_scan_names_the_leak_over_a_type_no_search_found_held() -> None:
     """stored_tracebacks, 2 runs of 5: the kept exceptions' frames led and the one search per child found only
     tuples; the failures list grew at every scan. Frames are parts of what the code keeps: the container names
