@@ -74,6 +74,9 @@ from bilge.samplers.native_sites import NativeWindow
 from bilge.samplers.sampled_allocations import AT_TASK_END, ON, Episode, SampledAllocations
 from bilge.samplers.suspicion import MIN_GROWTH, MIN_HEAP_GROWTH
 
+# Episode states in which a task hook may do the episode's work.
+_AT_HOOKS = frozenset(ON) | frozenset(AT_TASK_END)
+
 # Growth must go on for this many tasks (or half as many as the process
 # had run then, if more) after the process first looked suspect, by a
 # quarter of what made it suspect (all of it when only RSS grows), before
@@ -213,6 +216,11 @@ class Explain:
         measured, leaky task's growth out of the trend.
         """
         return bool(self._working) or self.native.active
+
+    def at_hooks(self) -> bool:
+        """True while the stage works in the task hooks (an episode's snapshots, the native window's boundaries):
+        work it charges to its own stages, so the hooks' sampled timing leaves those calls out."""
+        return self.window.state in _AT_HOOKS or self.native.active
 
     # ----------------------------------------------------------- task thread --
     def task_started(self, key: object, name: str) -> None:

@@ -345,6 +345,32 @@ def test_the_task_hooks_own_cost_is_estimated_from_both_hooks_whole(tmp_path: Pa
     assert agent.hook_seconds == pytest.approx(tasks * (cost["start"] + cost["end"]))
 
 
+def test_the_task_hooks_cost_leaves_out_calls_in_which_an_episode_works(tmp_path: Path) -> None:
+    """An episode takes its snapshots in the task hooks and charges them to its own stage: a timed hook call that
+    ran one (50 ms here) must not be counted HOOK_TIMING_EVERY times as the hooks' own cost (seen: 5.4 s of
+    "task-hooks" in one zoo child, 0.1 s in its twin)."""
+    from bilge.agent._runtime import HOOK_TIMING_EVERY
+    from bilge.store.memory import MemoryStore
+
+    now = [0.0]
+    agent = Agent(AgentConfig(data_dir=str(tmp_path), run_id=1), store=MemoryStore(), thread_clock=lambda: now[0])
+    working = [False]
+    real_finished = agent.explain.task_finished
+
+    def finished(key: object, reading: object) -> None:
+        if working[0]:
+            now[0] += 0.05  # the episode's snapshots
+        real_finished(key, reading)  # type: ignore[arg-type]
+
+    agent.explain.task_finished = finished  # type: ignore[method-assign]
+    agent.explain.at_hooks = lambda: working[0]  # type: ignore[method-assign]
+    for k in range(4 * HOOK_TIMING_EVERY):
+        working[0] = k % HOOK_TIMING_EVERY == HOOK_TIMING_EVERY - 1  # every timed end call
+        agent.task_started(k, "proj.task")
+        agent.task_finished(k)
+    assert agent.hook_seconds < 0.05
+
+
 def test_a_forked_child_never_sees_its_parents_agent_in_the_slot(tmp_path: Path) -> None:
     """The slot the task hooks read is emptied at fork (no getpid per read): the parent's agent is only inherited."""
     script = tmp_path / "slot.py"
