@@ -33,6 +33,11 @@ TRACEMALLOC: Final = "tracemalloc"
 MALLOC: Final = "malloc"
 Tracer = Literal["tracemalloc", "malloc"]
 
+# Holder.root_kind of a local variable in another thread's frame: a Python
+# container (the frame's locals), bracketed in its path like the registries
+# held from C (``<thread worker> frame run() local 'items'``).
+THREAD_STACK: Final = "thread-stack"
+
 # Builtin containers: every program has thousands, so when a specific type
 # grows as steadily it names a leak better (the containers are usually its
 # parts); a leak of plain dicts still shows as dicts.

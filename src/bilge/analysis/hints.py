@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bilge.analysis.kind import FILE_DESCRIPTORS, FRAGMENTATION, NATIVE, PYTHON_OBJECTS, UNCOLLECTABLE
-from bilge.model import Holder
+from bilge.model import THREAD_STACK, Holder
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,6 @@ class Evidence:
     @property
     def where(self) -> str:
         return "each call of %s" % self.task if self.task else "the process"
-
-
-# Holder.root_kind of a local variable in another thread's frame (see samplers.holders).
-THREAD_STACK = "thread-stack"
 
 
 def _path(e: Evidence) -> str:

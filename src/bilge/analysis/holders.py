@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from bilge.model import ContainerGrowth, Holder, ProcessData
+from bilge.model import THREAD_STACK, ContainerGrowth, Holder, ProcessData
 
 
 def holder_for(type_name: str | None, groups: Sequence[Sequence[Holder]],
@@ -131,7 +131,7 @@ def from_container(g: ContainerGrowth, type_name: str) -> Holder:
     # "module-global" covers a class attribute or an object's attribute too;
     # a thread's local and the exit callbacks are named as the holder search
     # names them.
-    root_kind = "thread-stack" if g.path.startswith("<thread ") else \
+    root_kind = THREAD_STACK if g.path.startswith("<thread ") else \
         "registry" if g.path.startswith("<") else "module-global"
     return Holder(t=0.0, started=0.0, type=type_name, path=g.path, root_kind=root_kind,
                   container_type=g.container_type, container_len=g.last, targets=g.last - g.first)

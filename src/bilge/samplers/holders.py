@@ -66,6 +66,7 @@ from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
+from bilge.model import THREAD_STACK
 from bilge.samplers import EXIT_CALLBACKS, LRU_CACHE, code_name, is_library_file, is_own_module, thread_local, values
 from bilge.samplers.census import type_name
 
@@ -75,7 +76,6 @@ MODULE_GLOBAL = "module-global"
 CLASS_ATTRIBUTE = "class-attribute"
 REGISTRY = "registry"
 CLOSURE = "closure"
-THREAD_STACK = "thread-stack"
 UNKNOWN = "unknown"
 
 # Paths that start here are the stdlib's own registries: the fix is to stop
