@@ -32,7 +32,7 @@ own (t ≥ ``MIN_SUPPORT_T``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -204,24 +204,9 @@ def _item_windows(per_process: Sequence[Sequence[TaskRecord]], names: list[str],
     rows: list[list[int]] = []
     grown: list[float] = []
     for tasks in per_process:
-        before: TaskRecord | None = None
-        start = 0
-        for i, t in enumerate(tasks):
-            if t.items_after is None:
-                continue
-            if before is None or t.seq - before.seq < window:
-                if before is None:
-                    before, start = t, i
-                continue
-            chunk = tasks[start + 1:i + 1]
-            # Whole spans only (long runs record tasks in bursts; bilge's own work is cut out).
-            if len(chunk) == t.seq - before.seq and before.items_after is not None:
-                counts = [0] * len(names)
-                for c in chunk:
-                    counts[index[c.name]] += 1
-                rows.append(counts)
-                grown.append(float(t.items_after - before.items_after))
-            before, start = t, i
+        for chunk, before, after in _spans(tasks, window, lambda t: t.items_after is not None):
+            rows.append(_counts(chunk, index))
+            grown.append(float(after.items_after - before.items_after))  # type: ignore[operator]
     return rows, grown
 
 
@@ -270,39 +255,51 @@ def _design(spans: Iterable[Span], names: list[str]) -> Design:
     rss_y: list[float] = []
     blocks_y: list[float] = []
     for chunk, rss0, rss1, blocks0, blocks1 in spans:
-        counts = [0] * len(names)
-        for t in chunk:
-            counts[index[t.name]] += 1
-        rows.append(counts)
+        rows.append(_counts(chunk, index))
         rss_y.append(float(rss1 - rss0))
         blocks_y.append(float(blocks1 - blocks0) if blocks0 is not None and blocks1 is not None else math.nan)
     return rows, rss_y, blocks_y
 
 
-def _windows(per_process: Sequence[Sequence[TaskRecord]], names: list[str], window: int) -> Design:
-    def spans() -> Iterator[Span]:
-        for tasks in per_process:
-            # Spans of at least ``window`` consecutive tasks between two read
-            # tasks: a young process's memory is read after every task, an
-            # old one's after one task in N (heap blocks after some only on
-            # older records: their growth is unknown, NaN). Every task is
-            # recorded, read or not, so each span's counts are whole.
-            before: TaskRecord | None = None
-            for i, t in enumerate(tasks):
-                if t.rss_after is None:
-                    continue
-                if before is None:
-                    before, start = t, i
-                    continue
-                if t.seq - before.seq < window:
-                    continue
-                chunk = tasks[start + 1:i + 1]
-                if len(chunk) == t.seq - before.seq:  # else it spans a gap (long runs record tasks in bursts)
-                    yield (chunk, before.rss_after, t.rss_after, before.blocks_after,  # type: ignore[misc]
-                           t.blocks_after)
-                before, start = t, i
+def _counts(chunk: Sequence[TaskRecord], index: dict[str, int]) -> list[int]:
+    """Calls of each task name in ``chunk``, in ``index``'s order."""
+    counts = [0] * len(index)
+    for t in chunk:
+        counts[index[t.name]] += 1
+    return counts
 
-    return _design(spans(), names)
+
+def _spans(tasks: Sequence[TaskRecord], window: int, read: Callable[[TaskRecord], bool]
+           ) -> Iterator[tuple[Sequence[TaskRecord], TaskRecord, TaskRecord]]:
+    """(tasks, the read task before them, the last of them, itself read): spans of at least ``window``
+    consecutive tasks between two read tasks. A young process's memory is read after every task, an old one's
+    after one task in N; every task is recorded, read or not, so each span's counts are whole. A span over a gap
+    (long runs record tasks in bursts; bilge's own work is cut out) is skipped."""
+    before: TaskRecord | None = None
+    start = 0
+    for i, t in enumerate(tasks):
+        if not read(t):
+            continue
+        if before is None:
+            before, start = t, i
+            continue
+        if t.seq - before.seq < window:
+            continue
+        chunk = tasks[start + 1:i + 1]
+        if len(chunk) == t.seq - before.seq:
+            yield chunk, before, t
+        before, start = t, i
+
+
+def _windows(per_process: Sequence[Sequence[TaskRecord]], names: list[str], window: int) -> Design:
+    # Heap blocks are read after some tasks only on older records: their growth is unknown there (NaN).
+    spans = ((chunk, before.rss_after, after.rss_after, before.blocks_after, after.blocks_after)
+             for tasks in per_process for chunk, before, after in _spans(tasks, window, _rss_read))
+    return _design(spans, names)  # type: ignore[arg-type]
+
+
+def _rss_read(t: TaskRecord) -> bool:
+    return t.rss_after is not None
 
 
 def _calls(per_process: Sequence[Sequence[TaskRecord]], names: list[str]) -> Design:

@@ -247,6 +247,7 @@ def emit(d: Draft) -> Draft:
             task=leak.task, type=None, kind=leak.kind, bytes_per_call=bytes_per_call, count_per_call=None,
             hint=hints.hint(leak.kind, leak.task, None, None), pids=leak.pids, evidence=d.evidence,
             location=d.where),))
+    line, line_evidence = _owner_line(d)
     out = []
     for i, t in enumerate(d.ranked):
         holder = d.holder_of.get(t.type)
@@ -262,14 +263,14 @@ def emit(d: Draft) -> Draft:
             + (("held by %s (%s, %s of %s)" % (holder.path, holder.root_kind, holder.container_len,
                                                  holder.container_type),) if holder else ())
             + ((sites.describe_type_site(born),) if born else ())
-            + (_owner_line(d)[1] if i == 0 and not (born and born.owner == "user") else ()),
+            + (line_evidence if i == 0 and not (born and born.owner == "user") else ()),
             # A native leak's line is where the native bytes were allocated;
             # else the user's line that made this type's window-born objects
             # is the most specific answer; else the top surviving bytes (user
             # code first), for the first finding.
             location=d.where if leak.kind == kind.NATIVE and d.where
             else sites.location(born) if born and (born.owner == "user" or d.where is None)
-            else (_owner_line(d)[0] if i == 0 else None),
+            else (line if i == 0 else None),
             holder=holder.path if holder else None, values=holder.values if holder else ()))
     return replace(d, findings=tuple(out))
 
