@@ -72,8 +72,13 @@ ABLATIONS = ("bilge-noexplain", "bilge-watch")
 # A plain worker that `bilge attach` joins once its pool children are up
 # (the attach happens while the first tasks run: its pauses count).
 ATTACHED = ("attached",)
+# The same `bilge run` from another checkout (``--base-src DIR``: its src/
+# goes first on PYTHONPATH), beside this one in the same interleaved run: a
+# change's effect measured side by side instead of against an older file.
+BASELINE = ("bilge-base",)
+BASE_SRC: list[str] = []
 # Modes with a bilge data dir: their reports carry verdicts and bilge's own cost.
-BILGE_MODES = ("bilge",) + ABLATIONS + ATTACHED
+BILGE_MODES = ("bilge",) + ABLATIONS + ATTACHED + BASELINE
 # A/A control: a second plain worker, run and compared exactly like a tool's:
 # its "overhead" is what the machine alone makes of two identical workers.
 CONTROLS = ("plain-aa",)
@@ -228,7 +233,9 @@ def build_command(mode: str, broker: str, work: str,
     if mode in ("plain",) + CONTROLS + ATTACHED:
         return celery, env
     if mode in BILGE_MODES:
-        options = [] if mode == "bilge" else ["--no-explain"]
+        options = [] if mode in ("bilge",) + BASELINE else ["--no-explain"]
+        if mode in BASELINE:
+            env["PYTHONPATH"] = BASE_SRC[0] + os.pathsep + env["PYTHONPATH"]
         if mode == "bilge-watch":
             # The census never comes again after the first.
             env["BILGE_CENSUS_MIN_INTERVAL"] = "1000000"
@@ -959,6 +966,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side-by-side", action="store_true",
                     help="run each mode at the same time as a plain run (each on its own Redis) and compare them "
                          "over the interval both ran: robust to this machine's drifting speed")
+    ap.add_argument("--base-src", default=None,
+                    help="mode bilge-base runs `bilge run` with this directory (another checkout's src/) first on "
+                         "PYTHONPATH: a baseline measured in the same run")
     ap.add_argument("--estimate", action="store_true", help="print the time estimate and exit")
     args = ap.parse_args(argv)
 
@@ -969,7 +979,11 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("unknown %s: %s" % (what, ", ".join(bad) or "(none)"))
         return items
 
-    modes = _list(args.modes, MODES + ABLATIONS + CONTROLS + ATTACHED, "modes")
+    modes = _list(args.modes, MODES + ABLATIONS + CONTROLS + ATTACHED + BASELINE, "modes")
+    if "bilge-base" in modes:
+        if not args.base_src or not os.path.isdir(os.path.join(args.base_src, "bilge")):
+            ap.error("mode bilge-base needs --base-src DIR, a directory holding a bilge package (a checkout's src/)")
+        BASE_SRC[:] = [os.path.abspath(args.base_src)]
     shapes = _list(args.shapes, SHAPES, "shapes")
     leaks = _list(args.leak, None, "leak")
     for label in leaks:

@@ -277,27 +277,32 @@ def _write_cost(conn: sqlite3.Cursor, process_id: int, stage_costs: Sequence[Sta
 # string would add an entry to the connection's statement cache, and the
 # census would then see the agent's own objects grow.
 
-# Rows per multi-row INSERT: powers of ROWS_BASE up to MAX_ROWS_PER_INSERT
-# (512, 64, 8, 1), so a table needs at most four distinct statements, all
-# of them seen within a process's first flushes: each new statement is an
-# object in the connection's cache, and a steady trickle of them (one per
-# power of two as flush sizes varied) looked like a growing type to the census.
-MAX_ROWS_PER_INSERT = 512
-ROWS_BASE = 8
+# Rows per multi-row INSERT: each table's rows go in as statements of one of
+# CHUNK_ROWS rows (the smallest that holds what is left, else the largest),
+# the last one padded with NULL rows its WHERE drops. So a flush writes each
+# table in one statement up to 2048 rows (each statement is two GIL releases:
+# see _insert), and a table needs at most three distinct statement texts, all
+# seen within a process's first flushes: each new text is an object in the
+# connection's statement cache, and a steady trickle of them (one per size as
+# flush sizes varied) looked like a growing type to the census.
+CHUNK_ROWS = (2048, 256, 32)
 WRITER_CACHE_KIB = 256
 # SQLite's bound-parameter limit before 3.32 (999); newer builds say theirs.
 _DEFAULT_MAX_VARIABLES = 999
 
 
 def _insert(conn: sqlite3.Cursor, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-    """``executemany`` as a few multi-row INSERTs: one GIL release per statement, not per row.
+    """``executemany`` as the fewest multi-row INSERTs: one statement per table for up to 2048 rows.
 
-    sqlite3 releases the GIL around every ``sqlite3_step``, and ``executemany``
-    steps once per row. In a worker whose task thread keeps the GIL busy,
-    the agent's thread then waits a switch interval (5 ms) to get it back
-    after every row: 3000 task rows took 16 s of wall time and 40x their
-    CPU, and forced thousands of switches on the host's thread. ``sql`` is
-    an ``INSERT ... VALUES (?, ...)`` with one row's placeholders.
+    sqlite3 releases the GIL around every ``sqlite3_step`` and every reset,
+    and ``executemany`` steps once per row. In a worker whose task thread
+    keeps the GIL busy, the agent's thread then waits up to a switch
+    interval (5 ms) to get it back after every release, and each forced
+    switch costs the host's thread too (measured on this project's 2-vCPU
+    VMs: a task thread running 1 ms tasks lost ~30 µs a task to the flushes
+    of ~60 statements every 2 s). ``sql`` is an ``INSERT ... VALUES (?, ...)``
+    with one row's placeholders; the first value of a row is never None
+    (it is the row's owner id): padding rows are told apart by it.
     """
     if not rows:
         return
@@ -305,16 +310,18 @@ def _insert(conn: sqlite3.Cursor, sql: str, rows: Sequence[Sequence[Any]]) -> No
     one = one.strip()
     width = len(rows[0])
     limit = _max_variables(conn) // max(1, width)
-    most = max(1, min(MAX_ROWS_PER_INSERT, limit))
+    sizes = [size for size in CHUNK_ROWS if size <= limit] or [max(1, limit)]
     i = 0
     while i < len(rows):
-        left = min(most, len(rows) - i)
-        n = 1
-        while n * ROWS_BASE <= left:
-            n *= ROWS_BASE
-        chunk = rows[i:i + n]
-        conn.execute(head + "VALUES " + ", ".join([one] * n), [v for row in chunk for v in row])
-        i += n
+        left = len(rows) - i
+        size = next((size for size in reversed(sizes) if size >= left), sizes[0])
+        chunk = rows[i:i + size]
+        params = [v for row in chunk for v in row]
+        if len(chunk) < size:
+            params.extend([None] * ((size - len(chunk)) * width))
+        values = ", ".join([one] * size)
+        conn.execute("%s SELECT * FROM (VALUES %s) WHERE column1 IS NOT NULL" % (head.rstrip(), values), params)
+        i += len(chunk)
 
 
 def _max_variables(conn: sqlite3.Cursor) -> int:

@@ -241,3 +241,8 @@ def test_statm_keeps_the_gil_only_while_the_agent_thread_is_working(
     assert reader.read() == 250 * process.PAGE_SIZE
     assert len(calls) == 1
     reader.close()
+
+
+def test_count_fds_counts_what_a_listing_shows_less_the_listings_own_descriptor() -> None:
+    """The one-stat count (Linux 6.2+) and the listing agree; a listing holds one descriptor open itself."""
+    assert count_fds() == len(os.listdir("/proc/self/fd")) - 1

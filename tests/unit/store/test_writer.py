@@ -22,7 +22,7 @@ from bilge.model import (
     StageRun,
 )
 from bilge.store.sqlite import load_run
-from bilge.store.writer import MAX_ROWS_PER_INSERT, ROWS_BASE, StoreWriter, _insert, _max_variables
+from bilge.store.writer import CHUNK_ROWS, StoreWriter, _insert, _max_variables
 
 FORK = multiprocessing.get_context("fork")
 
@@ -224,28 +224,27 @@ def test_a_failed_flush_stores_none_of_its_cost(store: tuple[str, int]) -> None:
     assert proc.cost == AgentCost()
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 511, 512, 513, 3000])
+@pytest.mark.parametrize("rows", [1, 2, 3, 32, 33, 256, 257, 2048, 2049, 5000])
 def test_rows_go_in_as_few_multi_row_inserts_and_all_arrive_in_order(rows: int,
                                                                      request: pytest.FixtureRequest) -> None:
-    """The multi-row INSERTs store exactly the rows executemany would, in order, in at most ~n/512 + 21
-    statements of at most four distinct texts (each text is an object in the connection's statement cache)."""
+    """The multi-row INSERTs store exactly the rows executemany would, in order, padding included (NULL rows
+    are dropped, NULLs inside real rows kept), in ceil(n / biggest) statements of at most three distinct texts
+    (each text is an object in the connection's statement cache)."""
     conn = sqlite3.connect(":memory:")
     request.addfinalizer(conn.close)
-    conn.execute("CREATE TABLE t (a, b, c)")
+    conn.execute("CREATE TABLE t (a NOT NULL, b, c)")
     statements: list[str] = []
     conn.set_trace_callback(statements.append)
-    data = [(i, "name-%d" % i, None if i % 3 else i * 0.5) for i in range(rows)]
+    data = [(i, None if i % 5 == 0 else "name-%d" % i, None if i % 3 else i * 0.5) for i in range(rows)]
     _insert(conn.cursor(), "INSERT INTO t (a, b, c) VALUES (?, ?, ?)", data)
     conn.set_trace_callback(None)
     assert conn.execute("SELECT a, b, c FROM t ORDER BY rowid").fetchall() == data
     inserts = [sql for sql in statements if sql.startswith("INSERT")]
-    # The biggest statement this SQLite takes: 512 rows, or fewer under a 999-parameter limit (Python 3.10
+    # The biggest statement this SQLite takes: 2048 rows, or 256 under a 999-parameter limit (Python 3.10
     # cannot ask SQLite its limit and assumes the old 999).
-    biggest = 1
-    while biggest * ROWS_BASE <= min(MAX_ROWS_PER_INSERT, _max_variables(conn.cursor()) // 3):
-        biggest *= ROWS_BASE
-    assert len(inserts) <= rows // biggest + 3 * (ROWS_BASE - 1)
-    assert len({sql.count("(") for sql in inserts}) <= 4
+    biggest = max(size for size in CHUNK_ROWS if size <= _max_variables(conn.cursor()) // 3)
+    assert len(inserts) == -(-rows // biggest)
+    assert len({sql.count("(") for sql in inserts}) <= 3
 
 
 def test_a_low_parameter_limit_splits_the_inserts_below_it(request: pytest.FixtureRequest) -> None:
