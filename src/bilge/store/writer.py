@@ -277,50 +277,57 @@ def _write_cost(conn: sqlite3.Cursor, process_id: int, stage_costs: Sequence[Sta
 # string would add an entry to the connection's statement cache, and the
 # census would then see the agent's own objects grow.
 
-# Rows per multi-row INSERT: each table's rows go in as statements of one of
-# CHUNK_ROWS rows (the smallest that holds what is left, else the largest),
-# the last one padded with NULL rows its WHERE drops. So a flush writes each
-# table in one statement up to 2048 rows (each statement is two GIL releases:
-# see _insert), and a table needs at most three distinct statement texts, all
-# seen within a process's first flushes: each new text is an object in the
-# connection's statement cache, and a steady trickle of them (one per size as
-# flush sizes varied) looked like a growing type to the census.
-CHUNK_ROWS = (2048, 256, 32)
+# Rows per multi-row INSERT: one of CHUNK_ROWS rows per statement, so a table
+# needs at most four distinct statement texts, all seen within a process's
+# first flushes (each text is an object in the connection's statement cache,
+# ~250 KB of SQLite's for the largest, and a steady trickle of new ones, one
+# per size as flush sizes varied, looked like a growing type to the census).
+# The last statement of a table may be a larger one padded with NULL rows
+# (which its WHERE drops) when that costs at most PAD_PARAMS bound NULLs:
+# binding a parameter costs ~0.2 µs, a statement more in the flush costs
+# the agent's thread a GIL release (see _insert).
+CHUNK_ROWS = (512, 128, 32, 8)
+PAD_PARAMS = 1024
 WRITER_CACHE_KIB = 256
 # SQLite's bound-parameter limit before 3.32 (999); newer builds say theirs.
 _DEFAULT_MAX_VARIABLES = 999
 
 
 def _insert(conn: sqlite3.Cursor, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-    """``executemany`` as the fewest multi-row INSERTs: one statement per table for up to 2048 rows.
+    """``executemany`` as a few multi-row INSERTs: 1-4 statements per table for most flushes.
 
     sqlite3 releases the GIL around every ``sqlite3_step`` and every reset,
     and ``executemany`` steps once per row. In a worker whose task thread
-    keeps the GIL busy, the agent's thread then waits up to a switch
-    interval (5 ms) to get it back after every release, and each forced
-    switch costs the host's thread too (measured on this project's 2-vCPU
-    VMs: a task thread running 1 ms tasks lost ~30 µs a task to the flushes
-    of ~60 statements every 2 s). ``sql`` is an ``INSERT ... VALUES (?, ...)``
-    with one row's placeholders; the first value of a row is never None
-    (it is the row's owner id): padding rows are told apart by it.
+    keeps the GIL busy, the agent's thread then waits to get it back after
+    every release (the host's thread takes it back first, again and again),
+    and every GIL release of the host's thread meanwhile wakes the waiting
+    agent for nothing: a futex wake, an inter-processor interrupt, a VM exit
+    on a VM. ``sql`` is an ``INSERT ... VALUES (?, ...)`` with one row's
+    placeholders; the first value of a row is never None (it is the row's
+    owner id): padding rows are told apart by it.
     """
     if not rows:
         return
     head, _, one = sql.rpartition("VALUES")
     one = one.strip()
+    head = head.rstrip()
     width = len(rows[0])
     limit = _max_variables(conn) // max(1, width)
     sizes = [size for size in CHUNK_ROWS if size <= limit] or [max(1, limit)]
     i = 0
     while i < len(rows):
         left = len(rows) - i
-        size = next((size for size in reversed(sizes) if size >= left), sizes[0])
+        padded = next((size for size in reversed(sizes) if size >= left), None)
+        if padded is not None and (padded - left) * width <= PAD_PARAMS:
+            size = padded
+        else:
+            size = next((size for size in sizes if size <= left), sizes[-1])
         chunk = rows[i:i + size]
         params = [v for row in chunk for v in row]
         if len(chunk) < size:
             params.extend([None] * ((size - len(chunk)) * width))
         values = ", ".join([one] * size)
-        conn.execute("%s SELECT * FROM (VALUES %s) WHERE column1 IS NOT NULL" % (head.rstrip(), values), params)
+        conn.execute("%s SELECT * FROM (VALUES %s) WHERE column1 IS NOT NULL" % (head, values), params)
         i += len(chunk)
 
 

@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -387,3 +388,30 @@ def test_a_forked_child_never_sees_its_parents_agent_in_the_slot(tmp_path: Path)
     """))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_bilges_own_cost_is_rewritten_every_cost_interval_not_at_every_flush(tmp_path: Path) -> None:
+    """Three statements (stage totals, budget, collector counts) fewer in most flushes: each is two GIL releases
+    in the agent's thread, and each release makes it wait on a busy host thread. A final flush always writes them."""
+    from bilge.agent._runtime import COST_INTERVAL
+    from bilge.store.memory import MemoryStore
+
+    store = MemoryStore()
+    written: list[bool] = []
+    real_flush = store.flush
+
+    def flush(*args: Any, **kwargs: Any) -> None:
+        written.append(kwargs["budget"] is not None and bool(kwargs["gc_stats"]))
+        real_flush(*args, **kwargs)
+
+    store.flush = flush  # type: ignore[method-assign]
+    now = [100.0]
+    agent = Agent(AgentConfig(data_dir=str(tmp_path), run_id=1), store=store, monotonic=lambda: now[0])
+    agent.register()
+    for step in (0.0, 1.0, 2.0, COST_INTERVAL, 1.0):
+        now[0] += step
+        agent.task_started(step, "proj.task")
+        agent.task_finished(step)
+        agent.flush()
+    agent.flush(final=True)
+    assert written == [True, False, False, True, False, True]
